@@ -1,0 +1,52 @@
+/**
+ * The only error type that crosses layers. Codes are dialect-neutral; every dialect adapter renders them through
+ * its own table (src/api/<dialect>/error-table.ts), and a test fails when a code is missing from a table.
+ * HTTP status never lives here.
+ */
+export const KMS_ERROR_CODES = [
+  /** The key does not exist in the caller's project (a foreign key is indistinguishable from a missing one). */
+  'KeyNotFound',
+  /** A key is used for cryptography while disabled. */
+  'KeyDisabled',
+  /** A key is used for cryptography while scheduled for deletion. */
+  'KeyPendingDeletion',
+  /** enable-key on a key that is not disabled. */
+  'KeyNotDisabled',
+  /** disable-key on a key that is not enabled. */
+  'KeyNotEnabled',
+  /** schedule-key-deletion on a key already pending deletion. */
+  'KeyAlreadyPendingDeletion',
+  /** cancel-key-deletion on a key that is not pending deletion. */
+  'KeyNotPendingDeletion',
+  /** The alias is taken by another key of the project. */
+  'AliasAlreadyExists',
+  /** The project already has as many keys as its quota allows. */
+  'KeyQuotaExceeded',
+  /** A ciphertext is malformed, tampered with, or its encryption context does not match. One code: no oracle. */
+  'InvalidCiphertext',
+  /** The ciphertext was made under a different key than the one the caller named. */
+  'IncorrectKey',
+  /** A value is outside what the service accepts; the message names it. */
+  'InvalidParameter',
+  /** The HSM did not answer or reported a device failure; the request can be retried. */
+  'HsmUnavailable',
+  /** Anything unexpected. Logged in full, answered generically. */
+  'InternalError',
+] as const;
+
+export type KmsErrorCode = (typeof KMS_ERROR_CODES)[number];
+
+export class KmsError extends Error {
+  override readonly name = 'KmsError';
+  readonly code: KmsErrorCode;
+
+  constructor(code: KmsErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+/** Precondition check that narrows types; throws InvalidParameter with the given message. */
+export function needs(condition: unknown, message: string): asserts condition {
+  if (!condition) throw new KmsError('InvalidParameter', message);
+}

@@ -1,0 +1,94 @@
+import { KmsError } from './errors.js';
+
+/**
+ * A customer master key (CMK) as the metadata store holds it. The key itself never leaves the HSM: each key version
+ * is materialised inside the HSM from a non-extractable root key and the version's derivation data
+ * (see docs/architecture.md).
+ */
+export type KeyState = 'PendingCreation' | 'Enabled' | 'Disabled' | 'PendingDeletion';
+
+export type KeySpec = 'AES_256';
+export type KeyUsage = 'ENCRYPT_DECRYPT';
+export type KeyOrigin = 'kms';
+
+export interface KeyRecord {
+  /** Lower-case UUID, 36 characters: the Huawei key_id format. */
+  readonly id: string;
+  readonly projectId: string;
+  /** The alias exactly as the caller gave it at creation or update. */
+  readonly alias: string;
+  readonly description: string;
+  readonly state: KeyState;
+  readonly keySpec: KeySpec;
+  readonly keyUsage: KeyUsage;
+  readonly origin: KeyOrigin;
+  /** Milliseconds since the epoch. */
+  readonly createdAt: number;
+  /** Milliseconds since the epoch; set only while PendingDeletion. */
+  readonly deletionDate: number | null;
+  /** The version new ciphertexts are made with. */
+  readonly currentVersion: number;
+}
+
+/** One version of a CMK: what the HSM needs to materialise that version's AES-256 key. */
+export interface KeyVersionRecord {
+  readonly keyId: string;
+  readonly version: number;
+  /** Label of the non-extractable root key on the token that this version is derived from. */
+  readonly rootKeyLabel: string;
+  /** Derivation data: useless without the root key; deleting it makes the version's ciphertexts undecryptable. */
+  readonly derivationData: Buffer;
+  readonly createdAt: number;
+}
+
+export const MIN_PENDING_DAYS = 7;
+export const MAX_PENDING_DAYS = 1096;
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+/** Normalises an alias for uniqueness and look-up: `alias/foo` and `foo` name the same key. */
+export function aliasName(alias: string): string {
+  return alias.startsWith('alias/') ? alias.slice('alias/'.length) : alias;
+}
+
+/** Throws the error a cryptographic operation gets for a key in this state. */
+export function assertUsableForCrypto(key: KeyRecord): void {
+  switch (key.state) {
+    case 'Enabled':
+      return;
+    case 'Disabled':
+      throw new KmsError('KeyDisabled', 'The key has been disabled.');
+    case 'PendingDeletion':
+      throw new KmsError('KeyPendingDeletion', 'The key is in Scheduled deletion state and cannot be used.');
+    case 'PendingCreation':
+      // Never returned by the store to callers; treated as absent if it ever is.
+      throw new KmsError('KeyNotFound', 'The key does not exist.');
+  }
+}
+
+/** The state transitions of the key lifecycle, each with the error Huawei and AWS raise when it is not allowed. */
+export const transitions = {
+  enable(key: KeyRecord): Partial<KeyRecord> {
+    if (key.state !== 'Disabled') throw new KmsError('KeyNotDisabled', 'The key is not disabled.');
+    return { state: 'Enabled' };
+  },
+  disable(key: KeyRecord): Partial<KeyRecord> {
+    if (key.state !== 'Enabled') throw new KmsError('KeyNotEnabled', 'The key is not enabled.');
+    return { state: 'Disabled' };
+  },
+  scheduleDeletion(key: KeyRecord, pendingDays: number, now: number): Partial<KeyRecord> {
+    if (key.state === 'PendingDeletion') {
+      throw new KmsError('KeyAlreadyPendingDeletion', 'The key is already in Pending deletion state.');
+    }
+    if (!Number.isInteger(pendingDays) || pendingDays < MIN_PENDING_DAYS || pendingDays > MAX_PENDING_DAYS) {
+      throw new KmsError('InvalidParameter', 'Set the pending deletion period between 7 to 1096 days.');
+    }
+    return { state: 'PendingDeletion', deletionDate: now + pendingDays * DAY_MS };
+  },
+  cancelDeletion(key: KeyRecord): Partial<KeyRecord> {
+    if (key.state !== 'PendingDeletion') {
+      throw new KmsError('KeyNotPendingDeletion', 'The key is not in Pending deletion state.');
+    }
+    // Huawei and AWS both return a key whose deletion was cancelled as disabled.
+    return { state: 'Disabled', deletionDate: null };
+  },
+};

@@ -1,0 +1,82 @@
+import type { KeyRecord, KeyState, KeyVersionRecord } from './keys.js';
+
+/** What the HSM needs to materialise one CMK version inside itself. Carries no key material. */
+export interface CmkVersionRef {
+  readonly keyId: string;
+  readonly version: number;
+  readonly rootKeyLabel: string;
+  readonly derivationData: Buffer;
+}
+
+/**
+ * The hardware security module, as the core sees it. The only implementation talks PKCS#11 through graphene
+ * (src/hsm); tests may wrap it to inject faults but never replace it.
+ *
+ * Every method can throw KmsError('HsmUnavailable') when the device fails; decrypt throws
+ * KmsError('InvalidCiphertext') when the GCM tag does not verify.
+ */
+export interface Hsm {
+  /** Label of the root key that new CMK versions are derived from. */
+  readonly currentRootKeyLabel: string;
+  /** `length` bytes from C_GenerateRandom. */
+  generateRandom(length: number): Promise<Buffer>;
+  /** Materialises the CMK version inside the HSM (and caches its handle), proving it can be used. */
+  prepareKey(key: CmkVersionRef): Promise<void>;
+  /** AES-256-GCM in the HSM under the CMK version; returns ciphertext ‖ 16-byte tag. */
+  encrypt(key: CmkVersionRef, iv: Buffer, plaintext: Buffer, aad: Buffer): Promise<Buffer>;
+  /** Inverse of encrypt; the tag is the last 16 bytes of `ciphertextWithTag`. */
+  decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer): Promise<Buffer>;
+  /** Drops the cached materialised key of a version whose derivation data is being deleted. */
+  forget(keyId: string, version: number): void;
+  close(): Promise<void>;
+}
+
+export interface ListKeysQuery {
+  readonly projectId: string;
+  readonly state?: KeyState;
+  readonly offset: number;
+  readonly limit: number;
+}
+
+export type KeyPatch = Partial<Pick<KeyRecord, 'alias' | 'description' | 'state' | 'deletionDate'>>;
+
+/**
+ * Key metadata. Never holds key material in plaintext: a key version's derivation data is useless without the
+ * HSM's root key. Every read is scoped to a project, so one project can never see another's keys.
+ */
+export interface MetadataStore {
+  /**
+   * Inserts a key in state PendingCreation together with its first version, atomically. Throws
+   * KmsError('AliasAlreadyExists') when the project already has the alias (compared by aliasName()) and
+   * KmsError('KeyQuotaExceeded') when the project already holds `quota` keys.
+   */
+  insertPendingKey(key: KeyRecord, version: KeyVersionRecord, quota: number): Promise<void>;
+  /** PendingCreation → Enabled. */
+  activateKey(keyId: string): Promise<void>;
+  /** Keys left in PendingCreation by a crash, in every project: reconciled at start-up. */
+  listPendingCreation(): Promise<KeyRecord[]>;
+  /** Deletes a key and every version's derivation data for good. */
+  purgeKey(keyId: string): Promise<void>;
+
+  /** A key of the project, never one in PendingCreation. */
+  findKey(projectId: string, keyId: string): Promise<KeyRecord | undefined>;
+  /** Look-up by alias, compared by aliasName(). */
+  findKeyByAlias(projectId: string, alias: string): Promise<KeyRecord | undefined>;
+  findKeyVersion(keyId: string, version: number): Promise<KeyVersionRecord | undefined>;
+  /** Keys of the project in creation order (oldest first), PendingCreation excluded. */
+  listKeys(query: ListKeysQuery): Promise<{ keys: KeyRecord[]; total: number }>;
+  countKeys(projectId: string): Promise<number>;
+  /**
+   * Applies the patch only if the key is still in `expectedState` (compare-and-set across processes). Returns the
+   * updated key, or undefined if the key is gone or its state changed meanwhile. Throws
+   * KmsError('AliasAlreadyExists') on an alias clash.
+   */
+  updateKey(projectId: string, keyId: string, expectedState: KeyState, patch: KeyPatch): Promise<KeyRecord | undefined>;
+  /** Keys in PendingDeletion whose deletion date is at or before `now`, in every project. */
+  listKeysDueForDeletion(now: number): Promise<KeyRecord[]>;
+  close(): Promise<void>;
+}
+
+export interface Clock {
+  now(): number;
+}
