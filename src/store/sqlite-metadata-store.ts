@@ -1,0 +1,337 @@
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import { KmsError } from '../core/errors.js';
+import { aliasName, type KeyRecord, type KeyState, type KeyVersionRecord } from '../core/keys.js';
+import type { KeyPatch, ListKeysQuery, MetadataStore } from '../core/ports.js';
+
+/**
+ * Forward-only schema migrations. Entry i takes the database from `PRAGMA user_version` i to i + 1; never edit an
+ * entry once released, append a new one. STRICT tables make SQLite reject a value of the wrong type instead of
+ * storing it, so rows always map to KeyRecord / KeyVersionRecord without checks.
+ */
+const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE keys (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    alias_name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('PendingCreation', 'Enabled', 'Disabled', 'PendingDeletion')),
+    key_spec TEXT NOT NULL,
+    key_usage TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    deletion_date INTEGER,
+    current_version INTEGER NOT NULL
+  ) STRICT;
+  CREATE UNIQUE INDEX keys_project_alias_name ON keys (project_id, alias_name);
+  CREATE INDEX keys_project_created ON keys (project_id, created_at, id);
+  CREATE INDEX keys_state_deletion_date ON keys (state, deletion_date);
+  CREATE TABLE key_versions (
+    key_id TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    root_key_label TEXT NOT NULL,
+    derivation_data BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (key_id, version)
+  ) STRICT, WITHOUT ROWID;
+  `,
+];
+
+/** Columns aliased to KeyRecord's property names, in its order, so a row is a KeyRecord as it comes back. */
+const KEY_COLUMNS = `id, project_id AS projectId, alias, description, state, key_spec AS keySpec, key_usage AS keyUsage,
+  origin, created_at AS createdAt, deletion_date AS deletionDate, current_version AS currentVersion`;
+const VERSION_COLUMNS = `key_id AS keyId, version, root_key_label AS rootKeyLabel, derivation_data AS derivationData,
+  created_at AS createdAt`;
+const VISIBLE = `state <> 'PendingCreation'`;
+const KEY_ORDER = 'ORDER BY created_at, id';
+
+/** Parameters of the compare-and-set update: a `set*` flag of 1 applies the field, so null can be written too. */
+interface UpdateParams {
+  projectId: string;
+  id: string;
+  expectedState: KeyState;
+  setAlias: 0 | 1;
+  alias: string | null;
+  aliasName: string | null;
+  setDescription: 0 | 1;
+  description: string | null;
+  setState: 0 | 1;
+  state: KeyState | null;
+  setDeletionDate: 0 | 1;
+  deletionDate: number | null;
+}
+
+/**
+ * The metadata store on one SQLite file, shared by every node:cluster worker. WAL lets readers run beside the single
+ * writer; a read-then-write runs in a BEGIN IMMEDIATE transaction so it holds the write lock from its first read,
+ * and a concurrent writer waits up to busy_timeout instead of failing.
+ */
+export class SqliteMetadataStore implements MetadataStore {
+  readonly #db: Database.Database;
+  readonly #countAllKeys: Database.Statement<[string], number>;
+  readonly #insertKey: Database.Statement<[KeyRecord & { aliasName: string }]>;
+  readonly #insertVersion: Database.Statement<[KeyVersionRecord]>;
+  readonly #activateKey: Database.Statement<[string]>;
+  readonly #listPendingCreation: Database.Statement<[], KeyRecord>;
+  readonly #purgeKey: Database.Statement<[string]>;
+  readonly #findKey: Database.Statement<[string, string], KeyRecord>;
+  readonly #findKeyByAlias: Database.Statement<[string, string], KeyRecord>;
+  readonly #findKeyVersion: Database.Statement<[string, number], KeyVersionRecord>;
+  readonly #listKeys: Database.Statement<[string, number, number], KeyRecord>;
+  readonly #listKeysInState: Database.Statement<[string, KeyState, number, number], KeyRecord>;
+  readonly #countKeys: Database.Statement<[string], number>;
+  readonly #countKeysInState: Database.Statement<[string, KeyState], number>;
+  readonly #updateKey: Database.Statement<[UpdateParams], KeyRecord>;
+  readonly #listKeysDueForDeletion: Database.Statement<[number], KeyRecord>;
+  readonly #insertPendingKeyTx: Database.Transaction<
+    (key: KeyRecord, version: KeyVersionRecord, quota: number) => void
+  >;
+  readonly #listKeysTx: Database.Transaction<(query: ListKeysQuery) => { keys: KeyRecord[]; total: number }>;
+
+  /** Opens (creating if missing, with mode 0600) and migrates the database at `path`. */
+  static open(path: string): SqliteMetadataStore {
+    try {
+      if (path !== ':memory:') {
+        mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+        // SQLite would create the file with the umask's mode; create it first so only our user can read it.
+        // SQLite gives the -wal and -shm files the database file's mode.
+        closeSync(openSync(path, 'a', 0o600));
+      }
+      const db = new Database(path, { timeout: 5000 });
+      try {
+        return new SqliteMetadataStore(db);
+      } catch (error) {
+        db.close();
+        throw error;
+      }
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  private constructor(db: Database.Database) {
+    this.#db = db;
+    db.pragma('busy_timeout = 5000');
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = FULL');
+    db.pragma('foreign_keys = ON');
+    migrate(db);
+
+    this.#countAllKeys = db.prepare<[string], number>('SELECT count(*) FROM keys WHERE project_id = ?').pluck();
+    this.#insertKey = db.prepare(`
+      INSERT INTO keys (id, project_id, alias, alias_name, description, state, key_spec, key_usage, origin,
+        created_at, deletion_date, current_version)
+      VALUES (@id, @projectId, @alias, @aliasName, @description, 'PendingCreation', @keySpec, @keyUsage, @origin,
+        @createdAt, @deletionDate, @currentVersion)`);
+    this.#insertVersion = db.prepare(`
+      INSERT INTO key_versions (key_id, version, root_key_label, derivation_data, created_at)
+      VALUES (@keyId, @version, @rootKeyLabel, @derivationData, @createdAt)`);
+    this.#activateKey = db.prepare(`UPDATE keys SET state = 'Enabled' WHERE id = ? AND state = 'PendingCreation'`);
+    this.#listPendingCreation = db.prepare(
+      `SELECT ${KEY_COLUMNS} FROM keys WHERE state = 'PendingCreation' ${KEY_ORDER}`,
+    );
+    this.#purgeKey = db.prepare('DELETE FROM keys WHERE id = ?');
+    this.#findKey = db.prepare(`SELECT ${KEY_COLUMNS} FROM keys WHERE id = ? AND project_id = ? AND ${VISIBLE}`);
+    this.#findKeyByAlias = db.prepare(
+      `SELECT ${KEY_COLUMNS} FROM keys WHERE project_id = ? AND alias_name = ? AND ${VISIBLE}`,
+    );
+    this.#findKeyVersion = db.prepare(`SELECT ${VERSION_COLUMNS} FROM key_versions WHERE key_id = ? AND version = ?`);
+    this.#listKeys = db.prepare(
+      `SELECT ${KEY_COLUMNS} FROM keys WHERE project_id = ? AND ${VISIBLE} ${KEY_ORDER} LIMIT ? OFFSET ?`,
+    );
+    this.#listKeysInState = db.prepare(
+      `SELECT ${KEY_COLUMNS} FROM keys WHERE project_id = ? AND state = ? AND ${VISIBLE} ${KEY_ORDER} LIMIT ? OFFSET ?`,
+    );
+    this.#countKeys = db
+      .prepare<[string], number>(`SELECT count(*) FROM keys WHERE project_id = ? AND ${VISIBLE}`)
+      .pluck();
+    this.#countKeysInState = db
+      .prepare<[string, KeyState], number>(
+        `SELECT count(*) FROM keys WHERE project_id = ? AND state = ? AND ${VISIBLE}`,
+      )
+      .pluck();
+    // One statement whatever the patch holds: the CASE flags pick which columns change, and RETURNING hands back
+    // the row the compare-and-set wrote, so no second read can see another process's later write.
+    this.#updateKey = db.prepare(`
+      UPDATE keys SET
+        alias = CASE WHEN @setAlias THEN @alias ELSE alias END,
+        alias_name = CASE WHEN @setAlias THEN @aliasName ELSE alias_name END,
+        description = CASE WHEN @setDescription THEN @description ELSE description END,
+        state = CASE WHEN @setState THEN @state ELSE state END,
+        deletion_date = CASE WHEN @setDeletionDate THEN @deletionDate ELSE deletion_date END
+      WHERE project_id = @projectId AND id = @id AND state = @expectedState
+      RETURNING ${KEY_COLUMNS}`);
+    this.#listKeysDueForDeletion = db.prepare(
+      `SELECT ${KEY_COLUMNS} FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= ? ORDER BY deletion_date, id`,
+    );
+
+    this.#insertPendingKeyTx = db.transaction((key: KeyRecord, version: KeyVersionRecord, quota: number) => {
+      // Keys still in PendingCreation count too, or two concurrent creations could both pass the check.
+      if ((this.#countAllKeys.get(key.projectId) ?? 0) >= quota) {
+        throw new KmsError('KeyQuotaExceeded', 'The number of keys has reached the quota.');
+      }
+      this.#insertKey.run({ ...key, aliasName: aliasName(key.alias) });
+      this.#insertVersion.run(version);
+    });
+    // A read transaction, so the page and the total come from the same snapshot.
+    this.#listKeysTx = db.transaction(({ projectId, state, offset, limit }: ListKeysQuery) =>
+      state === undefined
+        ? { keys: this.#listKeys.all(projectId, limit, offset), total: this.#countKeys.get(projectId) ?? 0 }
+        : {
+            keys: this.#listKeysInState.all(projectId, state, limit, offset),
+            total: this.#countKeysInState.get(projectId, state) ?? 0,
+          },
+    );
+  }
+
+  async insertPendingKey(key: KeyRecord, version: KeyVersionRecord, quota: number): Promise<void> {
+    try {
+      this.#insertPendingKeyTx.immediate(key, version, quota);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  /** Throws KmsError('KeyNotFound') if no key `keyId` is in PendingCreation (e.g. a reconciler purged it). */
+  async activateKey(keyId: string): Promise<void> {
+    let changes: number;
+    try {
+      changes = this.#activateKey.run(keyId).changes;
+    } catch (error) {
+      throw storeError(error);
+    }
+    if (changes === 0) throw new KmsError('KeyNotFound', 'The key does not exist.');
+  }
+
+  async listPendingCreation(): Promise<KeyRecord[]> {
+    try {
+      return this.#listPendingCreation.all();
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async purgeKey(keyId: string): Promise<void> {
+    try {
+      this.#purgeKey.run(keyId);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async findKey(projectId: string, keyId: string): Promise<KeyRecord | undefined> {
+    try {
+      return this.#findKey.get(keyId, projectId);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async findKeyByAlias(projectId: string, alias: string): Promise<KeyRecord | undefined> {
+    try {
+      return this.#findKeyByAlias.get(projectId, aliasName(alias));
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async findKeyVersion(keyId: string, version: number): Promise<KeyVersionRecord | undefined> {
+    try {
+      return this.#findKeyVersion.get(keyId, version);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async listKeys(query: ListKeysQuery): Promise<{ keys: KeyRecord[]; total: number }> {
+    try {
+      return this.#listKeysTx(query);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async countKeys(projectId: string): Promise<number> {
+    try {
+      return this.#countKeys.get(projectId) ?? 0;
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async updateKey(
+    projectId: string,
+    keyId: string,
+    expectedState: KeyState,
+    patch: KeyPatch,
+  ): Promise<KeyRecord | undefined> {
+    const { alias, description, state, deletionDate } = patch;
+    try {
+      return this.#updateKey.get({
+        projectId,
+        id: keyId,
+        expectedState,
+        setAlias: alias === undefined ? 0 : 1,
+        alias: alias ?? null,
+        aliasName: alias === undefined ? null : aliasName(alias),
+        setDescription: description === undefined ? 0 : 1,
+        description: description ?? null,
+        setState: state === undefined ? 0 : 1,
+        state: state ?? null,
+        setDeletionDate: deletionDate === undefined ? 0 : 1,
+        deletionDate: deletionDate ?? null,
+      });
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async listKeysDueForDeletion(now: number): Promise<KeyRecord[]> {
+    try {
+      return this.#listKeysDueForDeletion.all(now);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#db.close();
+  }
+}
+
+/**
+ * Brings the schema up to date inside one BEGIN IMMEDIATE transaction: when several workers open a fresh file at
+ * once, the first migrates and the others wait for its lock, then find nothing left to do.
+ */
+function migrate(db: Database.Database): void {
+  db.transaction(() => {
+    const current = db.pragma('user_version', { simple: true }) as number;
+    if (current > MIGRATIONS.length) {
+      throw new KmsError(
+        'InternalError',
+        `The metadata database has schema version ${current}, newer than this build knows (${MIGRATIONS.length}).`,
+      );
+    }
+    for (let version = current; version < MIGRATIONS.length; version++) {
+      db.exec(MIGRATIONS[version] as string);
+    }
+    // PRAGMA takes no bound parameters; the value is our own integer.
+    if (current !== MIGRATIONS.length) db.pragma(`user_version = ${MIGRATIONS.length}`);
+  }).immediate();
+}
+
+/**
+ * Turns whatever the driver threw into a KmsError. The only unique index on `keys` besides the primary key is
+ * (project_id, alias_name), so a UNIQUE violation is always an alias clash. Driver messages name columns, never
+ * values, so the cause is safe to log.
+ */
+function storeError(error: unknown): KmsError {
+  if (error instanceof KmsError) return error;
+  if (error instanceof Database.SqliteError && error.code === 'SQLITE_CONSTRAINT_UNIQUE') {
+    return new KmsError('AliasAlreadyExists', 'Duplicate key aliases.', { cause: error });
+  }
+  return new KmsError('InternalError', 'The metadata store failed.', { cause: error });
+}

@@ -1,0 +1,390 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { KmsError } from '../../src/core/errors.js';
+import type { KeyRecord, KeyState } from '../../src/core/keys.js';
+import type { MetadataStore } from '../../src/core/ports.js';
+import { firstVersion, PROJECT_A, PROJECT_B, pendingKey } from './key-fixtures.js';
+
+export interface StoreUnderTest {
+  readonly store: MetadataStore;
+  /** Closes the store and removes whatever it created. */
+  readonly cleanup: () => Promise<void>;
+}
+
+const DAY = 24 * 60 * 60 * 1000;
+
+/**
+ * What every MetadataStore must do, whatever holds the data. Each test gets a fresh, empty store from `makeStore`.
+ */
+export function describeMetadataStoreContract(name: string, makeStore: () => Promise<StoreUnderTest>): void {
+  describe(`${name} (MetadataStore contract)`, () => {
+    let store: MetadataStore;
+    let cleanup: () => Promise<void>;
+
+    beforeEach(async () => {
+      ({ store, cleanup } = await makeStore());
+    });
+    afterEach(async () => {
+      await cleanup();
+    });
+
+    /** Inserts and activates a key, returning it as the store now holds it. */
+    async function enabledKey(overrides: Partial<KeyRecord> = {}): Promise<KeyRecord> {
+      const key = pendingKey(overrides);
+      await store.insertPendingKey(key, firstVersion(key), 100);
+      await store.activateKey(key.id);
+      return { ...key, state: 'Enabled' };
+    }
+
+    async function keyIn(state: KeyState, overrides: Partial<KeyRecord> = {}): Promise<KeyRecord> {
+      const key = await enabledKey(overrides);
+      if (state === 'Enabled') return key;
+      const patch = state === 'PendingDeletion' ? { state, deletionDate: overrides.deletionDate ?? 0 } : { state };
+      const updated = await store.updateKey(key.projectId, key.id, 'Enabled', patch);
+      if (updated === undefined) throw new Error('fixture: the key could not be moved out of Enabled');
+      return updated;
+    }
+
+    describe('insertPendingKey and activateKey', () => {
+      it('when a key is inserted, then it stays invisible to reads until it is activated', async () => {
+        const key = pendingKey({ alias: 'alias/pending' });
+        await store.insertPendingKey(key, firstVersion(key), 10);
+
+        expect(await store.findKey(PROJECT_A, key.id)).toBeUndefined();
+        expect(await store.findKeyByAlias(PROJECT_A, 'alias/pending')).toBeUndefined();
+        expect(await store.listKeys({ projectId: PROJECT_A, offset: 0, limit: 10 })).toEqual({ keys: [], total: 0 });
+        expect(await store.countKeys(PROJECT_A)).toBe(0);
+      });
+
+      it('when a key is activated, then every field reads back exactly as inserted, in state Enabled', async () => {
+        const key = pendingKey({ alias: 'alias/round-trip', description: 'Orders DB key ✓' });
+        await store.insertPendingKey(key, firstVersion(key), 10);
+        await store.activateKey(key.id);
+
+        const found = await store.findKey(PROJECT_A, key.id);
+        expect(found).toEqual({ ...key, state: 'Enabled' });
+        expect(typeof found?.createdAt).toBe('number');
+        expect(typeof found?.currentVersion).toBe('number');
+        expect(found?.deletionDate).toBeNull();
+      });
+
+      it('when a key is inserted, then its first version reads back exactly, derivation data as a Buffer', async () => {
+        const key = pendingKey();
+        const version = firstVersion(key);
+        await store.insertPendingKey(key, version, 10);
+
+        const found = await store.findKeyVersion(key.id, 1);
+        expect(found).toEqual(version);
+        expect(Buffer.isBuffer(found?.derivationData)).toBe(true);
+        expect(found?.derivationData.equals(version.derivationData)).toBe(true);
+        expect(typeof found?.version).toBe('number');
+      });
+
+      it('when the project already holds its quota of keys, then KeyQuotaExceeded and nothing is inserted', async () => {
+        await enabledKey();
+        const second = pendingKey();
+        await store.insertPendingKey(second, firstVersion(second), 2);
+        const third = pendingKey();
+
+        await expect(store.insertPendingKey(third, firstVersion(third), 2)).rejects.toMatchObject({
+          code: 'KeyQuotaExceeded',
+        });
+        expect(await store.listPendingCreation()).toEqual([second]);
+        expect(await store.findKeyVersion(third.id, 1)).toBeUndefined();
+      });
+
+      it('when one project is at its quota, then another project can still create keys', async () => {
+        await enabledKey({ projectId: PROJECT_A });
+        const other = pendingKey({ projectId: PROJECT_B });
+
+        await store.insertPendingKey(other, firstVersion(other), 1);
+
+        expect(await store.listPendingCreation()).toEqual([other]);
+      });
+
+      it('when the alias is taken in the project, then AliasAlreadyExists and neither key nor version is inserted', async () => {
+        await enabledKey({ alias: 'alias/orders' });
+        const clash = pendingKey({ alias: 'alias/orders' });
+
+        const error = await store.insertPendingKey(clash, firstVersion(clash), 10).catch((e: unknown) => e);
+
+        expect(error).toBeInstanceOf(KmsError);
+        expect(error).toMatchObject({ code: 'AliasAlreadyExists', message: 'Duplicate key aliases.' });
+        expect(await store.listPendingCreation()).toEqual([]);
+        expect(await store.findKeyVersion(clash.id, 1)).toBeUndefined();
+      });
+
+      it('when aliases differ only by the alias/ prefix, then they clash', async () => {
+        await enabledKey({ alias: 'alias/orders' });
+        const clash = pendingKey({ alias: 'orders' });
+
+        await expect(store.insertPendingKey(clash, firstVersion(clash), 10)).rejects.toMatchObject({
+          code: 'AliasAlreadyExists',
+        });
+      });
+
+      it('when a key still in PendingCreation holds the alias, then a new key cannot take it', async () => {
+        const pending = pendingKey({ alias: 'alias/orders' });
+        await store.insertPendingKey(pending, firstVersion(pending), 10);
+        const clash = pendingKey({ alias: 'alias/orders' });
+
+        await expect(store.insertPendingKey(clash, firstVersion(clash), 10)).rejects.toMatchObject({
+          code: 'AliasAlreadyExists',
+        });
+      });
+
+      it('when two projects use the same alias, then both keys exist', async () => {
+        const a = await enabledKey({ projectId: PROJECT_A, alias: 'alias/orders' });
+        const b = await enabledKey({ projectId: PROJECT_B, alias: 'alias/orders' });
+
+        expect(await store.findKeyByAlias(PROJECT_A, 'alias/orders')).toEqual(a);
+        expect(await store.findKeyByAlias(PROJECT_B, 'alias/orders')).toEqual(b);
+      });
+
+      it('when the key is not in PendingCreation, then activateKey throws KeyNotFound', async () => {
+        const enabled = await enabledKey();
+
+        await expect(store.activateKey(enabled.id)).rejects.toMatchObject({
+          code: 'KeyNotFound',
+          message: 'The key does not exist.',
+        });
+        await expect(store.activateKey('00000000-0000-0000-0000-000000000000')).rejects.toMatchObject({
+          code: 'KeyNotFound',
+        });
+      });
+    });
+
+    describe('listPendingCreation and purgeKey', () => {
+      it('when keys are left in PendingCreation, then they are listed from every project, oldest first', async () => {
+        const a = pendingKey({ projectId: PROJECT_A });
+        const b = pendingKey({ projectId: PROJECT_B });
+        await store.insertPendingKey(b, firstVersion(b), 10);
+        await store.insertPendingKey(a, firstVersion(a), 10);
+        await enabledKey();
+
+        expect(await store.listPendingCreation()).toEqual([a, b]);
+      });
+
+      it('when a key is purged, then the key and every version are gone and its alias is free', async () => {
+        const key = pendingKey({ alias: 'alias/orders' });
+        await store.insertPendingKey(key, firstVersion(key), 10);
+
+        await store.purgeKey(key.id);
+
+        expect(await store.listPendingCreation()).toEqual([]);
+        expect(await store.findKeyVersion(key.id, 1)).toBeUndefined();
+        const again = pendingKey({ alias: 'alias/orders' });
+        await store.insertPendingKey(again, firstVersion(again), 10);
+      });
+
+      it('when an enabled key is purged, then it can no longer be found', async () => {
+        const key = await keyIn('PendingDeletion');
+
+        await store.purgeKey(key.id);
+
+        expect(await store.findKey(PROJECT_A, key.id)).toBeUndefined();
+        expect(await store.countKeys(PROJECT_A)).toBe(0);
+      });
+
+      it('when the key does not exist, then purgeKey does nothing', async () => {
+        await expect(store.purgeKey('00000000-0000-0000-0000-000000000000')).resolves.toBeUndefined();
+      });
+    });
+
+    describe('findKey, findKeyByAlias and findKeyVersion', () => {
+      it("when project B asks for project A's key by id or alias, then it is not found", async () => {
+        const key = await enabledKey({ projectId: PROJECT_A, alias: 'alias/secret' });
+
+        expect(await store.findKey(PROJECT_B, key.id)).toBeUndefined();
+        expect(await store.findKeyByAlias(PROJECT_B, 'alias/secret')).toBeUndefined();
+      });
+
+      it('when the key does not exist, then findKey returns undefined', async () => {
+        expect(await store.findKey(PROJECT_A, '00000000-0000-0000-0000-000000000000')).toBeUndefined();
+      });
+
+      it('when looked up with or without the alias/ prefix, then the same key is found', async () => {
+        const key = await enabledKey({ alias: 'orders' });
+
+        expect(await store.findKeyByAlias(PROJECT_A, 'alias/orders')).toEqual(key);
+        expect(await store.findKeyByAlias(PROJECT_A, 'orders')).toEqual(key);
+        expect(await store.findKeyByAlias(PROJECT_A, 'alias/other')).toBeUndefined();
+      });
+
+      it('when the version does not exist, then findKeyVersion returns undefined', async () => {
+        const key = await enabledKey();
+
+        expect(await store.findKeyVersion(key.id, 2)).toBeUndefined();
+        expect(await store.findKeyVersion('00000000-0000-0000-0000-000000000000', 1)).toBeUndefined();
+      });
+    });
+
+    describe('listKeys and countKeys', () => {
+      it('when keys are listed, then they come oldest first, ties broken by id, with the total', async () => {
+        const createdAt = Date.UTC(2025, 5, 1);
+        const later = await enabledKey({ createdAt: createdAt + 1 });
+        const tieB = await enabledKey({ createdAt, id: 'bbbbbbbb-0000-0000-0000-000000000000' });
+        const tieA = await enabledKey({ createdAt, id: 'aaaaaaaa-0000-0000-0000-000000000000' });
+
+        expect(await store.listKeys({ projectId: PROJECT_A, offset: 0, limit: 10 })).toEqual({
+          keys: [tieA, tieB, later],
+          total: 3,
+        });
+      });
+
+      it('when a page is asked for, then offset and limit cut the list and total counts every key', async () => {
+        const keys = [await enabledKey(), await enabledKey(), await enabledKey(), await enabledKey()];
+
+        expect(await store.listKeys({ projectId: PROJECT_A, offset: 1, limit: 2 })).toEqual({
+          keys: keys.slice(1, 3),
+          total: 4,
+        });
+        expect(await store.listKeys({ projectId: PROJECT_A, offset: 4, limit: 2 })).toEqual({ keys: [], total: 4 });
+      });
+
+      it('when a state filter is given, then only keys in that state are listed and counted', async () => {
+        await enabledKey();
+        const disabled = await keyIn('Disabled');
+        const pending = pendingKey();
+        await store.insertPendingKey(pending, firstVersion(pending), 10);
+
+        expect(await store.listKeys({ projectId: PROJECT_A, state: 'Disabled', offset: 0, limit: 10 })).toEqual({
+          keys: [disabled],
+          total: 1,
+        });
+        expect(await store.listKeys({ projectId: PROJECT_A, state: 'PendingCreation', offset: 0, limit: 10 })).toEqual({
+          keys: [],
+          total: 0,
+        });
+      });
+
+      it("when project B lists or counts keys, then project A's keys are not among them", async () => {
+        await enabledKey({ projectId: PROJECT_A });
+        const own = await enabledKey({ projectId: PROJECT_B });
+
+        expect(await store.listKeys({ projectId: PROJECT_B, offset: 0, limit: 10 })).toEqual({ keys: [own], total: 1 });
+        expect(await store.countKeys(PROJECT_B)).toBe(1);
+      });
+
+      it('when keys are counted, then every state but PendingCreation counts', async () => {
+        await enabledKey();
+        await keyIn('Disabled');
+        await keyIn('PendingDeletion');
+        const pending = pendingKey();
+        await store.insertPendingKey(pending, firstVersion(pending), 10);
+
+        expect(await store.countKeys(PROJECT_A)).toBe(3);
+      });
+    });
+
+    describe('updateKey', () => {
+      it('when the key is in the expected state, then the patch is applied and the updated key returned', async () => {
+        const key = await enabledKey({ description: 'before' });
+
+        const updated = await store.updateKey(PROJECT_A, key.id, 'Enabled', {
+          state: 'Disabled',
+          description: 'after',
+        });
+
+        expect(updated).toEqual({ ...key, state: 'Disabled', description: 'after' });
+        expect(await store.findKey(PROJECT_A, key.id)).toEqual(updated);
+      });
+
+      it('when the key is no longer in the expected state, then nothing changes and undefined is returned', async () => {
+        const key = await keyIn('Disabled');
+
+        expect(await store.updateKey(PROJECT_A, key.id, 'Enabled', { state: 'Disabled', description: 'x' })).toBe(
+          undefined,
+        );
+        expect(await store.findKey(PROJECT_A, key.id)).toEqual(key);
+      });
+
+      it("when project B updates project A's key, then nothing changes and undefined is returned", async () => {
+        const key = await enabledKey();
+
+        expect(await store.updateKey(PROJECT_B, key.id, 'Enabled', { state: 'Disabled' })).toBeUndefined();
+        expect(await store.findKey(PROJECT_A, key.id)).toEqual(key);
+      });
+
+      it('when the key does not exist, then undefined is returned', async () => {
+        expect(
+          await store.updateKey(PROJECT_A, '00000000-0000-0000-0000-000000000000', 'Enabled', { description: 'x' }),
+        ).toBeUndefined();
+      });
+
+      it('when the patch is empty, then the key is returned unchanged', async () => {
+        const key = await enabledKey();
+
+        expect(await store.updateKey(PROJECT_A, key.id, 'Enabled', {})).toEqual(key);
+      });
+
+      it('when deletion is scheduled and cancelled, then the deletion date is set and cleared', async () => {
+        const key = await enabledKey();
+
+        const scheduled = await store.updateKey(PROJECT_A, key.id, 'Enabled', {
+          state: 'PendingDeletion',
+          deletionDate: key.createdAt + 7 * DAY,
+        });
+        expect(scheduled).toEqual({ ...key, state: 'PendingDeletion', deletionDate: key.createdAt + 7 * DAY });
+
+        const cancelled = await store.updateKey(PROJECT_A, key.id, 'PendingDeletion', {
+          state: 'Disabled',
+          deletionDate: null,
+        });
+        expect(cancelled).toEqual({ ...key, state: 'Disabled', deletionDate: null });
+      });
+
+      it('when the alias changes, then the key is found by the new alias only and the old one is free', async () => {
+        const key = await enabledKey({ alias: 'alias/old' });
+
+        const updated = await store.updateKey(PROJECT_A, key.id, 'Enabled', { alias: 'new' });
+
+        expect(updated).toEqual({ ...key, alias: 'new' });
+        expect(await store.findKeyByAlias(PROJECT_A, 'alias/new')).toEqual(updated);
+        expect(await store.findKeyByAlias(PROJECT_A, 'alias/old')).toBeUndefined();
+        await enabledKey({ alias: 'old' });
+      });
+
+      it('when the new alias is taken in the project, then AliasAlreadyExists and the key keeps its alias', async () => {
+        await enabledKey({ alias: 'alias/taken' });
+        const key = await enabledKey({ alias: 'alias/mine' });
+
+        await expect(store.updateKey(PROJECT_A, key.id, 'Enabled', { alias: 'taken' })).rejects.toMatchObject({
+          code: 'AliasAlreadyExists',
+          message: 'Duplicate key aliases.',
+        });
+        expect(await store.findKey(PROJECT_A, key.id)).toEqual(key);
+      });
+
+      it('when the new alias is taken only in another project, then the alias changes', async () => {
+        await enabledKey({ projectId: PROJECT_B, alias: 'alias/shared' });
+        const key = await enabledKey({ projectId: PROJECT_A, alias: 'alias/mine' });
+
+        expect(await store.updateKey(PROJECT_A, key.id, 'Enabled', { alias: 'alias/shared' })).toEqual({
+          ...key,
+          alias: 'alias/shared',
+        });
+      });
+    });
+
+    describe('listKeysDueForDeletion', () => {
+      it('when deletion dates are at, before and after now, then only keys due at or before now are listed', async () => {
+        const now = Date.UTC(2025, 6, 1);
+        const overdue = await keyIn('PendingDeletion', { deletionDate: now - 1 });
+        const dueNow = await keyIn('PendingDeletion', { projectId: PROJECT_B, deletionDate: now });
+        await keyIn('PendingDeletion', { deletionDate: now + 1 });
+        await keyIn('Disabled');
+
+        const due = await store.listKeysDueForDeletion(now);
+
+        expect(due).toHaveLength(2);
+        expect(due).toEqual(expect.arrayContaining([overdue, dueNow]));
+      });
+
+      it('when no key is pending deletion, then nothing is due', async () => {
+        await enabledKey();
+
+        expect(await store.listKeysDueForDeletion(Number.MAX_SAFE_INTEGER)).toEqual([]);
+      });
+    });
+  });
+}

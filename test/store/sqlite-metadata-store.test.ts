@@ -1,0 +1,143 @@
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { SqliteMetadataStore } from '../../src/store/sqlite-metadata-store.js';
+import { firstVersion, PROJECT_A, pendingKey } from './key-fixtures.js';
+import { describeMetadataStoreContract } from './metadata-store-contract.js';
+
+function tempDir(): string {
+  return mkdtempSync(join(tmpdir(), 'hsm-kms-store-'));
+}
+
+describeMetadataStoreContract('SqliteMetadataStore', async () => {
+  const dir = tempDir();
+  const store = SqliteMetadataStore.open(join(dir, 'kms.db'));
+  return {
+    store,
+    cleanup: async () => {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+});
+
+describe('SqliteMetadataStore on a file', () => {
+  let dir: string;
+  let path: string;
+  const open: SqliteMetadataStore[] = [];
+
+  function openStore(): SqliteMetadataStore {
+    const store = SqliteMetadataStore.open(path);
+    open.push(store);
+    return store;
+  }
+
+  beforeEach(() => {
+    dir = tempDir();
+    path = join(dir, 'nested', 'dir', 'kms.db');
+  });
+  afterEach(async () => {
+    for (const store of open.splice(0)) await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('when the file is missing, then its parent directories and the file are created, readable by the owner only', () => {
+    openStore();
+
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+  });
+
+  it('when the store is closed and reopened, then the data is still there', async () => {
+    const first = openStore();
+    const key = pendingKey();
+    const version = firstVersion(key);
+    await first.insertPendingKey(key, version, 10);
+    await first.activateKey(key.id);
+    await first.close();
+
+    const reopened = openStore();
+
+    expect(await reopened.findKey(PROJECT_A, key.id)).toEqual({ ...key, state: 'Enabled' });
+    expect(await reopened.findKeyVersion(key.id, 1)).toEqual(version);
+  });
+
+  it('when the schema is created, then user_version records it, WAL is on and reopening migrates nothing', async () => {
+    await openStore().close();
+    openStore();
+
+    const db = new Database(path, { readonly: true });
+    try {
+      expect(db.pragma('user_version', { simple: true })).toBe(1);
+      expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+    } finally {
+      db.close();
+    }
+  });
+
+  it('when the file has a newer schema than this build knows, then opening it fails with InternalError', async () => {
+    await openStore().close();
+    const db = new Database(path);
+    db.pragma('user_version = 99');
+    db.close();
+
+    expect(() => SqliteMetadataStore.open(path)).toThrow(
+      expect.objectContaining({ code: 'InternalError', name: 'KmsError' }),
+    );
+  });
+
+  describe('when two workers open the same file', () => {
+    it('then each sees the keys the other writes', async () => {
+      const worker1 = openStore();
+      const worker2 = openStore();
+      const key = pendingKey({ alias: 'alias/shared' });
+
+      await worker1.insertPendingKey(key, firstVersion(key), 10);
+      expect(await worker2.listPendingCreation()).toEqual([key]);
+      await worker2.activateKey(key.id);
+
+      expect(await worker1.findKeyByAlias(PROJECT_A, 'shared')).toEqual({ ...key, state: 'Enabled' });
+    });
+
+    it('then of two racing transitions from the same state, only one wins', async () => {
+      const worker1 = openStore();
+      const worker2 = openStore();
+      const key = pendingKey();
+      await worker1.insertPendingKey(key, firstVersion(key), 10);
+      await worker1.activateKey(key.id);
+
+      const results = await Promise.all([
+        worker1.updateKey(PROJECT_A, key.id, 'Enabled', { state: 'Disabled' }),
+        worker2.updateKey(PROJECT_A, key.id, 'Enabled', { state: 'PendingDeletion', deletionDate: 1 }),
+      ]);
+
+      expect(results.filter((result) => result !== undefined)).toHaveLength(1);
+      expect(await worker2.findKey(PROJECT_A, key.id)).toEqual(results[0] ?? results[1]);
+    });
+
+    it('then the quota holds across both', async () => {
+      const worker1 = openStore();
+      const worker2 = openStore();
+      const first = pendingKey();
+      const second = pendingKey();
+      await worker1.insertPendingKey(first, firstVersion(first), 1);
+
+      await expect(worker2.insertPendingKey(second, firstVersion(second), 1)).rejects.toMatchObject({
+        code: 'KeyQuotaExceeded',
+      });
+    });
+
+    it('then an alias taken through one is refused through the other', async () => {
+      const worker1 = openStore();
+      const worker2 = openStore();
+      const first = pendingKey({ alias: 'alias/orders' });
+      const second = pendingKey({ alias: 'orders' });
+      await worker1.insertPendingKey(first, firstVersion(first), 10);
+
+      await expect(worker2.insertPendingKey(second, firstVersion(second), 10)).rejects.toMatchObject({
+        code: 'AliasAlreadyExists',
+      });
+    });
+  });
+});
