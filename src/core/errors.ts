@@ -28,6 +28,14 @@ export const KMS_ERROR_CODES = [
   'IncorrectKey',
   /** A value is outside what the service accepts; the message names it. */
   'InvalidParameter',
+  /** The request carries no credentials. */
+  'AuthMissing',
+  /** The credentials are malformed, forged or from an unknown issuer. */
+  'AuthInvalid',
+  /** The credentials were valid once and have expired. */
+  'AuthExpired',
+  /** The credentials are valid but for another project than the one the request addresses. */
+  'ProjectMismatch',
   /** The HSM did not answer or reported a device failure; the request can be retried. */
   'HsmUnavailable',
   /** Anything unexpected. Logged in full, answered generically. */

@@ -92,3 +92,9 @@ export const transitions = {
     return { state: 'Disabled', deletionDate: null };
   },
 };
+
+/** How a caller names a key: by id, or by alias (the dialect has already parsed ARNs and URNs down to these). */
+export type KeyRef = { readonly kind: 'id'; readonly id: string } | { readonly kind: 'alias'; readonly alias: string };
+
+/** The Huawei key_id format, which our generated ids (lower-case UUIDs) follow. */
+export const KEY_ID_PATTERN = /^[0-9a-z]{8}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{12}$/;

@@ -1,0 +1,15 @@
+import type { DataKeyService } from '../../core/data-key.service.js';
+import type { KeyService } from '../../core/key.service.js';
+import type { RandomService } from '../../core/random.service.js';
+
+/** The use cases the dialects call, and the deployment facts they report. */
+export interface Services {
+  readonly random: RandomService;
+  readonly keys: KeyService;
+  readonly dataKeys: DataKeyService;
+  readonly region: string;
+  readonly cmkQuota: number;
+}
+
+/** One Huawei action: the body as received (unvalidated) in, the response body out. */
+export type HuaweiAction = (services: Services, projectId: string, body: unknown) => Promise<object>;

@@ -1,0 +1,143 @@
+import { z } from 'zod';
+import type { HuaweiAction } from './context.js';
+import { invalid } from './errors.js';
+import { KEY_STATE_CODES, keyInfo, stateForCode } from './key-info.js';
+import { integerString, keyRef, parseBody, sequence, validAlias, validDescription } from './wire.js';
+
+/** Key management: create-key, describe-key, list-keys, state changes, alias and description. */
+
+const CreateKey = z
+  .object({
+    key_alias: z.string(),
+    key_description: z.string().optional(),
+    key_spec: z.string().optional(),
+    key_usage: z.string().optional(),
+    origin: z.string().optional(),
+    sequence,
+  })
+  .strict();
+
+export const createKey: HuaweiAction = async (services, projectId, body) => {
+  const req = parseBody(CreateKey, body);
+  if (req.key_spec !== undefined && req.key_spec !== 'AES_256') {
+    throw invalid('KMS.0308', 'Invalid parameter: key_spec must be AES_256 (the only key spec this service offers).');
+  }
+  if (req.key_usage !== undefined && req.key_usage !== 'ENCRYPT_DECRYPT') {
+    throw invalid('KMS.0308', 'Invalid parameter: key_usage must be ENCRYPT_DECRYPT for an AES_256 key.');
+  }
+  if (req.origin !== undefined && req.origin !== 'kms') {
+    throw invalid('KMS.0308', 'Invalid parameter: origin must be kms (importing key material is not supported).');
+  }
+  const key = await services.keys.create({
+    projectId,
+    alias: validAlias(req.key_alias),
+    description: validDescription(req.key_description ?? ''),
+  });
+  return { key_info: { key_id: key.id, domain_id: key.projectId } };
+};
+
+/** Bodies that only name a key: management endpoints take a key id, never an alias (kms-apis.md §1.1). */
+const KeyOnly = z.object({ key_id: z.string(), sequence });
+
+export const describeKey: HuaweiAction = async (services, projectId, body) => {
+  const req = parseBody(KeyOnly, body);
+  const key = await services.keys.get(projectId, keyRef(req.key_id, true));
+  return { key_info: keyInfo(key, services.region) };
+};
+
+const ListKeys = z.object({
+  limit: integerString.optional(),
+  marker: integerString.optional(),
+  key_state: z.string().optional(),
+  sequence,
+});
+
+const MAX_LIST_LIMIT = 1000;
+
+export const listKeys: HuaweiAction = async (services, projectId, body) => {
+  const req = parseBody(ListKeys, body);
+  const limit = req.limit ?? MAX_LIST_LIMIT;
+  if (limit < 1 || limit > MAX_LIST_LIMIT) throw invalid('KMS.1601', 'Invalid limit.');
+  const offset = req.marker ?? 0;
+  if (req.key_state !== undefined && !/^[1-5]$/.test(req.key_state)) {
+    throw invalid('KMS.0308', 'Invalid parameter: key_state must be one of 1, 2, 3, 4, 5.');
+  }
+  const state = req.key_state === undefined ? undefined : stateForCode(req.key_state);
+  const { keys, total } =
+    state === 'none'
+      ? { keys: [], total: 0 }
+      : await services.keys.list(projectId, { offset, limit, ...(state ? { state } : {}) });
+  const truncated = offset + keys.length < total;
+  return {
+    keys: keys.map((k) => k.id),
+    key_details: keys.map((k) => keyInfo(k, services.region)),
+    next_marker: truncated ? String(offset + keys.length) : '',
+    truncated: String(truncated),
+    total,
+  };
+};
+
+export const enableKey: HuaweiAction = async (services, projectId, body) => {
+  const req = parseBody(KeyOnly, body);
+  const key = await services.keys.enable(projectId, keyRef(req.key_id, false));
+  return { key_info: { key_id: key.id, key_state: KEY_STATE_CODES[key.state] } };
+};
+
+export const disableKey: HuaweiAction = async (services, projectId, body) => {
+  const req = parseBody(KeyOnly, body);
+  const key = await services.keys.disable(projectId, keyRef(req.key_id, false));
+  return { key_info: { key_id: key.id, key_state: KEY_STATE_CODES[key.state] } };
+};
+
+const ScheduleDeletion = z.object({ key_id: z.string(), pending_days: integerString, sequence });
+
+export const scheduleKeyDeletion: HuaweiAction = async (services, projectId, body) => {
+  const req = parseBody(ScheduleDeletion, body);
+  if (req.pending_days < 7 || req.pending_days > 1096) {
+    throw invalid('KMS.1401', 'Set the pending deletion period between 7 to 1096 days.');
+  }
+  const key = await services.keys.scheduleDeletion(projectId, keyRef(req.key_id, false), req.pending_days);
+  // Flat, without key_info, as Huawei documents it.
+  return { key_id: key.id, key_state: KEY_STATE_CODES[key.state] };
+};
+
+export const cancelKeyDeletion: HuaweiAction = async (services, projectId, body) => {
+  const req = parseBody(KeyOnly, body);
+  const key = await services.keys.cancelDeletion(projectId, keyRef(req.key_id, false));
+  return { key_id: key.id, key_state: KEY_STATE_CODES[key.state] };
+};
+
+const UpdateAlias = z.object({ key_id: z.string(), key_alias: z.string(), sequence }).strict();
+
+export const updateKeyAlias: HuaweiAction = async (services, projectId, body) => {
+  const req = parseBody(UpdateAlias, body);
+  const ref = keyRef(req.key_id, false);
+  const key = await services.keys.updateAlias(projectId, ref, validAlias(req.key_alias));
+  return { key_info: { key_id: key.id, key_alias: key.alias } };
+};
+
+const UpdateDescription = z.object({ key_id: z.string(), key_description: z.string(), sequence }).strict();
+
+export const updateKeyDescription: HuaweiAction = async (services, projectId, body) => {
+  const req = parseBody(UpdateDescription, body);
+  const ref = keyRef(req.key_id, false);
+  const key = await services.keys.updateDescription(projectId, ref, validDescription(req.key_description));
+  return { key_info: { key_id: key.id, key_description: key.description } };
+};
+
+export const userInstances: HuaweiAction = async (services, projectId) => {
+  return { instance_num: await services.keys.count(projectId) };
+};
+
+export const userQuotas: HuaweiAction = async (services, projectId) => {
+  const used = await services.keys.count(projectId);
+  return {
+    quotas: {
+      resources: [
+        { type: 'CMK', used, quota: services.cmkQuota },
+        // Grants are not offered yet: none used, Huawei's default quota shown.
+        { type: 'grant_per_CMK', used: 0, quota: 100 },
+      ],
+    },
+  };
+};

@@ -1,0 +1,115 @@
+import express, { type NextFunction, type Request, type Response, Router } from 'express';
+import type { TokenVerifier } from '../../auth/token-verifier.js';
+import { KmsError } from '../../core/errors.js';
+import { errorFields, type Logger } from '../../logger.js';
+import type { HuaweiAction, Services } from './context.js';
+import {
+  createDataKey,
+  createDataKeyWithoutPlaintext,
+  decryptData,
+  decryptDataKey,
+  encryptData,
+  encryptDataKey,
+  genRandom,
+} from './crypto-actions.js';
+import { HuaweiApiError, invalid, renderHuaweiError } from './errors.js';
+import {
+  cancelKeyDeletion,
+  createKey,
+  describeKey,
+  disableKey,
+  enableKey,
+  listKeys,
+  scheduleKeyDeletion,
+  updateKeyAlias,
+  updateKeyDescription,
+  userInstances,
+  userQuotas,
+} from './key-actions.js';
+import { versionDocument, versionsDocument } from './versions.js';
+
+/** Every Huawei action this service offers: `/v1.0/{project_id}/kms/<action>`, with the method Huawei uses. */
+const ACTIONS: Readonly<Record<string, { method: 'GET' | 'POST'; run: HuaweiAction }>> = {
+  'gen-random': { method: 'POST', run: genRandom },
+  'create-key': { method: 'POST', run: createKey },
+  'describe-key': { method: 'POST', run: describeKey },
+  'list-keys': { method: 'POST', run: listKeys },
+  'enable-key': { method: 'POST', run: enableKey },
+  'disable-key': { method: 'POST', run: disableKey },
+  'schedule-key-deletion': { method: 'POST', run: scheduleKeyDeletion },
+  'cancel-key-deletion': { method: 'POST', run: cancelKeyDeletion },
+  'update-key-alias': { method: 'POST', run: updateKeyAlias },
+  'update-key-description': { method: 'POST', run: updateKeyDescription },
+  'create-datakey': { method: 'POST', run: createDataKey },
+  'create-datakey-without-plaintext': { method: 'POST', run: createDataKeyWithoutPlaintext },
+  'encrypt-datakey': { method: 'POST', run: encryptDataKey },
+  'decrypt-datakey': { method: 'POST', run: decryptDataKey },
+  'encrypt-data': { method: 'POST', run: encryptData },
+  'decrypt-data': { method: 'POST', run: decryptData },
+  'user-instances': { method: 'GET', run: userInstances },
+  'user-quotas': { method: 'GET', run: userQuotas },
+};
+
+const PROJECT_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+
+/**
+ * Bodies up to 64 KiB: the largest legitimate one is encrypt-data with 4096 bytes of text, JSON-escaped, plus an
+ * 8192-character encryption context. Any content type is read as JSON: Huawei's SDKs send
+ * `application/json;charset=UTF-8`, curl users often send none.
+ */
+const jsonBody = express.json({ limit: '64kb', type: () => true });
+
+/** Errors of Express's body parser (they carry a `type`), in Huawei's terms. */
+function bodyParserError(err: unknown): HuaweiApiError | undefined {
+  const type = (err as { type?: unknown } | null)?.type;
+  if (type === 'entity.parse.failed') return invalid('KMS.0202', 'Invalid JSON format of the request message.');
+  if (type === 'entity.too.large') return invalid('KMS.0203', 'Request message too long.');
+  if (typeof type === 'string') return invalid('KMS.0214', 'The request format is invalid.');
+  return undefined;
+}
+
+export function huaweiRouter(services: Services, verifier: TokenVerifier, logger: Logger): Router {
+  const router = Router();
+
+  router.get('/', (req, res) => {
+    res.json(versionsDocument(req));
+  });
+  router.get(['/v1.0', '/v1.0/'], (req, res) => {
+    res.json(versionDocument(req));
+  });
+
+  router.all('/v1.0/:project_id/kms/:action', async (req: Request, res: Response, next: NextFunction) => {
+    const projectId = req.params.project_id as string;
+    if (!PROJECT_ID_PATTERN.test(projectId)) throw invalid('KMS.0201', 'Invalid request URL.');
+    const tokenProject = await verifier.projectOf(req.get('x-auth-token'));
+    if (tokenProject !== projectId) {
+      throw new KmsError('ProjectMismatch', 'URIs in URL and X-Auth-Token do not match.');
+    }
+    const action = ACTIONS[req.params.action as string];
+    if (!action) throw invalid('KMS.0201', 'Invalid request URL.');
+    if (req.method !== action.method) {
+      res.set('Allow', action.method);
+      throw new HuaweiApiError('KMS.0215', 405, 'Request method not supported.');
+    }
+    res.locals.projectId = projectId;
+    res.locals.action = action.run;
+    if (action.method === 'POST') jsonBody(req, res, next);
+    else next();
+  });
+  router.all('/v1.0/:project_id/kms/:action', async (req: Request, res: Response) => {
+    const run = res.locals.action as HuaweiAction;
+    res.json(await run(services, res.locals.projectId as string, req.body));
+  });
+
+  router.use(huaweiErrorHandler(logger));
+  return router;
+}
+
+/** Renders any error the Huawei way; unexpected ones are logged in full and answered generically. */
+export function huaweiErrorHandler(logger: Logger) {
+  return (err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    const { status, body, unexpected } = renderHuaweiError(bodyParserError(err) ?? err);
+    if (unexpected) logger.error('request failed', { method: req.method, path: req.path, ...errorFields(err) });
+    res.status(status).json(body);
+  };
+}

@@ -1,0 +1,94 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+
+/**
+ * The service's configuration: read from the environment once, validated, frozen. Secrets (the PIN) come from
+ * KMS_PIN or from the file KMS_PIN_FILE names; they are never logged and never appear in an error message.
+ */
+const intFrom = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
+
+const EnvSchema = z.object({
+  KMS_DATA_DIR: z.string().min(1).default('./.data'),
+  KMS_HOST: z.string().min(1).default('127.0.0.1'),
+  KMS_PORT: intFrom(0, 65535).default(8080),
+  KMS_WORKERS: intFrom(1, 64).default(1),
+  KMS_PKCS11_LIBRARY: z.string().min(1).default('/usr/lib/softhsm/libsofthsm2.so'),
+  KMS_TOKEN_LABEL: z.string().min(1).max(32).default('hsm-kms'),
+  KMS_PIN: z.string().min(1).optional(),
+  KMS_PIN_FILE: z.string().min(1).optional(),
+  KMS_HSM_POOL_SIZE: intFrom(1, 64).default(4),
+  KMS_KEY_CACHE_SIZE: intFrom(16, 1_000_000).default(10_000),
+  KMS_DB_PATH: z.string().min(1).optional(),
+  KMS_CMK_QUOTA: intFrom(1, 10_000_000).default(100_000),
+  KMS_JWKS_URL: z.url().optional(),
+  KMS_TOKEN_ISSUER: z.string().min(1).optional(),
+  KMS_TOKEN_AUDIENCE: z.string().min(1).optional(),
+  KMS_REGION: z.string().min(1).default('local-1'),
+  KMS_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+});
+
+export interface Config {
+  readonly dataDir: string;
+  readonly host: string;
+  readonly port: number;
+  readonly workers: number;
+  readonly region: string;
+  readonly logLevel: 'debug' | 'info' | 'warn' | 'error';
+  readonly hsm: {
+    readonly library: string;
+    readonly tokenLabel: string;
+    readonly pin: string;
+    readonly poolSize: number;
+    readonly keyCacheSize: number;
+  };
+  readonly dbPath: string;
+  readonly cmkQuota: number;
+  readonly auth: {
+    /** Verify tokens with this JWKS (production) instead of the local issuer key in the data directory. */
+    readonly jwksUrl: string | undefined;
+    readonly issuer: string | undefined;
+    readonly audience: string | undefined;
+  };
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = EnvSchema.safeParse(env);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    // Name the variable, never echo its value: it may be a secret.
+    throw new Error(`Invalid configuration: ${String(issue?.path[0])}: ${issue?.message}`);
+  }
+  const e = parsed.data;
+  const dataDir = path.resolve(e.KMS_DATA_DIR);
+  return Object.freeze({
+    dataDir,
+    host: e.KMS_HOST,
+    port: e.KMS_PORT,
+    workers: e.KMS_WORKERS,
+    region: e.KMS_REGION,
+    logLevel: e.KMS_LOG_LEVEL,
+    hsm: Object.freeze({
+      library: e.KMS_PKCS11_LIBRARY,
+      tokenLabel: e.KMS_TOKEN_LABEL,
+      pin: readPin(e.KMS_PIN, e.KMS_PIN_FILE),
+      poolSize: e.KMS_HSM_POOL_SIZE,
+      keyCacheSize: e.KMS_KEY_CACHE_SIZE,
+    }),
+    dbPath: path.resolve(e.KMS_DB_PATH ?? path.join(dataDir, 'kms.db')),
+    cmkQuota: e.KMS_CMK_QUOTA,
+    auth: Object.freeze({ jwksUrl: e.KMS_JWKS_URL, issuer: e.KMS_TOKEN_ISSUER, audience: e.KMS_TOKEN_AUDIENCE }),
+  });
+}
+
+function readPin(pin: string | undefined, pinFile: string | undefined): string {
+  if (pin !== undefined) return pin;
+  if (pinFile === undefined) throw new Error('Invalid configuration: set KMS_PIN or KMS_PIN_FILE (the HSM user PIN).');
+  try {
+    const fromFile = readFileSync(pinFile, 'utf8').trim();
+    if (fromFile.length === 0) throw new Error('empty');
+    return fromFile;
+  } catch {
+    throw new Error(`Invalid configuration: KMS_PIN_FILE ${pinFile} cannot be read or is empty.`);
+  }
+}

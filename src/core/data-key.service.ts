@@ -1,0 +1,123 @@
+import {
+  blobAad,
+  decodeFrame,
+  decodePayload,
+  encodeBlob,
+  GCM_IV_LENGTH,
+  MAX_PLAINTEXT_LENGTH,
+} from './ciphertext-blob.js';
+import type { EncryptionContext } from './encryption-context.js';
+import { KmsError, needs } from './errors.js';
+import type { KeyService } from './key.service.js';
+import { assertUsableForCrypto, type KeyRecord, type KeyRef, type KeyVersionRecord } from './keys.js';
+import type { Hsm, MetadataStore } from './ports.js';
+
+/** Largest data key the service draws: 8192 bits, Huawei's upper bound. */
+export const MAX_DATA_KEY_LENGTH = 1024;
+
+/** Key versions are immutable once written, so they are cached; a purged key is refused before its version is read. */
+const VERSION_CACHE_LIMIT = 50_000;
+
+export interface Sealed {
+  readonly key: KeyRecord;
+  readonly ciphertextBlob: Buffer;
+}
+
+export interface Opened {
+  readonly key: KeyRecord;
+  readonly plaintext: Buffer;
+}
+
+/**
+ * Data keys and small payloads sealed under a CMK inside the HSM, in the Huawei-shaped ciphertext frame
+ * (src/core/ciphertext-blob.ts). Every dialect's encrypt, decrypt and data-key operation ends here.
+ */
+export class DataKeyService {
+  private readonly versions = new Map<string, KeyVersionRecord>();
+
+  constructor(
+    private readonly hsm: Hsm,
+    private readonly store: MetadataStore,
+    private readonly keys: KeyService,
+  ) {}
+
+  /** A fresh data key drawn from the HSM's RNG, and its ciphertext. The caller zeroes `plaintext` after use. */
+  async generateDataKey(
+    projectId: string,
+    ref: KeyRef,
+    length: number,
+    context: EncryptionContext | undefined,
+  ): Promise<Sealed & { plaintext: Buffer }> {
+    needs(Number.isInteger(length) && length >= 1 && length <= MAX_DATA_KEY_LENGTH, 'Invalid data key length.');
+    const key = await this.usableKey(projectId, ref);
+    const plaintext = await this.hsm.generateRandom(length);
+    const ciphertextBlob = await this.seal(key, plaintext, context);
+    return { key, plaintext, ciphertextBlob };
+  }
+
+  /** Seals caller-supplied bytes (a data key or up to 4096 bytes of data) under the key. */
+  async encrypt(
+    projectId: string,
+    ref: KeyRef,
+    plaintext: Buffer,
+    context: EncryptionContext | undefined,
+  ): Promise<Sealed> {
+    needs(plaintext.length >= 1 && plaintext.length <= MAX_PLAINTEXT_LENGTH, 'Invalid plaintext length.');
+    const key = await this.usableKey(projectId, ref);
+    return { key, ciphertextBlob: await this.seal(key, plaintext, context) };
+  }
+
+  /**
+   * Opens a blob made by `encrypt` or `generateDataKey`. The key comes from the blob; when the caller also names a
+   * key, it must be the same one (IncorrectKey otherwise). Every cryptographic failure is the same InvalidCiphertext.
+   */
+  async decrypt(
+    projectId: string,
+    ciphertextBlob: Buffer,
+    context: EncryptionContext | undefined,
+    expectedKey?: KeyRef,
+  ): Promise<Opened> {
+    const frame = decodeFrame(ciphertextBlob);
+    const named = expectedKey ? await this.keys.get(projectId, expectedKey) : undefined;
+    const key = named ?? (await this.keys.get(projectId, { kind: 'id', id: frame.keyId }));
+    if (key.id !== frame.keyId) {
+      throw new KmsError('IncorrectKey', 'The cipher_text was not made with the key given in key_id.');
+    }
+    assertUsableForCrypto(key);
+    const version = await this.version(key.id, frame.keyVersion);
+    const payload = decodePayload(frame);
+    const aad = blobAad(key.id, frame.keyVersion, payload.plaintextLength, context);
+    const plaintext = await this.hsm.decrypt(version, payload.iv, payload.ciphertextWithTag, aad);
+    return { key, plaintext };
+  }
+
+  private async usableKey(projectId: string, ref: KeyRef): Promise<KeyRecord> {
+    const key = await this.keys.get(projectId, ref);
+    assertUsableForCrypto(key);
+    return key;
+  }
+
+  private async seal(key: KeyRecord, plaintext: Buffer, context: EncryptionContext | undefined): Promise<Buffer> {
+    const version = await this.version(key.id, key.currentVersion);
+    // Random 96-bit IVs from the HSM: unique per key across processes without coordination (NIST SP 800-38D §8.2.2).
+    const iv = await this.hsm.generateRandom(GCM_IV_LENGTH);
+    const aad = blobAad(key.id, key.currentVersion, plaintext.length, context);
+    const ciphertextWithTag = await this.hsm.encrypt(version, iv, plaintext, aad);
+    return encodeBlob({ keyId: key.id, keyVersion: key.currentVersion, iv, ciphertextWithTag });
+  }
+
+  private async version(keyId: string, version: number): Promise<KeyVersionRecord> {
+    const cacheKey = `${keyId}:${version}`;
+    const cached = this.versions.get(cacheKey);
+    if (cached) return cached;
+    const found = await this.store.findKeyVersion(keyId, version);
+    // A blob naming a version this key never had is forged or corrupt: same answer as any bad ciphertext.
+    if (!found) throw new KmsError('InvalidCiphertext', 'Invalid cipher_text.');
+    if (this.versions.size >= VERSION_CACHE_LIMIT) {
+      const oldest = this.versions.keys().next().value;
+      if (oldest !== undefined) this.versions.delete(oldest);
+    }
+    this.versions.set(cacheKey, found);
+    return found;
+  }
+}

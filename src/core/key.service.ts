@@ -1,0 +1,139 @@
+import { randomUUID } from 'node:crypto';
+import { KmsError } from './errors.js';
+import { aliasName, type KeyRecord, type KeyRef, type KeyVersionRecord, transitions } from './keys.js';
+import type { Clock, Hsm, KeyPatch, MetadataStore } from './ports.js';
+
+/** Bytes of per-version derivation data fed, with the root key, to C_DeriveKey (two AES blocks → AES-256). */
+export const DERIVATION_DATA_LENGTH = 32;
+
+/** How often a compare-and-set transition is retried when another process changed the key meanwhile. */
+const MAX_TRANSITION_ATTEMPTS = 5;
+
+export interface CreateKeyInput {
+  readonly projectId: string;
+  readonly alias: string;
+  readonly description: string;
+}
+
+/** The key lifecycle: creation, look-up, state changes, aliases, and the deletion of keys whose window has passed. */
+export class KeyService {
+  constructor(
+    private readonly hsm: Hsm,
+    private readonly store: MetadataStore,
+    private readonly clock: Clock,
+    private readonly cmkQuota: number,
+  ) {}
+
+  /**
+   * Crash-consistent creation: the key is recorded as PendingCreation together with its derivation data, then
+   * materialised in the HSM, then marked Enabled. A crash in between leaves a PendingCreation record that
+   * `reconcilePendingCreation` removes at the next start; the HSM holds no token object per key, so nothing is orphaned.
+   */
+  async create(input: CreateKeyInput): Promise<KeyRecord> {
+    const now = this.clock.now();
+    const key: KeyRecord = {
+      id: randomUUID(),
+      projectId: input.projectId,
+      alias: input.alias,
+      description: input.description,
+      state: 'PendingCreation',
+      keySpec: 'AES_256',
+      keyUsage: 'ENCRYPT_DECRYPT',
+      origin: 'kms',
+      createdAt: now,
+      deletionDate: null,
+      currentVersion: 0,
+    };
+    const version: KeyVersionRecord = {
+      keyId: key.id,
+      version: 0,
+      rootKeyLabel: this.hsm.currentRootKeyLabel,
+      derivationData: await this.hsm.generateRandom(DERIVATION_DATA_LENGTH),
+      createdAt: now,
+    };
+    await this.store.insertPendingKey(key, version, this.cmkQuota);
+    await this.hsm.prepareKey(version);
+    await this.store.activateKey(key.id);
+    return { ...key, state: 'Enabled' };
+  }
+
+  /** Removes keys a crash left in PendingCreation: their creation was never acknowledged to anyone. */
+  async reconcilePendingCreation(): Promise<number> {
+    const pending = await this.store.listPendingCreation();
+    for (const key of pending) await this.store.purgeKey(key.id);
+    return pending.length;
+  }
+
+  /** Deletes, for good, the keys whose deletion date has passed: their derivation data goes with them. */
+  async purgeDueDeletions(): Promise<number> {
+    const due = await this.store.listKeysDueForDeletion(this.clock.now());
+    for (const key of due) {
+      for (let v = 0; v <= key.currentVersion; v++) this.hsm.forget(key.id, v);
+      await this.store.purgeKey(key.id);
+    }
+    return due.length;
+  }
+
+  /** A key of the project; a foreign or unknown key is KeyNotFound, indistinguishably. */
+  async get(projectId: string, ref: KeyRef): Promise<KeyRecord> {
+    const key =
+      ref.kind === 'id'
+        ? await this.store.findKey(projectId, ref.id)
+        : await this.store.findKeyByAlias(projectId, aliasName(ref.alias));
+    if (!key) throw new KmsError('KeyNotFound', 'The key does not exist.');
+    return key;
+  }
+
+  list(projectId: string, query: { state?: KeyRecord['state']; offset: number; limit: number }) {
+    return this.store.listKeys({ projectId, ...query });
+  }
+
+  count(projectId: string): Promise<number> {
+    return this.store.countKeys(projectId);
+  }
+
+  enable(projectId: string, ref: KeyRef): Promise<KeyRecord> {
+    return this.transition(projectId, ref, (key) => transitions.enable(key));
+  }
+
+  disable(projectId: string, ref: KeyRef): Promise<KeyRecord> {
+    return this.transition(projectId, ref, (key) => transitions.disable(key));
+  }
+
+  scheduleDeletion(projectId: string, ref: KeyRef, pendingDays: number): Promise<KeyRecord> {
+    return this.transition(projectId, ref, (key) => transitions.scheduleDeletion(key, pendingDays, this.clock.now()));
+  }
+
+  cancelDeletion(projectId: string, ref: KeyRef): Promise<KeyRecord> {
+    return this.transition(projectId, ref, (key) => transitions.cancelDeletion(key));
+  }
+
+  updateAlias(projectId: string, ref: KeyRef, alias: string): Promise<KeyRecord> {
+    return this.transition(projectId, ref, (key) => {
+      // A key pending deletion can no longer be managed, as on Huawei and AWS.
+      if (key.state === 'PendingDeletion') {
+        throw new KmsError('KeyPendingDeletion', 'The key is in Scheduled deletion state and cannot be used.');
+      }
+      return { alias };
+    });
+  }
+
+  updateDescription(projectId: string, ref: KeyRef, description: string): Promise<KeyRecord> {
+    return this.transition(projectId, ref, (key) => {
+      if (key.state === 'PendingDeletion') {
+        throw new KmsError('KeyPendingDeletion', 'The key is in Scheduled deletion state and cannot be used.');
+      }
+      return { description };
+    });
+  }
+
+  /** Reads the key, computes the change from its current state, and applies it only if no one changed it meanwhile. */
+  private async transition(projectId: string, ref: KeyRef, change: (key: KeyRecord) => KeyPatch): Promise<KeyRecord> {
+    for (let attempt = 0; attempt < MAX_TRANSITION_ATTEMPTS; attempt++) {
+      const key = await this.get(projectId, ref);
+      const updated = await this.store.updateKey(projectId, key.id, key.state, change(key));
+      if (updated) return updated;
+    }
+    throw new KmsError('InternalError', 'The key kept changing while being updated.');
+  }
+}

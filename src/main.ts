@@ -1,0 +1,55 @@
+import cluster from 'node:cluster';
+import { loadConfig } from './config.js';
+import { createLogger, errorFields } from './logger.js';
+import { type RunningService, startService } from './service.js';
+
+/**
+ * Composition root. With KMS_WORKERS > 1 the primary prepares the token and database, then forks HTTP workers and
+ * replaces any that die (a worker's start-up is fallible: softhsm-facts.md pitfall 10).
+ */
+const RESTART_DELAY_MS = 1_000;
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const logger = createLogger(config.logLevel);
+  const clustered = config.workers > 1;
+  const role = !clustered ? 'single' : cluster.isPrimary ? 'primary' : 'worker';
+
+  let running: RunningService;
+  try {
+    running = await startService(config, logger, role);
+  } catch (err) {
+    logger.error('start-up failed', errorFields(err));
+    process.exit(1);
+  }
+
+  if (role === 'primary') {
+    let stopping = false;
+    for (let i = 0; i < config.workers; i++) cluster.fork();
+    cluster.on('exit', (worker, code, signal) => {
+      if (stopping) return;
+      logger.warn('worker exited; starting another', { worker: worker.process.pid, code, signal });
+      setTimeout(() => cluster.fork(), RESTART_DELAY_MS);
+    });
+    const stop = async () => {
+      stopping = true;
+      for (const worker of Object.values(cluster.workers ?? {})) worker?.kill('SIGTERM');
+      await running.stop();
+      process.exit(0);
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+    logger.info('primary started', { workers: config.workers, port: config.port });
+    return;
+  }
+
+  if (running.url) logger.info('listening', { url: running.url, role });
+  const stop = async () => {
+    await running.stop();
+    process.exit(0);
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
+void main();

@@ -1,0 +1,105 @@
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Services } from './api/huawei/context.js';
+import { createApp } from './app.js';
+import { loadOrCreateIssuerKeys } from './auth/local-issuer.js';
+import { TokenVerifier } from './auth/token-verifier.js';
+import type { Config } from './config.js';
+import { DataKeyService } from './core/data-key.service.js';
+import { KeyService } from './core/key.service.js';
+import type { Clock } from './core/ports.js';
+import { RandomService } from './core/random.service.js';
+import { GrapheneHsm } from './hsm/graphene-hsm.js';
+import { errorFields, type Logger } from './logger.js';
+import { SqliteMetadataStore } from './store/sqlite-metadata-store.js';
+
+/** How often keys whose deletion window has passed are deleted for good. */
+const DELETION_SWEEP_MS = 60_000;
+
+/**
+ * The roles a process plays. `single` does everything; with node:cluster the `primary` prepares the token and the
+ * database and sweeps deletions, and each `worker` serves HTTP (each with its own PKCS#11 initialisation and login).
+ */
+export type Role = 'single' | 'primary' | 'worker';
+
+export interface RunningService {
+  readonly services: Services;
+  readonly hsm: GrapheneHsm;
+  readonly store: SqliteMetadataStore;
+  /** Set when the role serves HTTP. */
+  readonly url: string | undefined;
+  stop(): Promise<void>;
+}
+
+const systemClock: Clock = { now: () => Date.now() };
+
+export async function startService(
+  config: Config,
+  logger: Logger,
+  role: Role,
+  clock = systemClock,
+): Promise<RunningService> {
+  const store = SqliteMetadataStore.open(config.dbPath);
+  const hsm = await GrapheneHsm.open({ ...config.hsm, createRootKeyIfMissing: role !== 'worker' }).catch(
+    async (err: unknown) => {
+      await store.close();
+      throw err;
+    },
+  );
+  const keys = new KeyService(hsm, store, clock, config.cmkQuota);
+  const services: Services = {
+    random: new RandomService(hsm),
+    keys,
+    dataKeys: new DataKeyService(hsm, store, keys),
+    region: config.region,
+    cmkQuota: config.cmkQuota,
+  };
+
+  let sweeper: NodeJS.Timeout | undefined;
+  if (role !== 'worker') {
+    const reconciled = await keys.reconcilePendingCreation();
+    if (reconciled > 0) logger.warn('removed keys left half-created by a crash', { count: reconciled });
+    const sweep = () =>
+      keys.purgeDueDeletions().then(
+        (n) => n > 0 && logger.info('deleted keys whose deletion date passed', { count: n }),
+        (err: unknown) => logger.error('deletion sweep failed', errorFields(err)),
+      );
+    await sweep();
+    sweeper = setInterval(sweep, DELETION_SWEEP_MS).unref();
+  }
+
+  let server: Server | undefined;
+  let url: string | undefined;
+  if (role !== 'primary') {
+    const key = config.auth.jwksUrl ? new URL(config.auth.jwksUrl) : loadOrCreateIssuerKeys(config.dataDir).publicKey;
+    const verifier = new TokenVerifier({ key, issuer: config.auth.issuer, audience: config.auth.audience });
+    const app = createApp({ services, verifier, logger });
+    server = await new Promise<Server>((resolve, reject) => {
+      const s = app.listen(config.port, config.host, (err?: Error) => (err ? reject(err) : resolve(s)));
+    });
+    server.keepAliveTimeout = 65_000;
+    const { port } = server.address() as AddressInfo;
+    url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+  } else {
+    loadOrCreateIssuerKeys(config.dataDir);
+  }
+
+  return {
+    services,
+    hsm,
+    store,
+    url,
+    async stop() {
+      if (sweeper) clearInterval(sweeper);
+      if (server) {
+        const s = server;
+        await new Promise<void>((resolve) => {
+          s.close(() => resolve());
+          s.closeIdleConnections();
+        });
+      }
+      await hsm.close();
+      await store.close();
+    },
+  };
+}

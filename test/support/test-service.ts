@@ -1,0 +1,104 @@
+import path from 'node:path';
+import { loadOrCreateIssuerKeys, signProjectToken } from '../../src/auth/local-issuer.js';
+import { loadConfig } from '../../src/config.js';
+import { createLogger } from '../../src/logger.js';
+import { type RunningService, startService } from '../../src/service.js';
+import { createTestToken, removeTestToken } from './softhsm.js';
+
+export interface HuaweiResponse {
+  readonly status: number;
+  // biome-ignore lint/suspicious/noExplicitAny: response bodies are asserted field by field in the tests
+  readonly body: any;
+  readonly headers: Headers;
+}
+
+export interface TestService {
+  readonly url: string;
+  readonly running: RunningService;
+  readonly dataDir: string;
+  readonly env: Record<string, string>;
+  tokenFor(projectId: string, ttlSeconds?: number): Promise<string>;
+  /** POST (or `method`) /v1.0/{project}/kms/{action} with a fresh token for the project unless `token` is given. */
+  call(
+    projectId: string,
+    action: string,
+    body?: unknown,
+    options?: { token?: string | null; method?: string; rawBody?: string },
+  ): Promise<HuaweiResponse>;
+  /** Stops the service (the token and data stay, for a restart). */
+  stop(): Promise<void>;
+  /** Starts the service again on the same token and data. */
+  restart(): Promise<TestService>;
+  /** Stops the service and deletes the token and data. */
+  destroy(): Promise<void>;
+}
+
+/** The real service, in this process, on 127.0.0.1 and a free port, with a fresh SoftHSM token and data directory. */
+export async function startTestService(extraEnv: Record<string, string> = {}): Promise<TestService> {
+  const token = createTestToken();
+  const env: Record<string, string> = {
+    KMS_DATA_DIR: path.join(token.dir, 'data'),
+    KMS_PORT: '0',
+    KMS_HOST: '127.0.0.1',
+    KMS_PIN: token.pin,
+    KMS_TOKEN_LABEL: token.tokenLabel,
+    KMS_PKCS11_LIBRARY: token.library,
+    KMS_LOG_LEVEL: 'error',
+    SOFTHSM2_CONF: token.softhsmConf,
+    ...extraEnv,
+  };
+  return boot(env, () => removeTestToken(token.dir));
+}
+
+async function boot(env: Record<string, string>, cleanup: () => void): Promise<TestService> {
+  const config = loadConfig(env);
+  const running = await startService(config, createLogger('error'), 'single');
+  const url = running.url as string;
+  const issuer = loadOrCreateIssuerKeys(config.dataDir);
+  const tokens = new Map<string, string>();
+  const tokenFor = async (projectId: string, ttlSeconds = 3600) => {
+    if (ttlSeconds !== 3600) return signProjectToken(issuer, projectId, ttlSeconds);
+    let t = tokens.get(projectId);
+    if (!t) {
+      t = await signProjectToken(issuer, projectId, ttlSeconds);
+      tokens.set(projectId, t);
+    }
+    return t;
+  };
+  const service: TestService = {
+    url,
+    running,
+    dataDir: config.dataDir,
+    env,
+    tokenFor,
+    async call(projectId, action, body, options = {}) {
+      const headers: Record<string, string> = { 'content-type': 'application/json' };
+      const token = options.token === undefined ? await tokenFor(projectId) : options.token;
+      if (token !== null) headers['x-auth-token'] = token;
+      const method = options.method ?? 'POST';
+      const res = await fetch(`${url}/v1.0/${projectId}/kms/${action}`, {
+        method,
+        headers,
+        ...(method === 'GET' || method === 'HEAD' ? {} : { body: options.rawBody ?? JSON.stringify(body ?? {}) }),
+      });
+      const text = await res.text();
+      return { status: res.status, body: text.length > 0 ? JSON.parse(text) : undefined, headers: res.headers };
+    },
+    stop: () => running.stop(),
+    async restart() {
+      return boot(env, cleanup);
+    },
+    async destroy() {
+      await running.stop().catch(() => undefined);
+      cleanup();
+    },
+  };
+  return service;
+}
+
+/** Creates a key in the project and returns its id. */
+export async function createKey(service: TestService, projectId: string, alias: string): Promise<string> {
+  const res = await service.call(projectId, 'create-key', { key_alias: alias });
+  if (res.status !== 200) throw new Error(`create-key failed: ${res.status} ${JSON.stringify(res.body)}`);
+  return res.body.key_info.key_id as string;
+}
