@@ -1,0 +1,562 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Module } from 'graphene-pk11';
+import pkcs11js from 'pkcs11js';
+import { KmsError, needs } from '../core/errors.js';
+import type { CmkVersionRef, Hsm } from '../core/ports.js';
+import { DerivedKeyCache } from './derived-key-cache.js';
+import { DEFAULT_STARTUP_RETRY, type HsmConfig } from './hsm-config.js';
+import {
+  DERIVATION_DATA_BYTES,
+  derivationMechanism,
+  derivedKeyTemplate,
+  GCM_IV_BYTES,
+  GCM_TAG_BYTES,
+  gcmMechanism,
+  rootKeyTemplate,
+} from './key-templates.js';
+import { ckrOf, isDecryptionFailure, isKeyHandleFailure, isSessionFailure, toKmsError } from './pkcs11-errors.js';
+import { SessionPool } from './session-pool.js';
+
+export type { HsmConfig } from './hsm-config.js';
+
+type Handle = Buffer;
+
+/** The label of the token object every new CMK version is derived from. */
+export const ROOT_KEY_LABEL = 'hsm-kms-root-1';
+
+/** CK_STATE of a logged-in read-write session (pkcs11js exports no CKS_* constants). */
+const CKS_RW_USER_FUNCTIONS = 3;
+const SESSION_FLAGS = pkcs11js.CKF_RW_SESSION | pkcs11js.CKF_SERIAL_SESSION;
+const MAX_RANDOM_BYTES = 1024 * 1024;
+const NO_KEY: Handle = Buffer.alloc(0);
+
+/** What tests may reach behind the port: live views, read at access time. Not for production code. */
+export interface GrapheneHsmTestHooks {
+  readonly module: Module;
+  readonly lib: pkcs11js.PKCS11;
+  readonly slot: Handle;
+  /** The session that logged in and owns the derived keys. */
+  readonly anchorSession: Handle | undefined;
+  /** Pool sessions not in use right now. */
+  readonly idleSessions: readonly Handle[];
+  /** Derived key handles by `${keyId}:${version}`, least recently used first. */
+  readonly derivedKeys: ReadonlyMap<string, Handle>;
+  rootKeyHandle(label: string): Handle | undefined;
+}
+
+/**
+ * The Hsm port over PKCS#11 (graphene-pk11 to load and enumerate, pkcs11js calls on the hot path).
+ *
+ * - One anchor session logs in once and stays open for the life of the process: login state is per process and
+ *   closing the last session logs out. The anchor also owns the derived CMK keys (session objects die with the
+ *   session that created them).
+ * - `poolSize` further sessions run encrypt, decrypt and random with synchronous calls (faster than pkcs11js's
+ *   async variants for small data on SoftHSM).
+ * - A CMK version is never a token object: it is derived from the root key with C_DeriveKey and its handle cached.
+ * - One instance per process: C_Initialize and login are per process.
+ */
+export class GrapheneHsm implements Hsm {
+  readonly currentRootKeyLabel = ROOT_KEY_LABEL;
+
+  readonly #module: Module;
+  readonly #lib: pkcs11js.PKCS11;
+  readonly #config: HsmConfig;
+  #slot: Handle;
+  #anchor: Handle | undefined;
+  /** Bumped on every C_Initialize: handles from an older generation mean nothing. */
+  #generation = 0;
+  readonly #roots = new Map<string, Handle>();
+  readonly #keys: DerivedKeyCache;
+  readonly #pool: SessionPool;
+  #closed = false;
+
+  private constructor(module: Module, slot: Handle, config: HsmConfig) {
+    this.#module = module;
+    this.#lib = module.lib;
+    this.#slot = slot;
+    this.#config = config;
+    this.#keys = new DerivedKeyCache(config.keyCacheSize, (handle) => this.#destroyQuietly(handle));
+    this.#pool = new SessionPool(
+      config.poolSize,
+      () => this.#openSession(),
+      (session) => this.#closeQuietly(session),
+    );
+  }
+
+  static async open(config: HsmConfig): Promise<GrapheneHsm> {
+    needs(Number.isInteger(config.poolSize) && config.poolSize >= 1, 'poolSize must be a positive integer.');
+    needs(
+      Number.isInteger(config.keyCacheSize) && config.keyCacheSize >= 1,
+      'keyCacheSize must be a positive integer.',
+    );
+    const retry = config.startupRetry ?? DEFAULT_STARTUP_RETRY;
+
+    let module: Module;
+    try {
+      module = Module.load(config.library, 'hsm-kms');
+    } catch (err) {
+      throw new KmsError('HsmUnavailable', `Cannot load the PKCS#11 library ${config.library}.`, { cause: err });
+    }
+    initialize(module);
+    try {
+      const slot = await findTokenSlot(module, config.tokenLabel, retry);
+      const hsm = new GrapheneHsm(module, slot, config);
+      await hsm.#start(retry);
+      return hsm;
+    } catch (err) {
+      // The next open() in this process must start from a clean library.
+      quietly(() => module.finalize());
+      throw toKmsError(err, 'open');
+    }
+  }
+
+  async generateRandom(length: number): Promise<Buffer> {
+    needs(Number.isInteger(length) && length >= 0 && length <= MAX_RANDOM_BYTES, 'Invalid random length.');
+    if (length === 0) return Buffer.alloc(0);
+    return this.#run(undefined, (session) => {
+      try {
+        return this.#lib.C_GenerateRandom(session, Buffer.alloc(length));
+      } catch (err) {
+        throw toKmsError(err, 'C_GenerateRandom');
+      }
+    });
+  }
+
+  async prepareKey(key: CmkVersionRef): Promise<void> {
+    this.#assertOpen();
+    this.#keyHandle(key);
+  }
+
+  async encrypt(key: CmkVersionRef, iv: Buffer, plaintext: Buffer, aad: Buffer): Promise<Buffer> {
+    needs(iv.length === GCM_IV_BYTES, `The IV must be ${GCM_IV_BYTES} bytes.`);
+    // pkcs11js passes an empty buffer as NULL: SoftHSM answers CKR_ARGUMENTS_BAD.
+    needs(plaintext.length > 0, 'The plaintext must not be empty.');
+    return this.#run(key, (session, keyHandle) => {
+      let fn = 'C_EncryptInit';
+      try {
+        this.#lib.C_EncryptInit(session, gcmMechanism(iv, aad), keyHandle);
+        fn = 'C_Encrypt';
+        return this.#lib.C_Encrypt(session, plaintext, Buffer.alloc(plaintext.length + GCM_TAG_BYTES));
+      } catch (err) {
+        throw toKmsError(err, fn);
+      }
+    });
+  }
+
+  async decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer): Promise<Buffer> {
+    // We never make empty-plaintext ciphertexts, so anything not longer than a tag is not one of ours.
+    if (iv.length !== GCM_IV_BYTES || ciphertextWithTag.length <= GCM_TAG_BYTES) throw invalidCiphertext();
+    return this.#run(key, (session, keyHandle) => {
+      let fn = 'C_DecryptInit';
+      try {
+        this.#lib.C_DecryptInit(session, gcmMechanism(iv, aad), keyHandle);
+        fn = 'C_Decrypt';
+        // SoftHSM wants room for the whole input, tag included, or it answers CKR_BUFFER_TOO_SMALL.
+        return this.#lib.C_Decrypt(session, ciphertextWithTag, Buffer.alloc(ciphertextWithTag.length));
+      } catch (err) {
+        // SoftHSM 2.6.1 reports a tag mismatch as CKR_GENERAL_ERROR; either way it ends the operation.
+        if (fn === 'C_Decrypt' && isDecryptionFailure(ckrOf(err))) throw invalidCiphertext(err);
+        throw toKmsError(err, fn);
+      }
+    });
+  }
+
+  forget(keyId: string, version: number): void {
+    this.#keys.delete(cacheId(keyId, version));
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#keys.clear({ destroy: true });
+    this.#closed = true;
+    this.#pool.closeAll();
+    if (this.#anchor !== undefined) this.#closeQuietly(this.#anchor);
+    this.#anchor = undefined;
+    this.#roots.clear();
+    quietly(() => this.#module.finalize());
+  }
+
+  forTesting(): GrapheneHsmTestHooks {
+    const hsm = this;
+    return {
+      module: this.#module,
+      lib: this.#lib,
+      get slot() {
+        return hsm.#slot;
+      },
+      get anchorSession() {
+        return hsm.#anchor;
+      },
+      get idleSessions() {
+        return hsm.#pool.idleSessions;
+      },
+      get derivedKeys() {
+        return hsm.#keys.handles();
+      },
+      rootKeyHandle: (label) => this.#roots.get(label),
+    };
+  }
+
+  // ---- start-up -------------------------------------------------------------------------------------------------
+
+  async #start(retry: { attempts: number; delayMs: number }): Promise<void> {
+    this.#anchor = this.#openSession();
+    const label = this.currentRootKeyLabel;
+    for (let attempt = 1; ; attempt++) {
+      const found = this.#onAnchor('C_FindObjects', (anchor) => this.#findByLabel(anchor, label));
+      if (found.length > 1) {
+        throw new KmsError(
+          'InternalError',
+          `Refusing to start: more than one object on token "${this.#config.tokenLabel}" is labelled "${label}". ` +
+            'Remove the duplicates (keep the one existing key versions were derived from).',
+        );
+      }
+      if (found.length === 1) {
+        this.#checkRootKey(found[0] as Handle, label);
+        this.#roots.set(label, found[0] as Handle);
+        return;
+      }
+      if (this.#config.createRootKeyIfMissing) {
+        const handle = this.#onAnchor('C_GenerateKey', (anchor) =>
+          this.#lib.C_GenerateKey(anchor, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, rootKeyTemplate(label)),
+        );
+        this.#roots.set(label, handle);
+        return;
+      }
+      if (attempt >= retry.attempts) {
+        throw new KmsError(
+          'HsmUnavailable',
+          `Root key "${label}" is not on token "${this.#config.tokenLabel}" (looked ${attempt} times). ` +
+            'Only the process started with createRootKeyIfMissing (the cluster primary) creates it.',
+        );
+      }
+      await sleep(retry.delayMs);
+    }
+  }
+
+  /** A root key must be an AES key that can derive and never leave the HSM; anything else is a misconfiguration. */
+  #checkRootKey(handle: Handle, label: string): void {
+    const attrs = this.#onAnchor('C_GetAttributeValue', (anchor) =>
+      this.#lib.C_GetAttributeValue(anchor, handle, [
+        { type: pkcs11js.CKA_CLASS },
+        { type: pkcs11js.CKA_KEY_TYPE },
+        { type: pkcs11js.CKA_DERIVE },
+        { type: pkcs11js.CKA_SENSITIVE },
+        { type: pkcs11js.CKA_EXTRACTABLE },
+      ]),
+    );
+    const [klass, keyType, derive, sensitive, extractable] = attrs.map((a) => a.value as Buffer);
+    const ok =
+      klass?.readUInt32LE(0) === pkcs11js.CKO_SECRET_KEY &&
+      keyType?.readUInt32LE(0) === pkcs11js.CKK_AES &&
+      derive?.[0] === 1 &&
+      sensitive?.[0] === 1 &&
+      extractable?.[0] === 0;
+    if (!ok) {
+      throw new KmsError(
+        'InternalError',
+        `Refusing to start: "${label}" on token "${this.#config.tokenLabel}" is not a sensitive, non-extractable ` +
+          'AES key that can derive.',
+      );
+    }
+  }
+
+  // ---- sessions -------------------------------------------------------------------------------------------------
+
+  /** Opens a read-write session, logging in if the process is not logged in (first session, or all were closed). */
+  #openSession(): Handle {
+    let session: Handle;
+    try {
+      session = this.#lib.C_OpenSession(this.#slot, SESSION_FLAGS);
+    } catch (err) {
+      if (ckrOf(err) !== pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED) throw toKmsError(err, 'C_OpenSession');
+      this.#reinitialize();
+      try {
+        session = this.#lib.C_OpenSession(this.#slot, SESSION_FLAGS);
+      } catch (err2) {
+        throw toKmsError(err2, 'C_OpenSession');
+      }
+    }
+    try {
+      if (this.#lib.C_GetSessionInfo(session).state !== CKS_RW_USER_FUNCTIONS) this.#login(session);
+    } catch (err) {
+      this.#closeQuietly(session);
+      throw toKmsError(err, 'C_GetSessionInfo');
+    }
+    return session;
+  }
+
+  #login(session: Handle): void {
+    try {
+      this.#lib.C_Login(session, pkcs11js.CKU_USER, this.#config.pin);
+    } catch (err) {
+      const code = ckrOf(err);
+      if (code !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) {
+        const token = `"${this.#config.tokenLabel}"`;
+        if (code === pkcs11js.CKR_PIN_INCORRECT || code === pkcs11js.CKR_PIN_LEN_RANGE) {
+          throw new KmsError('InternalError', `Login to token ${token} failed: the PIN is incorrect.`, { cause: err });
+        }
+        if (code === pkcs11js.CKR_PIN_LOCKED) {
+          throw new KmsError('InternalError', `Login to token ${token} failed: the user PIN is locked.`, {
+            cause: err,
+          });
+        }
+        throw toKmsError(err, 'C_Login');
+      }
+    }
+    // A fresh login means every session had been closed: session objects died with them and private object
+    // handles are no longer valid.
+    this.#roots.clear();
+    this.#keys.clear({ destroy: false });
+  }
+
+  /** Someone finalized the library under us: start over (new sessions, login, handles). */
+  #reinitialize(): void {
+    initialize(this.#module);
+    this.#generation++;
+    this.#pool.abandonAll();
+    this.#anchor = undefined;
+    this.#roots.clear();
+    this.#keys.clear({ destroy: false });
+    const slot = scanForToken(this.#module, this.#config.tokenLabel).slot;
+    if (slot === undefined) {
+      throw new KmsError('HsmUnavailable', `Token "${this.#config.tokenLabel}" is gone after re-initialising.`);
+    }
+    this.#slot = slot;
+  }
+
+  #isUsable(session: Handle): boolean {
+    try {
+      return this.#lib.C_GetSessionInfo(session).state === CKS_RW_USER_FUNCTIONS;
+    } catch {
+      return false;
+    }
+  }
+
+  #replaceAnchor(): Handle {
+    const old = this.#anchor;
+    const generation = this.#generation;
+    this.#anchor = undefined;
+    // Open the new session before closing the old one: closing the last session logs the process out.
+    const fresh = this.#openSession();
+    if (old !== undefined && generation === this.#generation) this.#closeQuietly(old);
+    // The derived keys were session objects of the old anchor.
+    this.#keys.clear({ destroy: false });
+    this.#anchor = fresh;
+    return fresh;
+  }
+
+  /** After a session failure: replace a dead anchor and drop dead idle sessions, so that one retry is enough. */
+  #recoverSessions(): void {
+    if (this.#anchor === undefined || !this.#isUsable(this.#anchor)) this.#replaceAnchor();
+    this.#pool.purge((session) => this.#isUsable(session));
+  }
+
+  /** Runs `op` on the anchor session; replaces the anchor and retries once if the session failed. */
+  #onAnchor<T>(fn: string, op: (anchor: Handle) => T): T {
+    for (let attempt = 0; ; attempt++) {
+      const anchor = this.#anchor ?? this.#replaceAnchor();
+      try {
+        return op(anchor);
+      } catch (err) {
+        if (attempt === 0 && isSessionFailure(ckrOf(err))) {
+          this.#recoverSessions();
+          continue;
+        }
+        throw toKmsError(err, fn);
+      }
+    }
+  }
+
+  /**
+   * Runs `op` on a pool session with the CMK version's key handle (or none). A session that saw an error is never
+   * reused (CKR_BUFFER_TOO_SMALL and CKR_ARGUMENTS_BAD leave its operation active). Retries once after a session
+   * failure (on a new session) or a stale key handle (re-derived).
+   */
+  async #run<T>(key: CmkVersionRef | undefined, op: (session: Handle, keyHandle: Handle) => T): Promise<T> {
+    this.#assertOpen();
+    for (let attempt = 0; ; attempt++) {
+      const session = this.#pool.tryAcquire() ?? (await this.#pool.acquire());
+      let keyHandle: Handle;
+      try {
+        keyHandle = key === undefined ? NO_KEY : this.#keyHandle(key);
+      } catch (err) {
+        this.#pool.release(session);
+        throw err;
+      }
+      try {
+        const result = op(session, keyHandle);
+        this.#pool.release(session);
+        return result;
+      } catch (err) {
+        this.#pool.discard(session);
+        const code = ckrOf(err);
+        if (attempt === 0 && isSessionFailure(code)) {
+          this.#recoverSessions();
+          continue;
+        }
+        if (attempt === 0 && key !== undefined && isKeyHandleFailure(code)) {
+          this.#keys.delete(cacheId(key.keyId, key.version));
+          continue;
+        }
+        throw toKmsError(err, 'operation');
+      }
+    }
+  }
+
+  // ---- keys -----------------------------------------------------------------------------------------------------
+
+  /** The cached handle of the CMK version's key, derived on the anchor session on a miss. */
+  #keyHandle(key: CmkVersionRef): Handle {
+    const id = cacheId(key.keyId, key.version);
+    const cached = this.#keys.get(id);
+    if (
+      cached !== undefined &&
+      cached.rootKeyLabel === key.rootKeyLabel &&
+      cached.derivationData.equals(key.derivationData)
+    ) {
+      return cached.handle;
+    }
+    if (key.derivationData.length !== DERIVATION_DATA_BYTES) {
+      throw new KmsError('InternalError', `Derivation data of key ${id} is not ${DERIVATION_DATA_BYTES} bytes.`);
+    }
+    const handle = this.#derive(key);
+    this.#keys.set(id, {
+      handle,
+      rootKeyLabel: key.rootKeyLabel,
+      derivationData: Buffer.from(key.derivationData),
+    });
+    return handle;
+  }
+
+  #derive(key: CmkVersionRef): Handle {
+    for (let attempt = 0; ; attempt++) {
+      const root = this.#rootKey(key.rootKeyLabel);
+      try {
+        return this.#onAnchor('C_DeriveKey', (anchor) =>
+          this.#lib.C_DeriveKey(
+            anchor,
+            derivationMechanism(key.derivationData),
+            root,
+            derivedKeyTemplate(key.keyId, key.version),
+          ),
+        );
+      } catch (err) {
+        if (attempt === 0 && isKeyHandleFailure(ckrOf(err))) {
+          this.#roots.delete(key.rootKeyLabel);
+          continue;
+        }
+        throw err;
+      }
+    }
+  }
+
+  /** Root key handles are looked up once (C_FindObjects costs ~20 µs per token object) and then cached. */
+  #rootKey(label: string): Handle {
+    const cached = this.#roots.get(label);
+    if (cached !== undefined) return cached;
+    const found = this.#onAnchor('C_FindObjects', (anchor) => this.#findByLabel(anchor, label));
+    if (found.length !== 1) {
+      throw new KmsError(
+        'InternalError',
+        `Root key "${label}": ${found.length === 0 ? 'no object' : 'more than one object'} with this label on token ` +
+          `"${this.#config.tokenLabel}".`,
+      );
+    }
+    const handle = found[0] as Handle;
+    this.#roots.set(label, handle);
+    return handle;
+  }
+
+  /** Up to two objects with the label: enough to tell none, one and too many apart. */
+  #findByLabel(session: Handle, label: string): Handle[] {
+    this.#lib.C_FindObjectsInit(session, [{ type: pkcs11js.CKA_LABEL, value: label }]);
+    try {
+      return this.#lib.C_FindObjects(session, 2);
+    } finally {
+      this.#lib.C_FindObjectsFinal(session);
+    }
+  }
+
+  #destroyQuietly(handle: Handle): void {
+    const anchor = this.#anchor;
+    if (anchor !== undefined) quietly(() => this.#lib.C_DestroyObject(anchor, handle));
+  }
+
+  #closeQuietly(session: Handle): void {
+    quietly(() => this.#lib.C_CloseSession(session));
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new KmsError('HsmUnavailable', 'The HSM adapter is closed.');
+  }
+}
+
+function cacheId(keyId: string, version: number): string {
+  return `${keyId}:${version}`;
+}
+
+function invalidCiphertext(cause?: unknown): KmsError {
+  return new KmsError('InvalidCiphertext', 'The ciphertext is invalid.', cause === undefined ? undefined : { cause });
+}
+
+function quietly(action: () => void): void {
+  try {
+    action();
+  } catch {
+    // Best effort: the object or session may already be gone.
+  }
+}
+
+/** CKF_OS_LOCKING_OK: without it SoftHSM turns its locking off and concurrent calls crash the process. */
+function initialize(module: Module): void {
+  try {
+    module.initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+  } catch (err) {
+    throw toKmsError(err, 'C_Initialize');
+  }
+}
+
+function scanForToken(module: Module, label: string): { slot: Handle | undefined; labels: string[] } {
+  const labels: string[] = [];
+  const slots = module.getSlots(true);
+  for (let i = 0; i < slots.length; i++) {
+    const slot = slots.items(i);
+    const token = slot.getToken();
+    if ((token.flags & pkcs11js.CKF_TOKEN_INITIALIZED) === 0) continue;
+    if (token.label === label) return { slot: slot.handle, labels };
+    labels.push(token.label);
+  }
+  return { slot: undefined, labels };
+}
+
+/**
+ * Finds the token by label, never by slot number. A worker started together with others has been seen to miss the
+ * token once, so a miss is retried after re-initialising the library (SoftHSM reads its slots at C_Initialize).
+ */
+async function findTokenSlot(
+  module: Module,
+  label: string,
+  retry: { attempts: number; delayMs: number },
+): Promise<Handle> {
+  for (let attempt = 1; ; attempt++) {
+    let scan: { slot: Handle | undefined; labels: string[] };
+    try {
+      scan = scanForToken(module, label);
+    } catch (err) {
+      throw toKmsError(err, 'C_GetSlotList');
+    }
+    if (scan.slot !== undefined) return scan.slot;
+    if (attempt >= retry.attempts) {
+      const conf = process.env.SOFTHSM2_CONF ?? '(unset: the library default)';
+      throw new KmsError(
+        'HsmUnavailable',
+        `No PKCS#11 token labelled "${label}" in ${module.libFile}; tokens found: ${JSON.stringify(scan.labels)}; ` +
+          `SOFTHSM2_CONF=${conf}.`,
+      );
+    }
+    quietly(() => module.finalize());
+    await sleep(retry.delayMs);
+    initialize(module);
+  }
+}

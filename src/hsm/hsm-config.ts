@@ -1,0 +1,22 @@
+/** How the PKCS#11 adapter reaches its token. The PIN is a secret: it is never logged or put in an error message. */
+export interface HsmConfig {
+  /** Path of the PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so. */
+  readonly library: string;
+  /** The token is found by label, never by slot number (SoftHSM gives `--free` tokens random slot ids). */
+  readonly tokenLabel: string;
+  /** User PIN. */
+  readonly pin: string;
+  /** Number of read-write sessions used for encrypt, decrypt and random. */
+  readonly poolSize: number;
+  /** Number of derived CMK version keys kept as session objects (least recently used ones are destroyed). */
+  readonly keyCacheSize: number;
+  /**
+   * Create the root key at start-up when it is missing. Only one process may do this (the cluster primary); the
+   * others wait for it to appear and fail if it does not.
+   */
+  readonly createRootKeyIfMissing: boolean;
+  /** How often, and how far apart, start-up looks again for a token or root key it did not find. */
+  readonly startupRetry?: { readonly attempts: number; readonly delayMs: number };
+}
+
+export const DEFAULT_STARTUP_RETRY = { attempts: 5, delayMs: 200 } as const;

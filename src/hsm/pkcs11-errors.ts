@@ -1,0 +1,86 @@
+import pkcs11js from 'pkcs11js';
+import { KmsError } from '../core/errors.js';
+
+/**
+ * PKCS#11 failures, mapped once from the numeric CKR_* code that pkcs11js errors carry (`.code`).
+ * Messages name the return value and the function, never arguments (PINs, derivation data).
+ */
+
+const CKR_NAMES: ReadonlyMap<number, string> = (() => {
+  const names = new Map<number, string>();
+  for (const [name, value] of Object.entries(pkcs11js)) {
+    if (name.startsWith('CKR_') && typeof value === 'number' && !names.has(value)) names.set(value, name);
+  }
+  return names;
+})();
+
+export function ckrName(code: number): string {
+  return CKR_NAMES.get(code) ?? 'CKR_UNKNOWN';
+}
+
+/** The CKR_* code of a pkcs11js error, or of the pkcs11js error a KmsError wraps; undefined for anything else. */
+export function ckrOf(err: unknown): number | undefined {
+  const source = err instanceof KmsError ? err.cause : err;
+  if (source instanceof pkcs11js.Pkcs11Error) return source.code;
+  if (typeof source === 'object' && source !== null && 'code' in source && typeof source.code === 'number') {
+    return source.code;
+  }
+  return undefined;
+}
+
+/**
+ * The session (or the whole library) is gone: replace the session and retry once. Everything here also means the
+ * HSM is unavailable to the caller if the retry fails.
+ */
+const SESSION_FAILURES: ReadonlySet<number> = new Set([
+  pkcs11js.CKR_SESSION_HANDLE_INVALID,
+  pkcs11js.CKR_SESSION_CLOSED,
+  pkcs11js.CKR_DEVICE_ERROR,
+  pkcs11js.CKR_USER_NOT_LOGGED_IN,
+  pkcs11js.CKR_TOKEN_NOT_PRESENT,
+  pkcs11js.CKR_TOKEN_NOT_RECOGNIZED,
+  pkcs11js.CKR_DEVICE_REMOVED,
+  pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED,
+]);
+
+const UNAVAILABLE: ReadonlySet<number> = new Set([
+  ...SESSION_FAILURES,
+  pkcs11js.CKR_DEVICE_MEMORY,
+  pkcs11js.CKR_HOST_MEMORY,
+  pkcs11js.CKR_SESSION_COUNT,
+  pkcs11js.CKR_FUNCTION_CANCELED,
+]);
+
+const KEY_HANDLE_FAILURES: ReadonlySet<number> = new Set([
+  pkcs11js.CKR_KEY_HANDLE_INVALID,
+  pkcs11js.CKR_OBJECT_HANDLE_INVALID,
+]);
+
+/**
+ * How SoftHSM 2.6.1 reports a GCM tag that does not verify: CKR_GENERAL_ERROR (not the CKR_ENCRYPTED_DATA_INVALID
+ * the standard suggests). Only meaningful for C_Decrypt.
+ */
+const DECRYPTION_FAILURES: ReadonlySet<number> = new Set([
+  pkcs11js.CKR_GENERAL_ERROR,
+  pkcs11js.CKR_ENCRYPTED_DATA_INVALID,
+  pkcs11js.CKR_ENCRYPTED_DATA_LEN_RANGE,
+]);
+
+export const isSessionFailure = (code: number | undefined): boolean => code !== undefined && SESSION_FAILURES.has(code);
+export const isKeyHandleFailure = (code: number | undefined): boolean =>
+  code !== undefined && KEY_HANDLE_FAILURES.has(code);
+export const isDecryptionFailure = (code: number | undefined): boolean =>
+  code !== undefined && DECRYPTION_FAILURES.has(code);
+
+/** Maps anything a PKCS#11 call threw to a KmsError; a KmsError passes through unchanged. */
+export function toKmsError(err: unknown, fn: string): KmsError {
+  if (err instanceof KmsError) return err;
+  const code = ckrOf(err);
+  if (code === undefined) {
+    return new KmsError('InternalError', `HSM call ${fn} failed: ${err instanceof Error ? err.name : typeof err}`, {
+      cause: err,
+    });
+  }
+  const message = `HSM error ${ckrName(code)} (0x${code.toString(16)}) in ${fn}`;
+  return new KmsError(UNAVAILABLE.has(code) ? 'HsmUnavailable' : 'InternalError', message, { cause: err });
+}

@@ -1,0 +1,69 @@
+import { randomBytes } from 'node:crypto';
+import pkcs11js from 'pkcs11js';
+import type { CmkVersionRef } from '../../src/core/ports.js';
+import { GrapheneHsm, ROOT_KEY_LABEL } from '../../src/hsm/graphene-hsm.js';
+import type { HsmConfig } from '../../src/hsm/hsm-config.js';
+import type { TestToken } from '../support/softhsm.js';
+
+export function configFor(token: TestToken, overrides: Partial<HsmConfig> = {}): HsmConfig {
+  return {
+    library: token.library,
+    tokenLabel: token.tokenLabel,
+    pin: token.pin,
+    poolSize: 2,
+    keyCacheSize: 16,
+    createRootKeyIfMissing: true,
+    startupRetry: { attempts: 2, delayMs: 10 },
+    ...overrides,
+  };
+}
+
+export function openHsm(token: TestToken, overrides: Partial<HsmConfig> = {}): Promise<GrapheneHsm> {
+  return GrapheneHsm.open(configFor(token, overrides));
+}
+
+export function cmkVersion(keyId: string, version = 1, derivationData = randomBytes(32)): CmkVersionRef {
+  return { keyId, version, rootKeyLabel: ROOT_KEY_LABEL, derivationData };
+}
+
+/** Reads boolean attributes of an object through the real library. */
+export function readBooleans(
+  hsm: GrapheneHsm,
+  handle: Buffer,
+  names: readonly (keyof typeof BOOLEAN_ATTRIBUTES)[],
+): Record<string, boolean> {
+  const { lib, anchorSession } = hsm.forTesting();
+  const attrs = lib.C_GetAttributeValue(
+    anchorSession as Buffer,
+    handle,
+    names.map((name) => ({ type: BOOLEAN_ATTRIBUTES[name] })),
+  );
+  return Object.fromEntries(names.map((name, i) => [name, (attrs[i]?.value as Buffer | undefined)?.[0] === 1]));
+}
+
+export const BOOLEAN_ATTRIBUTES = {
+  CKA_TOKEN: pkcs11js.CKA_TOKEN,
+  CKA_PRIVATE: pkcs11js.CKA_PRIVATE,
+  CKA_SENSITIVE: pkcs11js.CKA_SENSITIVE,
+  CKA_EXTRACTABLE: pkcs11js.CKA_EXTRACTABLE,
+  CKA_NEVER_EXTRACTABLE: pkcs11js.CKA_NEVER_EXTRACTABLE,
+  CKA_ALWAYS_SENSITIVE: pkcs11js.CKA_ALWAYS_SENSITIVE,
+  CKA_MODIFIABLE: pkcs11js.CKA_MODIFIABLE,
+  CKA_ENCRYPT: pkcs11js.CKA_ENCRYPT,
+  CKA_DECRYPT: pkcs11js.CKA_DECRYPT,
+  CKA_DERIVE: pkcs11js.CKA_DERIVE,
+  CKA_WRAP: pkcs11js.CKA_WRAP,
+  CKA_UNWRAP: pkcs11js.CKA_UNWRAP,
+  CKA_SIGN: pkcs11js.CKA_SIGN,
+  CKA_VERIFY: pkcs11js.CKA_VERIFY,
+} as const;
+
+/** The CKR_* code a PKCS#11 call threw. */
+export function ckrThrownBy(call: () => unknown): number | undefined {
+  try {
+    call();
+  } catch (err) {
+    return (err as { code?: number }).code;
+  }
+  return undefined;
+}
