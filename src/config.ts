@@ -52,8 +52,13 @@ export interface Config {
   };
 }
 
+/**
+ * The configuration from the environment, on top of the optional file KMS_CONFIG_FILE names (`NAME=value` lines,
+ * `#` comments; the environment wins), so an operator can keep the library path, token label and PIN file together.
+ */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  const parsed = EnvSchema.safeParse(env);
+  const fromFile = env.KMS_CONFIG_FILE ? readConfigFile(env.KMS_CONFIG_FILE) : {};
+  const parsed = EnvSchema.safeParse({ ...fromFile, ...env });
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     // Name the variable, never echo its value: it may be a secret.
@@ -79,6 +84,25 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     cmkQuota: e.KMS_CMK_QUOTA,
     auth: Object.freeze({ jwksUrl: e.KMS_JWKS_URL, issuer: e.KMS_TOKEN_ISSUER, audience: e.KMS_TOKEN_AUDIENCE }),
   });
+}
+
+function readConfigFile(file: string): Record<string, string> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    throw new Error(`Invalid configuration: KMS_CONFIG_FILE ${file} cannot be read.`);
+  }
+  const values: Record<string, string> = {};
+  for (const [index, raw] of text.split(/\r?\n/).entries()) {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) continue;
+    const match = /^([A-Z0-9_]+)\s*=\s*(.*)$/.exec(line);
+    if (!match) throw new Error(`Invalid configuration: ${file} line ${index + 1} is not NAME=value.`);
+    const [, name, value] = match as unknown as [string, string, string];
+    values[name] = value.replace(/^(['"])(.*)\1$/, '$2');
+  }
+  return values;
 }
 
 function readPin(pin: string | undefined, pinFile: string | undefined): string {

@@ -1,0 +1,56 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config.js';
+
+const dir = mkdtempSync(path.join(tmpdir(), 'hsm-kms-config-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function file(name: string, text: string): string {
+  const p = path.join(dir, name);
+  writeFileSync(p, text);
+  return p;
+}
+
+describe('configuration', () => {
+  it('when only a PIN is given, then every other setting has its documented default', () => {
+    const config = loadConfig({ KMS_PIN: '1234' });
+    expect(config).toMatchObject({
+      host: '127.0.0.1',
+      port: 8080,
+      workers: 1,
+      cmkQuota: 100_000,
+      hsm: { library: '/usr/lib/softhsm/libsofthsm2.so', tokenLabel: 'hsm-kms', pin: '1234', poolSize: 4 },
+    });
+    expect(config.dataDir).toBe(path.resolve('./.data'));
+    expect(config.dbPath).toBe(path.join(path.resolve('./.data'), 'kms.db'));
+    expect(Object.isFrozen(config)).toBe(true);
+  });
+
+  it('when KMS_CONFIG_FILE names a file, then its values apply and the environment overrides them', () => {
+    const pinFile = file('pin', 'file-pin\n');
+    const conf = file(
+      'kms.env',
+      `# HSM\nKMS_PKCS11_LIBRARY=/opt/hsm/lib.so\nKMS_TOKEN_LABEL="prod-token"\nKMS_PIN_FILE=${pinFile}\nKMS_PORT=9000\n`,
+    );
+    const config = loadConfig({ KMS_CONFIG_FILE: conf, KMS_PORT: '9100' });
+    expect(config.hsm).toMatchObject({ library: '/opt/hsm/lib.so', tokenLabel: 'prod-token', pin: 'file-pin' });
+    expect(config.port).toBe(9100);
+  });
+
+  it('when no PIN is configured, then start-up stops with a message naming the variables', () => {
+    expect(() => loadConfig({})).toThrow(/KMS_PIN or KMS_PIN_FILE/);
+  });
+
+  it('when a value is invalid, then the message names the variable but never echoes a value', () => {
+    expect(() => loadConfig({ KMS_PIN: 's3cr3t-pin', KMS_PORT: 'not-a-port' })).toThrow(/KMS_PORT/);
+    try {
+      loadConfig({ KMS_PIN: 's3cr3t-pin', KMS_TOKEN_LABEL: 'x'.repeat(40) });
+    } catch (err) {
+      expect(String(err)).not.toContain('s3cr3t-pin');
+    }
+    expect(() => loadConfig({ KMS_PIN_FILE: path.join(dir, 'missing') })).toThrow(/cannot be read/);
+    expect(() => loadConfig({ KMS_CONFIG_FILE: file('bad.env', 'not a line\n') })).toThrow(/line 1/);
+  });
+});
