@@ -10,7 +10,10 @@ WORKDIR /app
 # node-gyp builds against the headers that ship with this Node (no header download).
 ENV npm_config_nodedir=/usr/local
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund \
+# npm ci refuses a lock file that lacks entries (e.g. other platforms' optional packages); npm install --no-save
+# still follows the lock for every entry it has.
+RUN (npm ci --no-audit --no-fund \
+     || { echo "npm ci failed; falling back to npm install --no-save" >&2; npm install --no-save --no-audit --no-fund; }) \
  && node -e 'new (require("pkcs11js").PKCS11)(); new (require("better-sqlite3"))(":memory:").close()'
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
