@@ -7,10 +7,10 @@ const P = 'projectcrypto1';
 let kms: TestService;
 let keyId: string;
 
-/** The create-datakey example response of Huawei's published API page (../shared/seeds). */
-const PUBLISHED_CIPHER_TEXT = /"cipher_text": "([0-9A-F]+)"/.exec(
-  readFileSync(new URL('../../../shared/seeds/huawei-kms-create-datakey.rst', import.meta.url), 'utf8'),
-)?.[1] as string;
+/** The cipher_text examples of Huawei's (Open Telekom Cloud's) published API pages, kept as test vectors. */
+const PUBLISHED: { name: string; encoding: 'hex' | 'base64'; cipherText: string; keyId: string }[] = JSON.parse(
+  readFileSync(new URL('../vectors/huawei-published-blobs.json', import.meta.url), 'utf8'),
+).blobs;
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest();
 
@@ -194,21 +194,22 @@ describe('data keys', () => {
     expect(res.body.error.error_code).toBe('KMS.2201');
   });
 
-  it('when the published Huawei cipher_text is decrypted, then its frame parses and the unknown key answers KMS.0207', async () => {
-    expect(PUBLISHED_CIPHER_TEXT).toHaveLength(376);
-    const res = await kms.call(P, 'decrypt-datakey', {
-      key_id: '0d0466b0-e727-4d9c-b35d-f84bb474a37f',
-      cipher_text: PUBLISHED_CIPHER_TEXT,
-      datakey_cipher_length: '64',
-    });
-    expect(res.status).toBe(404);
-    expect(res.body.error.error_code).toBe('KMS.0207');
-    const asData = await kms.call(P, 'decrypt-data', {
-      cipher_text: Buffer.from(PUBLISHED_CIPHER_TEXT, 'hex').toString('base64'),
-    });
-    expect(asData.status).toBe(404);
-    expect(asData.body.error.error_code).toBe('KMS.0207');
-  });
+  it.each(PUBLISHED)(
+    'when the published Huawei $name cipher_text is decrypted, then its frame parses and the unknown key answers KMS.0207',
+    async (published) => {
+      const blob = Buffer.from(published.cipherText, published.encoding);
+      const asDataKey = await kms.call(P, 'decrypt-datakey', {
+        key_id: published.keyId,
+        cipher_text: blob.toString('hex'),
+        datakey_cipher_length: '64',
+      });
+      expect(asDataKey.status).toBe(404);
+      expect(asDataKey.body.error.error_code).toBe('KMS.0207');
+      const asData = await kms.call(P, 'decrypt-data', { cipher_text: blob.toString('base64') });
+      expect(asData.status).toBe(404);
+      expect(asData.body.error.error_code).toBe('KMS.0207');
+    },
+  );
 
   it('when the cipher_text is malformed or tampered with, then decrypt-datakey answers KMS.2201', async () => {
     const created = await kms.call(P, 'create-datakey', { key_id: keyId });
