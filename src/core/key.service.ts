@@ -109,22 +109,11 @@ export class KeyService {
   }
 
   updateAlias(projectId: string, ref: KeyRef, alias: string): Promise<KeyRecord> {
-    return this.transition(projectId, ref, (key) => {
-      // A key pending deletion can no longer be managed, as on Huawei and AWS.
-      if (key.state === 'PendingDeletion') {
-        throw new KmsError('KeyPendingDeletion', 'The key is in Scheduled deletion state and cannot be used.');
-      }
-      return { alias };
-    });
+    return this.transition(projectId, ref, (key) => transitions.edit(key, { alias }));
   }
 
   updateDescription(projectId: string, ref: KeyRef, description: string): Promise<KeyRecord> {
-    return this.transition(projectId, ref, (key) => {
-      if (key.state === 'PendingDeletion') {
-        throw new KmsError('KeyPendingDeletion', 'The key is in Scheduled deletion state and cannot be used.');
-      }
-      return { description };
-    });
+    return this.transition(projectId, ref, (key) => transitions.edit(key, { description }));
   }
 
   /** Reads the key, computes the change from its current state, and applies it only if no one changed it meanwhile. */

@@ -84,6 +84,13 @@ export const transitions = {
     }
     return { state: 'PendingDeletion', deletionDate: now + pendingDays * DAY_MS };
   },
+  /** Alias and description changes; a key pending deletion can no longer be edited, as on Huawei and AWS. */
+  edit<T extends Partial<Pick<KeyRecord, 'alias' | 'description'>>>(key: KeyRecord, change: T): T {
+    if (key.state === 'PendingDeletion') {
+      throw new KmsError('KeyPendingDeletion', 'The key is in Scheduled deletion state and cannot be used.');
+    }
+    return change;
+  },
   cancelDeletion(key: KeyRecord): Partial<KeyRecord> {
     if (key.state !== 'PendingDeletion') {
       throw new KmsError('KeyNotPendingDeletion', 'The key is not in Pending deletion state.');

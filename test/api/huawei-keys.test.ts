@@ -126,6 +126,15 @@ describe('Huawei key management', () => {
     await createKey(kms, P, 'old-name');
   });
 
+  it('when a key is pending deletion, then its alias and description can no longer be changed (KMS.0210)', async () => {
+    const keyId = await createKey(kms, P, 'frozen');
+    await kms.call(P, 'schedule-key-deletion', { key_id: keyId, pending_days: '7' });
+    const alias = await kms.call(P, 'update-key-alias', { key_id: keyId, key_alias: 'thawed' });
+    expect(alias.body.error.error_code).toBe('KMS.0210');
+    const desc = await kms.call(P, 'update-key-description', { key_id: keyId, key_description: 'x' });
+    expect(desc.body.error.error_code).toBe('KMS.0210');
+  });
+
   it('when update requests are malformed, then they answer the field codes', async () => {
     const keyId = await createKey(kms, P, 'upd-bad');
     expect((await kms.call(P, 'update-key-alias', { key_id: keyId, key_alias: 'a b' })).body.error.error_code).toBe(
