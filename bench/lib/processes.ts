@@ -1,0 +1,112 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { readdirSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO = fileURLToPath(new URL('../../', import.meta.url));
+
+export interface Started {
+  readonly process: ChildProcess;
+  readonly url: string;
+  readonly log: () => string;
+}
+
+/**
+ * Spawns a server process and resolves once `listeners` processes (1, or one per cluster worker) have logged a
+ * `"msg":"listening"` JSON line with their URL on stderr.
+ */
+export function spawnServer(
+  args: readonly string[],
+  env: Record<string, string>,
+  listeners: number,
+  timeoutMs = 60_000,
+): Promise<Started> {
+  const child = spawn(process.execPath, args, {
+    cwd: REPO,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${args.join(' ')} did not start in ${timeoutMs} ms:\n${stderr}`));
+    }, timeoutMs);
+    const onExit = (code: number | null, signal: string | null) => {
+      clearTimeout(timer);
+      reject(new Error(`${args.join(' ')} exited (${code ?? signal}) before listening:\n${stderr}`));
+    };
+    child.once('exit', onExit);
+    child.stderr?.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+      const urls = [...stderr.matchAll(/"msg":"listening","url":"([^"]+)"/g)].map((m) => m[1] as string);
+      if (urls.length >= listeners) {
+        clearTimeout(timer);
+        child.off('exit', onExit);
+        resolve({ process: child, url: urls[0] as string, log: () => stderr });
+      }
+    });
+  });
+}
+
+/** SIGTERM, then SIGKILL if the process has not exited after `graceMs`. */
+export function stopProcess(child: ChildProcess, graceMs = 15_000): Promise<void> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    child.kill('SIGTERM');
+  });
+}
+
+function newestMtime(dir: string): number {
+  let newest = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const full = path.join(dir, entry.name);
+    newest = Math.max(newest, entry.isDirectory() ? newestMtime(full) : statSync(full).mtimeMs);
+  }
+  return newest;
+}
+
+/**
+ * The service's build for benchmarking: `tsc -p tsconfig.build.json --outDir node_modules/.cache/hsm-kms-bench/dist`,
+ * redone when any file in src/ is newer. A private output directory, so that a `npm run build` or clean by someone
+ * else in the same checkout cannot pull dist/ away mid-run, and outside the linted and committed trees. Packages
+ * resolve from the repository's node_modules; a package.json there marks the build as ES modules. Returns main.js.
+ */
+export function ensureBuilt(log: (line: string) => void): string {
+  const outDir = path.join(REPO, 'node_modules', '.cache', 'hsm-kms-bench', 'dist');
+  const main = path.join(outDir, 'main.js');
+  let built = 0;
+  try {
+    built = statSync(main).mtimeMs;
+  } catch {
+    built = 0;
+  }
+  if (built < newestMtime(path.join(REPO, 'src'))) {
+    log(`${path.relative(REPO, outDir)} is missing or older than src/: building with tsc -p tsconfig.build.json`);
+    execFileSync(
+      process.execPath,
+      [path.join(REPO, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json', '--outDir', outDir],
+      { cwd: REPO, stdio: 'inherit' },
+    );
+    writeFileSync(path.join(outDir, 'package.json'), '{ "type": "module" }\n');
+  }
+  return main;
+}
+
+export function machine(): Record<string, string> {
+  const tryRun = (cmd: string, args: string[]) => {
+    try {
+      return execFileSync(cmd, args, { encoding: 'utf8' }).trim();
+    } catch {
+      return 'unknown';
+    }
+  };
+  const softhsm = /Version:\s*(\S+)/.exec(tryRun('dpkg', ['-s', 'softhsm2']))?.[1] ?? 'unknown';
+  const cpu = /model name\s*:\s*(.+)/.exec(tryRun('cat', ['/proc/cpuinfo']))?.[1] ?? 'unknown';
+  return { nproc: tryRun('nproc', []), cpu, node: process.version, softhsm2: softhsm };
+}
