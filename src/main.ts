@@ -8,6 +8,11 @@ import { type RunningService, startService } from './service.js';
  * replaces any that die (a worker's start-up is fallible: softhsm-facts.md pitfall 10).
  */
 const RESTART_DELAY_MS = 1_000;
+/** The message a process sends after writing key metadata, so that the others drop their cached key records. */
+const METADATA_CHANGED = 'hsm-kms:metadata-changed';
+
+const isMetadataChanged = (message: unknown) =>
+  typeof message === 'object' && message !== null && (message as { type?: unknown }).type === METADATA_CHANGED;
 
 async function main(): Promise<void> {
   const config = loadConfig();
@@ -15,9 +20,22 @@ async function main(): Promise<void> {
   const clustered = config.workers > 1;
   const role = !clustered ? 'single' : cluster.isPrimary ? 'primary' : 'worker';
 
+  // Workers report their writes to the primary, which passes them on to every other worker.
+  const onMetadataWrite =
+    role === 'worker'
+      ? () => process.send?.({ type: METADATA_CHANGED })
+      : role === 'primary'
+        ? () => broadcast(undefined)
+        : undefined;
+  const broadcast = (from: number | undefined) => {
+    for (const worker of Object.values(cluster.workers ?? {})) {
+      if (worker && worker.id !== from && worker.isConnected()) worker.send({ type: METADATA_CHANGED });
+    }
+  };
+
   let running: RunningService;
   try {
-    running = await startService(config, logger, role);
+    running = await startService(config, logger, role, onMetadataWrite ? { onMetadataWrite } : {});
   } catch (err) {
     logger.error('start-up failed', errorFields(err));
     process.exit(1);
@@ -25,6 +43,9 @@ async function main(): Promise<void> {
 
   if (role === 'primary') {
     let stopping = false;
+    cluster.on('message', (worker, message) => {
+      if (isMetadataChanged(message)) broadcast(worker.id);
+    });
     for (let i = 0; i < config.workers; i++) cluster.fork();
     cluster.on('exit', (worker, code, signal) => {
       if (stopping) return;
@@ -43,6 +64,11 @@ async function main(): Promise<void> {
     return;
   }
 
+  if (role === 'worker') {
+    process.on('message', (message) => {
+      if (isMetadataChanged(message)) running.store.invalidate();
+    });
+  }
   if (running.url) logger.info('listening', { url: running.url, role });
   const stop = async () => {
     await running.stop();

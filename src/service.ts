@@ -11,10 +11,14 @@ import type { Clock } from './core/ports.js';
 import { RandomService } from './core/random.service.js';
 import { GrapheneHsm } from './hsm/graphene-hsm.js';
 import { errorFields, type Logger } from './logger.js';
+import { CachingMetadataStore } from './store/caching-metadata-store.js';
 import { SqliteMetadataStore } from './store/sqlite-metadata-store.js';
 
 /** How often keys whose deletion window has passed are deleted for good. */
 const DELETION_SWEEP_MS = 60_000;
+/** Longest a process serves a key record another process changed, should the change notice be lost. */
+const KEY_CACHE_MAX_AGE_MS = 1_000;
+const KEY_CACHE_ENTRIES = 100_000;
 
 /**
  * The roles a process plays. `single` does everything; with node:cluster the `primary` prepares the token and the
@@ -25,10 +29,16 @@ export type Role = 'single' | 'primary' | 'worker';
 export interface RunningService {
   readonly services: Services;
   readonly hsm: GrapheneHsm;
-  readonly store: SqliteMetadataStore;
+  readonly store: CachingMetadataStore;
   /** Set when the role serves HTTP. */
   readonly url: string | undefined;
   stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  readonly clock?: Clock;
+  /** Called after this process writes metadata: main.ts tells the other cluster processes to invalidate. */
+  readonly onMetadataWrite?: () => void;
 }
 
 const systemClock: Clock = { now: () => Date.now() };
@@ -37,9 +47,14 @@ export async function startService(
   config: Config,
   logger: Logger,
   role: Role,
-  clock = systemClock,
+  options: StartOptions = {},
 ): Promise<RunningService> {
-  const store = SqliteMetadataStore.open(config.dbPath);
+  const clock = options.clock ?? systemClock;
+  const store = new CachingMetadataStore(SqliteMetadataStore.open(config.dbPath), {
+    maxAgeMs: KEY_CACHE_MAX_AGE_MS,
+    maxEntries: KEY_CACHE_ENTRIES,
+    ...(options.onMetadataWrite ? { onWrite: options.onMetadataWrite } : {}),
+  });
   const hsm = await GrapheneHsm.open({ ...config.hsm, createRootKeyIfMissing: role !== 'worker' }).catch(
     async (err: unknown) => {
       await store.close();

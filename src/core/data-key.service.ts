@@ -15,9 +15,6 @@ import type { Hsm, MetadataStore } from './ports.js';
 /** Largest data key the service draws: 8192 bits, Huawei's upper bound. */
 export const MAX_DATA_KEY_LENGTH = 1024;
 
-/** Key versions are immutable once written, so they are cached; a purged key is refused before its version is read. */
-const VERSION_CACHE_LIMIT = 50_000;
-
 export interface Sealed {
   readonly key: KeyRecord;
   readonly ciphertextBlob: Buffer;
@@ -33,8 +30,6 @@ export interface Opened {
  * (src/core/ciphertext-blob.ts). Every dialect's encrypt, decrypt and data-key operation ends here.
  */
 export class DataKeyService {
-  private readonly versions = new Map<string, KeyVersionRecord>();
-
   constructor(
     private readonly hsm: Hsm,
     private readonly store: MetadataStore,
@@ -50,8 +45,10 @@ export class DataKeyService {
   ): Promise<Sealed & { plaintext: Buffer }> {
     needs(Number.isInteger(length) && length >= 1 && length <= MAX_DATA_KEY_LENGTH, 'Invalid data key length.');
     const key = await this.usableKey(projectId, ref);
-    const plaintext = await this.hsm.generateRandom(length);
-    const ciphertextBlob = await this.seal(key, plaintext, context);
+    // One C_GenerateRandom call for the data key and the IV: HSM calls are the largest cost of this request.
+    const drawn = await this.hsm.generateRandom(length + GCM_IV_LENGTH);
+    const plaintext = drawn.subarray(0, length);
+    const ciphertextBlob = await this.seal(key, plaintext, context, drawn.subarray(length));
     return { key, plaintext, ciphertextBlob };
   }
 
@@ -64,7 +61,8 @@ export class DataKeyService {
   ): Promise<Sealed> {
     needs(plaintext.length >= 1 && plaintext.length <= MAX_PLAINTEXT_LENGTH, 'Invalid plaintext length.');
     const key = await this.usableKey(projectId, ref);
-    return { key, ciphertextBlob: await this.seal(key, plaintext, context) };
+    const iv = await this.hsm.generateRandom(GCM_IV_LENGTH);
+    return { key, ciphertextBlob: await this.seal(key, plaintext, context, iv) };
   }
 
   /**
@@ -97,27 +95,23 @@ export class DataKeyService {
     return key;
   }
 
-  private async seal(key: KeyRecord, plaintext: Buffer, context: EncryptionContext | undefined): Promise<Buffer> {
+  /** `iv`: 96 random bits from the HSM, unique per key across processes without coordination (SP 800-38D §8.2.2). */
+  private async seal(
+    key: KeyRecord,
+    plaintext: Buffer,
+    context: EncryptionContext | undefined,
+    iv: Buffer,
+  ): Promise<Buffer> {
     const version = await this.version(key.id, key.currentVersion);
-    // Random 96-bit IVs from the HSM: unique per key across processes without coordination (NIST SP 800-38D §8.2.2).
-    const iv = await this.hsm.generateRandom(GCM_IV_LENGTH);
     const aad = blobAad(key.id, key.currentVersion, plaintext.length, context);
     const ciphertextWithTag = await this.hsm.encrypt(version, iv, plaintext, aad);
     return encodeBlob({ keyId: key.id, keyVersion: key.currentVersion, iv, ciphertextWithTag });
   }
 
   private async version(keyId: string, version: number): Promise<KeyVersionRecord> {
-    const cacheKey = `${keyId}:${version}`;
-    const cached = this.versions.get(cacheKey);
-    if (cached) return cached;
     const found = await this.store.findKeyVersion(keyId, version);
     // A blob naming a version this key never had is forged or corrupt: same answer as any bad ciphertext.
     if (!found) throw new KmsError('InvalidCiphertext', 'Invalid cipher_text.');
-    if (this.versions.size >= VERSION_CACHE_LIMIT) {
-      const oldest = this.versions.keys().next().value;
-      if (oldest !== undefined) this.versions.delete(oldest);
-    }
-    this.versions.set(cacheKey, found);
     return found;
   }
 }

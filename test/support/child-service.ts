@@ -23,8 +23,8 @@ export interface ChildService {
   readonly log: () => string;
 }
 
-/** The real service, src/main.ts, as its own process; resolves once it logs that it listens. */
-export function spawnService(env: Record<string, string>): Promise<ChildService> {
+/** The real service, src/main.ts, as its own process; resolves once `listeners` processes log that they listen. */
+export function spawnService(env: Record<string, string>, listeners = 1): Promise<ChildService> {
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
     env: { ...process.env, ...env, KMS_LOG_LEVEL: 'info' },
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -34,7 +34,8 @@ export function spawnService(env: Record<string, string>): Promise<ChildService>
     const timer = setTimeout(() => reject(new Error(`service did not start:\n${stderr}`)), 30_000);
     child.stderr?.on('data', (chunk: Buffer) => {
       stderr += chunk.toString();
-      const match = /"msg":"listening","url":"([^"]+)"/.exec(stderr);
+      const matches = [...stderr.matchAll(/"msg":"listening","url":"([^"]+)"/g)];
+      const match = matches[listeners - 1];
       if (match) {
         clearTimeout(timer);
         resolve({ process: child, url: match[1] as string, log: () => stderr });

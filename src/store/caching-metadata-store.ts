@@ -1,0 +1,146 @@
+import type { KeyRecord, KeyState, KeyVersionRecord } from '../core/keys.js';
+import { aliasName } from '../core/keys.js';
+import type { KeyPatch, ListKeysQuery, MetadataStore } from '../core/ports.js';
+
+export interface CachingOptions {
+  /** How long a cached key record may be served without being read again: the bound on cross-process staleness. */
+  readonly maxAgeMs: number;
+  /** Entries kept per map; the oldest are dropped first. */
+  readonly maxEntries: number;
+  /** Called after every write, so that other processes can be told to invalidate (node:cluster IPC). */
+  readonly onWrite?: () => void;
+  readonly now?: () => number;
+}
+
+interface Cached<T> {
+  readonly value: T;
+  readonly at: number;
+}
+
+/**
+ * Serves the reads of the data-key hot path from memory: a SQLite read takes 15–50 µs (its WAL lock costs system
+ * calls), which is a tenth of a create-datakey request (docs/performance.md).
+ *
+ * - Key versions are immutable once written: cached until their key is purged.
+ * - Key records change (state, alias): this process's own writes clear the cache at once; other processes' writes
+ *   arrive through `invalidate()` (node:cluster messages from main.ts), and `maxAgeMs` bounds the staleness should a
+ *   message be lost. A single-process service is therefore never stale.
+ * - Misses are not cached, so a key created elsewhere is visible at once.
+ */
+export class CachingMetadataStore implements MetadataStore {
+  readonly #inner: MetadataStore;
+  readonly #options: CachingOptions;
+  readonly #now: () => number;
+  readonly #keys = new Map<string, Cached<KeyRecord>>();
+  readonly #aliases = new Map<string, Cached<KeyRecord>>();
+  readonly #versions = new Map<string, KeyVersionRecord>();
+  /** Bumped by every invalidation: a read that straddles one does not cache what it read. */
+  #generation = 0;
+
+  constructor(inner: MetadataStore, options: CachingOptions) {
+    this.#inner = inner;
+    this.#options = options;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** Forgets every key record (another process changed one). Versions are immutable and stay. */
+  invalidate(): void {
+    this.#generation++;
+    this.#keys.clear();
+    this.#aliases.clear();
+  }
+
+  async findKey(projectId: string, keyId: string): Promise<KeyRecord | undefined> {
+    return this.#read(this.#keys, `${projectId}/${keyId}`, () => this.#inner.findKey(projectId, keyId));
+  }
+
+  async findKeyByAlias(projectId: string, alias: string): Promise<KeyRecord | undefined> {
+    const name = aliasName(alias);
+    return this.#read(this.#aliases, `${projectId}/${name}`, () => this.#inner.findKeyByAlias(projectId, name));
+  }
+
+  async findKeyVersion(keyId: string, version: number): Promise<KeyVersionRecord | undefined> {
+    const id = `${keyId}/${version}`;
+    const cached = this.#versions.get(id);
+    if (cached) return cached;
+    const found = await this.#inner.findKeyVersion(keyId, version);
+    if (found) remember(this.#versions, id, found, this.#options.maxEntries);
+    return found;
+  }
+
+  async insertPendingKey(key: KeyRecord, version: KeyVersionRecord, quota: number): Promise<void> {
+    await this.#inner.insertPendingKey(key, version, quota);
+    this.#written();
+  }
+
+  async activateKey(keyId: string): Promise<void> {
+    await this.#inner.activateKey(keyId);
+    this.#written();
+  }
+
+  async purgeKey(keyId: string): Promise<void> {
+    await this.#inner.purgeKey(keyId);
+    for (const id of this.#versions.keys()) if (id.startsWith(`${keyId}/`)) this.#versions.delete(id);
+    this.#written();
+  }
+
+  async updateKey(
+    projectId: string,
+    keyId: string,
+    expectedState: KeyState,
+    patch: KeyPatch,
+  ): Promise<KeyRecord | undefined> {
+    const updated = await this.#inner.updateKey(projectId, keyId, expectedState, patch);
+    this.#written();
+    return updated;
+  }
+
+  listPendingCreation(): Promise<KeyRecord[]> {
+    return this.#inner.listPendingCreation();
+  }
+
+  listKeys(query: ListKeysQuery): Promise<{ keys: KeyRecord[]; total: number }> {
+    return this.#inner.listKeys(query);
+  }
+
+  countKeys(projectId: string): Promise<number> {
+    return this.#inner.countKeys(projectId);
+  }
+
+  listKeysDueForDeletion(now: number): Promise<KeyRecord[]> {
+    return this.#inner.listKeysDueForDeletion(now);
+  }
+
+  close(): Promise<void> {
+    return this.#inner.close();
+  }
+
+  async #read(
+    cache: Map<string, Cached<KeyRecord>>,
+    id: string,
+    load: () => Promise<KeyRecord | undefined>,
+  ): Promise<KeyRecord | undefined> {
+    const now = this.#now();
+    const cached = cache.get(id);
+    if (cached && now - cached.at < this.#options.maxAgeMs) return cached.value;
+    const generation = this.#generation;
+    const found = await load();
+    if (generation !== this.#generation) return found;
+    if (found) remember(cache, id, { value: found, at: now }, this.#options.maxEntries);
+    else cache.delete(id);
+    return found;
+  }
+
+  #written(): void {
+    this.invalidate();
+    this.#options.onWrite?.();
+  }
+}
+
+function remember<T>(cache: Map<string, T>, id: string, value: T, maxEntries: number): void {
+  if (cache.size >= maxEntries && !cache.has(id)) {
+    const oldest = cache.keys().next().value;
+    if (oldest !== undefined) cache.delete(oldest);
+  }
+  cache.set(id, value);
+}

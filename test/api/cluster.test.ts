@@ -1,0 +1,73 @@
+import { request } from 'node:http';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadOrCreateIssuerKeys, signProjectToken } from '../../src/auth/local-issuer.js';
+import { type ChildService, freePort, spawnService, stopService } from '../support/child-service.js';
+import { createTestToken, removeTestToken, type TestToken } from '../support/softhsm.js';
+
+const P = 'projectcluster';
+let token: TestToken;
+let service: ChildService;
+let authToken: string;
+
+beforeAll(async () => {
+  token = createTestToken();
+  const dataDir = path.join(token.dir, 'data');
+  service = await spawnService(
+    {
+      KMS_DATA_DIR: dataDir,
+      KMS_PIN: token.pin,
+      KMS_TOKEN_LABEL: token.tokenLabel,
+      KMS_PKCS11_LIBRARY: token.library,
+      SOFTHSM2_CONF: token.softhsmConf,
+      KMS_PORT: String(await freePort()),
+      KMS_WORKERS: '2',
+    },
+    2,
+  );
+  authToken = await signProjectToken(loadOrCreateIssuerKeys(dataDir), P, 3600);
+}, 60_000);
+afterAll(async () => {
+  await stopService(service);
+  removeTestToken(token.dir);
+});
+
+/** One request on a fresh connection, so that the primary hands successive requests to different workers. */
+function call(action: string, body: unknown): Promise<{ status: number; body: { error?: { error_code: string } } }> {
+  const url = new URL(`${service.url}/v1.0/${P}/kms/${action}`);
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      { method: 'POST', agent: false, headers: { 'x-auth-token': authToken, 'content-type': 'application/json' } },
+      (res) => {
+        let text = '';
+        res.on('data', (chunk) => {
+          text += chunk;
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) }));
+      },
+    );
+    req.on('error', reject);
+    req.end(JSON.stringify(body));
+  });
+}
+
+describe('two node:cluster workers', () => {
+  it('when a key is disabled through one worker, then every worker refuses it at once, and accepts it once enabled', async () => {
+    expect(service.log().match(/"msg":"listening"/g)).toHaveLength(2);
+    const created = await call('create-key', { key_alias: 'clustered' });
+    const keyId = (created.body as unknown as { key_info: { key_id: string } }).key_info.key_id;
+    for (let i = 0; i < 6; i++) expect((await call('create-datakey', { key_id: keyId })).status).toBe(200);
+
+    expect((await call('disable-key', { key_id: keyId })).status).toBe(200);
+    await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 6; i++) {
+      const res = await call('create-datakey', { key_id: keyId });
+      expect(res.body.error?.error_code).toBe('KMS.0209');
+    }
+
+    expect((await call('enable-key', { key_id: keyId })).status).toBe(200);
+    await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 6; i++) expect((await call('create-datakey', { key_id: keyId })).status).toBe(200);
+  });
+});
