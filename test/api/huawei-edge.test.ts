@@ -173,3 +173,35 @@ describe('scheduled deletion', () => {
     expect((await kms.call(A, 'create-key', { key_alias: 'to-be-deleted' })).status).toBe(200);
   });
 });
+
+describe('request bodies', () => {
+  it('when an oversized body arrives in chunks without a length, then the answer is still KMS.0203', async () => {
+    const chunk = new TextEncoder().encode(`"${'a'.repeat(70 * 1024)}",`);
+    const stream = new ReadableStream({
+      start(controller) {
+        controller.enqueue(new TextEncoder().encode('{"x":['));
+        for (let i = 0; i < 8; i++) controller.enqueue(chunk);
+        controller.enqueue(new TextEncoder().encode('"z"]}'));
+        controller.close();
+      },
+    });
+    const res = await fetch(`${kms.url}/v1.0/${A}/kms/gen-random`, {
+      method: 'POST',
+      headers: { 'x-auth-token': await kms.tokenFor(A) },
+      body: stream,
+      duplex: 'half',
+    } as RequestInit);
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { error: { error_code: string } }).error.error_code).toBe('KMS.0203');
+  });
+
+  it('when the body is compressed, then the answer is KMS.0214', async () => {
+    const res = await fetch(`${kms.url}/v1.0/${A}/kms/gen-random`, {
+      method: 'POST',
+      headers: { 'x-auth-token': await kms.tokenFor(A), 'content-encoding': 'gzip' },
+      body: '{}',
+    });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { error: { error_code: string } }).error.error_code).toBe('KMS.0214');
+  });
+});
