@@ -47,7 +47,8 @@ async function slice(server: Started, apiPath: string, headers: Record<string, s
     headers: { 'content-type': 'application/json', ...headers },
     body,
   });
-  if (result.non2xx > 0 || result.errors > 0) throw new Error(`${apiPath}: ${result.non2xx} non-2xx, ${result.errors} errors`);
+  if (result.non2xx > 0 || result.errors > 0)
+    throw new Error(`${apiPath}: ${result.non2xx} non-2xx, ${result.errors} errors`);
   return (cpuMicros(pid) - before) / result.requests.total;
 }
 
@@ -100,7 +101,9 @@ async function main() {
     for (let round = 1; round <= ROUNDS; round++) {
       bareUs.push(await slice(bare, apiPath, auth, body));
       kmsUs.push(await slice(kms, apiPath, auth, body));
-      log(`round ${round}: bare ${bareUs.at(-1)?.toFixed(0)} µs/request, service ${kmsUs.at(-1)?.toFixed(0)} µs/request`);
+      log(
+        `round ${round}: bare ${bareUs.at(-1)?.toFixed(0)} µs/request, service ${kmsUs.at(-1)?.toFixed(0)} µs/request`,
+      );
     }
     const ratios = bareUs.map((b, i) => b / (kmsUs[i] as number));
     process.stdout.write(

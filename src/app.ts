@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import express, { type Express } from 'express';
+import type { RequestListener } from 'node:http';
+import express from 'express';
 import helmet from 'helmet';
 import type { Services } from './api/huawei/context.js';
 import { invalid } from './api/huawei/errors.js';
-import { huaweiErrorHandler, huaweiRouter } from './api/huawei/router.js';
+import { huaweiActionListener, huaweiErrorHandler, huaweiVersionRouter } from './api/huawei/router.js';
 import type { TokenVerifier } from './auth/token-verifier.js';
 import type { Logger } from './logger.js';
 
@@ -29,22 +30,26 @@ function staticSecurityHeaders(): Map<string, string> {
   return headers;
 }
 
-/** The HTTP application. Does no I/O of its own: main.ts (or a test) gives it its parts and listens. */
-export function createApp(deps: AppDeps): Express {
+/**
+ * The HTTP request listener: a Huawei action is served by its dialect's own listener on node:http; everything else
+ * (version documents, unknown routes) by Express. Does no I/O of its own: main.ts (or a test) creates the server.
+ */
+export function createApp(deps: AppDeps): RequestListener {
   const app = express();
   // An ETag costs a hash of every response and means nothing for one-off cryptographic answers.
   app.set('etag', false);
   app.set('x-powered-by', false);
-  const securityHeaders = staticSecurityHeaders();
-  app.use((_req, res, next) => {
-    res.setHeaders(securityHeaders);
-    res.setHeader('X-Request-Id', randomUUID());
-    next();
-  });
-  app.use(huaweiRouter(deps.services, deps.verifier, deps.logger));
+  app.use(huaweiVersionRouter());
   app.use(() => {
     throw invalid('KMS.0201', 'Invalid request URL.');
   });
   app.use(huaweiErrorHandler(deps.logger));
-  return app;
+
+  const huaweiActions = huaweiActionListener(deps.services, deps.verifier, deps.logger);
+  const securityHeaders = staticSecurityHeaders();
+  return (req, res) => {
+    res.setHeaders(securityHeaders);
+    res.setHeader('X-Request-Id', randomUUID());
+    if (!huaweiActions(req, res)) app(req, res);
+  };
 }

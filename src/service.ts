@@ -1,4 +1,4 @@
-import type { Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Services } from './api/huawei/context.js';
 import { createApp } from './app.js';
@@ -92,9 +92,10 @@ export async function startService(
   if (role !== 'primary') {
     const key = config.auth.jwksUrl ? new URL(config.auth.jwksUrl) : loadOrCreateIssuerKeys(config.dataDir).publicKey;
     const verifier = new TokenVerifier({ key, issuer: config.auth.issuer, audience: config.auth.audience });
-    const app = createApp({ services, verifier, logger });
+    const listening = createServer(createApp({ services, verifier, logger }));
     server = await new Promise<Server>((resolve, reject) => {
-      const s = app.listen(config.port, config.host, (err?: Error) => (err ? reject(err) : resolve(s)));
+      listening.once('error', reject);
+      listening.listen(config.port, config.host, () => resolve(listening));
     });
     server.keepAliveTimeout = 65_000;
     const { port } = server.address() as AddressInfo;

@@ -1,3 +1,4 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type NextFunction, type Request, type Response, Router } from 'express';
 import type { TokenVerifier } from '../../auth/token-verifier.js';
 import { KmsError } from '../../core/errors.js';
@@ -60,10 +61,9 @@ const MAX_BODY_BYTES = 64 * 1024;
 
 /**
  * The request body as JSON, whatever the content type: Huawei's SDKs send `application/json;charset=UTF-8`, curl
- * users often send none. Read here rather than with express.json(): the data-key actions are CPU-bound on the HTTP
- * layer, and this is a fraction of body-parser's per-request work. Undefined for an empty body.
+ * users often send none. Undefined for an empty body.
  */
-function readJsonBody(req: Request): Promise<unknown> {
+function readJsonBody(req: IncomingMessage): Promise<unknown> {
   const encoding = req.headers['content-encoding'];
   if (encoding !== undefined && encoding !== 'identity') {
     return Promise.reject(invalid('KMS.0214', 'The request format is invalid: compressed bodies are not accepted.'));
@@ -93,8 +93,8 @@ function readJsonBody(req: Request): Promise<unknown> {
   });
 }
 
-/** Writes a JSON response in one call, without Express's res.json (content negotiation, freshness checks). */
-function sendJson(res: Response, status: number, body: unknown): void {
+/** Writes a JSON response in one call. */
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
   const json = JSON.stringify(body);
   res.writeHead(status, {
     'Content-Type': 'application/json; charset=utf-8',
@@ -103,42 +103,69 @@ function sendJson(res: Response, status: number, body: unknown): void {
   res.end(json);
 }
 
-export function huaweiRouter(services: Services, verifier: TokenVerifier, logger: Logger): Router {
-  const router = Router();
+/** `/v1.0/{project_id}/kms/{action}`, matched as Express would: any case, optional trailing slash. */
+const ACTION_PATH = /^\/v1\.0\/([^/]*)\/kms\/([^/]*)\/?$/i;
 
+/**
+ * Serves `/v1.0/{project_id}/kms/{action}` on plain node:http and returns true, or returns false for any other path
+ * (left to the Express app: version documents, unknown routes). The actions are the hot path of the service and
+ * JSON-in, JSON-out: Express's per-request work (router, request and response decoration) cost as much CPU as a
+ * create-datakey's own cryptography (docs/performance.md).
+ */
+export function huaweiActionListener(services: Services, verifier: TokenVerifier, logger: Logger) {
+  const fail = failWith(logger);
+  const serve = async (req: IncomingMessage, res: ServerResponse, projectId: string, actionName: string) => {
+    if (!PROJECT_ID_PATTERN.test(projectId)) throw invalid('KMS.0201', 'Invalid request URL.');
+    const token = req.headers['x-auth-token'];
+    const tokenProject = await verifier.projectOf(typeof token === 'string' ? token : undefined);
+    if (tokenProject !== projectId) {
+      throw new KmsError('ProjectMismatch', 'URIs in URL and X-Auth-Token do not match.');
+    }
+    const action = ACTIONS[actionName];
+    if (!action) throw invalid('KMS.0201', 'Invalid request URL.');
+    if (req.method !== action.method) {
+      res.setHeader('Allow', action.method);
+      throw new HuaweiApiError('KMS.0215', 405, 'Request method not supported.');
+    }
+    const body = action.method === 'POST' ? await readJsonBody(req) : undefined;
+    sendJson(res, 200, await action.run(services, projectId, body));
+  };
+  return (req: IncomingMessage, res: ServerResponse): boolean => {
+    const url = req.url ?? '';
+    const query = url.indexOf('?');
+    const match = ACTION_PATH.exec(query === -1 ? url : url.slice(0, query));
+    if (!match) return false;
+    serve(req, res, match[1] as string, (match[2] as string).toLowerCase()).catch((err: unknown) =>
+      fail(err, req, res),
+    );
+    return true;
+  };
+}
+
+/** The version documents, `GET /` and `GET /v1.0`, which need no token. */
+export function huaweiVersionRouter(): Router {
+  const router = Router();
   router.get('/', (req, res) => {
     res.json(versionsDocument(req));
   });
   router.get(['/v1.0', '/v1.0/'], (req, res) => {
     res.json(versionDocument(req));
   });
-
-  router.all('/v1.0/:project_id/kms/:action', async (req: Request, res: Response) => {
-    const projectId = req.params.project_id as string;
-    if (!PROJECT_ID_PATTERN.test(projectId)) throw invalid('KMS.0201', 'Invalid request URL.');
-    const tokenProject = await verifier.projectOf(req.get('x-auth-token'));
-    if (tokenProject !== projectId) {
-      throw new KmsError('ProjectMismatch', 'URIs in URL and X-Auth-Token do not match.');
-    }
-    const action = ACTIONS[req.params.action as string];
-    if (!action) throw invalid('KMS.0201', 'Invalid request URL.');
-    if (req.method !== action.method) {
-      res.set('Allow', action.method);
-      throw new HuaweiApiError('KMS.0215', 405, 'Request method not supported.');
-    }
-    const body = action.method === 'POST' ? await readJsonBody(req) : undefined;
-    sendJson(res, 200, await action.run(services, projectId, body));
-  });
-
-  router.use(huaweiErrorHandler(logger));
   return router;
 }
 
 /** Renders any error the Huawei way; unexpected ones are logged in full and answered generically. */
-export function huaweiErrorHandler(logger: Logger) {
-  return (err: unknown, req: Request, res: Response, _next: NextFunction) => {
+function failWith(logger: Logger) {
+  return (err: unknown, req: IncomingMessage, res: ServerResponse) => {
     const { status, body, unexpected } = renderHuaweiError(err);
-    if (unexpected) logger.error('request failed', { method: req.method, path: req.path, ...errorFields(err) });
-    sendJson(res, status, body);
+    if (unexpected) logger.error('request failed', { method: req.method, path: req.url, ...errorFields(err) });
+    if (res.headersSent) res.destroy();
+    else sendJson(res, status, body);
   };
+}
+
+/** The same, as Express's final error middleware. */
+export function huaweiErrorHandler(logger: Logger) {
+  const fail = failWith(logger);
+  return (err: unknown, req: Request, res: Response, _next: NextFunction) => fail(err, req, res);
 }
