@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { RequestListener } from 'node:http';
 import express from 'express';
 import helmet from 'helmet';
+import { type AwsOptions, awsListener } from './api/aws/listener.js';
 import type { Services } from './api/huawei/context.js';
 import { invalid } from './api/huawei/errors.js';
 import { huaweiActionListener, huaweiErrorHandler, huaweiVersionRouter } from './api/huawei/router.js';
@@ -12,6 +13,8 @@ export interface AppDeps {
   readonly services: Services;
   readonly verifier: TokenVerifier;
   readonly logger: Logger;
+  /** The AWS dialect: the regions requests may be signed for, and the secrets of access keys. */
+  readonly aws: AwsOptions;
 }
 
 /**
@@ -31,8 +34,8 @@ function staticSecurityHeaders(): Map<string, string> {
 }
 
 /**
- * The HTTP request listener: a Huawei action is served by its dialect's own listener on node:http; everything else
- * (version documents, unknown routes) by Express. Does no I/O of its own: main.ts (or a test) creates the server.
+ * The HTTP request listener: a Huawei action or an AWS request (`X-Amz-Target`) is served by its dialect's own
+ * listener on node:http; everything else (version documents, unknown routes) by Express. Does no I/O of its own: main.ts (or a test) creates the server.
  */
 export function createApp(deps: AppDeps): RequestListener {
   const app = express();
@@ -46,10 +49,11 @@ export function createApp(deps: AppDeps): RequestListener {
   app.use(huaweiErrorHandler(deps.logger));
 
   const huaweiActions = huaweiActionListener(deps.services, deps.verifier, deps.logger);
+  const awsRequests = awsListener(deps.services, deps.aws, deps.logger);
   const securityHeaders = staticSecurityHeaders();
   return (req, res) => {
     res.setHeaders(securityHeaders);
     res.setHeader('X-Request-Id', randomUUID());
-    if (!huaweiActions(req, res)) app(req, res);
+    if (!awsRequests(req, res) && !huaweiActions(req, res)) app(req, res);
   };
 }

@@ -5,6 +5,7 @@ import { createApp } from './app.js';
 import { loadOrCreateIssuerKeys } from './auth/local-issuer.js';
 import { TokenVerifier } from './auth/token-verifier.js';
 import type { Config } from './config.js';
+import { CredentialService } from './core/credential.service.js';
 import { DataKeyService } from './core/data-key.service.js';
 import { KeyService } from './core/key.service.js';
 import type { Clock } from './core/ports.js';
@@ -32,6 +33,8 @@ export type Role = 'single' | 'primary' | 'worker';
 
 export interface RunningService {
   readonly services: Services;
+  /** Access keys of the signed dialects (AWS SigV4). */
+  readonly credentials: CredentialService;
   readonly hsm: GrapheneHsm;
   readonly store: CachingMetadataStore;
   /** Set when the role serves HTTP. */
@@ -74,6 +77,8 @@ export async function startService(
     cmkQuota: config.cmkQuota,
   };
 
+  const credentials = new CredentialService(hsm, store, clock);
+
   let sweeper: NodeJS.Timeout | undefined;
   if (role !== 'worker') {
     const reconciled = await keys.reconcilePendingCreation();
@@ -92,7 +97,8 @@ export async function startService(
   if (role !== 'primary') {
     const key = config.auth.jwksUrl ? new URL(config.auth.jwksUrl) : loadOrCreateIssuerKeys(config.dataDir).publicKey;
     const verifier = new TokenVerifier({ key, issuer: config.auth.issuer, audience: config.auth.audience });
-    const listening = createServer(createApp({ services, verifier, logger }));
+    const aws = { regions: [config.region], lookupSecret: (id: string) => credentials.resolve(id) };
+    const listening = createServer(createApp({ services, verifier, logger, aws }));
     server = await new Promise<Server>((resolve, reject) => {
       listening.once('error', reject);
       listening.listen(config.port, config.host, () => resolve(listening));
@@ -106,6 +112,7 @@ export async function startService(
 
   return {
     services,
+    credentials,
     hsm,
     store,
     url,

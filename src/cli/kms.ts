@@ -2,6 +2,10 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../auth/local-issuer.js';
+import { loadConfig } from '../config.js';
+import { CredentialService } from '../core/credential.service.js';
+import { GrapheneHsm } from '../hsm/graphene-hsm.js';
+import { SqliteMetadataStore } from '../store/sqlite-metadata-store.js';
 
 /** The `kms` command line. Each command prints its result alone on stdout, so it can be captured with $(...). */
 const USAGE = `Usage: kms <command> [options]
@@ -10,6 +14,14 @@ Commands:
   token --project <project_id> [--ttl <seconds>]
       Print an X-Auth-Token for the project, signed with the local issuer key in $KMS_DATA_DIR/issuer
       (default ./.data). Valid for --ttl seconds (default 86400, at most 31536000).
+  credentials create --project <project_id>
+      Create an access key of the project for the AWS dialect (SigV4) and print it as two lines,
+      AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=..., so that
+      eval "$(kms credentials create --project p)" configures a shell. The secret is shown only now.
+  credentials revoke <access_key_id>
+      Revoke an access key at once. Fails (exit 1) if it is unknown or already revoked.
+      Both credentials commands open the HSM and the metadata store with the service's configuration
+      (KMS_DATA_DIR, KMS_PIN or KMS_PIN_FILE, KMS_TOKEN_LABEL, KMS_PKCS11_LIBRARY, SOFTHSM2_CONF, ...).
   help
       Print this text.
 `;
@@ -39,11 +51,63 @@ async function token(args: string[]): Promise<void> {
   process.stdout.write(`${await signProjectToken(keys, project, ttl)}\n`);
 }
 
+/** Runs `use` with a credential service over the service's own HSM token and database, closing both after. */
+async function withCredentials<T>(use: (credentials: CredentialService) => Promise<T>): Promise<T> {
+  const config = loadConfig();
+  const store = SqliteMetadataStore.open(config.dbPath);
+  try {
+    // The CLI may be the first to use a fresh token: it creates the keys it needs, like the service's primary.
+    const hsm = await GrapheneHsm.open({ ...config.hsm, poolSize: 1, createRootKeyIfMissing: true });
+    try {
+      return await use(new CredentialService(hsm, store, { now: () => Date.now() }));
+    } finally {
+      await hsm.close();
+    }
+  } finally {
+    await store.close();
+  }
+}
+
+async function credentials(args: string[]): Promise<void> {
+  const [subcommand, ...rest] = args;
+  switch (subcommand) {
+    case 'create': {
+      const { values } = parseArgs({ args: rest, options: { project: { type: 'string' } }, strict: true });
+      const project = values.project;
+      if (project === undefined) fail('credentials create needs --project <project_id>');
+      if (!PROJECT_ID_PATTERN.test(project)) fail('a project id is 1 to 64 letters, digits, "_" or "-"');
+      const created = await withCredentials((service) => service.create(project));
+      process.stdout.write(
+        `AWS_ACCESS_KEY_ID=${created.accessKeyId}\nAWS_SECRET_ACCESS_KEY=${created.secretAccessKey}\n`,
+      );
+      return;
+    }
+    case 'revoke': {
+      const { positionals } = parseArgs({ args: rest, options: {}, allowPositionals: true, strict: true });
+      const [accessKeyId, ...extra] = positionals;
+      if (accessKeyId === undefined || extra.length > 0) fail('credentials revoke needs one <access_key_id>');
+      if (!(await withCredentials((service) => service.revoke(accessKeyId)))) {
+        process.stderr.write(`kms: access key ${accessKeyId} does not exist or is already revoked\n`);
+        process.exitCode = 1;
+      }
+      return;
+    }
+    default:
+      fail(
+        subcommand === undefined
+          ? "credentials needs 'create' or 'revoke' (try 'kms help')"
+          : `unknown credentials command '${subcommand}' (try 'kms help')`,
+      );
+  }
+}
+
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
   switch (command) {
     case 'token':
       return token(rest);
+    case 'credentials':
+      return credentials(rest);
     case 'help':
     case '--help':
     case '-h':
@@ -58,4 +122,14 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
-main(process.argv.slice(2)).catch((err: unknown) => fail(err instanceof Error ? err.message : String(err)));
+/** Bad arguments (parseArgs' own errors included) exit 2; a failure while doing the work (config, HSM) exits 1. */
+main(process.argv.slice(2)).catch((err: unknown) => {
+  const message = err instanceof Error ? err.message : String(err);
+  if (isUsageError(err)) fail(message);
+  process.stderr.write(`kms: ${message}\n`);
+  process.exit(1);
+});
+
+function isUsageError(err: unknown): boolean {
+  return err instanceof Error && 'code' in err && typeof err.code === 'string' && err.code.startsWith('ERR_PARSE_ARGS');
+}

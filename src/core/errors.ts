@@ -32,6 +32,12 @@ export const KMS_ERROR_CODES = [
   'AuthMissing',
   /** The credentials are malformed, forged or from an unknown issuer. */
   'AuthInvalid',
+  /** A request signature is structurally incomplete (a missing or malformed Authorization part). */
+  'AuthIncomplete',
+  /** A request signature does not match the request, or is outside its validity window. */
+  'AuthSignatureMismatch',
+  /** The access key is unknown or revoked. */
+  'AuthUnknownCredential',
   /** The credentials were valid once and have expired. */
   'AuthExpired',
   /** The credentials are valid but for another project than the one the request addresses. */

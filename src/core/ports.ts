@@ -1,3 +1,4 @@
+import type { CredentialRecord } from './credentials.js';
 import type { KeyRecord, KeyState, KeyVersionRecord } from './keys.js';
 
 /** What the HSM needs to materialise one CMK version inside itself. Carries no key material. */
@@ -26,6 +27,11 @@ export interface Hsm {
   encrypt(key: CmkVersionRef, iv: Buffer, plaintext: Buffer, aad: Buffer): Promise<Buffer>;
   /** Inverse of encrypt; the tag is the last 16 bytes of `ciphertextWithTag`. */
   decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer): Promise<Buffer>;
+  /**
+   * The secret of an access key: HMAC-SHA256 inside the HSM under the non-extractable credential key, over the
+   * access key id. Computed on demand, so no secret is ever stored.
+   */
+  credentialSecret(accessKeyId: string): Promise<Buffer>;
   /** Drops the cached materialised key of a version whose derivation data is being deleted. */
   forget(keyId: string, version: number): void;
   close(): Promise<void>;
@@ -72,6 +78,12 @@ export interface MetadataStore {
    * KmsError('AliasAlreadyExists') on an alias clash.
    */
   updateKey(projectId: string, keyId: string, expectedState: KeyState, patch: KeyPatch): Promise<KeyRecord | undefined>;
+  /** Records a new access key. Its secret is never stored: it is derived in the HSM from the access key id. */
+  insertCredential(credential: CredentialRecord): Promise<void>;
+  /** An access key, revoked or not; never cached, so a revocation takes effect on the next request. */
+  findCredential(accessKeyId: string): Promise<CredentialRecord | undefined>;
+  /** Marks the access key revoked at `at`; false if it does not exist or was already revoked. */
+  revokeCredential(accessKeyId: string, at: number): Promise<boolean>;
   /** Keys in PendingDeletion whose deletion date is at or before `now`, in every project. */
   listKeysDueForDeletion(now: number): Promise<KeyRecord[]>;
   close(): Promise<void>;

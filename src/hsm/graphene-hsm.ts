@@ -6,12 +6,16 @@ import type { CmkVersionRef, Hsm } from '../core/ports.js';
 import { DerivedKeyCache } from './derived-key-cache.js';
 import { DEFAULT_STARTUP_RETRY, type HsmConfig } from './hsm-config.js';
 import {
+  CREDENTIAL_MAC_BYTES,
+  credentialKeyTemplate,
+  credentialMacInput,
   DERIVATION_DATA_BYTES,
   derivationMechanism,
   derivedKeyTemplate,
   GCM_IV_BYTES,
   GCM_TAG_BYTES,
   gcmMechanism,
+  HMAC_SHA256_MECHANISM,
   rootKeyTemplate,
 } from './key-templates.js';
 import { ckrOf, isDecryptionFailure, isKeyHandleFailure, isSessionFailure, toKmsError } from './pkcs11-errors.js';
@@ -23,12 +27,67 @@ type Handle = Buffer;
 
 /** The label of the token object every new CMK version is derived from. */
 export const ROOT_KEY_LABEL = 'hsm-kms-root-1';
+/** The label of the token object that computes the secrets of access keys (HMAC-SHA256 over the access key id). */
+export const CREDENTIAL_KEY_LABEL = 'hsm-kms-credentials-1';
 
 /** CK_STATE of a logged-in read-write session (pkcs11js exports no CKS_* constants). */
 const CKS_RW_USER_FUNCTIONS = 3;
 const SESSION_FLAGS = pkcs11js.CKF_RW_SESSION | pkcs11js.CKF_SERIAL_SESSION;
 const MAX_RANDOM_BYTES = 1024 * 1024;
 const NO_KEY: Handle = Buffer.alloc(0);
+/** What #run uses in place of a CMK version to run an operation with the credential key. */
+const CREDENTIAL_KEY = 'credential-key';
+
+/**
+ * A long-lived token key that open() finds, or creates when allowed, checks and caches. Every process relies on
+ * the one object with the label: a second one would make existing CMKs or access keys undecidable.
+ */
+interface TokenKeySpec {
+  readonly label: string;
+  /** "Root key", "Credential key": how messages name it. */
+  readonly role: string;
+  /** Why a duplicate must be resolved by hand, and which object to keep. */
+  readonly keepHint: string;
+  readonly generate: pkcs11js.Mechanism;
+  readonly template: (label: string) => pkcs11js.Template;
+  readonly keyType: number;
+  /** Boolean attributes that must be true (besides CKA_SENSITIVE) and false (besides CKA_EXTRACTABLE). */
+  readonly allowed: readonly number[];
+  readonly forbidden: readonly number[];
+  /** "AES key that can derive": completes "is not a sensitive, non-extractable …". */
+  readonly description: string;
+}
+
+const ROOT_KEY_SPEC: TokenKeySpec = {
+  label: ROOT_KEY_LABEL,
+  role: 'Root key',
+  keepHint: 'keep the one existing key versions were derived from',
+  generate: { mechanism: pkcs11js.CKM_AES_KEY_GEN },
+  template: rootKeyTemplate,
+  keyType: pkcs11js.CKK_AES,
+  allowed: [pkcs11js.CKA_DERIVE],
+  forbidden: [],
+  description: 'AES key that can derive',
+};
+
+const CREDENTIAL_KEY_SPEC: TokenKeySpec = {
+  label: CREDENTIAL_KEY_LABEL,
+  role: 'Credential key',
+  keepHint: 'keep the one existing access keys were issued under',
+  generate: { mechanism: pkcs11js.CKM_GENERIC_SECRET_KEY_GEN },
+  template: credentialKeyTemplate,
+  keyType: pkcs11js.CKK_GENERIC_SECRET,
+  allowed: [pkcs11js.CKA_SIGN],
+  forbidden: [
+    pkcs11js.CKA_ENCRYPT,
+    pkcs11js.CKA_DECRYPT,
+    pkcs11js.CKA_DERIVE,
+    pkcs11js.CKA_WRAP,
+    pkcs11js.CKA_UNWRAP,
+    pkcs11js.CKA_VERIFY,
+  ],
+  description: 'generic secret key that can only sign',
+};
 
 /** What tests may reach behind the port: live views, read at access time. Not for production code. */
 export interface GrapheneHsmTestHooks {
@@ -42,6 +101,8 @@ export interface GrapheneHsmTestHooks {
   /** Derived key handles by `${keyId}:${version}`, least recently used first. */
   readonly derivedKeys: ReadonlyMap<string, Handle>;
   rootKeyHandle(label: string): Handle | undefined;
+  /** The cached handle of the credential key. */
+  credentialKeyHandle(): Handle | undefined;
 }
 
 /**
@@ -53,6 +114,7 @@ export interface GrapheneHsmTestHooks {
  * - `poolSize` further sessions run encrypt, decrypt and random with synchronous calls (faster than pkcs11js's
  *   async variants for small data on SoftHSM).
  * - A CMK version is never a token object: it is derived from the root key with C_DeriveKey and its handle cached.
+ * - The secret of an access key is never stored: it is an HMAC under the credential key, a second token object.
  * - One instance per process: C_Initialize and login are per process.
  */
 export class GrapheneHsm implements Hsm {
@@ -66,6 +128,7 @@ export class GrapheneHsm implements Hsm {
   /** Bumped on every C_Initialize: handles from an older generation mean nothing. */
   #generation = 0;
   readonly #roots = new Map<string, Handle>();
+  #credentialKey: Handle | undefined;
   readonly #keys: DerivedKeyCache;
   readonly #pool: SessionPool;
   #closed = false;
@@ -161,6 +224,20 @@ export class GrapheneHsm implements Hsm {
     });
   }
 
+  async credentialSecret(accessKeyId: string): Promise<Buffer> {
+    const data = credentialMacInput(accessKeyId);
+    return this.#run(CREDENTIAL_KEY, (session, keyHandle) => {
+      let fn = 'C_SignInit';
+      try {
+        this.#lib.C_SignInit(session, HMAC_SHA256_MECHANISM, keyHandle);
+        fn = 'C_Sign';
+        return this.#lib.C_Sign(session, data, Buffer.alloc(CREDENTIAL_MAC_BYTES));
+      } catch (err) {
+        throw toKmsError(err, fn);
+      }
+    });
+  }
+
   forget(keyId: string, version: number): void {
     this.#keys.delete(cacheId(keyId, version));
   }
@@ -172,7 +249,7 @@ export class GrapheneHsm implements Hsm {
     this.#pool.closeAll();
     if (this.#anchor !== undefined) this.#closeQuietly(this.#anchor);
     this.#anchor = undefined;
-    this.#roots.clear();
+    this.#forgetTokenKeys();
     quietly(() => this.#module.finalize());
   }
 
@@ -194,6 +271,7 @@ export class GrapheneHsm implements Hsm {
         return hsm.#keys.handles();
       },
       rootKeyHandle: (label) => this.#roots.get(label),
+      credentialKeyHandle: () => this.#credentialKey,
     };
   }
 
@@ -201,32 +279,38 @@ export class GrapheneHsm implements Hsm {
 
   async #start(retry: { attempts: number; delayMs: number }): Promise<void> {
     this.#anchor = this.#openSession();
-    const label = this.currentRootKeyLabel;
+    this.#roots.set(ROOT_KEY_LABEL, await this.#findOrCreate(ROOT_KEY_SPEC, retry));
+    this.#credentialKey = await this.#findOrCreate(CREDENTIAL_KEY_SPEC, retry);
+  }
+
+  /**
+   * The handle of the one object labelled `spec.label`, after checking its attributes; created if missing and the
+   * config allows it, otherwise looked for again until another process (the cluster primary) has created it.
+   */
+  async #findOrCreate(spec: TokenKeySpec, retry: { attempts: number; delayMs: number }): Promise<Handle> {
+    const { label } = spec;
     for (let attempt = 1; ; attempt++) {
       const found = this.#onAnchor('C_FindObjects', (anchor) => this.#findByLabel(anchor, label));
       if (found.length > 1) {
         throw new KmsError(
           'InternalError',
           `Refusing to start: more than one object on token "${this.#config.tokenLabel}" is labelled "${label}". ` +
-            'Remove the duplicates (keep the one existing key versions were derived from).',
+            `Remove the duplicates (${spec.keepHint}).`,
         );
       }
       if (found.length === 1) {
-        this.#checkRootKey(found[0] as Handle, label);
-        this.#roots.set(label, found[0] as Handle);
-        return;
+        this.#checkTokenKey(found[0] as Handle, spec);
+        return found[0] as Handle;
       }
       if (this.#config.createRootKeyIfMissing) {
-        const handle = this.#onAnchor('C_GenerateKey', (anchor) =>
-          this.#lib.C_GenerateKey(anchor, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, rootKeyTemplate(label)),
+        return this.#onAnchor('C_GenerateKey', (anchor) =>
+          this.#lib.C_GenerateKey(anchor, spec.generate, spec.template(label)),
         );
-        this.#roots.set(label, handle);
-        return;
       }
       if (attempt >= retry.attempts) {
         throw new KmsError(
           'HsmUnavailable',
-          `Root key "${label}" is not on token "${this.#config.tokenLabel}" (looked ${attempt} times). ` +
+          `${spec.role} "${label}" is not on token "${this.#config.tokenLabel}" (looked ${attempt} times). ` +
             'Only the process started with createRootKeyIfMissing (the cluster primary) creates it.',
         );
       }
@@ -234,31 +318,34 @@ export class GrapheneHsm implements Hsm {
     }
   }
 
-  /** A root key must be an AES key that can derive and never leave the HSM; anything else is a misconfiguration. */
-  #checkRootKey(handle: Handle, label: string): void {
+  /** A token key of the wrong kind, or one that could leave the HSM, is a misconfiguration: refuse to use it. */
+  #checkTokenKey(handle: Handle, spec: TokenKeySpec): void {
+    const booleans = [pkcs11js.CKA_SENSITIVE, ...spec.allowed, pkcs11js.CKA_EXTRACTABLE, ...spec.forbidden];
     const attrs = this.#onAnchor('C_GetAttributeValue', (anchor) =>
       this.#lib.C_GetAttributeValue(anchor, handle, [
         { type: pkcs11js.CKA_CLASS },
         { type: pkcs11js.CKA_KEY_TYPE },
-        { type: pkcs11js.CKA_DERIVE },
-        { type: pkcs11js.CKA_SENSITIVE },
-        { type: pkcs11js.CKA_EXTRACTABLE },
+        ...booleans.map((type) => ({ type })),
       ]),
     );
-    const [klass, keyType, derive, sensitive, extractable] = attrs.map((a) => a.value as Buffer);
+    const [klass, keyType, ...flags] = attrs.map((a) => a.value as Buffer | undefined);
+    const mustBeTrue = 1 + spec.allowed.length;
     const ok =
       klass?.readUInt32LE(0) === pkcs11js.CKO_SECRET_KEY &&
-      keyType?.readUInt32LE(0) === pkcs11js.CKK_AES &&
-      derive?.[0] === 1 &&
-      sensitive?.[0] === 1 &&
-      extractable?.[0] === 0;
+      keyType?.readUInt32LE(0) === spec.keyType &&
+      flags.every((flag, i) => flag?.[0] === (i < mustBeTrue ? 1 : 0));
     if (!ok) {
       throw new KmsError(
         'InternalError',
-        `Refusing to start: "${label}" on token "${this.#config.tokenLabel}" is not a sensitive, non-extractable ` +
-          'AES key that can derive.',
+        `Refusing to start: "${spec.label}" on token "${this.#config.tokenLabel}" is not a sensitive, non-extractable ` +
+          `${spec.description}.`,
       );
     }
+  }
+
+  #forgetTokenKeys(): void {
+    this.#roots.clear();
+    this.#credentialKey = undefined;
   }
 
   // ---- sessions -------------------------------------------------------------------------------------------------
@@ -306,7 +393,7 @@ export class GrapheneHsm implements Hsm {
     }
     // A fresh login means every session had been closed: session objects died with them and private object
     // handles are no longer valid.
-    this.#roots.clear();
+    this.#forgetTokenKeys();
     this.#keys.clear({ destroy: false });
   }
 
@@ -316,7 +403,7 @@ export class GrapheneHsm implements Hsm {
     this.#generation++;
     this.#pool.abandonAll();
     this.#anchor = undefined;
-    this.#roots.clear();
+    this.#forgetTokenKeys();
     this.#keys.clear({ destroy: false });
     const slot = scanForToken(this.#module, this.#config.tokenLabel).slot;
     if (slot === undefined) {
@@ -369,17 +456,21 @@ export class GrapheneHsm implements Hsm {
   }
 
   /**
-   * Runs `op` on a pool session with the CMK version's key handle (or none). A session that saw an error is never
-   * reused (CKR_BUFFER_TOO_SMALL and CKR_ARGUMENTS_BAD leave its operation active). Retries once after a session
-   * failure (on a new session) or a stale key handle (re-derived).
+   * Runs `op` on a pool session with the key handle of the CMK version or the credential key (or none). A session
+   * that saw an error is never reused (CKR_BUFFER_TOO_SMALL and CKR_ARGUMENTS_BAD leave its operation active).
+   * Retries once after a session failure (on a new session) or a stale key handle (re-derived or looked up again).
    */
-  async #run<T>(key: CmkVersionRef | undefined, op: (session: Handle, keyHandle: Handle) => T): Promise<T> {
+  async #run<T>(
+    key: CmkVersionRef | typeof CREDENTIAL_KEY | undefined,
+    op: (session: Handle, keyHandle: Handle) => T,
+  ): Promise<T> {
     this.#assertOpen();
     for (let attempt = 0; ; attempt++) {
       const session = this.#pool.tryAcquire() ?? (await this.#pool.acquire());
       let keyHandle: Handle;
       try {
-        keyHandle = key === undefined ? NO_KEY : this.#keyHandle(key);
+        keyHandle =
+          key === undefined ? NO_KEY : key === CREDENTIAL_KEY ? this.#credentialKeyHandle() : this.#keyHandle(key);
       } catch (err) {
         this.#pool.release(session);
         throw err;
@@ -396,7 +487,8 @@ export class GrapheneHsm implements Hsm {
           continue;
         }
         if (attempt === 0 && key !== undefined && isKeyHandleFailure(code)) {
-          this.#keys.delete(cacheId(key.keyId, key.version));
+          if (key === CREDENTIAL_KEY) this.#credentialKey = undefined;
+          else this.#keys.delete(cacheId(key.keyId, key.version));
           continue;
         }
         throw toKmsError(err, 'operation');
@@ -466,6 +558,22 @@ export class GrapheneHsm implements Hsm {
     const handle = found[0] as Handle;
     this.#roots.set(label, handle);
     return handle;
+  }
+
+  /** Looked up once like the root keys; after a re-login the one object with the label is found again. */
+  #credentialKeyHandle(): Handle {
+    if (this.#credentialKey !== undefined) return this.#credentialKey;
+    const label = CREDENTIAL_KEY_LABEL;
+    const found = this.#onAnchor('C_FindObjects', (anchor) => this.#findByLabel(anchor, label));
+    if (found.length !== 1) {
+      throw new KmsError(
+        'InternalError',
+        `Credential key "${label}": ${found.length === 0 ? 'no object' : 'more than one object'} with this label ` +
+          `on token "${this.#config.tokenLabel}".`,
+      );
+    }
+    this.#credentialKey = found[0] as Handle;
+    return this.#credentialKey;
   }
 
   /** Up to two objects with the label: enough to tell none, one and too many apart. */

@@ -4,20 +4,24 @@ import pkcs11js from 'pkcs11js';
  * Which attributes our keys get: the attribute policy lives here and nowhere else.
  *
  * Root key: a token object that can only derive. CMK version keys: session objects derived from it, usable only for
- * AES-GCM encrypt/decrypt. Both are sensitive and non-extractable; derived keys therefore report
+ * AES-GCM encrypt/decrypt. Credential key: a token object that can only sign (HMAC-SHA256), from which the secrets of
+ * access keys are computed. All are sensitive and non-extractable; generated and derived keys therefore report
  * CKA_NEVER_EXTRACTABLE=true and CKA_ALWAYS_SENSITIVE=true.
  */
 
 export const AES_256_BYTES = 32;
 export const DERIVATION_DATA_BYTES = 32;
+export const CREDENTIAL_KEY_BYTES = 32;
+/** HMAC-SHA256 output. */
+export const CREDENTIAL_MAC_BYTES = 32;
 
-const usages = (allowed: { encrypt?: boolean; derive?: boolean }): pkcs11js.Template => [
+const usages = (allowed: { encrypt?: boolean; derive?: boolean; sign?: boolean }): pkcs11js.Template => [
   { type: pkcs11js.CKA_ENCRYPT, value: allowed.encrypt === true },
   { type: pkcs11js.CKA_DECRYPT, value: allowed.encrypt === true },
   { type: pkcs11js.CKA_DERIVE, value: allowed.derive === true },
   { type: pkcs11js.CKA_WRAP, value: false },
   { type: pkcs11js.CKA_UNWRAP, value: false },
-  { type: pkcs11js.CKA_SIGN, value: false },
+  { type: pkcs11js.CKA_SIGN, value: allowed.sign === true },
   { type: pkcs11js.CKA_VERIFY, value: false },
 ];
 
@@ -36,6 +40,32 @@ export function rootKeyTemplate(label: string): pkcs11js.Template {
     ...usages({ derive: true }),
   ];
 }
+
+/** Generated with CKM_GENERIC_SECRET_KEY_GEN; signs with CKM_SHA256_HMAC and nothing else. */
+export function credentialKeyTemplate(label: string): pkcs11js.Template {
+  return [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_GENERIC_SECRET },
+    { type: pkcs11js.CKA_VALUE_LEN, value: CREDENTIAL_KEY_BYTES },
+    { type: pkcs11js.CKA_LABEL, value: label },
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    { type: pkcs11js.CKA_PRIVATE, value: true },
+    { type: pkcs11js.CKA_SENSITIVE, value: true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+    { type: pkcs11js.CKA_MODIFIABLE, value: false },
+    ...usages({ sign: true }),
+  ];
+}
+
+/**
+ * What the credential key signs for an access key: a versioned, domain-separated string, so the same key could
+ * later serve other purposes (or a v2 scheme) without two inputs ever colliding.
+ */
+export function credentialMacInput(accessKeyId: string): Buffer {
+  return Buffer.from(`hsm-kms/aws-secret/v1:${accessKeyId}`, 'utf8');
+}
+
+export const HMAC_SHA256_MECHANISM: pkcs11js.Mechanism = { mechanism: pkcs11js.CKM_SHA256_HMAC };
 
 export function derivedKeyTemplate(keyId: string, version: number): pkcs11js.Template {
   return [

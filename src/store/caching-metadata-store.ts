@@ -1,3 +1,4 @@
+import type { CredentialRecord } from '../core/credentials.js';
 import type { KeyRecord, KeyState, KeyVersionRecord } from '../core/keys.js';
 import { aliasName } from '../core/keys.js';
 import type { KeyPatch, ListKeysQuery, MetadataStore } from '../core/ports.js';
@@ -93,6 +94,19 @@ export class CachingMetadataStore implements MetadataStore {
     const updated = await this.#inner.updateKey(projectId, keyId, expectedState, patch);
     this.#written();
     return updated;
+  }
+
+  // Access keys are never cached: a revocation, even by another process (the CLI), takes effect at once.
+  insertCredential(credential: CredentialRecord): Promise<void> {
+    return this.#inner.insertCredential(credential);
+  }
+
+  findCredential(accessKeyId: string): Promise<CredentialRecord | undefined> {
+    return this.#inner.findCredential(accessKeyId);
+  }
+
+  revokeCredential(accessKeyId: string, at: number): Promise<boolean> {
+    return this.#inner.revokeCredential(accessKeyId, at);
   }
 
   listPendingCreation(): Promise<KeyRecord[]> {

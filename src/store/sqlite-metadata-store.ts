@@ -1,6 +1,7 @@
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
+import type { CredentialRecord } from '../core/credentials.js';
 import { KmsError } from '../core/errors.js';
 import { aliasName, type KeyRecord, type KeyState, type KeyVersionRecord } from '../core/keys.js';
 import type { KeyPatch, ListKeysQuery, MetadataStore } from '../core/ports.js';
@@ -38,6 +39,20 @@ const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (key_id, version)
   ) STRICT, WITHOUT ROWID;
   `,
+  // Access keys of the signed dialects. The secret is not here: the HSM derives it from access_key_id.
+  `
+  CREATE TABLE credentials (
+    access_key_id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+  ) STRICT;
+  `,
+  // Keys made through the AWS dialect have no alias until CreateAlias: only non-empty aliases are unique.
+  `
+  DROP INDEX keys_project_alias_name;
+  CREATE UNIQUE INDEX keys_project_alias_name ON keys (project_id, alias_name) WHERE alias_name <> '';
+  `,
 ];
 
 /** Columns aliased to KeyRecord's property names, in its order, so a row is a KeyRecord as it comes back. */
@@ -45,6 +60,8 @@ const KEY_COLUMNS = `id, project_id AS projectId, alias, description, state, key
   origin, created_at AS createdAt, deletion_date AS deletionDate, current_version AS currentVersion`;
 const VERSION_COLUMNS = `key_id AS keyId, version, root_key_label AS rootKeyLabel, derivation_data AS derivationData,
   created_at AS createdAt`;
+const CREDENTIAL_COLUMNS = `access_key_id AS accessKeyId, project_id AS projectId, created_at AS createdAt,
+  revoked_at AS revokedAt`;
 const VISIBLE = `state <> 'PendingCreation'`;
 const KEY_ORDER = 'ORDER BY created_at, id';
 
@@ -86,6 +103,9 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #countKeysInState: Database.Statement<[string, KeyState], number>;
   readonly #updateKey: Database.Statement<[UpdateParams], KeyRecord>;
   readonly #listKeysDueForDeletion: Database.Statement<[number], KeyRecord>;
+  readonly #insertCredential: Database.Statement<[CredentialRecord]>;
+  readonly #findCredential: Database.Statement<[string], CredentialRecord>;
+  readonly #revokeCredential: Database.Statement<[number, string]>;
   readonly #insertPendingKeyTx: Database.Transaction<
     (key: KeyRecord, version: KeyVersionRecord, quota: number) => void
   >;
@@ -166,6 +186,13 @@ export class SqliteMetadataStore implements MetadataStore {
       RETURNING ${KEY_COLUMNS}`);
     this.#listKeysDueForDeletion = db.prepare(
       `SELECT ${KEY_COLUMNS} FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= ? ORDER BY deletion_date, id`,
+    );
+    this.#insertCredential = db.prepare(`
+      INSERT INTO credentials (access_key_id, project_id, created_at, revoked_at)
+      VALUES (@accessKeyId, @projectId, @createdAt, @revokedAt)`);
+    this.#findCredential = db.prepare(`SELECT ${CREDENTIAL_COLUMNS} FROM credentials WHERE access_key_id = ?`);
+    this.#revokeCredential = db.prepare(
+      'UPDATE credentials SET revoked_at = ? WHERE access_key_id = ? AND revoked_at IS NULL',
     );
 
     this.#insertPendingKeyTx = db.transaction((key: KeyRecord, version: KeyVersionRecord, quota: number) => {
@@ -289,6 +316,34 @@ export class SqliteMetadataStore implements MetadataStore {
     }
   }
 
+  /** Throws KmsError('InternalError') if the access key id exists already (80 random bits: never in practice). */
+  async insertCredential(credential: CredentialRecord): Promise<void> {
+    try {
+      this.#insertCredential.run(credential);
+    } catch (error) {
+      if (error instanceof Database.SqliteError && error.code.startsWith('SQLITE_CONSTRAINT')) {
+        throw new KmsError('InternalError', 'Duplicate access key id.', { cause: error });
+      }
+      throw storeError(error);
+    }
+  }
+
+  async findCredential(accessKeyId: string): Promise<CredentialRecord | undefined> {
+    try {
+      return this.#findCredential.get(accessKeyId);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async revokeCredential(accessKeyId: string, at: number): Promise<boolean> {
+    try {
+      return this.#revokeCredential.run(at, accessKeyId).changes > 0;
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
   async listKeysDueForDeletion(now: number): Promise<KeyRecord[]> {
     try {
       return this.#listKeysDueForDeletion.all(now);
@@ -325,7 +380,7 @@ function migrate(db: Database.Database): void {
 
 /**
  * Turns whatever the driver threw into a KmsError. The only unique index on `keys` besides the primary key is
- * (project_id, alias_name), so a UNIQUE violation is always an alias clash. Driver messages name columns, never
+ * (project_id, alias_name), so a UNIQUE violation is always an alias clash (insertCredential handles its own). Driver messages name columns, never
  * values, so the cause is safe to log.
  */
 function storeError(error: unknown): KmsError {

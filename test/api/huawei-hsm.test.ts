@@ -50,6 +50,10 @@ class FaultInjectingHsm implements Hsm {
     this.check();
     return this.real.decrypt(key, iv, ciphertextWithTag, aad);
   }
+  async credentialSecret(accessKeyId: string) {
+    this.check();
+    return this.real.credentialSecret(accessKeyId);
+  }
   forget(keyId: string, version: number) {
     this.real.forget(keyId, version);
   }
@@ -122,7 +126,12 @@ describe('failures inside the service', () => {
     };
     const issuer = loadOrCreateIssuerKeys(kms.dataDir);
     const verifier = new TokenVerifier({ key: issuer.publicKey });
-    const app = createApp({ services, verifier, logger: createLogger('error', (line) => logged.push(line)) });
+    const app = createApp({
+      services,
+      verifier,
+      logger: createLogger('error', (line) => logged.push(line)),
+      aws: { regions: ['local-1'], lookupSecret: (id) => kms.running.credentials.resolve(id) },
+    });
     server = await new Promise<Server>((resolve) => {
       const s = createServer(app).listen(0, '127.0.0.1', () => resolve(s));
     });

@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { CredentialRecord } from '../../src/core/credentials.js';
 import { KmsError } from '../../src/core/errors.js';
 import type { KeyRecord, KeyState } from '../../src/core/keys.js';
 import type { MetadataStore } from '../../src/core/ports.js';
@@ -363,6 +364,72 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
           ...key,
           alias: 'alias/shared',
         });
+      });
+    });
+
+    describe('insertCredential, findCredential and revokeCredential', () => {
+      const credential = (overrides: Partial<CredentialRecord> = {}): CredentialRecord => ({
+        accessKeyId: 'AKIAAAAAAAAAAAAAAAAA',
+        projectId: PROJECT_A,
+        createdAt: Date.UTC(2025, 6, 1),
+        revokedAt: null,
+        ...overrides,
+      });
+
+      it('when an access key is inserted, then it reads back exactly, active', async () => {
+        await store.insertCredential(credential());
+
+        const found = await store.findCredential('AKIAAAAAAAAAAAAAAAAA');
+        expect(found).toEqual(credential());
+        expect(typeof found?.createdAt).toBe('number');
+      });
+
+      it('when the access key does not exist, then findCredential returns undefined', async () => {
+        await store.insertCredential(credential());
+
+        expect(await store.findCredential('AKIAAAAAAAAAAAAAAAAB')).toBeUndefined();
+        expect(await store.findCredential('akiaaaaaaaaaaaaaaaaa')).toBeUndefined();
+      });
+
+      it('when the access key id exists already, then insertCredential throws InternalError and keeps the first', async () => {
+        await store.insertCredential(credential());
+
+        await expect(store.insertCredential(credential({ projectId: PROJECT_B }))).rejects.toMatchObject({
+          name: 'KmsError',
+          code: 'InternalError',
+        });
+        expect(await store.findCredential('AKIAAAAAAAAAAAAAAAAA')).toEqual(credential());
+      });
+
+      it('when an active access key is revoked, then true, and it is still found with its revocation time', async () => {
+        await store.insertCredential(credential());
+        const at = Date.UTC(2025, 6, 2);
+
+        expect(await store.revokeCredential('AKIAAAAAAAAAAAAAAAAA', at)).toBe(true);
+
+        expect(await store.findCredential('AKIAAAAAAAAAAAAAAAAA')).toEqual(credential({ revokedAt: at }));
+      });
+
+      it('when the access key is already revoked, then false and the first revocation time stays', async () => {
+        await store.insertCredential(credential());
+        await store.revokeCredential('AKIAAAAAAAAAAAAAAAAA', 1);
+
+        expect(await store.revokeCredential('AKIAAAAAAAAAAAAAAAAA', 2)).toBe(false);
+
+        expect(await store.findCredential('AKIAAAAAAAAAAAAAAAAA')).toMatchObject({ revokedAt: 1 });
+      });
+
+      it('when the access key does not exist, then revokeCredential returns false', async () => {
+        expect(await store.revokeCredential('AKIAAAAAAAAAAAAAAAAA', 1)).toBe(false);
+      });
+
+      it('when one access key is revoked, then the other access keys of the project stay active', async () => {
+        await store.insertCredential(credential());
+        await store.insertCredential(credential({ accessKeyId: 'AKIAAAAAAAAAAAAAAAAB' }));
+
+        await store.revokeCredential('AKIAAAAAAAAAAAAAAAAA', 1);
+
+        expect(await store.findCredential('AKIAAAAAAAAAAAAAAAAB')).toMatchObject({ revokedAt: null });
       });
     });
 

@@ -1,11 +1,41 @@
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { aliasName } from '../../src/core/keys.js';
 import { SqliteMetadataStore } from '../../src/store/sqlite-metadata-store.js';
 import { firstVersion, PROJECT_A, pendingKey } from './key-fixtures.js';
 import { describeMetadataStoreContract } from './metadata-store-contract.js';
+
+/** The schema as the first release created it (user_version 1), copied here so later edits cannot change it. */
+const SCHEMA_V1 = `
+  CREATE TABLE keys (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    alias_name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('PendingCreation', 'Enabled', 'Disabled', 'PendingDeletion')),
+    key_spec TEXT NOT NULL,
+    key_usage TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    deletion_date INTEGER,
+    current_version INTEGER NOT NULL
+  ) STRICT;
+  CREATE UNIQUE INDEX keys_project_alias_name ON keys (project_id, alias_name);
+  CREATE INDEX keys_project_created ON keys (project_id, created_at, id);
+  CREATE INDEX keys_state_deletion_date ON keys (state, deletion_date);
+  CREATE TABLE key_versions (
+    key_id TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    root_key_label TEXT NOT NULL,
+    derivation_data BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (key_id, version)
+  ) STRICT, WITHOUT ROWID;
+`;
 
 function tempDir(): string {
   return mkdtempSync(join(tmpdir(), 'hsm-kms-store-'));
@@ -69,7 +99,7 @@ describe('SqliteMetadataStore on a file', () => {
 
     const db = new Database(path, { readonly: true });
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(1);
+      expect(db.pragma('user_version', { simple: true })).toBe(3);
       expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
     } finally {
       db.close();
@@ -85,6 +115,58 @@ describe('SqliteMetadataStore on a file', () => {
     expect(() => SqliteMetadataStore.open(path)).toThrow(
       expect.objectContaining({ code: 'InternalError', name: 'KmsError' }),
     );
+  });
+
+  it('when a database made by the first release (schema 1) is opened, then it gains the credentials table and keeps its keys', async () => {
+    mkdirSync(dirname(path), { recursive: true });
+    const v1 = new Database(path);
+    v1.exec(SCHEMA_V1);
+    v1.pragma('user_version = 1');
+    const key = { ...pendingKey(), state: 'Enabled' as const };
+    const version = firstVersion(key);
+    v1.prepare(
+      `INSERT INTO keys (id, project_id, alias, alias_name, description, state, key_spec, key_usage, origin, created_at,
+        deletion_date, current_version)
+       VALUES (@id, @projectId, @alias, @aliasName, @description, @state, @keySpec, @keyUsage, @origin, @createdAt,
+        @deletionDate, @currentVersion)`,
+    ).run({ ...key, aliasName: aliasName(key.alias) });
+    v1.prepare(
+      `INSERT INTO key_versions (key_id, version, root_key_label, derivation_data, created_at)
+       VALUES (@keyId, @version, @rootKeyLabel, @derivationData, @createdAt)`,
+    ).run(version);
+    v1.close();
+
+    const store = openStore();
+
+    expect(await store.findKey(PROJECT_A, key.id)).toEqual(key);
+    expect(await store.findKeyVersion(key.id, 1)).toEqual(version);
+    await store.insertCredential({
+      accessKeyId: 'AKIAAAAAAAAAAAAAAAAA',
+      projectId: PROJECT_A,
+      createdAt: 1,
+      revokedAt: null,
+    });
+    expect(await store.findCredential('AKIAAAAAAAAAAAAAAAAA')).toMatchObject({ projectId: PROJECT_A });
+    const db = new Database(path, { readonly: true });
+    try {
+      expect(db.pragma('user_version', { simple: true })).toBe(3);
+      expect(db.prepare(`SELECT sql FROM sqlite_schema WHERE name = 'credentials'`).pluck().get()).toMatch(/STRICT$/);
+    } finally {
+      db.close();
+    }
+  });
+
+  it('when two keys of a project have no alias (AWS CreateKey), then both are stored; named aliases stay unique', async () => {
+    const store = openStore();
+    for (const key of [pendingKey({ alias: '' }), pendingKey({ alias: '' })]) {
+      await store.insertPendingKey(key, firstVersion(key), 10);
+    }
+    const named = pendingKey({ alias: 'named' });
+    await store.insertPendingKey(named, firstVersion(named), 10);
+    const clash = pendingKey({ alias: 'alias/named' });
+    await expect(store.insertPendingKey(clash, firstVersion(clash), 10)).rejects.toMatchObject({
+      code: 'AliasAlreadyExists',
+    });
   });
 
   describe('when two workers open the same file', () => {

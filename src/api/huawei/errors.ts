@@ -46,6 +46,9 @@ export const HUAWEI_ERROR_TABLE = {
   InvalidParameter: { errorCode: 'KMS.0308', status: 400 },
   AuthMissing: { errorCode: 'KMS.0301', status: 403, message: 'Invalid or null X-Auth-Token.' },
   AuthInvalid: { errorCode: 'KMS.0302', status: 403, message: 'Invalid X-Auth-Token.' },
+  AuthIncomplete: { errorCode: 'KMS.0302', status: 403, message: 'Invalid X-Auth-Token.' },
+  AuthSignatureMismatch: { errorCode: 'KMS.0302', status: 403, message: 'Invalid X-Auth-Token.' },
+  AuthUnknownCredential: { errorCode: 'KMS.0302', status: 403, message: 'Invalid X-Auth-Token.' },
   AuthExpired: { errorCode: 'KMS.0303', status: 403, message: 'X-Auth-Token expired.' },
   ProjectMismatch: { errorCode: 'KMS.0321', status: 403, message: 'URIs in URL and X-Auth-Token do not match.' },
   HsmUnavailable: {

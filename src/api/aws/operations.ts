@@ -1,0 +1,336 @@
+import { z } from 'zod';
+import type { KeyRecord } from '../../core/keys.js';
+import type { Services } from '../huawei/context.js';
+import { AwsApiError, validationError } from './errors.js';
+import {
+  blob,
+  type Caller,
+  encryptionContext,
+  fromBase64,
+  grantTokens,
+  integerInRange,
+  keyArn,
+  keyMetadata,
+  keyRef,
+  parseBody,
+  symmetricDefault,
+} from './wire.js';
+
+/** One AWS KMS operation: the unvalidated JSON body in, the response body out. */
+export type AwsOperation = (services: Services, caller: Caller, body: unknown) => Promise<object>;
+
+const DAY_MS = 86_400_000;
+const MAX_PLAINTEXT = 4096;
+const MAX_CIPHERTEXT = 6144;
+const KEY_SPEC_BYTES: Readonly<Record<string, number>> = { AES_256: 32, AES_128: 16 };
+
+const GenerateRandom = z.object({ NumberOfBytes: z.number().optional(), CustomKeyStoreId: z.string().optional() });
+
+const generateRandom: AwsOperation = async (services, _caller, body) => {
+  const req = parseBody(GenerateRandom, body);
+  if (req.CustomKeyStoreId !== undefined) {
+    throw new AwsApiError(
+      'CustomKeyStoreNotFoundException',
+      `Custom key store '${req.CustomKeyStoreId}' does not exist.`,
+    );
+  }
+  const length = integerInRange(req.NumberOfBytes, 'numberOfBytes', 1, 1024);
+  return { Plaintext: (await services.random.generate(length)).toString('base64') };
+};
+
+const CreateKey = z.object({
+  Description: z.string().optional(),
+  KeyUsage: z.string().optional(),
+  KeySpec: z.string().optional(),
+  CustomerMasterKeySpec: z.string().optional(),
+  Origin: z.string().optional(),
+  MultiRegion: z.boolean().optional(),
+  Policy: z.string().optional(),
+  BypassPolicyLockoutSafetyCheck: z.boolean().optional(),
+  Tags: z.array(z.object({ TagKey: z.string(), TagValue: z.string() })).optional(),
+});
+
+const createKey: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(CreateKey, body);
+  const description = req.Description ?? '';
+  if (description.length > 8192) {
+    throw validationError(description, 'description', 'Member must have length less than or equal to 8192');
+  }
+  if (req.KeyUsage !== undefined && req.KeyUsage !== 'ENCRYPT_DECRYPT') {
+    throw new AwsApiError('UnsupportedOperationException', 'Only ENCRYPT_DECRYPT keys are offered by this service.');
+  }
+  for (const spec of [req.KeySpec, req.CustomerMasterKeySpec]) {
+    if (spec !== undefined && spec !== 'SYMMETRIC_DEFAULT') {
+      throw new AwsApiError('UnsupportedOperationException', `KeySpec ${spec} is not offered by this service.`);
+    }
+  }
+  if (req.Origin !== undefined && req.Origin !== 'AWS_KMS') {
+    throw new AwsApiError('UnsupportedOperationException', `Origin ${req.Origin} is not offered by this service.`);
+  }
+  if (req.MultiRegion) throw new AwsApiError('UnsupportedOperationException', 'Multi-Region keys are not offered.');
+  if (req.Tags?.length) throw new AwsApiError('UnsupportedOperationException', 'Tags are not offered yet.');
+  const key = await services.keys.create({ projectId: caller.projectId, alias: '', description });
+  return { KeyMetadata: keyMetadata(key, caller) };
+};
+
+const KeyOnly = z.object({ KeyId: z.string(), GrantTokens: grantTokens });
+
+const describeKey: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(KeyOnly, body);
+  const key = await services.keys.get(caller.projectId, keyRef(req.KeyId, caller));
+  return { KeyMetadata: keyMetadata(key, caller) };
+};
+
+const ListKeys = z.object({ Limit: z.number().optional(), Marker: z.string().optional() });
+
+const listKeys: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(ListKeys, body);
+  const limit = req.Limit === undefined ? 100 : integerInRange(req.Limit, 'limit', 1, 1000);
+  const offset = req.Marker === undefined ? 0 : Number(req.Marker);
+  if (!Number.isSafeInteger(offset) || offset < 0 || !/^\d+$/.test(req.Marker ?? '0')) {
+    throw new AwsApiError('InvalidMarkerException', 'The marker that specifies where to start paginating is invalid.');
+  }
+  const { keys, total } = await services.keys.list(caller.projectId, { offset, limit });
+  const truncated = offset + keys.length < total;
+  return {
+    Keys: keys.map((k) => ({ KeyId: k.id, KeyArn: keyArn(k, caller) })),
+    Truncated: truncated,
+    ...(truncated ? { NextMarker: String(offset + keys.length) } : {}),
+  };
+};
+
+/** AWS treats enabling an enabled key (and disabling a disabled one) as success, unlike Huawei. */
+const enableKey: AwsOperation = async (services, caller, body) => {
+  const ref = keyRef(parseBody(KeyOnly, body).KeyId, caller);
+  const key = await services.keys.get(caller.projectId, ref);
+  if (key.state !== 'Enabled') await services.keys.enable(caller.projectId, ref).catch(pendingDeletion(key, caller));
+  return {};
+};
+
+const disableKey: AwsOperation = async (services, caller, body) => {
+  const ref = keyRef(parseBody(KeyOnly, body).KeyId, caller);
+  const key = await services.keys.get(caller.projectId, ref);
+  if (key.state !== 'Disabled') await services.keys.disable(caller.projectId, ref).catch(pendingDeletion(key, caller));
+  return {};
+};
+
+/** The state errors AWS words with the key's ARN. */
+function pendingDeletion(key: KeyRecord, caller: Caller) {
+  return (err: unknown): never => {
+    if (key.state === 'PendingDeletion') {
+      throw new AwsApiError('KMSInvalidStateException', `${keyArn(key, caller)} is pending deletion.`);
+    }
+    throw err;
+  };
+}
+
+const ScheduleKeyDeletion = z.object({ KeyId: z.string(), PendingWindowInDays: z.number().optional() });
+
+/** AWS allows 7 to 30 days, 30 by default (Huawei allows up to 1096). */
+const scheduleKeyDeletion: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(ScheduleKeyDeletion, body);
+  const days =
+    req.PendingWindowInDays === undefined ? 30 : integerInRange(req.PendingWindowInDays, 'pendingWindowInDays', 7, 30);
+  const ref = keyRef(req.KeyId, caller);
+  const before = await services.keys.get(caller.projectId, ref);
+  const key = await services.keys.scheduleDeletion(caller.projectId, ref, days).catch(pendingDeletion(before, caller));
+  return {
+    KeyId: keyArn(key, caller),
+    DeletionDate: (key.deletionDate ?? Date.now() + days * DAY_MS) / 1000,
+    KeyState: key.state,
+    PendingWindowInDays: days,
+  };
+};
+
+const cancelKeyDeletion: AwsOperation = async (services, caller, body) => {
+  const ref = keyRef(parseBody(KeyOnly, body).KeyId, caller);
+  const before = await services.keys.get(caller.projectId, ref);
+  if (before.state !== 'PendingDeletion') {
+    throw new AwsApiError('KMSInvalidStateException', `${keyArn(before, caller)} is not pending deletion.`);
+  }
+  const key = await services.keys.cancelDeletion(caller.projectId, ref);
+  return { KeyId: keyArn(key, caller) };
+};
+
+const UpdateKeyDescription = z.object({ KeyId: z.string(), Description: z.string() });
+
+const updateKeyDescription: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(UpdateKeyDescription, body);
+  if (req.Description.length > 8192) {
+    throw validationError(req.Description, 'description', 'Member must have length less than or equal to 8192');
+  }
+  const ref = keyRef(req.KeyId, caller);
+  const before = await services.keys.get(caller.projectId, ref);
+  await services.keys.updateDescription(caller.projectId, ref, req.Description).catch(pendingDeletion(before, caller));
+  return {};
+};
+
+const GenerateDataKey = z.object({
+  KeyId: z.string(),
+  NumberOfBytes: z.number().optional(),
+  KeySpec: z.string().optional(),
+  EncryptionContext: encryptionContext,
+  GrantTokens: grantTokens,
+});
+
+/** NumberOfBytes (1–1024) or KeySpec (AES_128, AES_256), exactly one of them. */
+function dataKeyLength(req: z.infer<typeof GenerateDataKey>): number {
+  if (req.NumberOfBytes !== undefined && req.KeySpec !== undefined) {
+    throw new AwsApiError('ValidationException', 'Please specify either number of bytes or key spec, not both.');
+  }
+  if (req.KeySpec !== undefined) {
+    const bytes = KEY_SPEC_BYTES[req.KeySpec];
+    if (bytes === undefined) {
+      throw validationError(req.KeySpec, 'keySpec', 'Member must satisfy enum value set: [AES_256, AES_128]');
+    }
+    return bytes;
+  }
+  if (req.NumberOfBytes === undefined) {
+    throw new AwsApiError('ValidationException', 'Please specify either number of bytes or key spec.');
+  }
+  return integerInRange(req.NumberOfBytes, 'numberOfBytes', 1, 1024);
+}
+
+const generateDataKey: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(GenerateDataKey, body);
+  const length = dataKeyLength(req);
+  const sealed = await services.dataKeys.generateDataKey(
+    caller.projectId,
+    keyRef(req.KeyId, caller),
+    length,
+    req.EncryptionContext,
+  );
+  try {
+    return {
+      CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
+      Plaintext: sealed.plaintext.toString('base64'),
+      KeyId: keyArn(sealed.key, caller),
+    };
+  } finally {
+    sealed.plaintext.fill(0);
+  }
+};
+
+const generateDataKeyWithoutPlaintext: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(GenerateDataKey, body);
+  const length = dataKeyLength(req);
+  const sealed = await services.dataKeys.generateDataKey(
+    caller.projectId,
+    keyRef(req.KeyId, caller),
+    length,
+    req.EncryptionContext,
+  );
+  sealed.plaintext.fill(0);
+  return { CiphertextBlob: sealed.ciphertextBlob.toString('base64'), KeyId: keyArn(sealed.key, caller) };
+};
+
+const Encrypt = z.object({
+  KeyId: z.string(),
+  Plaintext: blob,
+  EncryptionContext: encryptionContext,
+  EncryptionAlgorithm: z.string().optional(),
+  GrantTokens: grantTokens,
+});
+
+const encrypt: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(Encrypt, body);
+  symmetricDefault(req.EncryptionAlgorithm, 'encryptionAlgorithm');
+  const plaintext = fromBase64(req.Plaintext, 'plaintext', 1, MAX_PLAINTEXT);
+  try {
+    const sealed = await services.dataKeys.encrypt(
+      caller.projectId,
+      keyRef(req.KeyId, caller),
+      plaintext,
+      req.EncryptionContext,
+    );
+    return {
+      CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
+      KeyId: keyArn(sealed.key, caller),
+      EncryptionAlgorithm: 'SYMMETRIC_DEFAULT',
+    };
+  } finally {
+    plaintext.fill(0);
+  }
+};
+
+const Decrypt = z.object({
+  CiphertextBlob: blob,
+  KeyId: z.string().optional(),
+  EncryptionContext: encryptionContext,
+  EncryptionAlgorithm: z.string().optional(),
+  GrantTokens: grantTokens,
+});
+
+/** The key comes from the blob; a KeyId, when given, must name that same key (IncorrectKeyException otherwise). */
+const decrypt: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(Decrypt, body);
+  symmetricDefault(req.EncryptionAlgorithm, 'encryptionAlgorithm');
+  const ciphertext = fromBase64(req.CiphertextBlob, 'ciphertextBlob', 1, MAX_CIPHERTEXT);
+  const expected = req.KeyId === undefined ? undefined : keyRef(req.KeyId, caller);
+  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, req.EncryptionContext, expected);
+  try {
+    return {
+      KeyId: keyArn(opened.key, caller),
+      Plaintext: opened.plaintext.toString('base64'),
+      EncryptionAlgorithm: 'SYMMETRIC_DEFAULT',
+    };
+  } finally {
+    opened.plaintext.fill(0);
+  }
+};
+
+const ReEncrypt = z.object({
+  CiphertextBlob: blob,
+  SourceEncryptionContext: encryptionContext,
+  SourceKeyId: z.string().optional(),
+  DestinationKeyId: z.string(),
+  DestinationEncryptionContext: encryptionContext,
+  SourceEncryptionAlgorithm: z.string().optional(),
+  DestinationEncryptionAlgorithm: z.string().optional(),
+  GrantTokens: grantTokens,
+});
+
+const reEncrypt: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(ReEncrypt, body);
+  symmetricDefault(req.SourceEncryptionAlgorithm, 'sourceEncryptionAlgorithm');
+  symmetricDefault(req.DestinationEncryptionAlgorithm, 'destinationEncryptionAlgorithm');
+  const ciphertext = fromBase64(req.CiphertextBlob, 'ciphertextBlob', 1, MAX_CIPHERTEXT);
+  const source = req.SourceKeyId === undefined ? undefined : keyRef(req.SourceKeyId, caller);
+  const destination = keyRef(req.DestinationKeyId, caller);
+  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, req.SourceEncryptionContext, source);
+  try {
+    const sealed = await services.dataKeys.encrypt(
+      caller.projectId,
+      destination,
+      opened.plaintext,
+      req.DestinationEncryptionContext,
+    );
+    return {
+      CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
+      SourceKeyId: keyArn(opened.key, caller),
+      KeyId: keyArn(sealed.key, caller),
+      SourceEncryptionAlgorithm: 'SYMMETRIC_DEFAULT',
+      DestinationEncryptionAlgorithm: 'SYMMETRIC_DEFAULT',
+    };
+  } finally {
+    opened.plaintext.fill(0);
+  }
+};
+
+/** Every operation this service offers, by X-Amz-Target name. */
+export const AWS_OPERATIONS: Readonly<Record<string, AwsOperation>> = {
+  GenerateRandom: generateRandom,
+  CreateKey: createKey,
+  DescribeKey: describeKey,
+  ListKeys: listKeys,
+  EnableKey: enableKey,
+  DisableKey: disableKey,
+  ScheduleKeyDeletion: scheduleKeyDeletion,
+  CancelKeyDeletion: cancelKeyDeletion,
+  UpdateKeyDescription: updateKeyDescription,
+  GenerateDataKey: generateDataKey,
+  GenerateDataKeyWithoutPlaintext: generateDataKeyWithoutPlaintext,
+  Encrypt: encrypt,
+  Decrypt: decrypt,
+  ReEncrypt: reEncrypt,
+};

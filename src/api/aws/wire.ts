@@ -1,0 +1,105 @@
+import { z } from 'zod';
+import { KEY_ID_PATTERN, type KeyRecord, type KeyRef } from '../../core/keys.js';
+import { AwsApiError, validationError } from './errors.js';
+
+/** Who signed the request: the project is the AWS "account"; the region is the one the request was signed for. */
+export interface Caller {
+  readonly projectId: string;
+  readonly region: string;
+}
+
+/** Validates a JSON body's shape; a missing member gets AWS's "must not be null", a wrong type a serialization error. */
+export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new AwsApiError('SerializationException', 'The request body must be a JSON object.');
+  }
+  const result = schema.safeParse(body);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  const field = String(issue?.path[0] ?? '');
+  const member = field.charAt(0).toLowerCase() + field.slice(1);
+  if ((body as Record<string, unknown>)[field] === undefined) {
+    throw validationError(undefined, member, 'Member must not be null');
+  }
+  throw new AwsApiError('SerializationException', `Unexpected value type for ${field}.`);
+}
+
+/** A base64 blob member (the SDKs send every blob as base64 in JSON). */
+export const blob = z.string();
+export const encryptionContext = z.record(z.string(), z.string()).optional();
+export const grantTokens = z.array(z.string()).max(10).optional();
+
+const BASE64_PATTERN = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/** Decodes a base64 member and checks its byte length against AWS's constraint. */
+export function fromBase64(value: string, member: string, min: number, max: number): Buffer {
+  if (!BASE64_PATTERN.test(value)) {
+    throw new AwsApiError('SerializationException', `Value for ${member} is not valid base64.`);
+  }
+  const bytes = Buffer.from(value, 'base64');
+  if (bytes.length < min) throw validationError('', member, `Member must have length greater than or equal to ${min}`);
+  if (bytes.length > max) throw validationError('', member, `Member must have length less than or equal to ${max}`);
+  return bytes;
+}
+
+export function integerInRange(value: number | undefined, member: string, min: number, max: number): number {
+  if (value === undefined) throw validationError(undefined, member, 'Member must not be null');
+  if (!Number.isInteger(value) || value < min) {
+    throw validationError(value, member, `Member must have value greater than or equal to ${min}`);
+  }
+  if (value > max) throw validationError(value, member, `Member must have value less than or equal to ${max}`);
+  return value;
+}
+
+/** Only the symmetric default algorithm exists for our keys. */
+export function symmetricDefault(algorithm: string | undefined, member: string): void {
+  if (algorithm !== undefined && algorithm !== 'SYMMETRIC_DEFAULT') {
+    throw validationError(algorithm, member, 'Member must satisfy enum value set: [SYMMETRIC_DEFAULT]');
+  }
+}
+
+/** arn:aws:kms:<region>:<account>:key/<id> or …:alias/<name>; the account is the project. */
+const KMS_ARN = /^arn:aws:kms:([a-z0-9-]+):([^:]+):(key|alias)\/(.+)$/;
+
+/**
+ * A KeyId as AWS takes it: key id, key ARN, alias name (`alias/...`) or alias ARN. An ARN of another account names
+ * nothing this caller can see: NotFoundException, the same as an unknown key.
+ */
+export function keyRef(keyId: string, caller: Caller): KeyRef {
+  if (KEY_ID_PATTERN.test(keyId)) return { kind: 'id', id: keyId };
+  if (keyId.startsWith('alias/') && keyId.length > 'alias/'.length) return { kind: 'alias', alias: keyId };
+  const arn = KMS_ARN.exec(keyId);
+  if (arn && arn[2] === caller.projectId) {
+    const name = arn[4] as string;
+    if (arn[3] === 'key' && KEY_ID_PATTERN.test(name)) return { kind: 'id', id: name };
+    if (arn[3] === 'alias') return { kind: 'alias', alias: `alias/${name}` };
+  }
+  throw new AwsApiError('NotFoundException', `Invalid keyId '${keyId}'`);
+}
+
+export function keyArn(key: KeyRecord, caller: Caller): string {
+  return `arn:aws:kms:${caller.region}:${key.projectId}:key/${key.id}`;
+}
+
+const toSeconds = (ms: number) => ms / 1000;
+
+/** DescribeKey's KeyMetadata. Dates are epoch seconds, as the JSON protocol sends timestamps. */
+export function keyMetadata(key: KeyRecord, caller: Caller) {
+  return {
+    AWSAccountId: key.projectId,
+    KeyId: key.id,
+    Arn: keyArn(key, caller),
+    CreationDate: toSeconds(key.createdAt),
+    Enabled: key.state === 'Enabled',
+    Description: key.description,
+    KeyUsage: key.keyUsage,
+    KeyState: key.state,
+    ...(key.deletionDate !== null ? { DeletionDate: toSeconds(key.deletionDate) } : {}),
+    Origin: 'AWS_KMS',
+    KeyManager: 'CUSTOMER',
+    CustomerMasterKeySpec: 'SYMMETRIC_DEFAULT',
+    KeySpec: 'SYMMETRIC_DEFAULT',
+    EncryptionAlgorithms: ['SYMMETRIC_DEFAULT'],
+    MultiRegion: false,
+  };
+}

@@ -1,0 +1,348 @@
+import { Sha256 } from '@aws-crypto/sha256-js';
+import {
+  CancelKeyDeletionCommand,
+  CreateKeyCommand,
+  DecryptCommand,
+  DescribeKeyCommand,
+  DisabledException,
+  DisableKeyCommand,
+  EnableKeyCommand,
+  EncryptCommand,
+  GenerateDataKeyCommand,
+  GenerateDataKeyWithoutPlaintextCommand,
+  GenerateRandomCommand,
+  IncorrectKeyException,
+  InvalidCiphertextException,
+  KMSClient,
+  KMSInvalidStateException,
+  ListKeysCommand,
+  NotFoundException,
+  ReEncryptCommand,
+  ScheduleKeyDeletionCommand,
+  UpdateKeyDescriptionCommand,
+} from '@aws-sdk/client-kms';
+import { SignatureV4 } from '@smithy/signature-v4';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createKey, startTestService, type TestService } from '../support/test-service.js';
+
+const REGION = 'eu-west-1';
+const A = 'awsprojecta';
+const B = 'awsprojectb';
+let kms: TestService;
+let a: KMSClient;
+let b: KMSClient;
+let credentialsA: { accessKeyId: string; secretAccessKey: string };
+
+function client(credentials: { accessKeyId: string; secretAccessKey: string }): KMSClient {
+  return new KMSClient({ endpoint: kms.url, region: REGION, credentials, maxAttempts: 1 });
+}
+
+/** The error a command fails with (the test fails if it succeeds). */
+async function failure(promise: Promise<unknown>): Promise<Error & { $metadata?: { httpStatusCode?: number } }> {
+  try {
+    await promise;
+  } catch (err) {
+    return err as Error;
+  }
+  throw new Error('expected the command to fail');
+}
+
+beforeAll(async () => {
+  kms = await startTestService({ KMS_REGION: REGION });
+  credentialsA = await kms.running.credentials.create(A);
+  a = client(credentialsA);
+  b = client(await kms.running.credentials.create(B));
+});
+afterAll(async () => {
+  a.destroy();
+  b.destroy();
+  await kms.destroy();
+});
+
+describe('AWS KMS through @aws-sdk/client-kms', () => {
+  it('when GenerateRandom asks for 1 to 1024 bytes, then that many random bytes come back', async () => {
+    for (const n of [1, 32, 1024]) {
+      const out = await a.send(new GenerateRandomCommand({ NumberOfBytes: n }));
+      expect(out.Plaintext).toHaveLength(n);
+    }
+    const x = await a.send(new GenerateRandomCommand({ NumberOfBytes: 32 }));
+    const y = await a.send(new GenerateRandomCommand({ NumberOfBytes: 32 }));
+    expect(Buffer.from(x.Plaintext as Uint8Array).equals(Buffer.from(y.Plaintext as Uint8Array))).toBe(false);
+  });
+
+  it.each([
+    [
+      0,
+      "1 validation error detected: Value '0' at 'numberOfBytes' failed to satisfy constraint: Member must have value greater than or equal to 1",
+    ],
+    [
+      1025,
+      "1 validation error detected: Value '1025' at 'numberOfBytes' failed to satisfy constraint: Member must have value less than or equal to 1024",
+    ],
+    [
+      undefined,
+      "1 validation error detected: Value null at 'numberOfBytes' failed to satisfy constraint: Member must not be null",
+    ],
+  ])('when GenerateRandom asks for %s bytes, then a ValidationException says so in AWS words', async (n, message) => {
+    const err = await failure(a.send(new GenerateRandomCommand({ NumberOfBytes: n })));
+    expect(err.name).toBe('ValidationException');
+    expect(err.message).toBe(message);
+    expect(err.$metadata?.httpStatusCode).toBe(400);
+  });
+
+  it('when a key is created, then DescribeKey by id or ARN returns its metadata', async () => {
+    const created = await a.send(new CreateKeyCommand({ Description: 'for the SDK' }));
+    const meta = created.KeyMetadata;
+    expect(meta?.Arn).toBe(`arn:aws:kms:${REGION}:${A}:key/${meta?.KeyId}`);
+    expect(meta).toMatchObject({
+      AWSAccountId: A,
+      Enabled: true,
+      KeyState: 'Enabled',
+      KeyUsage: 'ENCRYPT_DECRYPT',
+      KeySpec: 'SYMMETRIC_DEFAULT',
+      Description: 'for the SDK',
+      Origin: 'AWS_KMS',
+    });
+    expect(meta?.CreationDate).toBeInstanceOf(Date);
+    for (const keyId of [meta?.KeyId, meta?.Arn]) {
+      const described = await a.send(new DescribeKeyCommand({ KeyId: keyId }));
+      expect(described.KeyMetadata?.KeyId).toBe(meta?.KeyId);
+    }
+    const second = await a.send(new CreateKeyCommand({}));
+    expect(second.KeyMetadata?.KeyId).not.toBe(meta?.KeyId);
+  });
+
+  it('when a key does not exist or belongs to another project, then NotFoundException is raised', async () => {
+    const keyId = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
+    for (const [c, id] of [
+      [a, '0d0466b0-e727-4d9c-b35d-f84bb474a37f'],
+      [a, 'alias/never'],
+      [a, 'not a key'],
+      [b, keyId],
+      [b, `arn:aws:kms:${REGION}:${A}:key/${keyId}`],
+    ] as const) {
+      const err = await failure(c.send(new DescribeKeyCommand({ KeyId: id })));
+      expect(err).toBeInstanceOf(NotFoundException);
+    }
+  });
+
+  it('when keys are listed with a limit, then the pages cover every key once', async () => {
+    const client3 = client(await kms.running.credentials.create('awslisting'));
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) ids.push((await client3.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string);
+    const seen: string[] = [];
+    let marker: string | undefined;
+    do {
+      const page = await client3.send(new ListKeysCommand({ Limit: 2, Marker: marker }));
+      seen.push(...(page.Keys ?? []).map((k) => k.KeyId as string));
+      marker = page.Truncated ? page.NextMarker : undefined;
+    } while (marker);
+    expect(seen).toEqual(ids);
+    client3.destroy();
+  });
+
+  it('when a key is disabled, then data keys are refused with DisabledException until it is enabled again', async () => {
+    const keyId = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
+    await a.send(new DisableKeyCommand({ KeyId: keyId }));
+    await a.send(new DisableKeyCommand({ KeyId: keyId }));
+    const err = await failure(a.send(new GenerateDataKeyCommand({ KeyId: keyId, KeySpec: 'AES_256' })));
+    expect(err).toBeInstanceOf(DisabledException);
+    await a.send(new EnableKeyCommand({ KeyId: keyId }));
+    await a.send(new EnableKeyCommand({ KeyId: keyId }));
+    expect((await a.send(new GenerateDataKeyCommand({ KeyId: keyId, KeySpec: 'AES_256' }))).Plaintext).toHaveLength(32);
+  });
+
+  it('when deletion is scheduled, then the key is unusable, and cancelling leaves it disabled', async () => {
+    const keyId = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
+    const tooShort = await failure(a.send(new ScheduleKeyDeletionCommand({ KeyId: keyId, PendingWindowInDays: 6 })));
+    expect(tooShort.name).toBe('ValidationException');
+    const scheduled = await a.send(new ScheduleKeyDeletionCommand({ KeyId: keyId }));
+    expect(scheduled).toMatchObject({ KeyState: 'PendingDeletion', PendingWindowInDays: 30 });
+    const inDays = ((scheduled.DeletionDate as Date).getTime() - Date.now()) / 86_400_000;
+    expect(inDays).toBeGreaterThan(29.9);
+    const refused = await failure(a.send(new EncryptCommand({ KeyId: keyId, Plaintext: Buffer.from('x') })));
+    expect(refused).toBeInstanceOf(KMSInvalidStateException);
+    const again = await failure(a.send(new ScheduleKeyDeletionCommand({ KeyId: keyId })));
+    expect(again).toBeInstanceOf(KMSInvalidStateException);
+    await a.send(new CancelKeyDeletionCommand({ KeyId: keyId }));
+    expect((await a.send(new DescribeKeyCommand({ KeyId: keyId }))).KeyMetadata?.KeyState).toBe('Disabled');
+    const notPending = await failure(a.send(new CancelKeyDeletionCommand({ KeyId: keyId })));
+    expect(notPending).toBeInstanceOf(KMSInvalidStateException);
+  });
+
+  it('when the description is updated, then DescribeKey shows it', async () => {
+    const keyId = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
+    await a.send(new UpdateKeyDescriptionCommand({ KeyId: keyId, Description: 'renamed' }));
+    expect((await a.send(new DescribeKeyCommand({ KeyId: keyId }))).KeyMetadata?.Description).toBe('renamed');
+  });
+
+  it('when a data key is generated, then Decrypt without a KeyId returns it, and only under the same context', async () => {
+    const keyId = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
+    const context = { tenant: 'acme' };
+    const made = await a.send(
+      new GenerateDataKeyCommand({ KeyId: keyId, NumberOfBytes: 64, EncryptionContext: context }),
+    );
+    expect(made.KeyId).toBe(`arn:aws:kms:${REGION}:${A}:key/${keyId}`);
+    const opened = await a.send(
+      new DecryptCommand({ CiphertextBlob: made.CiphertextBlob, EncryptionContext: context }),
+    );
+    expect(Buffer.from(opened.Plaintext as Uint8Array)).toEqual(Buffer.from(made.Plaintext as Uint8Array));
+    expect(opened.KeyId).toBe(made.KeyId);
+    const wrongContext = await failure(a.send(new DecryptCommand({ CiphertextBlob: made.CiphertextBlob })));
+    expect(wrongContext).toBeInstanceOf(InvalidCiphertextException);
+    const otherKey = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
+    const wrongKey = await failure(
+      a.send(new DecryptCommand({ CiphertextBlob: made.CiphertextBlob, EncryptionContext: context, KeyId: otherKey })),
+    );
+    expect(wrongKey).toBeInstanceOf(IncorrectKeyException);
+    const tampered = Buffer.from(made.CiphertextBlob as Uint8Array);
+    tampered[20] = (tampered[20] as number) ^ 1;
+    const bad = await failure(a.send(new DecryptCommand({ CiphertextBlob: tampered, EncryptionContext: context })));
+    expect(bad).toBeInstanceOf(InvalidCiphertextException);
+    const blind = await a.send(new GenerateDataKeyWithoutPlaintextCommand({ KeyId: keyId, KeySpec: 'AES_128' }));
+    expect(blind).not.toHaveProperty('Plaintext');
+    expect((await a.send(new DecryptCommand({ CiphertextBlob: blind.CiphertextBlob }))).Plaintext).toHaveLength(16);
+  });
+
+  it('when GenerateDataKey gets neither or both of NumberOfBytes and KeySpec, then ValidationException', async () => {
+    const keyId = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
+    for (const input of [{}, { NumberOfBytes: 32, KeySpec: 'AES_256' as const }, { NumberOfBytes: 1025 }]) {
+      const err = await failure(a.send(new GenerateDataKeyCommand({ KeyId: keyId, ...input })));
+      expect(err.name).toBe('ValidationException');
+    }
+  });
+
+  it('when data is encrypted and re-encrypted under another key, then it decrypts to the same bytes', async () => {
+    const first = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
+    const second = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
+    const plaintext = Buffer.alloc(4096, 7);
+    const sealed = await a.send(new EncryptCommand({ KeyId: first, Plaintext: plaintext }));
+    expect(sealed.EncryptionAlgorithm).toBe('SYMMETRIC_DEFAULT');
+    const moved = await a.send(
+      new ReEncryptCommand({
+        CiphertextBlob: sealed.CiphertextBlob,
+        DestinationKeyId: second,
+        DestinationEncryptionContext: { moved: 'yes' },
+      }),
+    );
+    expect(moved.SourceKeyId).toContain(first);
+    expect(moved.KeyId).toContain(second);
+    const opened = await a.send(
+      new DecryptCommand({ CiphertextBlob: moved.CiphertextBlob, EncryptionContext: { moved: 'yes' } }),
+    );
+    expect(Buffer.from(opened.Plaintext as Uint8Array)).toEqual(plaintext);
+    const tooBig = await failure(a.send(new EncryptCommand({ KeyId: first, Plaintext: Buffer.alloc(4097) })));
+    expect(tooBig.name).toBe('ValidationException');
+  });
+});
+
+describe('one key, every dialect', () => {
+  it('when Huawei create-datakey makes a DEK, then AWS Decrypt returns the same bytes, and the other way round', async () => {
+    const keyId = await createKey(kms, A, 'shared-orders');
+    const context = { table: 'orders' };
+    const huawei = await kms.call(A, 'create-datakey', { key_id: keyId, encryption_context: context });
+    const opened = await a.send(
+      new DecryptCommand({ CiphertextBlob: Buffer.from(huawei.body.cipher_text, 'hex'), EncryptionContext: context }),
+    );
+    expect(
+      Buffer.from(opened.Plaintext as Uint8Array)
+        .toString('hex')
+        .toUpperCase(),
+    ).toBe(huawei.body.plain_text);
+
+    const aws = await a.send(
+      new GenerateDataKeyCommand({ KeyId: 'alias/shared-orders', KeySpec: 'AES_256', EncryptionContext: context }),
+    );
+    const back = await kms.call(A, 'decrypt-datakey', {
+      key_id: keyId,
+      cipher_text: Buffer.from(aws.CiphertextBlob as Uint8Array).toString('hex'),
+      datakey_cipher_length: '32',
+      encryption_context: context,
+    });
+    expect(back.body.data_key).toBe(
+      Buffer.from(aws.Plaintext as Uint8Array)
+        .toString('hex')
+        .toUpperCase(),
+    );
+    const described = await a.send(new DescribeKeyCommand({ KeyId: `arn:aws:kms:${REGION}:${A}:alias/shared-orders` }));
+    expect(described.KeyMetadata?.KeyId).toBe(keyId);
+  });
+});
+
+describe('SigV4 and the protocol', () => {
+  /** Signs a raw request as the SDK would, so that the body and headers can be anything. */
+  async function signedFetch(headers: Record<string, string>, body: string, secret = credentialsA.secretAccessKey) {
+    const url = new URL(kms.url);
+    const signer = new SignatureV4({
+      service: 'kms',
+      region: REGION,
+      sha256: Sha256,
+      credentials: { accessKeyId: credentialsA.accessKeyId, secretAccessKey: secret },
+    });
+    const signed = await signer.sign({
+      method: 'POST',
+      protocol: 'http:',
+      hostname: url.hostname,
+      port: Number(url.port),
+      path: '/',
+      headers: { host: url.host, ...headers },
+      body,
+    });
+    const res = await fetch(`${kms.url}/`, { method: 'POST', headers: signed.headers, body });
+    return {
+      status: res.status,
+      type: res.headers.get('x-amzn-errortype'),
+      body: (await res.json()) as { __type?: string },
+    };
+  }
+
+  it('when the secret is wrong, then InvalidSignatureException', async () => {
+    const wrong = client({ ...credentialsA, secretAccessKey: `${credentialsA.secretAccessKey.slice(0, -1)}A` });
+    const err = await failure(wrong.send(new GenerateRandomCommand({ NumberOfBytes: 8 })));
+    expect(err.name).toBe('InvalidSignatureException');
+    wrong.destroy();
+  });
+
+  it('when the access key is unknown, then UnrecognizedClientException', async () => {
+    const stranger = client({ accessKeyId: 'AKIAAAAAAAAAAAAAAAAA', secretAccessKey: credentialsA.secretAccessKey });
+    const err = await failure(stranger.send(new GenerateRandomCommand({ NumberOfBytes: 8 })));
+    expect(err.name).toBe('UnrecognizedClientException');
+    stranger.destroy();
+  });
+
+  it('when a request is not signed, then MissingAuthenticationTokenException', async () => {
+    const res = await fetch(`${kms.url}/`, {
+      method: 'POST',
+      headers: { 'x-amz-target': 'TrentService.GenerateRandom', 'content-type': 'application/x-amz-json-1.1' },
+      body: '{"NumberOfBytes":8}',
+    });
+    expect(res.status).toBe(400);
+    expect(res.headers.get('x-amzn-errortype')).toBe('MissingAuthenticationTokenException');
+    expect(res.headers.get('x-amzn-requestid')).toMatch(/^[0-9a-f-]{36}$/);
+  });
+
+  it('when the target is unknown, the JSON is bad or the content type is wrong, then AWS protocol errors, never a 500', async () => {
+    const json = { 'content-type': 'application/x-amz-json-1.1' };
+    const unknown = await signedFetch({ ...json, 'x-amz-target': 'TrentService.NoSuchThing' }, '{}');
+    expect([unknown.status, unknown.type]).toEqual([400, 'UnknownOperationException']);
+    const badJson = await signedFetch({ ...json, 'x-amz-target': 'TrentService.GenerateRandom' }, '{"NumberOf');
+    expect([badJson.status, badJson.type]).toEqual([400, 'SerializationException']);
+    const wrongType = await signedFetch(
+      { 'content-type': 'text/plain', 'x-amz-target': 'TrentService.GenerateRandom' },
+      '{"NumberOfBytes":8}',
+    );
+    expect([wrongType.status, wrongType.type]).toEqual([400, 'UnknownOperationException']);
+    const ok = await signedFetch({ ...json, 'x-amz-target': 'TrentService.GenerateRandom' }, '{"NumberOfBytes":8}');
+    expect(ok.status).toBe(200);
+  });
+
+  it('when an access key is revoked, then its next request is refused', async () => {
+    const creds = await kms.running.credentials.create(A);
+    const c = client(creds);
+    await c.send(new GenerateRandomCommand({ NumberOfBytes: 8 }));
+    expect(await kms.running.credentials.revoke(creds.accessKeyId)).toBe(true);
+    const err = await failure(c.send(new GenerateRandomCommand({ NumberOfBytes: 8 })));
+    expect(err.name).toBe('UnrecognizedClientException');
+    c.destroy();
+  });
+});
