@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type SecretLookup, verifySigV4 } from '../../auth/sigv4.js';
+import { readBody } from '../../http/read-body.js';
 import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
 import { AwsApiError, renderAwsError } from './errors.js';
@@ -27,7 +28,11 @@ export interface AwsOptions {
 export function awsListener(services: Services, options: AwsOptions, logger: Logger) {
   const now = options.now ?? Date.now;
   const serve = async (req: IncomingMessage, res: ServerResponse, requestId: string) => {
-    const body = await readBody(req);
+    const body = await readBody(
+      req,
+      MAX_BODY_BYTES,
+      () => new AwsApiError('ValidationException', 'The request body is too large.', 413),
+    );
     // As sent, still percent-encoded; repeated headers as separate values (AWS joins them with ',', node with ', ').
     const url = req.url ?? '/';
     const queryAt = url.indexOf('?');
@@ -75,24 +80,4 @@ function send(res: ServerResponse, status: number, requestId: string, body: obje
     'x-amzn-RequestId': requestId,
   });
   res.end(json);
-}
-
-function readBody(req: IncomingMessage): Promise<Buffer> {
-  if (Number(req.headers['content-length']) > MAX_BODY_BYTES) {
-    return Promise.reject(new AwsApiError('ValidationException', 'The request body is too large.', 413));
-  }
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      if (size > MAX_BODY_BYTES) return; // already refused: drain the rest, so the client reads our answer
-      size += chunk.length;
-      if (size <= MAX_BODY_BYTES) chunks.push(chunk);
-      else reject(new AwsApiError('ValidationException', 'The request body is too large.', 413));
-    });
-    req.on('error', reject);
-    req.on('end', () => {
-      if (size <= MAX_BODY_BYTES) resolve(Buffer.concat(chunks, size));
-    });
-  });
 }

@@ -191,15 +191,16 @@ function dataKeyLength(req: z.infer<typeof GenerateDataKey>): number {
   return integerInRange(req.NumberOfBytes, 'numberOfBytes', 1, 1024);
 }
 
-const generateDataKey: AwsOperation = async (services, caller, body) => {
+/** A data key under the request's CMK; the caller zeroes `plaintext`. */
+async function newDataKey(services: Services, caller: Caller, body: unknown) {
   const req = parseBody(GenerateDataKey, body);
   const length = dataKeyLength(req);
-  const sealed = await services.dataKeys.generateDataKey(
-    caller.projectId,
-    keyRef(req.KeyId, caller),
-    length,
-    req.EncryptionContext,
-  );
+  const ref = keyRef(req.KeyId, caller);
+  return services.dataKeys.generateDataKey(caller.projectId, ref, length, req.EncryptionContext);
+}
+
+const generateDataKey: AwsOperation = async (services, caller, body) => {
+  const sealed = await newDataKey(services, caller, body);
   try {
     return {
       CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
@@ -212,14 +213,7 @@ const generateDataKey: AwsOperation = async (services, caller, body) => {
 };
 
 const generateDataKeyWithoutPlaintext: AwsOperation = async (services, caller, body) => {
-  const req = parseBody(GenerateDataKey, body);
-  const length = dataKeyLength(req);
-  const sealed = await services.dataKeys.generateDataKey(
-    caller.projectId,
-    keyRef(req.KeyId, caller),
-    length,
-    req.EncryptionContext,
-  );
+  const sealed = await newDataKey(services, caller, body);
   sealed.plaintext.fill(0);
   return { CiphertextBlob: sealed.ciphertextBlob.toString('base64'), KeyId: keyArn(sealed.key, caller) };
 };

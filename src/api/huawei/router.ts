@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type NextFunction, type Request, type Response, Router } from 'express';
 import type { TokenVerifier } from '../../auth/token-verifier.js';
 import { KmsError } from '../../core/errors.js';
+import { readBody } from '../../http/read-body.js';
 import { errorFields, type Logger } from '../../logger.js';
 import type { HuaweiAction, Services } from './context.js';
 import {
@@ -63,34 +64,18 @@ const MAX_BODY_BYTES = 64 * 1024;
  * The request body as JSON, whatever the content type: Huawei's SDKs send `application/json;charset=UTF-8`, curl
  * users often send none. Undefined for an empty body.
  */
-function readJsonBody(req: IncomingMessage): Promise<unknown> {
+async function readJsonBody(req: IncomingMessage): Promise<unknown> {
   const encoding = req.headers['content-encoding'];
   if (encoding !== undefined && encoding !== 'identity') {
-    return Promise.reject(invalid('KMS.0214', 'The request format is invalid: compressed bodies are not accepted.'));
+    throw invalid('KMS.0214', 'The request format is invalid: compressed bodies are not accepted.');
   }
-  if (Number(req.headers['content-length']) > MAX_BODY_BYTES) {
-    return Promise.reject(invalid('KMS.0203', 'Request message too long.'));
+  const body = await readBody(req, MAX_BODY_BYTES, () => invalid('KMS.0203', 'Request message too long.'));
+  if (body.length === 0) return undefined;
+  try {
+    return JSON.parse(body.toString('utf8'));
+  } catch {
+    throw invalid('KMS.0202', 'Invalid JSON format of the request message.');
   }
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      if (size > MAX_BODY_BYTES) return; // already refused: drain the rest, so the client reads our answer
-      size += chunk.length;
-      if (size <= MAX_BODY_BYTES) chunks.push(chunk);
-      else reject(invalid('KMS.0203', 'Request message too long.'));
-    });
-    req.on('error', reject);
-    req.on('end', () => {
-      if (size > MAX_BODY_BYTES) return;
-      if (size === 0) return resolve(undefined);
-      try {
-        resolve(JSON.parse(Buffer.concat(chunks, size).toString('utf8')));
-      } catch {
-        reject(invalid('KMS.0202', 'Invalid JSON format of the request message.'));
-      }
-    });
-  });
 }
 
 /** Writes a JSON response in one call. */
