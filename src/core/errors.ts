@@ -22,6 +22,8 @@ export const KMS_ERROR_CODES = [
   'AliasAlreadyExists',
   /** The project already has as many keys as its quota allows. */
   'KeyQuotaExceeded',
+  /** A key would have more tags than allowed. */
+  'TagLimitExceeded',
   /** A ciphertext is malformed, tampered with, or its encryption context does not match. One code: no oracle. */
   'InvalidCiphertext',
   /** The ciphertext was made under a different key than the one the caller named. */

@@ -1,6 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { KmsError } from './errors.js';
-import { aliasName, type KeyRecord, type KeyRef, type KeyVersionRecord, transitions } from './keys.js';
+import {
+  aliasName,
+  type KeyRecord,
+  type KeyRef,
+  type KeyVersionRecord,
+  MAX_TAGS_PER_KEY,
+  type Tag,
+  transitions,
+} from './keys.js';
 import type { Clock, Hsm, KeyPatch, MetadataStore } from './ports.js';
 
 /** Bytes of per-version derivation data fed, with the root key, to C_DeriveKey (two AES blocks → AES-256). */
@@ -114,6 +122,23 @@ export class KeyService {
 
   updateDescription(projectId: string, ref: KeyRef, description: string): Promise<KeyRecord> {
     return this.transition(projectId, ref, (key) => transitions.edit(key, { description }));
+  }
+
+  /** Adds or replaces tags; a key pending deletion cannot be tagged, as on AWS. */
+  async tag(projectId: string, ref: KeyRef, tags: readonly Tag[]): Promise<void> {
+    const key = await this.get(projectId, ref);
+    transitions.edit(key, {});
+    await this.store.putTags(key.id, tags, MAX_TAGS_PER_KEY);
+  }
+
+  async untag(projectId: string, ref: KeyRef, tagKeys: readonly string[]): Promise<void> {
+    const key = await this.get(projectId, ref);
+    transitions.edit(key, {});
+    await this.store.removeTags(key.id, tagKeys);
+  }
+
+  async tags(projectId: string, ref: KeyRef): Promise<Tag[]> {
+    return this.store.listTags((await this.get(projectId, ref)).id);
   }
 
   /** Reads the key, computes the change from its current state, and applies it only if no one changed it meanwhile. */

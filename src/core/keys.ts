@@ -105,3 +105,12 @@ export type KeyRef = { readonly kind: 'id'; readonly id: string } | { readonly k
 
 /** The Huawei key_id format, which our generated ids (lower-case UUIDs) follow. */
 export const KEY_ID_PATTERN = /^[0-9a-z]{8}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{12}$/;
+
+/** A key's tag: a name and a value, both set by the caller (AWS TagResource). */
+export interface Tag {
+  readonly key: string;
+  readonly value: string;
+}
+
+/** AWS's limit of tags per key. */
+export const MAX_TAGS_PER_KEY = 50;

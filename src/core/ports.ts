@@ -1,5 +1,5 @@
 import type { CredentialRecord } from './credentials.js';
-import type { KeyRecord, KeyState, KeyVersionRecord } from './keys.js';
+import type { KeyRecord, KeyState, KeyVersionRecord, Tag } from './keys.js';
 
 /** What the HSM needs to materialise one CMK version inside itself. Carries no key material. */
 export interface CmkVersionRef {
@@ -84,6 +84,15 @@ export interface MetadataStore {
   findCredential(accessKeyId: string): Promise<CredentialRecord | undefined>;
   /** Marks the access key revoked at `at`; false if it does not exist or was already revoked. */
   revokeCredential(accessKeyId: string, at: number): Promise<boolean>;
+  /**
+   * Adds the tags to the key, replacing the values of tag names it has already. Throws KmsError('TagLimitExceeded'),
+   * changing nothing, if the key would then have more than `maxTags` tags. The caller has checked the key's project.
+   */
+  putTags(keyId: string, tags: readonly Tag[], maxTags: number): Promise<void>;
+  /** Removes the named tags from the key; names it does not have are ignored. */
+  removeTags(keyId: string, tagKeys: readonly string[]): Promise<void>;
+  /** The key's tags, by name. */
+  listTags(keyId: string): Promise<Tag[]>;
   /** Keys in PendingDeletion whose deletion date is at or before `now`, in every project. */
   listKeysDueForDeletion(now: number): Promise<KeyRecord[]>;
   close(): Promise<void>;

@@ -1,5 +1,5 @@
 import type { CredentialRecord } from '../core/credentials.js';
-import type { KeyRecord, KeyState, KeyVersionRecord } from '../core/keys.js';
+import type { KeyRecord, KeyState, KeyVersionRecord, Tag } from '../core/keys.js';
 import { aliasName } from '../core/keys.js';
 import type { KeyPatch, ListKeysQuery, MetadataStore } from '../core/ports.js';
 
@@ -107,6 +107,18 @@ export class CachingMetadataStore implements MetadataStore {
 
   revokeCredential(accessKeyId: string, at: number): Promise<boolean> {
     return this.#inner.revokeCredential(accessKeyId, at);
+  }
+
+  putTags(keyId: string, tags: readonly Tag[], maxTags: number): Promise<void> {
+    return this.#inner.putTags(keyId, tags, maxTags);
+  }
+
+  removeTags(keyId: string, tagKeys: readonly string[]): Promise<void> {
+    return this.#inner.removeTags(keyId, tagKeys);
+  }
+
+  listTags(keyId: string): Promise<Tag[]> {
+    return this.#inner.listTags(keyId);
   }
 
   listPendingCreation(): Promise<KeyRecord[]> {

@@ -3,7 +3,7 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { CredentialRecord } from '../core/credentials.js';
 import { KmsError } from '../core/errors.js';
-import { aliasName, type KeyRecord, type KeyState, type KeyVersionRecord } from '../core/keys.js';
+import { aliasName, type KeyRecord, type KeyState, type KeyVersionRecord, type Tag } from '../core/keys.js';
 import type { KeyPatch, ListKeysQuery, MetadataStore } from '../core/ports.js';
 
 /**
@@ -52,6 +52,15 @@ const MIGRATIONS: readonly string[] = [
   `
   DROP INDEX keys_project_alias_name;
   CREATE UNIQUE INDEX keys_project_alias_name ON keys (project_id, alias_name) WHERE alias_name <> '';
+  `,
+  // Tags of keys (AWS TagResource); they go with their key.
+  `
+  CREATE TABLE tags (
+    key_id TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+    tag_key TEXT NOT NULL,
+    tag_value TEXT NOT NULL,
+    PRIMARY KEY (key_id, tag_key)
+  ) STRICT, WITHOUT ROWID;
   `,
 ];
 
@@ -106,6 +115,11 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #insertCredential: Database.Statement<[CredentialRecord]>;
   readonly #findCredential: Database.Statement<[string], CredentialRecord>;
   readonly #revokeCredential: Database.Statement<[number, string]>;
+  readonly #putTag: Database.Statement<[string, string, string]>;
+  readonly #countTags: Database.Statement<[string], number>;
+  readonly #removeTag: Database.Statement<[string, string]>;
+  readonly #listTags: Database.Statement<[string], Tag>;
+  readonly #putTagsTx: Database.Transaction<(keyId: string, tags: readonly Tag[], maxTags: number) => void>;
   readonly #insertPendingKeyTx: Database.Transaction<
     (key: KeyRecord, version: KeyVersionRecord, quota: number) => void
   >;
@@ -194,6 +208,24 @@ export class SqliteMetadataStore implements MetadataStore {
     this.#revokeCredential = db.prepare(
       'UPDATE credentials SET revoked_at = ? WHERE access_key_id = ? AND revoked_at IS NULL',
     );
+
+    this.#putTag = db.prepare(
+      'INSERT INTO tags (key_id, tag_key, tag_value) VALUES (?, ?, ?) ON CONFLICT (key_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value',
+    );
+    this.#countTags = db.prepare('SELECT count(*) FROM tags WHERE key_id = ?').pluck() as Database.Statement<
+      [string],
+      number
+    >;
+    this.#removeTag = db.prepare('DELETE FROM tags WHERE key_id = ? AND tag_key = ?');
+    this.#listTags = db.prepare(
+      'SELECT tag_key AS key, tag_value AS value FROM tags WHERE key_id = ? ORDER BY tag_key',
+    );
+    this.#putTagsTx = db.transaction((keyId: string, tags: readonly Tag[], maxTags: number) => {
+      for (const tag of tags) this.#putTag.run(keyId, tag.key, tag.value);
+      if ((this.#countTags.get(keyId) ?? 0) > maxTags) {
+        throw new KmsError('TagLimitExceeded', `A key can have at most ${maxTags} tags.`);
+      }
+    });
 
     this.#insertPendingKeyTx = db.transaction((key: KeyRecord, version: KeyVersionRecord, quota: number) => {
       // Keys still in PendingCreation count too, or two concurrent creations could both pass the check.
@@ -339,6 +371,33 @@ export class SqliteMetadataStore implements MetadataStore {
   async revokeCredential(accessKeyId: string, at: number): Promise<boolean> {
     try {
       return this.#revokeCredential.run(at, accessKeyId).changes > 0;
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async putTags(keyId: string, tags: readonly Tag[], maxTags: number): Promise<void> {
+    try {
+      this.#putTagsTx.immediate(keyId, tags, maxTags);
+    } catch (error) {
+      if (error instanceof KmsError) throw error;
+      throw storeError(error);
+    }
+  }
+
+  async removeTags(keyId: string, tagKeys: readonly string[]): Promise<void> {
+    try {
+      this.#db.transaction(() => {
+        for (const tagKey of tagKeys) this.#removeTag.run(keyId, tagKey);
+      })();
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async listTags(keyId: string): Promise<Tag[]> {
+    try {
+      return this.#listTags.all(keyId);
     } catch (error) {
       throw storeError(error);
     }

@@ -15,10 +15,15 @@ import {
   InvalidCiphertextException,
   KMSClient,
   KMSInvalidStateException,
+  LimitExceededException,
   ListKeysCommand,
+  ListResourceTagsCommand,
   NotFoundException,
   ReEncryptCommand,
   ScheduleKeyDeletionCommand,
+  TagException,
+  TagResourceCommand,
+  UntagResourceCommand,
   UpdateKeyDescriptionCommand,
 } from '@aws-sdk/client-kms';
 import { SignatureV4 } from '@smithy/signature-v4';
@@ -168,6 +173,37 @@ describe('AWS KMS through @aws-sdk/client-kms', () => {
     expect((await a.send(new DescribeKeyCommand({ KeyId: keyId }))).KeyMetadata?.KeyState).toBe('Disabled');
     const notPending = await failure(a.send(new CancelKeyDeletionCommand({ KeyId: keyId })));
     expect(notPending).toBeInstanceOf(KMSInvalidStateException);
+  });
+
+  it('when a key is tagged and untagged, then ListResourceTags shows the tags, page by page', async () => {
+    const keyId = (await a.send(new CreateKeyCommand({ Tags: [{ TagKey: 'team', TagValue: 'payments' }] }))).KeyMetadata
+      ?.KeyId as string;
+    await a.send(
+      new TagResourceCommand({
+        KeyId: keyId,
+        Tags: [
+          { TagKey: 'env', TagValue: 'prod' },
+          { TagKey: 'team', TagValue: 'billing' },
+        ],
+      }),
+    );
+    const first = await a.send(new ListResourceTagsCommand({ KeyId: keyId, Limit: 1 }));
+    expect(first).toMatchObject({ Tags: [{ TagKey: 'env', TagValue: 'prod' }], Truncated: true });
+    const rest = await a.send(new ListResourceTagsCommand({ KeyId: keyId, Marker: first.NextMarker }));
+    expect(rest).toMatchObject({ Tags: [{ TagKey: 'team', TagValue: 'billing' }], Truncated: false });
+    await a.send(new UntagResourceCommand({ KeyId: keyId, TagKeys: ['env'] }));
+    expect((await a.send(new ListResourceTagsCommand({ KeyId: keyId }))).Tags).toEqual([
+      { TagKey: 'team', TagValue: 'billing' },
+    ]);
+    const reserved = await failure(
+      a.send(new TagResourceCommand({ KeyId: keyId, Tags: [{ TagKey: 'aws:owner', TagValue: 'x' }] })),
+    );
+    expect(reserved).toBeInstanceOf(TagException);
+    const many = Array.from({ length: 50 }, (_, i) => ({ TagKey: `k${i}`, TagValue: 'v' }));
+    const tooMany = await failure(a.send(new TagResourceCommand({ KeyId: keyId, Tags: many })));
+    expect(tooMany).toBeInstanceOf(LimitExceededException);
+    const foreign = await failure(b.send(new ListResourceTagsCommand({ KeyId: keyId })));
+    expect(foreign).toBeInstanceOf(NotFoundException);
   });
 
   it('when the description is updated, then DescribeKey shows it', async () => {

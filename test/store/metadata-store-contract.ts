@@ -453,5 +453,67 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
         expect(await store.listKeysDueForDeletion(Number.MAX_SAFE_INTEGER)).toEqual([]);
       });
     });
+
+    describe('tags', () => {
+      it('when tags are put, then they are listed by name and a repeated name replaces the value', async () => {
+        const key = await enabledKey();
+        await store.putTags(
+          key.id,
+          [
+            { key: 'team', value: 'a' },
+            { key: 'env', value: 'prod' },
+          ],
+          50,
+        );
+        await store.putTags(key.id, [{ key: 'team', value: 'b' }], 50);
+
+        expect(await store.listTags(key.id)).toEqual([
+          { key: 'env', value: 'prod' },
+          { key: 'team', value: 'b' },
+        ]);
+      });
+
+      it('when a put would exceed the limit, then it fails with TagLimitExceeded and changes nothing', async () => {
+        const key = await enabledKey();
+        await store.putTags(key.id, [{ key: 'a', value: '1' }], 2);
+
+        await expect(
+          store.putTags(
+            key.id,
+            [
+              { key: 'b', value: '2' },
+              { key: 'c', value: '3' },
+            ],
+            2,
+          ),
+        ).rejects.toMatchObject({ code: 'TagLimitExceeded' });
+        expect(await store.listTags(key.id)).toEqual([{ key: 'a', value: '1' }]);
+      });
+
+      it('when tags are removed, then unknown names are ignored and the others stay', async () => {
+        const key = await enabledKey();
+        await store.putTags(
+          key.id,
+          [
+            { key: 'a', value: '1' },
+            { key: 'b', value: '2' },
+          ],
+          50,
+        );
+
+        await store.removeTags(key.id, ['a', 'nope']);
+
+        expect(await store.listTags(key.id)).toEqual([{ key: 'b', value: '2' }]);
+      });
+
+      it('when a key is purged, then its tags go with it', async () => {
+        const key = await enabledKey();
+        await store.putTags(key.id, [{ key: 'a', value: '1' }], 50);
+
+        await store.purgeKey(key.id);
+
+        expect(await store.listTags(key.id)).toEqual([]);
+      });
+    });
   });
 }

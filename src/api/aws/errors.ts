@@ -50,6 +50,7 @@ export const AWS_ERROR_TABLE = {
   KeyNotPendingDeletion: { exception: 'KMSInvalidStateException', status: 400 },
   AliasAlreadyExists: { exception: 'AlreadyExistsException', status: 400 },
   KeyQuotaExceeded: { exception: 'LimitExceededException', status: 400 },
+  TagLimitExceeded: { exception: 'LimitExceededException', status: 400 },
   InvalidCiphertext: { exception: 'InvalidCiphertextException', status: 400, message: '' },
   IncorrectKey: {
     exception: 'IncorrectKeyException',

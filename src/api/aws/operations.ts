@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import type { KeyRecord } from '../../core/keys.js';
+import { type KeyRecord, MAX_TAGS_PER_KEY, type Tag } from '../../core/keys.js';
 import type { Services } from '../huawei/context.js';
 import { AwsApiError, validationError } from './errors.js';
 import {
@@ -38,6 +38,26 @@ const generateRandom: AwsOperation = async (services, _caller, body) => {
   return { Plaintext: (await services.random.generate(length)).toString('base64') };
 };
 
+const TagList = z.array(z.object({ TagKey: z.string(), TagValue: z.string() }));
+
+/** AWS's tag rules: names of 1–128 characters not starting with `aws:`, values of 0–256, at most 50 per request. */
+function validTags(tags: z.infer<typeof TagList>): Tag[] {
+  if (tags.length > MAX_TAGS_PER_KEY)
+    throw new AwsApiError('TagException', `At most ${MAX_TAGS_PER_KEY} tags per request.`);
+  return tags.map(({ TagKey, TagValue }) => {
+    if (TagKey.length < 1 || TagKey.length > 128 || TagKey.toLowerCase().startsWith('aws:')) {
+      throw new AwsApiError(
+        'TagException',
+        `Tag key '${TagKey}' is invalid: 1 to 128 characters, not starting with aws:.`,
+      );
+    }
+    if (TagValue.length > 256) {
+      throw new AwsApiError('TagException', `The value of tag '${TagKey}' is longer than 256 characters.`);
+    }
+    return { key: TagKey, value: TagValue };
+  });
+}
+
 const CreateKey = z.object({
   Description: z.string().optional(),
   KeyUsage: z.string().optional(),
@@ -47,7 +67,7 @@ const CreateKey = z.object({
   MultiRegion: z.boolean().optional(),
   Policy: z.string().optional(),
   BypassPolicyLockoutSafetyCheck: z.boolean().optional(),
-  Tags: z.array(z.object({ TagKey: z.string(), TagValue: z.string() })).optional(),
+  Tags: TagList.optional(),
 });
 
 const createKey: AwsOperation = async (services, caller, body) => {
@@ -68,8 +88,9 @@ const createKey: AwsOperation = async (services, caller, body) => {
     throw new AwsApiError('UnsupportedOperationException', `Origin ${req.Origin} is not offered by this service.`);
   }
   if (req.MultiRegion) throw new AwsApiError('UnsupportedOperationException', 'Multi-Region keys are not offered.');
-  if (req.Tags?.length) throw new AwsApiError('UnsupportedOperationException', 'Tags are not offered yet.');
+  const tags = validTags(req.Tags ?? []);
   const key = await services.keys.create({ projectId: caller.projectId, alias: '', description });
+  if (tags.length > 0) await services.keys.tag(caller.projectId, { kind: 'id', id: key.id }, tags);
   return { KeyMetadata: keyMetadata(key, caller) };
 };
 
@@ -311,6 +332,45 @@ const reEncrypt: AwsOperation = async (services, caller, body) => {
   }
 };
 
+const TagResource = z.object({ KeyId: z.string(), Tags: TagList });
+
+const tagResource: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(TagResource, body);
+  const ref = keyRef(req.KeyId, caller);
+  const before = await services.keys.get(caller.projectId, ref);
+  await services.keys.tag(caller.projectId, ref, validTags(req.Tags)).catch(pendingDeletion(before, caller));
+  return {};
+};
+
+const UntagResource = z.object({ KeyId: z.string(), TagKeys: z.array(z.string()) });
+
+const untagResource: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(UntagResource, body);
+  const ref = keyRef(req.KeyId, caller);
+  const before = await services.keys.get(caller.projectId, ref);
+  await services.keys.untag(caller.projectId, ref, req.TagKeys).catch(pendingDeletion(before, caller));
+  return {};
+};
+
+const ListResourceTags = z.object({ KeyId: z.string(), Limit: z.number().optional(), Marker: z.string().optional() });
+
+const listResourceTags: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(ListResourceTags, body);
+  const limit = req.Limit === undefined ? 50 : integerInRange(req.Limit, 'limit', 1, 50);
+  const offset = req.Marker === undefined ? 0 : Number(req.Marker);
+  if (!/^\d+$/.test(req.Marker ?? '0') || !Number.isSafeInteger(offset)) {
+    throw new AwsApiError('InvalidMarkerException', 'The marker that specifies where to start paginating is invalid.');
+  }
+  const tags = await services.keys.tags(caller.projectId, keyRef(req.KeyId, caller));
+  const page = tags.slice(offset, offset + limit);
+  const truncated = offset + page.length < tags.length;
+  return {
+    Tags: page.map((t) => ({ TagKey: t.key, TagValue: t.value })),
+    Truncated: truncated,
+    ...(truncated ? { NextMarker: String(offset + page.length) } : {}),
+  };
+};
+
 /** Every operation this service offers, by X-Amz-Target name. */
 export const AWS_OPERATIONS: Readonly<Record<string, AwsOperation>> = {
   GenerateRandom: generateRandom,
@@ -327,4 +387,7 @@ export const AWS_OPERATIONS: Readonly<Record<string, AwsOperation>> = {
   Encrypt: encrypt,
   Decrypt: decrypt,
   ReEncrypt: reEncrypt,
+  TagResource: tagResource,
+  UntagResource: untagResource,
+  ListResourceTags: listResourceTags,
 };

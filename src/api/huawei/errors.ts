@@ -41,6 +41,7 @@ export const HUAWEI_ERROR_TABLE = {
   KeyNotPendingDeletion: { errorCode: 'KMS.1501', status: 400 },
   AliasAlreadyExists: { errorCode: 'KMS.1104', status: 400, message: 'Duplicate key aliases.' },
   KeyQuotaExceeded: { errorCode: 'KMS.1105', status: 400, message: 'Too many keys.' },
+  TagLimitExceeded: { errorCode: 'KMS.0409', status: 400, message: 'Too many tags.' },
   InvalidCiphertext: { errorCode: 'KMS.2201', status: 400, message: 'Invalid cipher_text.' },
   IncorrectKey: { errorCode: 'KMS.2201', status: 400 },
   InvalidParameter: { errorCode: 'KMS.0308', status: 400 },
