@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { KmsError } from './errors.js';
 import {
+  type AliasRecord,
   aliasName,
   type KeyRecord,
   type KeyRef,
@@ -122,6 +123,35 @@ export class KeyService {
 
   updateDescription(projectId: string, ref: KeyRef, description: string): Promise<KeyRecord> {
     return this.transition(projectId, ref, (key) => transitions.edit(key, { description }));
+  }
+
+  /** Adds an alias (`alias/<name>` or `<name>`) of a key of the project. */
+  async createAlias(projectId: string, alias: string, target: KeyRef): Promise<void> {
+    const key = await this.get(projectId, target);
+    transitions.edit(key, {});
+    const now = this.clock.now();
+    await this.store.createAlias({ projectId, name: aliasName(alias), keyId: key.id, createdAt: now, updatedAt: now });
+  }
+
+  /** Points an existing alias at another key of the project (AWS UpdateAlias). */
+  async retargetAlias(projectId: string, alias: string, target: KeyRef): Promise<void> {
+    const key = await this.get(projectId, target);
+    transitions.edit(key, {});
+    if (!(await this.store.retargetAlias(projectId, aliasName(alias), key.id, this.clock.now()))) {
+      throw new KmsError('KeyNotFound', `Alias '${alias}' does not exist.`);
+    }
+  }
+
+  async deleteAlias(projectId: string, alias: string): Promise<void> {
+    if (!(await this.store.deleteAlias(projectId, aliasName(alias)))) {
+      throw new KmsError('KeyNotFound', `Alias '${alias}' does not exist.`);
+    }
+  }
+
+  /** The project's aliases, or those of one key. */
+  async aliases(projectId: string, of?: KeyRef): Promise<AliasRecord[]> {
+    const keyId = of === undefined ? undefined : (await this.get(projectId, of)).id;
+    return this.store.listAliases(projectId, keyId);
   }
 
   /** Adds or replaces tags; a key pending deletion cannot be tagged, as on AWS. */

@@ -114,3 +114,13 @@ export interface Tag {
 
 /** AWS's limit of tags per key. */
 export const MAX_TAGS_PER_KEY = 50;
+
+/** An alias of a key. `name` is the alias without its `alias/` prefix (aliasName()); names are unique per project. */
+export interface AliasRecord {
+  readonly projectId: string;
+  readonly name: string;
+  readonly keyId: string;
+  /** Milliseconds since the epoch. */
+  readonly createdAt: number;
+  readonly updatedAt: number;
+}

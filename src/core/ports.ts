@@ -1,5 +1,5 @@
 import type { CredentialRecord } from './credentials.js';
-import type { KeyRecord, KeyState, KeyVersionRecord, Tag } from './keys.js';
+import type { AliasRecord, KeyRecord, KeyState, KeyVersionRecord, Tag } from './keys.js';
 
 /** What the HSM needs to materialise one CMK version inside itself. Carries no key material. */
 export interface CmkVersionRef {
@@ -84,6 +84,18 @@ export interface MetadataStore {
   findCredential(accessKeyId: string): Promise<CredentialRecord | undefined>;
   /** Marks the access key revoked at `at`; false if it does not exist or was already revoked. */
   revokeCredential(accessKeyId: string, at: number): Promise<boolean>;
+  /**
+   * Adds an alias of a key (AliasAlreadyExists if the project has the name). The key's `alias` (Huawei's key_alias)
+   * always names one of its aliases, or is '' when it has none; the alias operations keep it so.
+   */
+  createAlias(alias: AliasRecord): Promise<void>;
+  /** Points an alias at another key of the project; false if there is no such alias. */
+  retargetAlias(projectId: string, name: string, keyId: string, at: number): Promise<boolean>;
+  /** Deletes an alias; false if there is no such alias. */
+  deleteAlias(projectId: string, name: string): Promise<boolean>;
+  findAlias(projectId: string, name: string): Promise<AliasRecord | undefined>;
+  /** The project's aliases (of one key, if given), by name. */
+  listAliases(projectId: string, keyId?: string): Promise<AliasRecord[]>;
   /**
    * Adds the tags to the key, replacing the values of tag names it has already. Throws KmsError('TagLimitExceeded'),
    * changing nothing, if the key would then have more than `maxTags` tags. The caller has checked the key's project.

@@ -1,5 +1,5 @@
 import type { CredentialRecord } from '../core/credentials.js';
-import type { KeyRecord, KeyState, KeyVersionRecord, Tag } from '../core/keys.js';
+import type { AliasRecord, KeyRecord, KeyState, KeyVersionRecord, Tag } from '../core/keys.js';
 import { aliasName } from '../core/keys.js';
 import type { KeyPatch, ListKeysQuery, MetadataStore } from '../core/ports.js';
 
@@ -107,6 +107,31 @@ export class CachingMetadataStore implements MetadataStore {
 
   revokeCredential(accessKeyId: string, at: number): Promise<boolean> {
     return this.#inner.revokeCredential(accessKeyId, at);
+  }
+
+  async createAlias(alias: AliasRecord): Promise<void> {
+    await this.#inner.createAlias(alias);
+    this.#written();
+  }
+
+  async retargetAlias(projectId: string, name: string, keyId: string, at: number): Promise<boolean> {
+    const changed = await this.#inner.retargetAlias(projectId, name, keyId, at);
+    this.#written();
+    return changed;
+  }
+
+  async deleteAlias(projectId: string, name: string): Promise<boolean> {
+    const changed = await this.#inner.deleteAlias(projectId, name);
+    this.#written();
+    return changed;
+  }
+
+  findAlias(projectId: string, name: string): Promise<AliasRecord | undefined> {
+    return this.#inner.findAlias(projectId, name);
+  }
+
+  listAliases(projectId: string, keyId?: string): Promise<AliasRecord[]> {
+    return this.#inner.listAliases(projectId, keyId);
   }
 
   putTags(keyId: string, tags: readonly Tag[], maxTags: number): Promise<void> {

@@ -3,7 +3,14 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { CredentialRecord } from '../core/credentials.js';
 import { KmsError } from '../core/errors.js';
-import { aliasName, type KeyRecord, type KeyState, type KeyVersionRecord, type Tag } from '../core/keys.js';
+import {
+  type AliasRecord,
+  aliasName,
+  type KeyRecord,
+  type KeyState,
+  type KeyVersionRecord,
+  type Tag,
+} from '../core/keys.js';
 import type { KeyPatch, ListKeysQuery, MetadataStore } from '../core/ports.js';
 
 /**
@@ -62,6 +69,22 @@ const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (key_id, tag_key)
   ) STRICT, WITHOUT ROWID;
   `,
+  // Aliases as their own rows: AWS lets a key have several (CreateAlias, UpdateAlias, DeleteAlias). keys.alias stays
+  // the alias Huawei shows as key_alias: one of the key's aliases, or '' when it has none.
+  `
+  CREATE TABLE aliases (
+    project_id TEXT NOT NULL,
+    alias_name TEXT NOT NULL,
+    key_id TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (project_id, alias_name)
+  ) STRICT, WITHOUT ROWID;
+  CREATE INDEX aliases_key ON aliases (key_id);
+  INSERT INTO aliases (project_id, alias_name, key_id, created_at, updated_at)
+    SELECT project_id, alias_name, id, created_at, created_at FROM keys WHERE alias_name <> '';
+  DROP INDEX keys_project_alias_name;
+  `,
 ];
 
 /** Columns aliased to KeyRecord's property names, in its order, so a row is a KeyRecord as it comes back. */
@@ -69,6 +92,8 @@ const KEY_COLUMNS = `id, project_id AS projectId, alias, description, state, key
   origin, created_at AS createdAt, deletion_date AS deletionDate, current_version AS currentVersion`;
 const VERSION_COLUMNS = `key_id AS keyId, version, root_key_label AS rootKeyLabel, derivation_data AS derivationData,
   created_at AS createdAt`;
+const ALIAS_COLUMNS = `project_id AS projectId, alias_name AS name, key_id AS keyId, created_at AS createdAt,
+  updated_at AS updatedAt`;
 const CREDENTIAL_COLUMNS = `access_key_id AS accessKeyId, project_id AS projectId, created_at AS createdAt,
   revoked_at AS revokedAt`;
 const VISIBLE = `state <> 'PendingCreation'`;
@@ -115,6 +140,16 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #insertCredential: Database.Statement<[CredentialRecord]>;
   readonly #findCredential: Database.Statement<[string], CredentialRecord>;
   readonly #revokeCredential: Database.Statement<[number, string]>;
+  readonly #insertAlias: Database.Statement<[AliasRecord]>;
+  readonly #findAlias: Database.Statement<[string, string], AliasRecord>;
+  readonly #deleteAlias: Database.Statement<[string, string]>;
+  readonly #retargetAlias: Database.Statement<[string, number, string, string]>;
+  readonly #listAliases: Database.Statement<[string], AliasRecord>;
+  readonly #listKeyAliases: Database.Statement<[string, string], AliasRecord>;
+  readonly #firstAliasOfKey: Database.Statement<[string], string>;
+  readonly #findAnyKey: Database.Statement<[string], KeyRecord>;
+  readonly #setDisplayAlias: Database.Statement<[string, string, string]>;
+  readonly #aliasTx: Database.Transaction<(change: () => boolean) => boolean>;
   readonly #putTag: Database.Statement<[string, string, string]>;
   readonly #countTags: Database.Statement<[string], number>;
   readonly #removeTag: Database.Statement<[string, string]>;
@@ -170,7 +205,8 @@ export class SqliteMetadataStore implements MetadataStore {
     this.#purgeKey = db.prepare('DELETE FROM keys WHERE id = ?');
     this.#findKey = db.prepare(`SELECT ${KEY_COLUMNS} FROM keys WHERE id = ? AND project_id = ? AND ${VISIBLE}`);
     this.#findKeyByAlias = db.prepare(
-      `SELECT ${KEY_COLUMNS} FROM keys WHERE project_id = ? AND alias_name = ? AND ${VISIBLE}`,
+      `SELECT ${KEY_COLUMNS} FROM keys WHERE id = (SELECT key_id FROM aliases WHERE project_id = ? AND alias_name = ?)
+        AND ${VISIBLE}`,
     );
     this.#findKeyVersion = db.prepare(`SELECT ${VERSION_COLUMNS} FROM key_versions WHERE key_id = ? AND version = ?`);
     this.#listKeys = db.prepare(
@@ -209,6 +245,24 @@ export class SqliteMetadataStore implements MetadataStore {
       'UPDATE credentials SET revoked_at = ? WHERE access_key_id = ? AND revoked_at IS NULL',
     );
 
+    this.#insertAlias = db.prepare(`
+      INSERT INTO aliases (project_id, alias_name, key_id, created_at, updated_at)
+      VALUES (@projectId, @name, @keyId, @createdAt, @updatedAt)`);
+    this.#findAlias = db.prepare(`SELECT ${ALIAS_COLUMNS} FROM aliases WHERE project_id = ? AND alias_name = ?`);
+    this.#deleteAlias = db.prepare('DELETE FROM aliases WHERE project_id = ? AND alias_name = ?');
+    this.#retargetAlias = db.prepare(
+      'UPDATE aliases SET key_id = ?, updated_at = ? WHERE project_id = ? AND alias_name = ?',
+    );
+    this.#listAliases = db.prepare(`SELECT ${ALIAS_COLUMNS} FROM aliases WHERE project_id = ? ORDER BY alias_name`);
+    this.#listKeyAliases = db.prepare(
+      `SELECT ${ALIAS_COLUMNS} FROM aliases WHERE project_id = ? AND key_id = ? ORDER BY alias_name`,
+    );
+    this.#firstAliasOfKey = db
+      .prepare('SELECT alias_name FROM aliases WHERE key_id = ? ORDER BY created_at, alias_name LIMIT 1')
+      .pluck() as Database.Statement<[string], string>;
+    this.#findAnyKey = db.prepare(`SELECT ${KEY_COLUMNS} FROM keys WHERE id = ?`);
+    this.#setDisplayAlias = db.prepare('UPDATE keys SET alias = ?, alias_name = ? WHERE id = ?');
+    this.#aliasTx = db.transaction((change: () => boolean) => change());
     this.#putTag = db.prepare(
       'INSERT INTO tags (key_id, tag_key, tag_value) VALUES (?, ?, ?) ON CONFLICT (key_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value',
     );
@@ -234,6 +288,16 @@ export class SqliteMetadataStore implements MetadataStore {
       }
       this.#insertKey.run({ ...key, aliasName: aliasName(key.alias) });
       this.#insertVersion.run(version);
+      if (key.alias !== '') {
+        const name = aliasName(key.alias);
+        this.#insertAlias.run({
+          projectId: key.projectId,
+          name,
+          keyId: key.id,
+          createdAt: key.createdAt,
+          updatedAt: key.createdAt,
+        });
+      }
     });
     // A read transaction, so the page and the total come from the same snapshot.
     this.#listKeysTx = db.transaction(({ projectId, state, offset, limit }: ListKeysQuery) =>
@@ -328,24 +392,111 @@ export class SqliteMetadataStore implements MetadataStore {
     patch: KeyPatch,
   ): Promise<KeyRecord | undefined> {
     const { alias, description, state, deletionDate } = patch;
+    const params: UpdateParams = {
+      projectId,
+      id: keyId,
+      expectedState,
+      setAlias: alias === undefined ? 0 : 1,
+      alias: alias ?? null,
+      aliasName: alias === undefined ? null : aliasName(alias),
+      setDescription: description === undefined ? 0 : 1,
+      description: description ?? null,
+      setState: state === undefined ? 0 : 1,
+      state: state ?? null,
+      setDeletionDate: deletionDate === undefined ? 0 : 1,
+      deletionDate: deletionDate ?? null,
+    };
     try {
-      return this.#updateKey.get({
-        projectId,
-        id: keyId,
-        expectedState,
-        setAlias: alias === undefined ? 0 : 1,
-        alias: alias ?? null,
-        aliasName: alias === undefined ? null : aliasName(alias),
-        setDescription: description === undefined ? 0 : 1,
-        description: description ?? null,
-        setState: state === undefined ? 0 : 1,
-        state: state ?? null,
-        setDeletionDate: deletionDate === undefined ? 0 : 1,
-        deletionDate: deletionDate ?? null,
+      if (alias === undefined) return this.#updateKey.get(params);
+      // Renaming the key's (Huawei) alias renames its alias row too, in one transaction.
+      let updated: KeyRecord | undefined;
+      this.#aliasTx.immediate(() => {
+        const before = this.#findAnyKey.get(keyId);
+        updated = this.#updateKey.get(params);
+        if (!updated || !before) return false;
+        if (before.alias !== '') this.#deleteAlias.run(projectId, aliasName(before.alias));
+        const name = aliasName(alias);
+        if (name !== '') {
+          const now = Date.now();
+          this.#insertAlias.run({ projectId, name, keyId, createdAt: now, updatedAt: now });
+        }
+        return true;
+      });
+      return updated;
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  /** Adds an alias of the key; it becomes the key's Huawei key_alias if the key had none. */
+  async createAlias(record: AliasRecord): Promise<void> {
+    try {
+      this.#aliasTx.immediate(() => {
+        this.#insertAlias.run(record);
+        this.#showFirstAlias(record.keyId);
+        return true;
       });
     } catch (error) {
       throw storeError(error);
     }
+  }
+
+  /** Points an existing alias at another key; false if the project has no such alias. */
+  async retargetAlias(projectId: string, name: string, keyId: string, at: number): Promise<boolean> {
+    try {
+      return this.#aliasTx.immediate(() => {
+        const alias = this.#findAlias.get(projectId, name);
+        if (!alias) return false;
+        this.#retargetAlias.run(keyId, at, projectId, name);
+        this.#showFirstAlias(alias.keyId);
+        this.#showFirstAlias(keyId);
+        return true;
+      });
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  /** Deletes an alias; false if the project has no such alias. */
+  async deleteAlias(projectId: string, name: string): Promise<boolean> {
+    try {
+      return this.#aliasTx.immediate(() => {
+        const alias = this.#findAlias.get(projectId, name);
+        if (!alias) return false;
+        this.#deleteAlias.run(projectId, name);
+        this.#showFirstAlias(alias.keyId);
+        return true;
+      });
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async findAlias(projectId: string, name: string): Promise<AliasRecord | undefined> {
+    try {
+      return this.#findAlias.get(projectId, name);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async listAliases(projectId: string, keyId?: string): Promise<AliasRecord[]> {
+    try {
+      return keyId === undefined ? this.#listAliases.all(projectId) : this.#listKeyAliases.all(projectId, keyId);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  /** Keeps keys.alias (Huawei's key_alias) one of the key's aliases: the current one if it still is, else the oldest. */
+  #showFirstAlias(keyId: string): void {
+    const key = this.#findAnyKey.get(keyId);
+    if (!key) return;
+    const current = aliasName(key.alias);
+    const holds = current !== '' && this.#findAlias.get(key.projectId, current)?.keyId === keyId;
+    if (holds) return;
+    const first = this.#firstAliasOfKey.get(keyId) ?? '';
+    this.#setDisplayAlias.run(first, first, keyId);
   }
 
   /** Throws KmsError('InternalError') if the access key id exists already (80 random bits: never in practice). */
@@ -438,13 +589,17 @@ function migrate(db: Database.Database): void {
 }
 
 /**
- * Turns whatever the driver threw into a KmsError. The only unique index on `keys` besides the primary key is
- * (project_id, alias_name), so a UNIQUE violation is always an alias clash (insertCredential handles its own). Driver messages name columns, never
+ * Turns whatever the driver threw into a KmsError. The only key that callers can make clash is an alias's
+ * (project_id, alias_name) — ids are random UUIDs — so a UNIQUE or PRIMARY KEY violation is an alias clash
+ * (insertCredential handles its own). Driver messages name columns, never
  * values, so the cause is safe to log.
  */
 function storeError(error: unknown): KmsError {
   if (error instanceof KmsError) return error;
-  if (error instanceof Database.SqliteError && error.code === 'SQLITE_CONSTRAINT_UNIQUE') {
+  if (
+    error instanceof Database.SqliteError &&
+    (error.code === 'SQLITE_CONSTRAINT_UNIQUE' || error.code === 'SQLITE_CONSTRAINT_PRIMARYKEY')
+  ) {
     return new KmsError('AliasAlreadyExists', 'Duplicate key aliases.', { cause: error });
   }
   return new KmsError('InternalError', 'The metadata store failed.', { cause: error });

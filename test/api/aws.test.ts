@@ -1,8 +1,11 @@
 import { Sha256 } from '@aws-crypto/sha256-js';
 import {
+  AlreadyExistsException,
   CancelKeyDeletionCommand,
+  CreateAliasCommand,
   CreateKeyCommand,
   DecryptCommand,
+  DeleteAliasCommand,
   DescribeKeyCommand,
   DisabledException,
   DisableKeyCommand,
@@ -12,10 +15,12 @@ import {
   GenerateDataKeyWithoutPlaintextCommand,
   GenerateRandomCommand,
   IncorrectKeyException,
+  InvalidAliasNameException,
   InvalidCiphertextException,
   KMSClient,
   KMSInvalidStateException,
   LimitExceededException,
+  ListAliasesCommand,
   ListKeysCommand,
   ListResourceTagsCommand,
   NotFoundException,
@@ -24,6 +29,7 @@ import {
   TagException,
   TagResourceCommand,
   UntagResourceCommand,
+  UpdateAliasCommand,
   UpdateKeyDescriptionCommand,
 } from '@aws-sdk/client-kms';
 import { SignatureV4 } from '@smithy/signature-v4';
@@ -269,6 +275,61 @@ describe('AWS KMS through @aws-sdk/client-kms', () => {
     expect(Buffer.from(opened.Plaintext as Uint8Array)).toEqual(plaintext);
     const tooBig = await failure(a.send(new EncryptCommand({ KeyId: first, Plaintext: Buffer.alloc(4097) })));
     expect(tooBig.name).toBe('ValidationException');
+  });
+});
+
+describe('aliases', () => {
+  it('when aliases are created, moved and deleted, then ListAliases and KeyId look-ups follow', async () => {
+    const k1 = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
+    const k2 = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
+    await a.send(new CreateAliasCommand({ AliasName: 'alias/app/primary', TargetKeyId: k1 }));
+    await a.send(new CreateAliasCommand({ AliasName: 'alias/app/secondary', TargetKeyId: k1 }));
+    const ofK1 = await a.send(new ListAliasesCommand({ KeyId: k1 }));
+    expect(ofK1.Aliases?.map((x) => x.AliasName)).toEqual(['alias/app/primary', 'alias/app/secondary']);
+    expect(ofK1.Aliases?.[0]).toMatchObject({
+      AliasArn: `arn:aws:kms:${REGION}:${A}:alias/app/primary`,
+      TargetKeyId: k1,
+    });
+    expect(ofK1.Aliases?.[0]?.CreationDate).toBeInstanceOf(Date);
+
+    const dup = await failure(a.send(new CreateAliasCommand({ AliasName: 'alias/app/primary', TargetKeyId: k2 })));
+    expect(dup).toBeInstanceOf(AlreadyExistsException);
+    for (const bad of ['app/no-prefix', 'alias/aws/reserved', 'alias/white space']) {
+      const err = await failure(a.send(new CreateAliasCommand({ AliasName: bad, TargetKeyId: k2 })));
+      expect(err).toBeInstanceOf(InvalidAliasNameException);
+    }
+
+    await a.send(new UpdateAliasCommand({ AliasName: 'alias/app/primary', TargetKeyId: k2 }));
+    const described = await a.send(new DescribeKeyCommand({ KeyId: 'alias/app/primary' }));
+    expect(described.KeyMetadata?.KeyId).toBe(k2);
+    const sealed = await a.send(new EncryptCommand({ KeyId: 'alias/app/secondary', Plaintext: Buffer.from('hi') }));
+    expect(sealed.KeyId).toContain(k1);
+
+    await a.send(new DeleteAliasCommand({ AliasName: 'alias/app/secondary' }));
+    const gone = await failure(a.send(new DescribeKeyCommand({ KeyId: 'alias/app/secondary' })));
+    expect(gone).toBeInstanceOf(NotFoundException);
+    const again = await failure(a.send(new DeleteAliasCommand({ AliasName: 'alias/app/secondary' })));
+    expect(again).toBeInstanceOf(NotFoundException);
+    const missing = await failure(a.send(new UpdateAliasCommand({ AliasName: 'alias/app/none', TargetKeyId: k1 })));
+    expect(missing).toBeInstanceOf(NotFoundException);
+    const foreign = await failure(b.send(new CreateAliasCommand({ AliasName: 'alias/steal', TargetKeyId: k1 })));
+    expect(foreign).toBeInstanceOf(NotFoundException);
+  });
+
+  it('when an AWS alias is created for a key, then the Huawei dialect sees it as key_alias, and the other way round', async () => {
+    const keyId = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
+    expect((await kms.call(A, 'describe-key', { key_id: keyId })).body.key_info.key_alias).toBe('');
+    await a.send(new CreateAliasCommand({ AliasName: 'alias/from-aws', TargetKeyId: keyId }));
+    const viaHuawei = await kms.call(A, 'describe-key', { key_id: 'alias/from-aws' });
+    expect(viaHuawei.body.key_info).toMatchObject({ key_id: keyId, key_alias: 'from-aws' });
+    const clash = await kms.call(A, 'create-key', { key_alias: 'from-aws' });
+    expect(clash.body.error.error_code).toBe('KMS.1104');
+
+    await kms.call(A, 'update-key-alias', { key_id: keyId, key_alias: 'renamed-in-huawei' });
+    const listed = await a.send(new ListAliasesCommand({ KeyId: keyId }));
+    expect(listed.Aliases?.map((x) => x.AliasName)).toEqual(['alias/renamed-in-huawei']);
+    await a.send(new DeleteAliasCommand({ AliasName: 'alias/renamed-in-huawei' }));
+    expect((await kms.call(A, 'describe-key', { key_id: keyId })).body.key_info.key_alias).toBe('');
   });
 });
 

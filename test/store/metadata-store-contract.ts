@@ -515,5 +515,67 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
         expect(await store.listTags(key.id)).toEqual([]);
       });
     });
+
+    describe('aliases', () => {
+      const alias = (keyId: string, name: string, at = 1) => ({
+        projectId: PROJECT_A,
+        name,
+        keyId,
+        createdAt: at,
+        updatedAt: at,
+      });
+
+      it('when a key is created with an alias, then it has that alias row and is found by it', async () => {
+        const key = await enabledKey({ alias: 'alias/created' });
+        expect(await store.listAliases(PROJECT_A, key.id)).toEqual([
+          expect.objectContaining({ name: 'created', keyId: key.id }),
+        ]);
+        expect((await store.findKeyByAlias(PROJECT_A, 'created'))?.id).toBe(key.id);
+      });
+
+      it('when an alias is added to a key without one, then it becomes the key alias; a second one does not', async () => {
+        const key = await enabledKey({ alias: '' });
+        await store.createAlias(alias(key.id, 'first', 1));
+        await store.createAlias(alias(key.id, 'second', 2));
+        expect((await store.findKey(PROJECT_A, key.id))?.alias).toBe('first');
+        expect((await store.findKeyByAlias(PROJECT_A, 'second'))?.id).toBe(key.id);
+        await expect(store.createAlias(alias(key.id, 'first'))).rejects.toMatchObject({ code: 'AliasAlreadyExists' });
+      });
+
+      it('when the key alias is deleted or moved away, then the key shows its next alias, or none', async () => {
+        const k1 = await enabledKey({ alias: '' });
+        const k2 = await enabledKey({ alias: '' });
+        await store.createAlias(alias(k1.id, 'a', 1));
+        await store.createAlias(alias(k1.id, 'b', 2));
+
+        expect(await store.retargetAlias(PROJECT_A, 'a', k2.id, 3)).toBe(true);
+        expect((await store.findKey(PROJECT_A, k1.id))?.alias).toBe('b');
+        expect((await store.findKey(PROJECT_A, k2.id))?.alias).toBe('a');
+        expect((await store.findKeyByAlias(PROJECT_A, 'a'))?.id).toBe(k2.id);
+
+        expect(await store.deleteAlias(PROJECT_A, 'b')).toBe(true);
+        expect((await store.findKey(PROJECT_A, k1.id))?.alias).toBe('');
+        expect(await store.deleteAlias(PROJECT_A, 'b')).toBe(false);
+        expect(await store.retargetAlias(PROJECT_A, 'nope', k1.id, 4)).toBe(false);
+      });
+
+      it('when a key alias is renamed through updateKey, then the alias row follows and the old name is free', async () => {
+        const key = await enabledKey({ alias: 'old' });
+        await store.updateKey(PROJECT_A, key.id, 'Enabled', { alias: 'new' });
+        expect((await store.findKeyByAlias(PROJECT_A, 'new'))?.id).toBe(key.id);
+        expect(await store.findKeyByAlias(PROJECT_A, 'old')).toBeUndefined();
+        const other = await enabledKey({ alias: 'other' });
+        await expect(store.updateKey(PROJECT_A, other.id, 'Enabled', { alias: 'new' })).rejects.toMatchObject({
+          code: 'AliasAlreadyExists',
+        });
+        expect((await store.findKey(PROJECT_A, other.id))?.alias).toBe('other');
+      });
+
+      it('when a key is purged, then its aliases are free again', async () => {
+        const key = await enabledKey({ alias: 'gone' });
+        await store.purgeKey(key.id);
+        expect(await store.listAliases(PROJECT_A)).toEqual([]);
+      });
+    });
   });
 }

@@ -99,7 +99,7 @@ describe('SqliteMetadataStore on a file', () => {
 
     const db = new Database(path, { readonly: true });
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(4);
+      expect(db.pragma('user_version', { simple: true })).toBe(5);
       expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
     } finally {
       db.close();
@@ -140,6 +140,16 @@ describe('SqliteMetadataStore on a file', () => {
 
     expect(await store.findKey(PROJECT_A, key.id)).toEqual(key);
     expect(await store.findKeyVersion(key.id, 1)).toEqual(version);
+    expect(await store.findKeyByAlias(PROJECT_A, key.alias)).toEqual(key);
+    expect(await store.listAliases(PROJECT_A)).toEqual([
+      {
+        projectId: PROJECT_A,
+        name: aliasName(key.alias),
+        keyId: key.id,
+        createdAt: key.createdAt,
+        updatedAt: key.createdAt,
+      },
+    ]);
     await store.insertCredential({
       accessKeyId: 'AKIAAAAAAAAAAAAAAAAA',
       projectId: PROJECT_A,
@@ -149,7 +159,7 @@ describe('SqliteMetadataStore on a file', () => {
     expect(await store.findCredential('AKIAAAAAAAAAAAAAAAAA')).toMatchObject({ projectId: PROJECT_A });
     const db = new Database(path, { readonly: true });
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(4);
+      expect(db.pragma('user_version', { simple: true })).toBe(5);
       expect(db.prepare(`SELECT sql FROM sqlite_schema WHERE name = 'credentials'`).pluck().get()).toMatch(/STRICT$/);
     } finally {
       db.close();

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { KmsError } from '../../core/errors.js';
 import { type KeyRecord, MAX_TAGS_PER_KEY, type Tag } from '../../core/keys.js';
 import type { Services } from '../huawei/context.js';
 import { AwsApiError, validationError } from './errors.js';
@@ -371,6 +372,108 @@ const listResourceTags: AwsOperation = async (services, caller, body) => {
   };
 };
 
+/** AWS's alias names: `alias/` and 1–250 more of [a-zA-Z0-9:/_-]; `alias/aws/` is reserved for AWS managed keys. */
+function validAliasName(name: string): string {
+  if (name.length < 1 || name.length > 256) {
+    throw validationError(name, 'aliasName', 'Member must have length less than or equal to 256');
+  }
+  if (!/^alias\/[a-zA-Z0-9:/_-]+$/.test(name) || name.startsWith('alias/aws/')) {
+    throw new AwsApiError(
+      'InvalidAliasNameException',
+      `Alias must start with the prefix "alias/" and may not begin with "alias/aws/": ${name}`,
+    );
+  }
+  return name;
+}
+
+/** TargetKeyId names a key by id or key ARN, never by alias. */
+function targetKey(targetKeyId: string, caller: Caller) {
+  const ref = keyRef(targetKeyId, caller);
+  if (ref.kind === 'alias') {
+    throw new AwsApiError('ValidationException', 'TargetKeyId must be a key id or key ARN, not an alias.');
+  }
+  return ref;
+}
+
+const AliasWithTarget = z.object({ AliasName: z.string(), TargetKeyId: z.string() });
+
+const createAlias: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(AliasWithTarget, body);
+  const name = validAliasName(req.AliasName);
+  const ref = targetKey(req.TargetKeyId, caller);
+  const before = await services.keys.get(caller.projectId, ref);
+  await services.keys.createAlias(caller.projectId, name, ref).catch((err: unknown) => {
+    if (err instanceof KmsError && err.code === 'AliasAlreadyExists') {
+      throw new AwsApiError(
+        'AlreadyExistsException',
+        `An alias with the name ${aliasArn(name, caller)} already exists`,
+      );
+    }
+    return pendingDeletion(before, caller)(err);
+  });
+  return {};
+};
+
+const updateAlias: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(AliasWithTarget, body);
+  const name = validAliasName(req.AliasName);
+  const ref = targetKey(req.TargetKeyId, caller);
+  const before = await services.keys.get(caller.projectId, ref);
+  await services.keys.retargetAlias(caller.projectId, name, ref).catch(notFoundAlias(name, caller, before));
+  return {};
+};
+
+const DeleteAlias = z.object({ AliasName: z.string() });
+
+const deleteAlias: AwsOperation = async (services, caller, body) => {
+  const name = validAliasName(parseBody(DeleteAlias, body).AliasName);
+  await services.keys.deleteAlias(caller.projectId, name).catch(notFoundAlias(name, caller));
+  return {};
+};
+
+/** AWS words a missing alias with its ARN. */
+function notFoundAlias(name: string, caller: Caller, target?: KeyRecord) {
+  return (err: unknown): never => {
+    if (err instanceof KmsError && err.code === 'KeyNotFound') {
+      throw new AwsApiError('NotFoundException', `Alias ${aliasArn(name, caller)} is not found.`);
+    }
+    if (target) pendingDeletion(target, caller)(err);
+    throw err;
+  };
+}
+
+const aliasArn = (name: string, caller: Caller) => `arn:aws:kms:${caller.region}:${caller.projectId}:${name}`;
+
+const ListAliases = z.object({
+  KeyId: z.string().optional(),
+  Limit: z.number().optional(),
+  Marker: z.string().optional(),
+});
+
+const listAliases: AwsOperation = async (services, caller, body) => {
+  const req = parseBody(ListAliases, body);
+  const limit = req.Limit === undefined ? 50 : integerInRange(req.Limit, 'limit', 1, 100);
+  const offset = req.Marker === undefined ? 0 : Number(req.Marker);
+  if (!/^\d+$/.test(req.Marker ?? '0') || !Number.isSafeInteger(offset)) {
+    throw new AwsApiError('InvalidMarkerException', 'The marker that specifies where to start paginating is invalid.');
+  }
+  const of = req.KeyId === undefined ? undefined : keyRef(req.KeyId, caller);
+  const aliases = await services.keys.aliases(caller.projectId, of);
+  const page = aliases.slice(offset, offset + limit);
+  const truncated = offset + page.length < aliases.length;
+  return {
+    Aliases: page.map((a) => ({
+      AliasName: `alias/${a.name}`,
+      AliasArn: aliasArn(`alias/${a.name}`, caller),
+      TargetKeyId: a.keyId,
+      CreationDate: a.createdAt / 1000,
+      LastUpdatedDate: a.updatedAt / 1000,
+    })),
+    Truncated: truncated,
+    ...(truncated ? { NextMarker: String(offset + page.length) } : {}),
+  };
+};
+
 /** Every operation this service offers, by X-Amz-Target name. */
 export const AWS_OPERATIONS: Readonly<Record<string, AwsOperation>> = {
   GenerateRandom: generateRandom,
@@ -387,6 +490,10 @@ export const AWS_OPERATIONS: Readonly<Record<string, AwsOperation>> = {
   Encrypt: encrypt,
   Decrypt: decrypt,
   ReEncrypt: reEncrypt,
+  CreateAlias: createAlias,
+  UpdateAlias: updateAlias,
+  DeleteAlias: deleteAlias,
+  ListAliases: listAliases,
   TagResource: tagResource,
   UntagResource: untagResource,
   ListResourceTags: listResourceTags,
