@@ -25,11 +25,17 @@ const usages = (allowed: { encrypt?: boolean; derive?: boolean; sign?: boolean }
   { type: pkcs11js.CKA_VERIFY, value: false },
 ];
 
-export function rootKeyTemplate(label: string): pkcs11js.Template {
+/** A long-lived token key: private, sensitive, never extractable, unmodifiable, with only the given usage. */
+function tokenKeyTemplate(
+  label: string,
+  keyType: number,
+  bytes: number,
+  allowed: Parameters<typeof usages>[0],
+): pkcs11js.Template {
   return [
     { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-    { type: pkcs11js.CKA_VALUE_LEN, value: AES_256_BYTES },
+    { type: pkcs11js.CKA_KEY_TYPE, value: keyType },
+    { type: pkcs11js.CKA_VALUE_LEN, value: bytes },
     { type: pkcs11js.CKA_LABEL, value: label },
     { type: pkcs11js.CKA_TOKEN, value: true },
     { type: pkcs11js.CKA_PRIVATE, value: true },
@@ -37,24 +43,18 @@ export function rootKeyTemplate(label: string): pkcs11js.Template {
     { type: pkcs11js.CKA_EXTRACTABLE, value: false },
     // SoftHSM 2.6.1 accepts CKA_MODIFIABLE=false on C_GenerateKey.
     { type: pkcs11js.CKA_MODIFIABLE, value: false },
-    ...usages({ derive: true }),
+    ...usages(allowed),
   ];
+}
+
+/** Generated with CKM_AES_KEY_GEN; derives CMK version keys and does nothing else. */
+export function rootKeyTemplate(label: string): pkcs11js.Template {
+  return tokenKeyTemplate(label, pkcs11js.CKK_AES, AES_256_BYTES, { derive: true });
 }
 
 /** Generated with CKM_GENERIC_SECRET_KEY_GEN; signs with CKM_SHA256_HMAC and nothing else. */
 export function credentialKeyTemplate(label: string): pkcs11js.Template {
-  return [
-    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_GENERIC_SECRET },
-    { type: pkcs11js.CKA_VALUE_LEN, value: CREDENTIAL_KEY_BYTES },
-    { type: pkcs11js.CKA_LABEL, value: label },
-    { type: pkcs11js.CKA_TOKEN, value: true },
-    { type: pkcs11js.CKA_PRIVATE, value: true },
-    { type: pkcs11js.CKA_SENSITIVE, value: true },
-    { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-    { type: pkcs11js.CKA_MODIFIABLE, value: false },
-    ...usages({ sign: true }),
-  ];
+  return tokenKeyTemplate(label, pkcs11js.CKK_GENERIC_SECRET, CREDENTIAL_KEY_BYTES, { sign: true });
 }
 
 /**
