@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { RequestListener } from 'node:http';
 import express from 'express';
 import helmet from 'helmet';
+import { type AlibabaOptions, alibabaListener } from './api/alibaba/listener.js';
 import { type AwsOptions, awsListener } from './api/aws/listener.js';
 import type { Services } from './api/huawei/context.js';
 import { invalid } from './api/huawei/errors.js';
@@ -15,6 +16,8 @@ export interface AppDeps {
   readonly logger: Logger;
   /** The AWS dialect: the regions requests may be signed for, and the secrets of access keys. */
   readonly aws: AwsOptions;
+  /** The Alibaba dialect: where it is mounted, the access keys' secrets, and the ledger of used nonces. */
+  readonly alibaba: AlibabaOptions;
 }
 
 /**
@@ -34,8 +37,8 @@ function staticSecurityHeaders(): Map<string, string> {
 }
 
 /**
- * The HTTP request listener: a Huawei action or an AWS request (`X-Amz-Target`) is served by its dialect's own
- * listener on node:http; everything else (version documents, unknown routes) by Express. Does no I/O of its own: main.ts (or a test) creates the server.
+ * The HTTP request listener: a Huawei action, an AWS request (`X-Amz-Target`) or an Alibaba request (`Action=`) is
+ * served by its dialect's own listener on node:http; everything else (version documents, unknown routes) by Express. Does no I/O of its own: main.ts (or a test) creates the server.
  */
 export function createApp(deps: AppDeps): RequestListener {
   const app = express();
@@ -50,10 +53,11 @@ export function createApp(deps: AppDeps): RequestListener {
 
   const huaweiActions = huaweiActionListener(deps.services, deps.verifier, deps.logger);
   const awsRequests = awsListener(deps.services, deps.aws, deps.logger);
+  const alibabaRequests = alibabaListener(deps.services, deps.alibaba, deps.logger);
   const securityHeaders = staticSecurityHeaders();
   return (req, res) => {
     res.setHeaders(securityHeaders);
     res.setHeader('X-Request-Id', randomUUID());
-    if (!awsRequests(req, res) && !huaweiActions(req, res)) app(req, res);
+    if (!awsRequests(req, res) && !alibabaRequests(req, res) && !huaweiActions(req, res)) app(req, res);
   };
 }

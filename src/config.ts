@@ -25,6 +25,10 @@ const EnvSchema = z.object({
   KMS_TOKEN_ISSUER: z.string().min(1).optional(),
   KMS_TOKEN_AUDIENCE: z.string().min(1).optional(),
   KMS_REGION: z.string().min(1).default('local-1'),
+  KMS_ALIBABA_PATH: z
+    .string()
+    .regex(/^\/[A-Za-z0-9._~/-]*$/, 'must be a URL path starting with /')
+    .default('/'),
   KMS_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
 });
 
@@ -34,6 +38,8 @@ export interface Config {
   readonly port: number;
   readonly workers: number;
   readonly region: string;
+  /** Where the Alibaba RPC dialect is mounted; `/` by default, as Alibaba's endpoints serve it. */
+  readonly alibabaPath: string;
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error';
   readonly hsm: {
     readonly library: string;
@@ -72,6 +78,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     port: e.KMS_PORT,
     workers: e.KMS_WORKERS,
     region: e.KMS_REGION,
+    alibabaPath: e.KMS_ALIBABA_PATH,
     logLevel: e.KMS_LOG_LEVEL,
     hsm: Object.freeze({
       library: e.KMS_PKCS11_LIBRARY,

@@ -8,6 +8,7 @@ import type { Config } from './config.js';
 import { CredentialService } from './core/credential.service.js';
 import { DataKeyService } from './core/data-key.service.js';
 import { KeyService } from './core/key.service.js';
+import { PasswordService } from './core/password.service.js';
 import type { Clock } from './core/ports.js';
 import { RandomService } from './core/random.service.js';
 import { GrapheneHsm } from './hsm/graphene-hsm.js';
@@ -69,8 +70,10 @@ export async function startService(
     },
   );
   const keys = new KeyService(hsm, store, clock, config.cmkQuota);
+  const random = new RandomService(hsm);
   const services: Services = {
-    random: new RandomService(hsm),
+    random,
+    passwords: new PasswordService((length) => random.generate(length)),
     keys,
     dataKeys: new DataKeyService(hsm, store, keys),
     region: config.region,
@@ -84,8 +87,8 @@ export async function startService(
     const reconciled = await keys.reconcilePendingCreation();
     if (reconciled > 0) logger.warn('removed keys left half-created by a crash', { count: reconciled });
     const sweep = () =>
-      keys.purgeDueDeletions().then(
-        (n) => n > 0 && logger.info('deleted keys whose deletion date passed', { count: n }),
+      Promise.all([keys.purgeDueDeletions(), store.purgeExpiredNonces(clock.now())]).then(
+        ([n]) => n > 0 && logger.info('deleted keys whose deletion date passed', { count: n }),
         (err: unknown) => logger.error('deletion sweep failed', errorFields(err)),
       );
     await sweep();
@@ -97,8 +100,16 @@ export async function startService(
   if (role !== 'primary') {
     const key = config.auth.jwksUrl ? new URL(config.auth.jwksUrl) : loadOrCreateIssuerKeys(config.dataDir).publicKey;
     const verifier = new TokenVerifier({ key, issuer: config.auth.issuer, audience: config.auth.audience });
-    const aws = { regions: [config.region], lookupSecret: (id: string) => credentials.resolve(id) };
-    const listening = createServer(createApp({ services, verifier, logger, aws }));
+    const lookupSecret = (id: string) => credentials.resolve(id);
+    const aws = { regions: [config.region], lookupSecret };
+    const alibaba = {
+      path: config.alibabaPath,
+      region: config.region,
+      lookupSecret,
+      claimNonce: store.claimNonce.bind(store),
+      now: () => clock.now(),
+    };
+    const listening = createServer(createApp({ services, verifier, logger, aws, alibaba }));
     server = await new Promise<Server>((resolve, reject) => {
       listening.once('error', reject);
       listening.listen(config.port, config.host, () => resolve(listening));

@@ -14,9 +14,10 @@ Commands:
   token --project <project_id> [--ttl <seconds>]
       Print an X-Auth-Token for the project, signed with the local issuer key in $KMS_DATA_DIR/issuer
       (default ./.data). Valid for --ttl seconds (default 86400, at most 31536000).
-  credentials create --project <project_id>
-      Create an access key of the project for the AWS dialect (SigV4) and print it as two lines,
-      AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=..., so that
+  credentials create --project <project_id> [--format aws|alibaba]
+      Create an access key of the project for the signed dialects (AWS SigV4, Alibaba RPC) and print it as
+      two lines, AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=... (or, with --format alibaba,
+      ALIBABA_CLOUD_ACCESS_KEY_ID=... and ALIBABA_CLOUD_ACCESS_KEY_SECRET=...), so that
       eval "$(kms credentials create --project p)" configures a shell. The secret is shown only now.
   credentials revoke <access_key_id>
       Revoke an access key at once. Fails (exit 1) if it is unknown or already revoked.
@@ -25,6 +26,12 @@ Commands:
   help
       Print this text.
 `;
+
+/** The variables each dialect's CLIs and SDKs read their access key from. One access key serves both dialects. */
+const CREDENTIAL_VARIABLES: Readonly<Record<string, readonly [string, string]>> = {
+  aws: ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY'],
+  alibaba: ['ALIBABA_CLOUD_ACCESS_KEY_ID', 'ALIBABA_CLOUD_ACCESS_KEY_SECRET'],
+};
 
 const PROJECT_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 const DEFAULT_TTL_SECONDS = 86_400;
@@ -72,14 +79,18 @@ async function credentials(args: string[]): Promise<void> {
   const [subcommand, ...rest] = args;
   switch (subcommand) {
     case 'create': {
-      const { values } = parseArgs({ args: rest, options: { project: { type: 'string' } }, strict: true });
+      const { values } = parseArgs({
+        args: rest,
+        options: { project: { type: 'string' }, format: { type: 'string', default: 'aws' } },
+        strict: true,
+      });
       const project = values.project;
       if (project === undefined) fail('credentials create needs --project <project_id>');
       if (!PROJECT_ID_PATTERN.test(project)) fail('a project id is 1 to 64 letters, digits, "_" or "-"');
+      const names = CREDENTIAL_VARIABLES[values.format];
+      if (names === undefined) fail("--format must be 'aws' or 'alibaba'");
       const created = await withCredentials((service) => service.create(project));
-      process.stdout.write(
-        `AWS_ACCESS_KEY_ID=${created.accessKeyId}\nAWS_SECRET_ACCESS_KEY=${created.secretAccessKey}\n`,
-      );
+      process.stdout.write(`${names[0]}=${created.accessKeyId}\n${names[1]}=${created.secretAccessKey}\n`);
       return;
     }
     case 'revoke': {

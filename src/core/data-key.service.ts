@@ -17,11 +17,15 @@ export const MAX_DATA_KEY_LENGTH = 1024;
 
 export interface Sealed {
   readonly key: KeyRecord;
+  /** The key version the blob was sealed with. */
+  readonly keyVersion: number;
   readonly ciphertextBlob: Buffer;
 }
 
 export interface Opened {
   readonly key: KeyRecord;
+  /** The key version the blob was sealed with. */
+  readonly keyVersion: number;
   readonly plaintext: Buffer;
 }
 
@@ -49,7 +53,7 @@ export class DataKeyService {
     const drawn = await this.hsm.generateRandom(length + GCM_IV_LENGTH);
     const plaintext = drawn.subarray(0, length);
     const ciphertextBlob = await this.seal(key, plaintext, context, drawn.subarray(length));
-    return { key, plaintext, ciphertextBlob };
+    return { key, keyVersion: key.currentVersion, plaintext, ciphertextBlob };
   }
 
   /** Seals caller-supplied bytes (a data key or up to 4096 bytes of data) under the key. */
@@ -62,7 +66,7 @@ export class DataKeyService {
     needs(plaintext.length >= 1 && plaintext.length <= MAX_PLAINTEXT_LENGTH, 'Invalid plaintext length.');
     const key = await this.usableKey(projectId, ref);
     const iv = await this.hsm.generateRandom(GCM_IV_LENGTH);
-    return { key, ciphertextBlob: await this.seal(key, plaintext, context, iv) };
+    return { key, keyVersion: key.currentVersion, ciphertextBlob: await this.seal(key, plaintext, context, iv) };
   }
 
   /**
@@ -86,7 +90,7 @@ export class DataKeyService {
     const payload = decodePayload(frame);
     const aad = blobAad(key.id, frame.keyVersion, payload.plaintextLength, context);
     const plaintext = await this.hsm.decrypt(version, payload.iv, payload.ciphertextWithTag, aad);
-    return { key, plaintext };
+    return { key, keyVersion: frame.keyVersion, plaintext };
   }
 
   private async usableKey(projectId: string, ref: KeyRef): Promise<KeyRecord> {

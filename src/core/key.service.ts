@@ -113,8 +113,9 @@ export class KeyService {
     return this.transition(projectId, ref, (key) => transitions.scheduleDeletion(key, pendingDays, this.clock.now()));
   }
 
-  cancelDeletion(projectId: string, ref: KeyRef): Promise<KeyRecord> {
-    return this.transition(projectId, ref, (key) => transitions.cancelDeletion(key));
+  /** `restoreTo`: Huawei and AWS return the key disabled, Alibaba enabled. */
+  cancelDeletion(projectId: string, ref: KeyRef, restoreTo: 'Disabled' | 'Enabled' = 'Disabled'): Promise<KeyRecord> {
+    return this.transition(projectId, ref, (key) => transitions.cancelDeletion(key, restoreTo));
   }
 
   updateAlias(projectId: string, ref: KeyRef, alias: string): Promise<KeyRecord> {

@@ -91,12 +91,12 @@ export const transitions = {
     }
     return change;
   },
-  cancelDeletion(key: KeyRecord): Partial<KeyRecord> {
+  cancelDeletion(key: KeyRecord, restoreTo: 'Disabled' | 'Enabled'): Partial<KeyRecord> {
     if (key.state !== 'PendingDeletion') {
       throw new KmsError('KeyNotPendingDeletion', 'The key is not in Pending deletion state.');
     }
-    // Huawei and AWS both return a key whose deletion was cancelled as disabled.
-    return { state: 'Disabled', deletionDate: null };
+    // Huawei and AWS return a key whose deletion was cancelled as disabled; Alibaba as enabled.
+    return { state: restoreTo, deletionDate: null };
   },
 };
 

@@ -85,6 +85,17 @@ const MIGRATIONS: readonly string[] = [
     SELECT project_id, alias_name, id, created_at, created_at FROM keys WHERE alias_name <> '';
   DROP INDEX keys_project_alias_name;
   `,
+  // Signature nonces already accepted (Alibaba Cloud RPC's SignatureNonce), kept until the request's timestamp
+  // could no longer be accepted anyway; the index serves purgeExpiredNonces.
+  `
+  CREATE TABLE signature_nonces (
+    access_key_id TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (access_key_id, nonce)
+  ) STRICT, WITHOUT ROWID;
+  CREATE INDEX signature_nonces_expires_at ON signature_nonces (expires_at);
+  `,
 ];
 
 /** Columns aliased to KeyRecord's property names, in its order, so a row is a KeyRecord as it comes back. */
@@ -140,6 +151,8 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #insertCredential: Database.Statement<[CredentialRecord]>;
   readonly #findCredential: Database.Statement<[string], CredentialRecord>;
   readonly #revokeCredential: Database.Statement<[number, string]>;
+  readonly #claimNonce: Database.Statement<[string, string, number, number]>;
+  readonly #purgeExpiredNonces: Database.Statement<[number]>;
   readonly #insertAlias: Database.Statement<[AliasRecord]>;
   readonly #findAlias: Database.Statement<[string, string], AliasRecord>;
   readonly #deleteAlias: Database.Statement<[string, string]>;
@@ -244,6 +257,13 @@ export class SqliteMetadataStore implements MetadataStore {
     this.#revokeCredential = db.prepare(
       'UPDATE credentials SET revoked_at = ? WHERE access_key_id = ? AND revoked_at IS NULL',
     );
+    // One statement, so the check and the write are atomic across processes: it writes a row (changes = 1) when the
+    // nonce is new or its record has expired, and nothing when a live record exists.
+    this.#claimNonce = db.prepare(`
+      INSERT INTO signature_nonces (access_key_id, nonce, expires_at) VALUES (?, ?, ?)
+      ON CONFLICT (access_key_id, nonce) DO UPDATE SET expires_at = excluded.expires_at
+        WHERE signature_nonces.expires_at <= ?`);
+    this.#purgeExpiredNonces = db.prepare('DELETE FROM signature_nonces WHERE expires_at <= ?');
 
     this.#insertAlias = db.prepare(`
       INSERT INTO aliases (project_id, alias_name, key_id, created_at, updated_at)
@@ -522,6 +542,22 @@ export class SqliteMetadataStore implements MetadataStore {
   async revokeCredential(accessKeyId: string, at: number): Promise<boolean> {
     try {
       return this.#revokeCredential.run(at, accessKeyId).changes > 0;
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async claimNonce(accessKeyId: string, nonce: string, expiresAt: number, now: number): Promise<boolean> {
+    try {
+      return this.#claimNonce.run(accessKeyId, nonce, expiresAt, now).changes === 1;
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async purgeExpiredNonces(now: number): Promise<number> {
+    try {
+      return this.#purgeExpiredNonces.run(now).changes;
     } catch (error) {
       throw storeError(error);
     }

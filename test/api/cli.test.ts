@@ -115,6 +115,24 @@ describe('kms credentials', () => {
     });
   });
 
+  it('when --format alibaba is given, then the lines name the Alibaba SDK variables, and a bad format exits 2', async () => {
+    const run = kmsWithHsm('credentials', 'create', '--project', 'cli-alibaba', '--format', 'alibaba');
+    expect(run.status).toBe(0);
+    const match =
+      /^ALIBABA_CLOUD_ACCESS_KEY_ID=(AKIA[A-Z2-7]{16})\nALIBABA_CLOUD_ACCESS_KEY_SECRET=([A-Za-z0-9+/]{40})\n$/.exec(
+        run.stdout,
+      );
+    expect(match).not.toBeNull();
+    const [, accessKeyId, secretAccessKey] = match as unknown as [string, string, string];
+    expect(await withService((credentials) => credentials.resolve(accessKeyId))).toEqual({
+      projectId: 'cli-alibaba',
+      secretAccessKey,
+    });
+    const bad = kmsWithHsm('credentials', 'create', '--project', 'p', '--format', 'gcp');
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toContain("--format must be 'aws' or 'alibaba'");
+  });
+
   it('when the output is evaluated by a shell, then the shell has both variables', () => {
     const run = spawnSync(
       'bash',

@@ -9,6 +9,7 @@ import { TokenVerifier } from '../../src/auth/token-verifier.js';
 import { DataKeyService } from '../../src/core/data-key.service.js';
 import { KmsError } from '../../src/core/errors.js';
 import { KeyService } from '../../src/core/key.service.js';
+import { PasswordService } from '../../src/core/password.service.js';
 import type { CmkVersionRef, Hsm } from '../../src/core/ports.js';
 import { RandomService } from '../../src/core/random.service.js';
 import { createLogger } from '../../src/logger.js';
@@ -117,8 +118,10 @@ describe('failures inside the service', () => {
     const { hsm, store } = kms.running;
     faulty = new FaultInjectingHsm(hsm);
     const keys = new KeyService(faulty, store, { now: () => Date.now() }, 100);
+    const random = new RandomService(faulty);
     const services: Services = {
-      random: new RandomService(faulty),
+      random,
+      passwords: new PasswordService((n) => random.generate(n)),
       keys,
       dataKeys: new DataKeyService(faulty, store, keys),
       region: 'local-1',
@@ -131,6 +134,12 @@ describe('failures inside the service', () => {
       verifier,
       logger: createLogger('error', (line) => logged.push(line)),
       aws: { regions: ['local-1'], lookupSecret: (id) => kms.running.credentials.resolve(id) },
+      alibaba: {
+        path: '/',
+        region: 'local-1',
+        lookupSecret: (id) => kms.running.credentials.resolve(id),
+        claimNonce: (...args) => store.claimNonce(...args),
+      },
     });
     server = await new Promise<Server>((resolve) => {
       const s = createServer(app).listen(0, '127.0.0.1', () => resolve(s));

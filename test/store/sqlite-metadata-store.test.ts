@@ -99,7 +99,7 @@ describe('SqliteMetadataStore on a file', () => {
 
     const db = new Database(path, { readonly: true });
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(5);
+      expect(db.pragma('user_version', { simple: true })).toBe(6);
       expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
     } finally {
       db.close();
@@ -159,7 +159,7 @@ describe('SqliteMetadataStore on a file', () => {
     expect(await store.findCredential('AKIAAAAAAAAAAAAAAAAA')).toMatchObject({ projectId: PROJECT_A });
     const db = new Database(path, { readonly: true });
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(5);
+      expect(db.pragma('user_version', { simple: true })).toBe(6);
       expect(db.prepare(`SELECT sql FROM sqlite_schema WHERE name = 'credentials'`).pluck().get()).toMatch(/STRICT$/);
     } finally {
       db.close();

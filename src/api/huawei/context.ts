@@ -1,10 +1,12 @@
 import type { DataKeyService } from '../../core/data-key.service.js';
 import type { KeyService } from '../../core/key.service.js';
+import type { PasswordService } from '../../core/password.service.js';
 import type { RandomService } from '../../core/random.service.js';
 
 /** The use cases the dialects call, and the deployment facts they report. */
 export interface Services {
   readonly random: RandomService;
+  readonly passwords: PasswordService;
   readonly keys: KeyService;
   readonly dataKeys: DataKeyService;
   readonly region: string;

@@ -1,0 +1,126 @@
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { SecretLookup } from '../../auth/sigv4.js';
+import { readBody } from '../../http/read-body.js';
+import { errorFields, type Logger } from '../../logger.js';
+import type { Services } from '../huawei/context.js';
+import { AlibabaApiError, invalidParameter, missingParameter, renderAlibabaError } from './errors.js';
+import { ALIBABA_OPERATIONS } from './operations.js';
+import { API_VERSION, type NonceClaim, verifyRpcSignature } from './signature.js';
+import { RpcParams } from './wire.js';
+
+/**
+ * Alibaba Cloud's RPC protocol (kms-apis.md §3.3): `Action=<Operation>&Version=2016-01-20` and the common
+ * parameters, in the query string of a GET or POST or in an `application/x-www-form-urlencoded` body, signed with
+ * HMAC-SHA1 by an access key of a project (the same access keys as the AWS dialect).
+ */
+const FORM_TYPE = 'application/x-www-form-urlencoded';
+/** Encrypt of 4096 bytes, Base64 then percent-encoded, plus an encryption context, fits with room to spare. */
+const MAX_BODY_BYTES = 64 * 1024;
+/** A Host header is echoed as HostId; keep it to what a host name can hold. */
+const HOST_ID = /^[A-Za-z0-9.:[\]-]{1,255}$/;
+
+export interface AlibabaOptions {
+  /** Where the dialect is mounted (KMS_ALIBABA_PATH, default `/`); requests elsewhere are not Alibaba's. */
+  readonly path: string;
+  readonly region: string;
+  readonly lookupSecret: SecretLookup;
+  readonly claimNonce: NonceClaim;
+  readonly now?: () => number;
+}
+
+/** Serves a request of the Alibaba RPC protocol and returns true, or returns false for any other request. */
+export function alibabaListener(services: Services, options: AlibabaOptions, logger: Logger) {
+  const now = options.now ?? Date.now;
+  const serve = async (req: IncomingMessage, res: ServerResponse, query: string, requestId: string) => {
+    const method = req.method ?? 'GET';
+    const body =
+      method === 'POST' && isForm(req)
+        ? await readBody(req, MAX_BODY_BYTES, () =>
+            invalidParameter('Body', `the request body is larger than ${MAX_BODY_BYTES} bytes.`),
+          )
+        : undefined;
+    const params = parameters(query, body?.toString('utf8'));
+    const action = params.get('Action');
+    if (!action) throw missingParameter('Action');
+    const version = params.get('Version');
+    if (!version) throw missingParameter('Version');
+    if (version !== API_VERSION) {
+      throw new AlibabaApiError('InvalidVersion', 'Specified parameter Version is not valid.');
+    }
+    const operation = Object.hasOwn(ALIBABA_OPERATIONS, action) ? ALIBABA_OPERATIONS[action] : undefined;
+    if (!operation) {
+      throw new AlibabaApiError(
+        'InvalidAction.NotFound',
+        'Specified api is not found, please check your url and method.',
+        404,
+      );
+    }
+    const format = params.get('Format');
+    if (format !== undefined && format.toUpperCase() !== 'JSON') {
+      throw invalidParameter('Format', 'this service answers in JSON only.');
+    }
+    const caller = await verifyRpcSignature(method, params, {
+      lookupSecret: options.lookupSecret,
+      claimNonce: options.claimNonce,
+      now,
+    });
+    const result = await operation(
+      services,
+      { projectId: caller.projectId, region: options.region },
+      new RpcParams(params),
+    );
+    send(res, 200, { RequestId: requestId, ...result });
+  };
+
+  return (req: IncomingMessage, res: ServerResponse): boolean => {
+    const url = req.url ?? '/';
+    const queryAt = url.indexOf('?');
+    const path = queryAt === -1 ? url : url.slice(0, queryAt);
+    const query = queryAt === -1 ? '' : url.slice(queryAt + 1);
+    // An Alibaba request names its Action; a form POST may carry it in the body. GET / without one is Huawei's.
+    const claimed =
+      path === options.path &&
+      (req.method === 'GET' || req.method === 'POST') &&
+      (/(?:^|&)Action=/.test(query) || (req.method === 'POST' && isForm(req)));
+    if (!claimed) return false;
+    const requestId = randomUUID();
+    serve(req, res, query, requestId).catch((err: unknown) => {
+      const host = req.headers.host ?? '';
+      const { status, body, unexpected } = renderAlibabaError(err, requestId, HOST_ID.test(host) ? host : 'localhost');
+      if (unexpected) logger.error('request failed', { dialect: 'alibaba', requestId, ...errorFields(err) });
+      if (res.headersSent) res.destroy();
+      else send(res, status, body);
+    });
+    return true;
+  };
+}
+
+function isForm(req: IncomingMessage): boolean {
+  return (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() === FORM_TYPE;
+}
+
+/**
+ * The query string's and the body's parameters together, decoded as `application/x-www-form-urlencoded`. A name
+ * given twice is refused: which of the two values was signed, and which one acted on, must never be in doubt.
+ */
+function parameters(query: string, body: string | undefined): Map<string, string> {
+  const params = new Map<string, string>();
+  for (const source of [query, body ?? '']) {
+    for (const [name, value] of new URLSearchParams(source)) {
+      if (params.has(name)) throw invalidParameter(name, 'it is given more than once.');
+      params.set(name, value);
+    }
+  }
+  return params;
+}
+
+function send(res: ServerResponse, status: number, body: object & { RequestId: string }): void {
+  const json = JSON.stringify(body);
+  res.writeHead(status, {
+    'Content-Type': 'application/json;charset=utf-8',
+    'Content-Length': Buffer.byteLength(json),
+    'x-acs-request-id': body.RequestId,
+  });
+  res.end(json);
+}

@@ -1,0 +1,318 @@
+import { KmsError } from '../../core/errors.js';
+import type { KeyRecord, KeyRef } from '../../core/keys.js';
+import {
+  DEFAULT_PASSWORD_LENGTH,
+  MAX_PASSWORD_LENGTH,
+  MIN_PASSWORD_LENGTH,
+  type PasswordCharacterType,
+} from '../../core/password.service.js';
+import type { Services } from '../huawei/context.js';
+import { aliasNotFound, invalidParameter, unsupportedOperation as unsupported } from './errors.js';
+import {
+  aliasArn,
+  base64Param,
+  type Caller,
+  encryptionContext,
+  keyArn,
+  keyMetadata,
+  keyRef,
+  keyVersionId,
+  type RpcParams,
+} from './wire.js';
+
+/** One Alibaba KMS operation: the request's parameters in, the response body (without RequestId) out. */
+export type AlibabaOperation = (services: Services, caller: Caller, params: RpcParams) => Promise<object>;
+
+/** Our frame holds at most 4096 bytes of plaintext (Alibaba documents 6 KB; docs/architecture.md says why). */
+const MAX_PLAINTEXT = 4096;
+/** A blob of 4096 bytes of plaintext is 4157 bytes long; anything much longer is not ours. */
+const MAX_CIPHERTEXT = 6144;
+const MAX_DESCRIPTION = 8192;
+const KEY_SPEC_BYTES: Readonly<Record<string, number>> = { AES_256: 32, AES_128: 16 };
+/** Alibaba: "alias/" then letters, digits, `_`, `-` and `/`, 255 characters at most; `alias/acs` is reserved. */
+const ALIAS_NAME = /^alias\/[a-zA-Z0-9_/-]{1,249}$/;
+
+/** A KeyId given as an alias that names nothing is Alibaba's Forbidden.AliasNotFound, not KeyNotFound. */
+function aliasAware(ref: KeyRef) {
+  return (err: unknown): never => {
+    if (ref.kind === 'alias' && err instanceof KmsError && err.code === 'KeyNotFound') throw aliasNotFound();
+    throw err;
+  };
+}
+
+function getKey(services: Services, caller: Caller, ref: KeyRef): Promise<KeyRecord> {
+  return services.keys.get(caller.projectId, ref).catch(aliasAware(ref));
+}
+
+const PASSWORD_TYPE_FLAGS: Readonly<Record<string, PasswordCharacterType>> = {
+  ExcludeLowercase: 'lowercase',
+  ExcludeUppercase: 'uppercase',
+  ExcludeNumbers: 'numbers',
+  ExcludePunctuation: 'punctuation',
+};
+
+const getRandomPassword: AlibabaOperation = async (services, _caller, params) => {
+  const excludedTypes = new Set<PasswordCharacterType>();
+  for (const [flag, type] of Object.entries(PASSWORD_TYPE_FLAGS)) {
+    if (params.boolean(flag, false)) excludedTypes.add(type);
+  }
+  const password = await services.passwords.generate({
+    length: params.integer('PasswordLength', MIN_PASSWORD_LENGTH, MAX_PASSWORD_LENGTH, DEFAULT_PASSWORD_LENGTH),
+    excludeCharacters: params.optional('ExcludeCharacters') ?? '',
+    excludedTypes,
+    requireEachIncludedType: params.boolean('RequireEachIncludedType', true),
+  });
+  return { RandomPassword: password };
+};
+
+/** NumberOfBytes (1–1024), else KeySpec (AES_256, AES_128), else a 256-bit key; with both, KeySpec is ignored. */
+function dataKeyLength(params: RpcParams): number {
+  const bytes = params.integer('NumberOfBytes', 1, 1024);
+  if (bytes !== undefined) return bytes;
+  // Trimmed: the API's own model lists " AES_128" with a leading space, and SDKs generated from it may send it so.
+  const spec = params.optional('KeySpec')?.trim();
+  if (spec === undefined) return 32;
+  const length = KEY_SPEC_BYTES[spec];
+  if (length === undefined) throw invalidParameter('KeySpec', 'use AES_256 or AES_128.');
+  return length;
+}
+
+async function newDataKey(services: Services, caller: Caller, params: RpcParams) {
+  const ref = keyRef(params.required('KeyId'), caller);
+  const length = dataKeyLength(params);
+  const context = encryptionContext(params);
+  return services.dataKeys.generateDataKey(caller.projectId, ref, length, context).catch(aliasAware(ref));
+}
+
+const generateDataKey: AlibabaOperation = async (services, caller, params) => {
+  const sealed = await newDataKey(services, caller, params);
+  try {
+    return {
+      KeyId: sealed.key.id,
+      KeyVersionId: keyVersionId(sealed.key.id, sealed.keyVersion),
+      CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
+      Plaintext: sealed.plaintext.toString('base64'),
+    };
+  } finally {
+    sealed.plaintext.fill(0);
+  }
+};
+
+const generateDataKeyWithoutPlaintext: AlibabaOperation = async (services, caller, params) => {
+  const sealed = await newDataKey(services, caller, params);
+  sealed.plaintext.fill(0);
+  return {
+    KeyId: sealed.key.id,
+    KeyVersionId: keyVersionId(sealed.key.id, sealed.keyVersion),
+    CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
+  };
+};
+
+/** Plaintext is Base64, as Alibaba documents it, so that Decrypt gives back exactly the string Encrypt was given. */
+const encrypt: AlibabaOperation = async (services, caller, params) => {
+  const ref = keyRef(params.required('KeyId'), caller);
+  const context = encryptionContext(params);
+  const plaintext = base64Param(params, 'Plaintext', 1, MAX_PLAINTEXT);
+  try {
+    const sealed = await services.dataKeys.encrypt(caller.projectId, ref, plaintext, context).catch(aliasAware(ref));
+    return {
+      KeyId: sealed.key.id,
+      KeyVersionId: keyVersionId(sealed.key.id, sealed.keyVersion),
+      CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
+    };
+  } finally {
+    plaintext.fill(0);
+  }
+};
+
+/** The key comes from the blob, so Decrypt takes no KeyId. */
+const decrypt: AlibabaOperation = async (services, caller, params) => {
+  const ciphertext = base64Param(params, 'CiphertextBlob', 1, MAX_CIPHERTEXT);
+  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, encryptionContext(params));
+  try {
+    return {
+      KeyId: opened.key.id,
+      KeyVersionId: keyVersionId(opened.key.id, opened.keyVersion),
+      Plaintext: opened.plaintext.toString('base64'),
+    };
+  } finally {
+    opened.plaintext.fill(0);
+  }
+};
+
+/** Only what this service makes: symmetric AES-256 keys, generated in the HSM, without automatic rotation. */
+const createKey: AlibabaOperation = async (services, caller, params) => {
+  const description = params.optional('Description') ?? '';
+  if (description.length > MAX_DESCRIPTION) {
+    throw invalidParameter('Description', `at most ${MAX_DESCRIPTION} characters.`);
+  }
+  const usage = params.optional('KeyUsage');
+  if (usage !== undefined && usage !== 'ENCRYPT/DECRYPT') throw unsupported(`KeyUsage ${usage}.`);
+  const spec = params.optional('KeySpec');
+  if (spec !== undefined && spec !== 'Aliyun_AES_256') throw unsupported(`KeySpec ${spec}.`);
+  const origin = params.optional('Origin');
+  if (origin !== undefined && origin !== 'Aliyun_KMS') throw unsupported(`Origin ${origin}.`);
+  const protection = params.optional('ProtectionLevel');
+  // Every key of this service lives in the HSM: SOFTWARE is met by something stronger.
+  if (protection !== undefined && protection !== 'HSM' && protection !== 'SOFTWARE') {
+    throw invalidParameter('ProtectionLevel', 'use SOFTWARE or HSM.');
+  }
+  if (params.boolean('EnableAutomaticRotation', false)) throw unsupported('automatic key rotation.');
+  if (params.optional('DKMSInstanceId') !== undefined) throw unsupported('KMS instances (DKMSInstanceId).');
+  const key = await services.keys.create({ projectId: caller.projectId, alias: '', description });
+  return { KeyMetadata: keyMetadata(key, caller) };
+};
+
+const describeKey: AlibabaOperation = async (services, caller, params) => {
+  const key = await getKey(services, caller, keyRef(params.required('KeyId'), caller));
+  return { KeyMetadata: keyMetadata(key, caller) };
+};
+
+/** PageNumber from 1, PageSize 1–100 (10 by default), as Alibaba's list operations take them. */
+function page(params: RpcParams): { pageNumber: number; pageSize: number; offset: number } {
+  const pageNumber = params.integer('PageNumber', 1, 1_000_000_000, 1);
+  const pageSize = params.integer('PageSize', 1, 100, 10);
+  return { pageNumber, pageSize, offset: (pageNumber - 1) * pageSize };
+}
+
+const listKeys: AlibabaOperation = async (services, caller, params) => {
+  if (params.optional('Filters') !== undefined) throw unsupported('ListKeys Filters.');
+  const { pageNumber, pageSize, offset } = page(params);
+  const { keys, total } = await services.keys.list(caller.projectId, { offset, limit: pageSize });
+  return {
+    Keys: { Key: keys.map((k) => ({ KeyId: k.id, KeyArn: keyArn(k, caller) })) },
+    TotalCount: total,
+    PageNumber: pageNumber,
+    PageSize: pageSize,
+  };
+};
+
+/** Enabling an enabled key (or disabling a disabled one) succeeds and changes nothing. */
+const enableKey: AlibabaOperation = async (services, caller, params) => {
+  const ref = keyRef(params.required('KeyId'), caller);
+  const key = await getKey(services, caller, ref);
+  if (key.state !== 'Enabled') await services.keys.enable(caller.projectId, ref);
+  return {};
+};
+
+const disableKey: AlibabaOperation = async (services, caller, params) => {
+  const ref = keyRef(params.required('KeyId'), caller);
+  const key = await getKey(services, caller, ref);
+  if (key.state !== 'Disabled') await services.keys.disable(caller.projectId, ref);
+  return {};
+};
+
+/** Alibaba requires the window: 7 to 366 days. */
+const scheduleKeyDeletion: AlibabaOperation = async (services, caller, params) => {
+  const ref = keyRef(params.required('KeyId'), caller);
+  params.required('PendingWindowInDays');
+  const days = params.integer('PendingWindowInDays', 7, 366, 7);
+  await services.keys.scheduleDeletion(caller.projectId, ref, days).catch(aliasAware(ref));
+  return {};
+};
+
+/** Alibaba returns a key whose deletion is cancelled to Enabled (Huawei and AWS to Disabled). */
+const cancelKeyDeletion: AlibabaOperation = async (services, caller, params) => {
+  const ref = keyRef(params.required('KeyId'), caller);
+  await services.keys.cancelDeletion(caller.projectId, ref, 'Enabled').catch(aliasAware(ref));
+  return {};
+};
+
+const updateKeyDescription: AlibabaOperation = async (services, caller, params) => {
+  const ref = keyRef(params.required('KeyId'), caller);
+  const description = params.required('Description');
+  if (description.length > MAX_DESCRIPTION) {
+    throw invalidParameter('Description', `at most ${MAX_DESCRIPTION} characters.`);
+  }
+  await services.keys.updateDescription(caller.projectId, ref, description).catch(aliasAware(ref));
+  return {};
+};
+
+function aliasNameParam(params: RpcParams): string {
+  const name = params.required('AliasName');
+  if (!ALIAS_NAME.test(name) || name.startsWith('alias/acs')) {
+    throw invalidParameter(
+      'AliasName',
+      'it must start with "alias/", be at most 255 characters of letters, digits, "_", "-" and "/", and not start with "alias/acs".',
+    );
+  }
+  return name;
+}
+
+/** An alias points at a key named by id or ARN, never by another alias. */
+function targetKey(params: RpcParams, caller: Caller): KeyRef {
+  const ref = keyRef(params.required('KeyId'), caller);
+  if (ref.kind === 'alias') throw invalidParameter('KeyId', 'an alias must point at a key id or key ARN.');
+  return ref;
+}
+
+const createAlias: AlibabaOperation = async (services, caller, params) => {
+  const name = aliasNameParam(params);
+  await services.keys.createAlias(caller.projectId, name, targetKey(params, caller));
+  return {};
+};
+
+const updateAlias: AlibabaOperation = async (services, caller, params) => {
+  const name = aliasNameParam(params);
+  const target = targetKey(params, caller);
+  await getKey(services, caller, target);
+  await services.keys.retargetAlias(caller.projectId, name, target).catch(aliasAware({ kind: 'alias', alias: name }));
+  return {};
+};
+
+const deleteAlias: AlibabaOperation = async (services, caller, params) => {
+  const name = aliasNameParam(params);
+  await services.keys.deleteAlias(caller.projectId, name).catch(aliasAware({ kind: 'alias', alias: name }));
+  return {};
+};
+
+async function aliasPage(services: Services, caller: Caller, params: RpcParams, of?: KeyRef) {
+  const { pageNumber, pageSize, offset } = page(params);
+  const aliases = await services.keys.aliases(caller.projectId, of);
+  return {
+    Aliases: {
+      Alias: aliases.slice(offset, offset + pageSize).map((a) => ({
+        KeyId: a.keyId,
+        AliasName: `alias/${a.name}`,
+        AliasArn: aliasArn(`alias/${a.name}`, caller),
+      })),
+    },
+    TotalCount: aliases.length,
+    PageNumber: pageNumber,
+    PageSize: pageSize,
+  };
+}
+
+const listAliases: AlibabaOperation = (services, caller, params) => aliasPage(services, caller, params);
+
+const listAliasesByKeyId: AlibabaOperation = (services, caller, params) => {
+  const ref = keyRef(params.required('KeyId'), caller);
+  return aliasPage(services, caller, params, ref).catch(aliasAware(ref));
+};
+
+const describeRegions: AlibabaOperation = async (services) => ({
+  Regions: { Region: [{ RegionId: services.region }] },
+});
+
+/** Every operation this service offers, by Action name. */
+export const ALIBABA_OPERATIONS: Readonly<Record<string, AlibabaOperation>> = {
+  GetRandomPassword: getRandomPassword,
+  GenerateDataKey: generateDataKey,
+  GenerateDataKeyWithoutPlaintext: generateDataKeyWithoutPlaintext,
+  Encrypt: encrypt,
+  Decrypt: decrypt,
+  CreateKey: createKey,
+  DescribeKey: describeKey,
+  ListKeys: listKeys,
+  EnableKey: enableKey,
+  DisableKey: disableKey,
+  ScheduleKeyDeletion: scheduleKeyDeletion,
+  CancelKeyDeletion: cancelKeyDeletion,
+  UpdateKeyDescription: updateKeyDescription,
+  CreateAlias: createAlias,
+  UpdateAlias: updateAlias,
+  DeleteAlias: deleteAlias,
+  ListAliases: listAliases,
+  ListAliasesByKeyId: listAliasesByKeyId,
+  DescribeRegions: describeRegions,
+};

@@ -1,0 +1,165 @@
+import { createHash } from 'node:crypto';
+import type { EncryptionContext } from '../../core/encryption-context.js';
+import { KEY_ID_PATTERN, type KeyRecord, type KeyRef } from '../../core/keys.js';
+import { invalidParameter, keyNotFound, missingParameter } from './errors.js';
+
+/** Who signed the request: the project is the Alibaba "account" (the uid in ARNs); the region is the service's. */
+export interface Caller {
+  readonly projectId: string;
+  readonly region: string;
+}
+
+/**
+ * The request's parameters (query string and form body together). Every value is a string on the wire; an empty one
+ * counts as absent, because the Alibaba SDKs send an unset field as `Name=`.
+ */
+export class RpcParams {
+  readonly #values: ReadonlyMap<string, string>;
+
+  constructor(values: ReadonlyMap<string, string>) {
+    this.#values = values;
+  }
+
+  optional(name: string): string | undefined {
+    const value = this.#values.get(name);
+    return value === '' ? undefined : value;
+  }
+
+  required(name: string): string {
+    const value = this.optional(name);
+    if (value === undefined) throw missingParameter(name);
+    return value;
+  }
+
+  /** Alibaba's booleans are the strings "true" and "false". */
+  boolean(name: string, fallback: boolean): boolean {
+    const value = this.optional(name);
+    if (value === undefined) return fallback;
+    const lower = value.toLowerCase();
+    if (lower !== 'true' && lower !== 'false') throw invalidParameter(name, 'use "true" or "false".');
+    return lower === 'true';
+  }
+
+  /** A decimal integer in [min, max]; `fallback` when absent. */
+  integer(name: string, min: number, max: number, fallback: number): number;
+  integer(name: string, min: number, max: number): number | undefined;
+  integer(name: string, min: number, max: number, fallback?: number): number | undefined {
+    const value = this.optional(name);
+    if (value === undefined) return fallback;
+    const n = /^\d{1,10}$/.test(value) ? Number(value) : Number.NaN;
+    if (!(n >= min && n <= max)) throw invalidParameter(name, `an integer from ${min} to ${max}.`);
+    return n;
+  }
+
+  /** The entries of a map parameter flattened the SDK way, `Name.key=value`, with the prefix removed. */
+  flattened(name: string): [string, string][] {
+    const prefix = `${name}.`;
+    return [...this.#values].filter(([k]) => k.startsWith(prefix)).map(([k, v]) => [k.slice(prefix.length), v]);
+  }
+}
+
+/**
+ * EncryptionContext: a JSON object of strings, as the API documents it (`{"Example":"Example"}`), or a map the SDK
+ * flattened into `EncryptionContext.<key>=<value>` parameters (@alicloud/kms20160120 1.x does this). Not both.
+ */
+export function encryptionContext(params: RpcParams): EncryptionContext | undefined {
+  const json = params.optional('EncryptionContext');
+  const flattened = params.flattened('EncryptionContext');
+  if (json !== undefined && flattened.length > 0) {
+    throw invalidParameter(
+      'EncryptionContext',
+      'give it as one JSON string or as EncryptionContext.<key> entries, not both.',
+    );
+  }
+  if (flattened.length > 0) return Object.fromEntries(flattened);
+  if (json === undefined) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(json);
+  } catch {
+    throw invalidParameter('EncryptionContext', 'it must be a JSON object of string values.');
+  }
+  if (
+    typeof parsed !== 'object' ||
+    parsed === null ||
+    Array.isArray(parsed) ||
+    Object.values(parsed).some((v) => typeof v !== 'string')
+  ) {
+    throw invalidParameter('EncryptionContext', 'it must be a JSON object of string values.');
+  }
+  return parsed as EncryptionContext;
+}
+
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/** A base64 parameter of `min` to `max` decoded bytes. */
+export function base64Param(params: RpcParams, name: string, min: number, max: number): Buffer {
+  const value = params.required(name);
+  if (!BASE64.test(value)) throw invalidParameter(name, 'it must be Base64-encoded.');
+  const bytes = Buffer.from(value, 'base64');
+  if (bytes.length < min || bytes.length > max) {
+    bytes.fill(0);
+    throw invalidParameter(name, `it must decode to ${min} to ${max} bytes.`);
+  }
+  return bytes;
+}
+
+/** acs:kms:<region>:<uid>:key/<id> or …:alias/<name>; the uid is the project. */
+const KMS_ARN = /^acs:kms:([a-z0-9-]+):([^:]+):(key|alias)\/(.+)$/;
+
+/**
+ * A KeyId as Alibaba takes it: key id, alias (`alias/...`), or the ARN of either. An ARN of another project or region
+ * names nothing this caller can see: Forbidden.KeyNotFound, the same as an unknown key.
+ */
+export function keyRef(keyId: string, caller: Caller): KeyRef {
+  if (KEY_ID_PATTERN.test(keyId)) return { kind: 'id', id: keyId };
+  if (keyId.startsWith('alias/') && keyId.length > 'alias/'.length) return { kind: 'alias', alias: keyId };
+  const arn = KMS_ARN.exec(keyId);
+  if (arn && arn[1] === caller.region && arn[2] === caller.projectId) {
+    const name = arn[4] as string;
+    if (arn[3] === 'key' && KEY_ID_PATTERN.test(name)) return { kind: 'id', id: name };
+    if (arn[3] === 'alias') return { kind: 'alias', alias: `alias/${name}` };
+  }
+  throw keyNotFound();
+}
+
+export const keyArn = (key: KeyRecord, caller: Caller) => `acs:kms:${caller.region}:${key.projectId}:key/${key.id}`;
+
+/** `name` with its `alias/` prefix. */
+export const aliasArn = (name: string, caller: Caller) => `acs:kms:${caller.region}:${caller.projectId}:${name}`;
+
+/**
+ * Alibaba names key versions by id (KeyVersionId, PrimaryKeyVersion); ours are numbers. The id is derived from the
+ * key id and the number, so it is stable across restarts and processes without being stored.
+ */
+export function keyVersionId(keyId: string, version: number): string {
+  const hex = createHash('sha256').update(`hsm-kms key version\0${keyId}\0${version}`).digest('hex');
+  // UUID layout with version 8 (custom) and the RFC 9562 variant bits.
+  const variant = ((Number.parseInt(hex[16] as string, 16) & 0x3) | 0x8).toString(16);
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-8${hex.slice(13, 16)}-${variant}${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
+
+/** Alibaba's dates: ISO 8601 UTC to the second, `2026-01-01T12:00:00Z`. */
+export const isoDate = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+
+/** DescribeKey's KeyMetadata. Keys are symmetric AES-256 kept in the HSM; rotation is not offered. */
+export function keyMetadata(key: KeyRecord, caller: Caller) {
+  return {
+    KeyId: key.id,
+    Arn: keyArn(key, caller),
+    Creator: key.projectId,
+    CreationDate: isoDate(key.createdAt),
+    Description: key.description,
+    KeyState: key.state,
+    KeyUsage: 'ENCRYPT/DECRYPT',
+    KeySpec: 'Aliyun_AES_256',
+    Origin: 'Aliyun_KMS',
+    ProtectionLevel: 'HSM',
+    PrimaryKeyVersion: keyVersionId(key.id, key.currentVersion),
+    LastRotationDate: isoDate(key.createdAt),
+    AutomaticRotation: 'Disabled',
+    MaterialExpireTime: '',
+    DeletionProtection: 'Disabled',
+    ...(key.deletionDate !== null ? { DeleteDate: isoDate(key.deletionDate) } : {}),
+  };
+}
