@@ -151,6 +151,7 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #insertCredential: Database.Statement<[CredentialRecord]>;
   readonly #findCredential: Database.Statement<[string], CredentialRecord>;
   readonly #revokeCredential: Database.Statement<[number, string]>;
+  readonly #nonceDb: Database.Database;
   readonly #claimNonce: Database.Statement<[string, string, number, number]>;
   readonly #purgeExpiredNonces: Database.Statement<[number]>;
   readonly #insertAlias: Database.Statement<[AliasRecord]>;
@@ -183,9 +184,13 @@ export class SqliteMetadataStore implements MetadataStore {
         closeSync(openSync(path, 'a', 0o600));
       }
       const db = new Database(path, { timeout: 5000 });
+      let nonceDb: Database.Database | undefined;
       try {
-        return new SqliteMetadataStore(db);
+        // An in-memory database exists only on its own connection: the nonces share it there.
+        nonceDb = path === ':memory:' ? db : new Database(path, { timeout: 5000 });
+        return new SqliteMetadataStore(db, nonceDb);
       } catch (error) {
+        if (nonceDb !== db) nonceDb?.close();
         db.close();
         throw error;
       }
@@ -194,13 +199,31 @@ export class SqliteMetadataStore implements MetadataStore {
     }
   }
 
-  private constructor(db: Database.Database) {
+  private constructor(db: Database.Database, nonceDb: Database.Database) {
     this.#db = db;
     db.pragma('busy_timeout = 5000');
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = FULL');
     db.pragma('foreign_keys = ON');
     migrate(db);
+
+    // The nonce ledger has a connection of its own with `synchronous = NORMAL`: a nonce is written on every Alibaba
+    // request, and an fsync per request (what FULL costs in WAL mode) would block the event loop for the disk's sync
+    // latency every time. Keys and credentials keep FULL on the main connection. What NORMAL risks is losing the
+    // nonces of the last moments before a power cut, so that a request captured then could be replayed once more
+    // within its 15-minute window: a far smaller risk than a service that cannot keep up.
+    this.#nonceDb = nonceDb;
+    if (nonceDb !== db) {
+      nonceDb.pragma('busy_timeout = 5000');
+      nonceDb.pragma('synchronous = NORMAL');
+    }
+    // One statement, so the check and the write are atomic across processes: it writes a row (changes = 1) when the
+    // nonce is new or its record has expired, and nothing when a live record exists.
+    this.#claimNonce = nonceDb.prepare(`
+      INSERT INTO signature_nonces (access_key_id, nonce, expires_at) VALUES (?, ?, ?)
+      ON CONFLICT (access_key_id, nonce) DO UPDATE SET expires_at = excluded.expires_at
+        WHERE signature_nonces.expires_at <= ?`);
+    this.#purgeExpiredNonces = nonceDb.prepare('DELETE FROM signature_nonces WHERE expires_at <= ?');
 
     this.#countAllKeys = db.prepare<[string], number>('SELECT count(*) FROM keys WHERE project_id = ?').pluck();
     this.#insertKey = db.prepare(`
@@ -257,14 +280,6 @@ export class SqliteMetadataStore implements MetadataStore {
     this.#revokeCredential = db.prepare(
       'UPDATE credentials SET revoked_at = ? WHERE access_key_id = ? AND revoked_at IS NULL',
     );
-    // One statement, so the check and the write are atomic across processes: it writes a row (changes = 1) when the
-    // nonce is new or its record has expired, and nothing when a live record exists.
-    this.#claimNonce = db.prepare(`
-      INSERT INTO signature_nonces (access_key_id, nonce, expires_at) VALUES (?, ?, ?)
-      ON CONFLICT (access_key_id, nonce) DO UPDATE SET expires_at = excluded.expires_at
-        WHERE signature_nonces.expires_at <= ?`);
-    this.#purgeExpiredNonces = db.prepare('DELETE FROM signature_nonces WHERE expires_at <= ?');
-
     this.#insertAlias = db.prepare(`
       INSERT INTO aliases (project_id, alias_name, key_id, created_at, updated_at)
       VALUES (@projectId, @name, @keyId, @createdAt, @updatedAt)`);
@@ -599,6 +614,7 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async close(): Promise<void> {
+    if (this.#nonceDb !== this.#db) this.#nonceDb.close();
     this.#db.close();
   }
 }

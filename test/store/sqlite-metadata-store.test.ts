@@ -220,6 +220,19 @@ describe('SqliteMetadataStore on a file', () => {
       });
     });
 
+    it('then a signature nonce claimed through one is a replay through the other, and after reopening', async () => {
+      const worker1 = openStore();
+      const worker2 = openStore();
+      const now = 1_000_000;
+      expect(await worker1.claimNonce('AKIAWORKERS', 'nonce-1', now + 900_000, now)).toBe(true);
+      expect(await worker2.claimNonce('AKIAWORKERS', 'nonce-1', now + 900_000, now)).toBe(false);
+      await worker1.close();
+      await worker2.close();
+      const reopened = openStore();
+      expect(await reopened.claimNonce('AKIAWORKERS', 'nonce-1', now + 900_000, now + 1)).toBe(false);
+      expect(await reopened.purgeExpiredNonces(now + 900_000)).toBe(1);
+    });
+
     it('then an alias taken through one is refused through the other', async () => {
       const worker1 = openStore();
       const worker2 = openStore();
