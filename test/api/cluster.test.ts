@@ -1,6 +1,10 @@
+import { execFileSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { request } from 'node:http';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { rpcSignature, rpcStringToSign } from '../../src/api/alibaba/signature.js';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../../src/auth/local-issuer.js';
 import { type ChildService, freePort, spawnService, stopService } from '../support/child-service.js';
 import { createTestToken, removeTestToken, type TestToken } from '../support/softhsm.js';
@@ -9,22 +13,31 @@ const P = 'projectcluster';
 let token: TestToken;
 let service: ChildService;
 let authToken: string;
+let accessKey: { id: string; secret: string };
 
 beforeAll(async () => {
   token = createTestToken();
   const dataDir = path.join(token.dir, 'data');
-  service = await spawnService(
+  const env = {
+    KMS_DATA_DIR: dataDir,
+    KMS_PIN: token.pin,
+    KMS_TOKEN_LABEL: token.tokenLabel,
+    KMS_PKCS11_LIBRARY: token.library,
+    SOFTHSM2_CONF: token.softhsmConf,
+  };
+  const printed = execFileSync(
+    fileURLToPath(new URL('../../scripts/kms', import.meta.url)),
+    ['credentials', 'create', '--project', P, '--format', 'alibaba'],
     {
-      KMS_DATA_DIR: dataDir,
-      KMS_PIN: token.pin,
-      KMS_TOKEN_LABEL: token.tokenLabel,
-      KMS_PKCS11_LIBRARY: token.library,
-      SOFTHSM2_CONF: token.softhsmConf,
-      KMS_PORT: String(await freePort()),
-      KMS_WORKERS: '2',
+      env: { ...process.env, ...env },
+      encoding: 'utf8',
     },
-    2,
   );
+  accessKey = {
+    id: /ALIBABA_CLOUD_ACCESS_KEY_ID=(\S+)/.exec(printed)?.[1] as string,
+    secret: /ALIBABA_CLOUD_ACCESS_KEY_SECRET=(\S+)/.exec(printed)?.[1] as string,
+  };
+  service = await spawnService({ ...env, KMS_PORT: String(await freePort()), KMS_WORKERS: '2' }, 2);
   authToken = await signProjectToken(loadOrCreateIssuerKeys(dataDir), P, 3600);
 }, 60_000);
 afterAll(async () => {
@@ -34,21 +47,25 @@ afterAll(async () => {
 
 /** One request on a fresh connection, so that the primary hands successive requests to different workers. */
 function call(action: string, body: unknown): Promise<{ status: number; body: { error?: { error_code: string } } }> {
-  const url = new URL(`${service.url}/v1.0/${P}/kms/${action}`);
+  return post(`/v1.0/${P}/kms/${action}`, JSON.stringify(body), {
+    'x-auth-token': authToken,
+    'content-type': 'application/json',
+  });
+}
+
+// biome-ignore lint/suspicious/noExplicitAny: response bodies are asserted field by field
+function post(path: string, body: string, headers: Record<string, string>): Promise<{ status: number; body: any }> {
+  const url = new URL(`${service.url}${path}`);
   return new Promise((resolve, reject) => {
-    const req = request(
-      url,
-      { method: 'POST', agent: false, headers: { 'x-auth-token': authToken, 'content-type': 'application/json' } },
-      (res) => {
-        let text = '';
-        res.on('data', (chunk) => {
-          text += chunk;
-        });
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) }));
-      },
-    );
+    const req = request(url, { method: 'POST', agent: false, headers }, (res) => {
+      let text = '';
+      res.on('data', (chunk) => {
+        text += chunk;
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) }));
+    });
     req.on('error', reject);
-    req.end(JSON.stringify(body));
+    req.end(body);
   });
 }
 
@@ -69,5 +86,30 @@ describe('two node:cluster workers', () => {
     expect((await call('enable-key', { key_id: keyId })).status).toBe(200);
     await new Promise((r) => setTimeout(r, 100));
     for (let i = 0; i < 6; i++) expect((await call('create-datakey', { key_id: keyId })).status).toBe(200);
+  });
+
+  it('when a signed Alibaba request is replayed to both workers, then only its first delivery is served', async () => {
+    const params = new Map(
+      Object.entries({
+        Action: 'GetRandomPassword',
+        Version: '2016-01-20',
+        Format: 'JSON',
+        AccessKeyId: accessKey.id,
+        SignatureMethod: 'HMAC-SHA1',
+        SignatureVersion: '1.0',
+        SignatureNonce: randomUUID(),
+        Timestamp: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'),
+      }),
+    );
+    params.set('Signature', rpcSignature(rpcStringToSign('POST', params), accessKey.secret));
+    const form = new URLSearchParams([...params]).toString();
+    const deliveries = [];
+    for (let i = 0; i < 6; i++) {
+      deliveries.push(await post('/', form, { 'content-type': 'application/x-www-form-urlencoded' }));
+    }
+    expect(deliveries[0]?.status).toBe(200);
+    expect(deliveries.slice(1).map((d) => [d.status, d.body.Code])).toEqual(
+      Array.from({ length: 5 }, () => [400, 'SignatureNonceUsed']),
+    );
   });
 });
