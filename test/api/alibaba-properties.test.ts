@@ -1,14 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import RpcUtilModule from '@alicloud/rpc-util';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ALIBABA_OPERATIONS } from '../../src/api/alibaba/operations.js';
+import { RPCUtil } from '../support/alibaba-sdk.js';
 import { startTestService, type TestService } from '../support/test-service.js';
-
-// The SDK's signer is CommonJS: the default import is `module.exports` or the class, depending on the loader.
-type Signer = { getSignatureV1(query: Record<string, string>, method: string, secret: string): string };
-const rpcUtil = RpcUtilModule as unknown as Partial<Signer> & { default: Signer };
-const RPCUtil: Signer = typeof rpcUtil.getSignatureV1 === 'function' ? (rpcUtil as Signer) : rpcUtil.default;
 
 const P = 'alibabaproperties';
 let kms: TestService;

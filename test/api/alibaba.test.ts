@@ -1,46 +1,20 @@
 import { randomUUID } from 'node:crypto';
-import KmsModule, * as $Kms from '@alicloud/kms20160120';
-import * as $RPC from '@alicloud/rpc-client';
-import RpcUtilModule from '@alicloud/rpc-util';
 import { DecryptCommand, EncryptCommand, KMSClient } from '@aws-sdk/client-kms';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PASSWORD_CHARACTER_TYPES } from '../../src/core/password.service.js';
+import { $Kms, type AlibabaKmsClient, alibabaClient, RPCUtil } from '../support/alibaba-sdk.js';
 import { characterCounts, chiSquare, chiSquareCritical } from '../support/chi-square.js';
 import { startTestService, type TestService } from '../support/test-service.js';
-
-/**
- * The SDK is CommonJS compiled from ES modules (`exports.default = Client`): depending on the loader the default
- * import is `module.exports` or the class itself. Take the candidate that `fits`.
- */
-function defaultExport<T>(module: { default: T }, fits: (candidate: T) => boolean): T {
-  const candidates = [module, module.default] as unknown as T[];
-  const found = candidates.find((c) => c !== undefined && fits(c));
-  if (found === undefined) throw new Error('the SDK module has an unexpected shape');
-  return found;
-}
-const AlibabaKmsClient = defaultExport(KmsModule, (c) => typeof c?.prototype?.getRandomPassword === 'function');
-type AlibabaClient = InstanceType<typeof AlibabaKmsClient>;
-const RPCUtil = defaultExport(RpcUtilModule, (c) => typeof c?.getSignatureV1 === 'function');
 
 const A = 'alibabaprojecta';
 const B = 'alibabaprojectb';
 const ALL_CHARACTERS = Object.values(PASSWORD_CHARACTER_TYPES).join('');
 let kms: TestService;
-let a: AlibabaClient;
-let b: AlibabaClient;
+let a: AlibabaKmsClient;
+let b: AlibabaKmsClient;
 let credentialsA: { accessKeyId: string; secretAccessKey: string };
 
-/** The SDK configured as a user would: endpoint, protocol and the access key, nothing else. */
-function client(credentials: { accessKeyId: string; secretAccessKey: string }): AlibabaClient {
-  return new AlibabaKmsClient(
-    new $RPC.Config({
-      endpoint: new URL(kms.url).host,
-      protocol: 'http',
-      accessKeyId: credentials.accessKeyId,
-      accessKeySecret: credentials.secretAccessKey,
-    }),
-  );
-}
+const client = (credentials: { accessKeyId: string; secretAccessKey: string }) => alibabaClient(kms.url, credentials);
 
 interface SdkFailure {
   readonly code: string;
@@ -67,12 +41,12 @@ async function expectError(promise: Promise<unknown>, code: string, status: numb
   return err;
 }
 
-async function newKey(c: AlibabaClient = a, description = ''): Promise<string> {
+async function newKey(c: AlibabaKmsClient = a, description = ''): Promise<string> {
   const created = await c.createKey(new $Kms.CreateKeyRequest({ description }));
   return created.keyMetadata.keyId;
 }
 
-const password = async (c: AlibabaClient, options: Record<string, string> = {}) =>
+const password = async (c: AlibabaKmsClient, options: Record<string, string> = {}) =>
   (await c.getRandomPassword(new $Kms.GetRandomPasswordRequest(options))).randomPassword;
 
 /**

@@ -89,8 +89,10 @@ export async function verifyRpcSignature(
   });
   const stringToSign = rpcStringToSign(method, params);
   const expected = Buffer.from(rpcSignature(stringToSign, secretAccessKey), 'base64');
+  // Node's base64 decoder skips stray characters and missing padding: only the canonical spelling of the MAC counts.
   const given = Buffer.from(signature, 'base64');
-  if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+  const canonical = given.toString('base64') === signature;
+  if (!canonical || given.length !== expected.length || !timingSafeEqual(given, expected)) {
     // The gateway shows its string to sign: it is made of the request alone, and it is what a signer needs to debug.
     throw new AlibabaApiError(
       'SignatureDoesNotMatch',
