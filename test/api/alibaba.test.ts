@@ -356,7 +356,8 @@ describe('keys and their states', () => {
   });
 
   it('when keys are listed page by page, then every key of the project shows up once', async () => {
-    const c = client(await kms.running.credentials.create('alibabalisting'));
+    const listing = await kms.running.credentials.create('alibabalisting');
+    const c = client(listing);
     const ids: string[] = [];
     for (let i = 0; i < 5; i++) ids.push(await newKey(c));
     const first = await c.listKeys(new $Kms.ListKeysRequest({ pageSize: 2 }));
@@ -371,6 +372,50 @@ describe('keys and their states', () => {
     }
     expect(seen.sort()).toEqual(ids.sort());
     expect((await c.listKeys(new $Kms.ListKeysRequest({}))).pageSize).toBe(10);
+    await c.disableKey(new $Kms.DisableKeyRequest({ keyId: ids[0] as string }));
+    await c.scheduleKeyDeletion(
+      new $Kms.ScheduleKeyDeletionRequest({ keyId: ids[1] as string, pendingWindowInDays: 7 }),
+    );
+    // The 1.x SDK has no Filters field: they go as the documented JSON string, signed like any parameter.
+    const filtered = async (filters: unknown, extra: Record<string, string> = {}) => {
+      const r = await raw(
+        { Action: 'ListKeys', Filters: JSON.stringify(filters), PageSize: '100', ...extra },
+        { credentials: listing },
+      );
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      return { total: r.body.TotalCount, ids: r.body.Keys.Key.map((k: { KeyId: string }) => k.KeyId).sort() };
+    };
+    const enabled = ids.slice(2).sort();
+    expect(await filtered([{ Key: 'KeyState', Values: ['Enabled'] }])).toEqual({ total: 3, ids: enabled });
+    expect(await filtered([{ Key: 'KeyState', Values: ['Enabled', 'Disabled'] }])).toEqual({
+      total: 4,
+      ids: [ids[0], ...enabled].sort(),
+    });
+    expect(
+      (
+        await filtered([{ Key: 'KeyState', Values: ['Enabled', 'PendingDeletion'] }], {
+          PageSize: '2',
+          PageNumber: '2',
+        })
+      ).total,
+    ).toBe(4);
+    expect(
+      await filtered([
+        { Key: 'KeyState', Values: ['PendingDeletion'] },
+        { Key: 'KeySpec', Values: ['Aliyun_AES_256'] },
+      ]),
+    ).toEqual({ total: 1, ids: [ids[1]] });
+    expect(await filtered([{ Key: 'KeySpec', Values: ['RSA_2048'] }])).toEqual({ total: 0, ids: [] });
+    expect((await filtered([])).total).toBe(5);
+    for (const bad of [
+      'not json',
+      '{"Key":"KeyState"}',
+      '[{"Key":"Color","Values":["red"]}]',
+      '[{"Key":"KeyState","Values":"Enabled"}]',
+    ]) {
+      const r = await raw({ Action: 'ListKeys', Filters: bad }, { credentials: listing });
+      expect([r.status, r.body.Code], bad).toEqual([400, 'InvalidParameter']);
+    }
     await expectError(c.listKeys(new $Kms.ListKeysRequest({ pageSize: 101 })), 'InvalidParameter', 400);
     await expectError(c.listKeys(new $Kms.ListKeysRequest({ pageNumber: 0 })), 'InvalidParameter', 400);
   });

@@ -175,13 +175,74 @@ function page(params: RpcParams): { pageNumber: number; pageSize: number; offset
   return { pageNumber, pageSize, offset: (pageNumber - 1) * pageSize };
 }
 
+type ListedState = 'Enabled' | 'Disabled' | 'PendingDeletion';
+const LISTED_STATES: readonly ListedState[] = ['Enabled', 'Disabled', 'PendingDeletion'];
+
+/**
+ * What each ListKeys filter value means for this service's keys: the states it admits. Every key here is a
+ * symmetric Aliyun_AES_256 ENCRYPT/DECRYPT key in the HSM, made by a user and in no KMS instance, so the other
+ * filters admit all of them or none.
+ */
+const FILTER_VALUES: Readonly<Record<string, Readonly<Record<string, readonly ListedState[]>>>> = {
+  KeyState: { Enabled: ['Enabled'], Disabled: ['Disabled'], PendingDeletion: ['PendingDeletion'], PendingImport: [] },
+  KeySpec: { Aliyun_AES_256: LISTED_STATES },
+  KeyUsage: { 'ENCRYPT/DECRYPT': LISTED_STATES, 'SIGN/VERIFY': [] },
+  ProtectionLevel: { HSM: LISTED_STATES, SOFTWARE: [] },
+  CreatorType: { User: LISTED_STATES, Service: [] },
+  DKMSInstanceId: {},
+};
+
+/**
+ * ListKeys' Filters, `[{"Key":"KeyState","Values":["Enabled","Disabled"]}, ...]` (at most 10 filters of at most 10
+ * values): the values of one filter are alternatives, the filters all apply. Returns the key states that pass.
+ */
+function filteredStates(params: RpcParams): readonly ListedState[] {
+  const json = params.optional('Filters');
+  if (json === undefined) return LISTED_STATES;
+  const invalid = () =>
+    invalidParameter(
+      'Filters',
+      'a JSON array of at most 10 {"Key": ..., "Values": [...]} objects, Key one of ' +
+        `${Object.keys(FILTER_VALUES).join(', ')}, at most 10 string Values each.`,
+    );
+  let filters: unknown;
+  try {
+    filters = JSON.parse(json);
+  } catch {
+    throw invalid();
+  }
+  if (!Array.isArray(filters) || filters.length > 10) throw invalid();
+  let states = LISTED_STATES;
+  for (const filter of filters as unknown[]) {
+    const { Key: key, Values: values } = (filter ?? {}) as { Key?: unknown; Values?: unknown };
+    const meanings = typeof key === 'string' && Object.hasOwn(FILTER_VALUES, key) ? FILTER_VALUES[key] : undefined;
+    if (!meanings || !Array.isArray(values) || values.length > 10 || values.some((v) => typeof v !== 'string')) {
+      throw invalid();
+    }
+    const admitted = new Set((values as string[]).flatMap((v) => (Object.hasOwn(meanings, v) ? meanings[v] : [])));
+    states = states.filter((state) => admitted.has(state));
+  }
+  return states;
+}
+
 const listKeys: AlibabaOperation = async (services, caller, params) => {
-  if (params.optional('Filters') !== undefined) throw unsupported('ListKeys Filters.');
   const { pageNumber, pageSize, offset } = page(params);
-  const { keys, total } = await services.keys.list(caller.projectId, { offset, limit: pageSize });
+  const states = filteredStates(params);
+  let listed: { keys: KeyRecord[]; total: number };
+  if (states.length === 0) {
+    listed = { keys: [], total: 0 };
+  } else if (states.length === 1 || states.length === LISTED_STATES.length) {
+    const state = states.length === 1 ? states[0] : undefined;
+    listed = await services.keys.list(caller.projectId, { ...(state ? { state } : {}), offset, limit: pageSize });
+  } else {
+    // Two states of three: the store filters by one state only, so the page is cut from the whole list here.
+    const all = await services.keys.list(caller.projectId, { offset: 0, limit: services.cmkQuota });
+    const matching = all.keys.filter((k) => (states as readonly string[]).includes(k.state));
+    listed = { keys: matching.slice(offset, offset + pageSize), total: matching.length };
+  }
   return {
-    Keys: { Key: keys.map((k) => ({ KeyId: k.id, KeyArn: keyArn(k, caller) })) },
-    TotalCount: total,
+    Keys: { Key: listed.keys.map((k) => ({ KeyId: k.id, KeyArn: keyArn(k, caller) })) },
+    TotalCount: listed.total,
     PageNumber: pageNumber,
     PageSize: pageSize,
   };
