@@ -1,16 +1,18 @@
 /**
- * HTTP benchmark of the AWS KMS JSON 1.1 dialect (SigV4-signed) against the Huawei dialect and a bare Express 5
- * route, on a throw-away SoftHSM token.
+ * HTTP benchmark of the signed dialects, AWS KMS JSON 1.1 (SigV4) and Alibaba Cloud KMS RPC (HMAC-SHA1, one nonce
+ * per request), against the Huawei dialect and a bare Express 5 route, on a throw-away SoftHSM token.
  *
- *   node --import tsx bench/aws.bench.ts [--workers 1,2] [--duration 10] [--warmup 3] [--connections 50]
- *                                        [--pool 2000] [--json FILE] [--keep]
+ *   node --import tsx bench/signed-dialects.bench.ts [--workers 1,2] [--duration 10] [--warmup 3]
+ *                                        [--connections 50] [--pool 2000] [--json FILE] [--keep]
  *
  * The service runs as a child process (the production build, see bench/lib/processes.ts ensureBuilt), with
  * KMS_REGION=eu-west-1. An access key of project `bench` is made with the CLI (`kms credentials create`), a CMK with
  * a signed CreateKey. Every AWS request is signed by @smithy/signature-v4, the AWS SDK's own signer: as signatures
  * cover the date, a pool of `--pool` requests per endpoint is signed just before each figure (each with its own
  * `amz-sdk-invocation-id`, a signed header the SDK sends too, so no two are alike) and autocannon sends them
- * round-robin. A signature stays valid for 15 minutes, far longer than a figure.
+ * round-robin. A signature stays valid for 15 minutes, far longer than a figure. An Alibaba request must not be
+ * sent twice (the service records every SignatureNonce), so each is signed as autocannon sends it, with the SDK's
+ * own signer (@alicloud/rpc-util): that costs the bench process, on the same cores, about as much as a client pays.
  *
  * Each row also gives the server's CPU per answered request: utime + stime from /proc of the server process and its
  * cluster workers, over the measured seconds (not the warm-up), as bench/cpu-per-request.bench.ts does. autocannon
@@ -27,6 +29,7 @@ import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import autocannon, { type AutocannonResult } from 'autocannon';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../src/auth/local-issuer.js';
+import { RPCUtil } from '../test/support/alibaba-sdk.js';
 import { freePort } from '../test/support/child-service.js';
 import { createTestToken, removeTestToken } from '../test/support/softhsm.js';
 import { ensureBuilt, machine, REPO, type Started, spawnServer, stopProcess } from './lib/processes.js';
@@ -51,7 +54,7 @@ const POOL = Number(opts.pool);
 const PROJECT = 'bench';
 const REGION = 'eu-west-1';
 
-const log = (line: string) => process.stderr.write(`[aws-bench] ${line}\n`);
+const log = (line: string) => process.stderr.write(`[signed-bench] ${line}\n`);
 
 interface Credentials {
   readonly accessKeyId: string;
@@ -146,11 +149,42 @@ async function awsCall(signer: SignatureV4, url: string, operation: string, inpu
 }
 
 /**
- * One measurement: `warmup` seconds thrown away, then `duration` seconds, the requests taken round-robin from
- * `requests`; the server's CPU is read around the measured part only. Throws on any non-2xx, error or timeout.
+ * A fresh, signed Alibaba RPC request (form body) for every call: nonces may be used once only.
  */
-async function measure(server: Started, workers: number, endpoint: string, apiPath: string, requests: Prepared[]) {
+function alibabaRequests(credentials: Credentials, params: Record<string, string>): () => Prepared {
+  return () => {
+    const all: Record<string, string> = {
+      ...params,
+      Version: '2016-01-20',
+      Format: 'JSON',
+      AccessKeyId: credentials.accessKeyId,
+      SignatureMethod: 'HMAC-SHA1',
+      SignatureVersion: '1.0',
+      SignatureNonce: randomUUID(),
+      Timestamp: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'),
+    };
+    all.Signature = RPCUtil.getSignatureV1(all, 'POST', credentials.secretAccessKey);
+    return {
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams(all).toString(),
+    };
+  };
+}
+
+/**
+ * One measurement: `warmup` seconds thrown away, then `duration` seconds, the requests taken round-robin from
+ * `requests` (or made one by one by it); the server's CPU is read around the measured part only. Throws on any
+ * non-2xx, error or timeout.
+ */
+async function measure(
+  server: Started,
+  workers: number,
+  endpoint: string,
+  apiPath: string,
+  requests: Prepared[] | (() => Prepared),
+) {
   let next = 0;
+  const take = typeof requests === 'function' ? requests : () => requests[next++ % requests.length] as Prepared;
   const options = {
     url: `${server.url}${apiPath}`,
     connections: CONNECTIONS,
@@ -158,7 +192,7 @@ async function measure(server: Started, workers: number, endpoint: string, apiPa
     requests: [
       {
         setupRequest: (req: object) => {
-          const r = requests[next++ % requests.length] as Prepared;
+          const r = take();
           return { ...req, method: 'POST', path: apiPath, headers: r.headers, body: r.body };
         },
       },
@@ -237,6 +271,7 @@ async function main() {
     if (!accessKeyId || !secretAccessKey) throw new Error(`kms credentials create printed:\n${printed}`);
     log(`access key ${accessKeyId} of project ${PROJECT}`);
     const signer = signerFor({ accessKeyId, secretAccessKey });
+    const alibaba = (params: Record<string, string>) => alibabaRequests({ accessKeyId, secretAccessKey }, params);
     const jwt = await signProjectToken(loadOrCreateIssuerKeys(env.KMS_DATA_DIR as string), PROJECT, 6 * 3600);
     let keyId = '';
 
@@ -272,7 +307,7 @@ async function main() {
       });
       try {
         if (keyId === '') {
-          const created = await awsCall(signer, kms.url, 'CreateKey', { Description: 'aws.bench' });
+          const created = await awsCall(signer, kms.url, 'CreateKey', { Description: 'signed-dialects.bench' });
           keyId = created.KeyMetadata.KeyId as string;
           log(`CMK ${keyId} made by a signed CreateKey`);
         }
@@ -291,6 +326,9 @@ async function main() {
         await measure(kms, workers, 'AWS GenerateRandom (64 B)', '/', random);
         const dataKeys = await signedPool('GenerateDataKey', gdk);
         await measure(kms, workers, 'AWS GenerateDataKey (AES_256)', '/', dataKeys);
+        await measure(kms, workers, 'Alibaba GetRandomPassword (32)', '/', alibaba({ Action: 'GetRandomPassword' }));
+        const alibabaDataKeys = alibaba({ Action: 'GenerateDataKey', KeyId: keyId, KeySpec: 'AES_256' });
+        await measure(kms, workers, 'Alibaba GenerateDataKey (AES_256)', '/', alibabaDataKeys);
         const huawei = plain(1, { 'x-auth-token': jwt }, JSON.stringify({ key_id: keyId, datakey_length: '256' }));
         await measure(kms, workers, 'Huawei create-datakey (256 bit)', `/v1.0/${PROJECT}/kms/create-datakey`, huawei);
 

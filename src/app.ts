@@ -38,7 +38,8 @@ function staticSecurityHeaders(): Map<string, string> {
 
 /**
  * The HTTP request listener: a Huawei action, an AWS request (`X-Amz-Target`) or an Alibaba request (`Action=`) is
- * served by its dialect's own listener on node:http; everything else (version documents, unknown routes) by Express. Does no I/O of its own: main.ts (or a test) creates the server.
+ * served by its dialect's own listener on node:http; everything else (version documents, unknown routes) by Express.
+ * Does no I/O of its own: main.ts (or a test) creates the server.
  */
 export function createApp(deps: AppDeps): RequestListener {
   const app = express();

@@ -15,6 +15,7 @@ import { GrapheneHsm } from './hsm/graphene-hsm.js';
 import { errorFields, type Logger } from './logger.js';
 import { CachingMetadataStore } from './store/caching-metadata-store.js';
 import { SqliteMetadataStore } from './store/sqlite-metadata-store.js';
+import { SqliteNonceLedger } from './store/sqlite-nonce-ledger.js';
 
 /** How often keys whose deletion window has passed are deleted for good. */
 const DELETION_SWEEP_MS = 60_000;
@@ -38,6 +39,8 @@ export interface RunningService {
   readonly credentials: CredentialService;
   readonly hsm: GrapheneHsm;
   readonly store: CachingMetadataStore;
+  /** The SignatureNonces the Alibaba dialect has accepted. */
+  readonly nonces: SqliteNonceLedger;
   /** Set when the role serves HTTP. */
   readonly url: string | undefined;
   stop(): Promise<void>;
@@ -63,8 +66,11 @@ export async function startService(
     maxEntries: KEY_CACHE_ENTRIES,
     ...(options.onMetadataWrite ? { onWrite: options.onMetadataWrite } : {}),
   });
+  // Beside the metadata database, in a file of its own (src/store/sqlite-nonce-ledger.ts says why).
+  const nonces = SqliteNonceLedger.open(`${config.dbPath}-nonces`);
   const hsm = await GrapheneHsm.open({ ...config.hsm, createRootKeyIfMissing: role !== 'worker' }).catch(
     async (err: unknown) => {
+      await nonces.close();
       await store.close();
       throw err;
     },
@@ -87,7 +93,7 @@ export async function startService(
     const reconciled = await keys.reconcilePendingCreation();
     if (reconciled > 0) logger.warn('removed keys left half-created by a crash', { count: reconciled });
     const sweep = () =>
-      Promise.all([keys.purgeDueDeletions(), store.purgeExpiredNonces(clock.now())]).then(
+      Promise.all([keys.purgeDueDeletions(), nonces.purgeExpired(clock.now())]).then(
         ([n]) => n > 0 && logger.info('deleted keys whose deletion date passed', { count: n }),
         (err: unknown) => logger.error('deletion sweep failed', errorFields(err)),
       );
@@ -106,7 +112,7 @@ export async function startService(
       path: config.alibabaPath,
       region: config.region,
       lookupSecret,
-      claimNonce: store.claimNonce.bind(store),
+      claimNonce: nonces.claim.bind(nonces),
       now: () => clock.now(),
     };
     const listening = createServer(createApp({ services, verifier, logger, aws, alibaba }));
@@ -126,6 +132,7 @@ export async function startService(
     credentials,
     hsm,
     store,
+    nonces,
     url,
     async stop() {
       if (sweeper) clearInterval(sweeper);
@@ -137,6 +144,7 @@ export async function startService(
         });
       }
       await hsm.close();
+      await nonces.close();
       await store.close();
     },
   };

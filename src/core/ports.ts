@@ -85,15 +85,6 @@ export interface MetadataStore {
   /** Marks the access key revoked at `at`; false if it does not exist or was already revoked. */
   revokeCredential(accessKeyId: string, at: number): Promise<boolean>;
   /**
-   * Records a signature nonce of the access key until `expiresAt` (ms since epoch), so a signed request cannot be
-   * replayed while its timestamp is still valid (Alibaba Cloud RPC's SignatureNonce). True if the nonce was not
-   * recorded or its record had expired (expiresAt <= now); false if a live record exists: a replay. Atomic across
-   * processes sharing the store, so two workers handed the same request cannot both accept it.
-   */
-  claimNonce(accessKeyId: string, nonce: string, expiresAt: number, now: number): Promise<boolean>;
-  /** Deletes the nonce records that expired at or before `now` and returns how many; they can no longer be replayed. */
-  purgeExpiredNonces(now: number): Promise<number>;
-  /**
    * Adds an alias of a key (AliasAlreadyExists if the project has the name). The key's `alias` (Huawei's key_alias)
    * always names one of its aliases, or is '' when it has none; the alias operations keep it so.
    */
@@ -121,4 +112,19 @@ export interface MetadataStore {
 
 export interface Clock {
   now(): number;
+}
+
+/**
+ * The SignatureNonces already accepted (Alibaba Cloud RPC's replay protection), per access key. Shared by every
+ * process that serves the same metadata, so that a request replayed to another worker is refused too.
+ */
+export interface NonceLedger {
+  /**
+   * Records the nonce of the access key until `expiresAt` (ms since the epoch). True if it was not yet recorded or
+   * its record had expired (expiresAt <= now); false if a live record exists: a replay. Atomic across processes.
+   */
+  claim(accessKeyId: string, nonce: string, expiresAt: number, now: number): Promise<boolean>;
+  /** Deletes the records that expired at or before `now` and returns how many. */
+  purgeExpired(now: number): Promise<number>;
+  close(): Promise<void>;
 }

@@ -109,15 +109,6 @@ export class CachingMetadataStore implements MetadataStore {
     return this.#inner.revokeCredential(accessKeyId, at);
   }
 
-  // Nonces are never cached: only the shared store can tell whether another process has already claimed one.
-  claimNonce(accessKeyId: string, nonce: string, expiresAt: number, now: number): Promise<boolean> {
-    return this.#inner.claimNonce(accessKeyId, nonce, expiresAt, now);
-  }
-
-  purgeExpiredNonces(now: number): Promise<number> {
-    return this.#inner.purgeExpiredNonces(now);
-  }
-
   async createAlias(alias: AliasRecord): Promise<void> {
     await this.#inner.createAlias(alias);
     this.#written();

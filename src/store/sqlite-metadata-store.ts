@@ -85,17 +85,6 @@ const MIGRATIONS: readonly string[] = [
     SELECT project_id, alias_name, id, created_at, created_at FROM keys WHERE alias_name <> '';
   DROP INDEX keys_project_alias_name;
   `,
-  // Signature nonces already accepted (Alibaba Cloud RPC's SignatureNonce), kept until the request's timestamp
-  // could no longer be accepted anyway; the index serves purgeExpiredNonces.
-  `
-  CREATE TABLE signature_nonces (
-    access_key_id TEXT NOT NULL,
-    nonce TEXT NOT NULL,
-    expires_at INTEGER NOT NULL,
-    PRIMARY KEY (access_key_id, nonce)
-  ) STRICT, WITHOUT ROWID;
-  CREATE INDEX signature_nonces_expires_at ON signature_nonces (expires_at);
-  `,
 ];
 
 /** Columns aliased to KeyRecord's property names, in its order, so a row is a KeyRecord as it comes back. */
@@ -151,9 +140,6 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #insertCredential: Database.Statement<[CredentialRecord]>;
   readonly #findCredential: Database.Statement<[string], CredentialRecord>;
   readonly #revokeCredential: Database.Statement<[number, string]>;
-  readonly #nonceDb: Database.Database;
-  readonly #claimNonce: Database.Statement<[string, string, number, number]>;
-  readonly #purgeExpiredNonces: Database.Statement<[number]>;
   readonly #insertAlias: Database.Statement<[AliasRecord]>;
   readonly #findAlias: Database.Statement<[string, string], AliasRecord>;
   readonly #deleteAlias: Database.Statement<[string, string]>;
@@ -184,13 +170,9 @@ export class SqliteMetadataStore implements MetadataStore {
         closeSync(openSync(path, 'a', 0o600));
       }
       const db = new Database(path, { timeout: 5000 });
-      let nonceDb: Database.Database | undefined;
       try {
-        // An in-memory database exists only on its own connection: the nonces share it there.
-        nonceDb = path === ':memory:' ? db : new Database(path, { timeout: 5000 });
-        return new SqliteMetadataStore(db, nonceDb);
+        return new SqliteMetadataStore(db);
       } catch (error) {
-        if (nonceDb !== db) nonceDb?.close();
         db.close();
         throw error;
       }
@@ -199,31 +181,13 @@ export class SqliteMetadataStore implements MetadataStore {
     }
   }
 
-  private constructor(db: Database.Database, nonceDb: Database.Database) {
+  private constructor(db: Database.Database) {
     this.#db = db;
     db.pragma('busy_timeout = 5000');
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = FULL');
     db.pragma('foreign_keys = ON');
     migrate(db);
-
-    // The nonce ledger has a connection of its own with `synchronous = NORMAL`: a nonce is written on every Alibaba
-    // request, and an fsync per request (what FULL costs in WAL mode) would block the event loop for the disk's sync
-    // latency every time. Keys and credentials keep FULL on the main connection. What NORMAL risks is losing the
-    // nonces of the last moments before a power cut, so that a request captured then could be replayed once more
-    // within its 15-minute window: a far smaller risk than a service that cannot keep up.
-    this.#nonceDb = nonceDb;
-    if (nonceDb !== db) {
-      nonceDb.pragma('busy_timeout = 5000');
-      nonceDb.pragma('synchronous = NORMAL');
-    }
-    // One statement, so the check and the write are atomic across processes: it writes a row (changes = 1) when the
-    // nonce is new or its record has expired, and nothing when a live record exists.
-    this.#claimNonce = nonceDb.prepare(`
-      INSERT INTO signature_nonces (access_key_id, nonce, expires_at) VALUES (?, ?, ?)
-      ON CONFLICT (access_key_id, nonce) DO UPDATE SET expires_at = excluded.expires_at
-        WHERE signature_nonces.expires_at <= ?`);
-    this.#purgeExpiredNonces = nonceDb.prepare('DELETE FROM signature_nonces WHERE expires_at <= ?');
 
     this.#countAllKeys = db.prepare<[string], number>('SELECT count(*) FROM keys WHERE project_id = ?').pluck();
     this.#insertKey = db.prepare(`
@@ -280,6 +244,7 @@ export class SqliteMetadataStore implements MetadataStore {
     this.#revokeCredential = db.prepare(
       'UPDATE credentials SET revoked_at = ? WHERE access_key_id = ? AND revoked_at IS NULL',
     );
+
     this.#insertAlias = db.prepare(`
       INSERT INTO aliases (project_id, alias_name, key_id, created_at, updated_at)
       VALUES (@projectId, @name, @keyId, @createdAt, @updatedAt)`);
@@ -562,22 +527,6 @@ export class SqliteMetadataStore implements MetadataStore {
     }
   }
 
-  async claimNonce(accessKeyId: string, nonce: string, expiresAt: number, now: number): Promise<boolean> {
-    try {
-      return this.#claimNonce.run(accessKeyId, nonce, expiresAt, now).changes === 1;
-    } catch (error) {
-      throw storeError(error);
-    }
-  }
-
-  async purgeExpiredNonces(now: number): Promise<number> {
-    try {
-      return this.#purgeExpiredNonces.run(now).changes;
-    } catch (error) {
-      throw storeError(error);
-    }
-  }
-
   async putTags(keyId: string, tags: readonly Tag[], maxTags: number): Promise<void> {
     try {
       this.#putTagsTx.immediate(keyId, tags, maxTags);
@@ -614,7 +563,6 @@ export class SqliteMetadataStore implements MetadataStore {
   }
 
   async close(): Promise<void> {
-    if (this.#nonceDb !== this.#db) this.#nonceDb.close();
     this.#db.close();
   }
 }

@@ -138,7 +138,7 @@ describe('failures inside the service', () => {
         path: '/',
         region: 'local-1',
         lookupSecret: (id) => kms.running.credentials.resolve(id),
-        claimNonce: (...args) => store.claimNonce(...args),
+        claimNonce: (...args) => kms.running.nonces.claim(...args),
       },
     });
     server = await new Promise<Server>((resolve) => {

@@ -433,66 +433,6 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
       });
     });
 
-    describe('claimNonce and purgeExpiredNonces', () => {
-      const now = Date.UTC(2025, 6, 1);
-      const ttl = 15 * 60 * 1000;
-
-      it('when a nonce is claimed for the first time, then true', async () => {
-        expect(await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'nonce-1', now + ttl, now)).toBe(true);
-      });
-
-      it('when the same access key claims the same nonce again before it expires, then false: a replay', async () => {
-        await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'nonce-1', now + ttl, now);
-
-        expect(await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'nonce-1', now + 1 + ttl, now + 1)).toBe(false);
-        expect(await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'nonce-1', now + ttl, now + ttl - 1)).toBe(false);
-      });
-
-      it('when another access key claims the same nonce, then true', async () => {
-        await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'nonce-1', now + ttl, now);
-
-        expect(await store.claimNonce('AKIAAAAAAAAAAAAAAAAB', 'nonce-1', now + ttl, now)).toBe(true);
-      });
-
-      it('when the same access key claims another nonce, then true', async () => {
-        await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'nonce-1', now + ttl, now);
-
-        expect(await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'nonce-2', now + ttl, now)).toBe(true);
-      });
-
-      it('when the earlier record has expired, then the nonce can be claimed again, until its new expiry', async () => {
-        await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'nonce-1', now + ttl, now);
-        const later = now + ttl + 1;
-
-        expect(await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'nonce-1', later + ttl, later)).toBe(true);
-        expect(await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'nonce-1', later + 1 + ttl, later + 1)).toBe(false);
-      });
-
-      it('when now equals the expiry, then the record counts as expired and the nonce can be claimed', async () => {
-        await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'nonce-1', now + ttl, now);
-
-        expect(await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'nonce-1', now + 2 * ttl, now + ttl)).toBe(true);
-      });
-
-      it('when expired records are purged, then only those expired at or before now go, and their count is returned', async () => {
-        await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'overdue', now - 1, now - ttl);
-        await store.claimNonce('AKIAAAAAAAAAAAAAAAAB', 'due-now', now, now - ttl);
-        await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'live', now + 1, now - ttl);
-
-        expect(await store.purgeExpiredNonces(now)).toBe(2);
-
-        expect(await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'live', now + ttl, now)).toBe(false);
-        expect(await store.purgeExpiredNonces(now)).toBe(0);
-      });
-
-      it('when nothing has expired, then purgeExpiredNonces returns 0', async () => {
-        expect(await store.purgeExpiredNonces(now)).toBe(0);
-        await store.claimNonce('AKIAAAAAAAAAAAAAAAAA', 'nonce-1', now + ttl, now);
-
-        expect(await store.purgeExpiredNonces(now)).toBe(0);
-      });
-    });
-
     describe('listKeysDueForDeletion', () => {
       it('when deletion dates are at, before and after now, then only keys due at or before now are listed', async () => {
         const now = Date.UTC(2025, 6, 1);
