@@ -503,6 +503,30 @@ describe('keys and their states', () => {
   });
 });
 
+describe('descriptions and regions', () => {
+  it('when a description is updated, then DescribeKey shows it; a key pending deletion refuses the change', async () => {
+    const keyId = await newKey(a, 'before');
+    await a.updateKeyDescription(new $Kms.UpdateKeyDescriptionRequest({ keyId, description: 'after' }));
+    expect((await a.describeKey(new $Kms.DescribeKeyRequest({ keyId }))).keyMetadata.description).toBe('after');
+    await expectError(
+      a.updateKeyDescription(new $Kms.UpdateKeyDescriptionRequest({ keyId, description: 'x'.repeat(8193) })),
+      'InvalidParameter',
+      400,
+    );
+    await a.scheduleKeyDeletion(new $Kms.ScheduleKeyDeletionRequest({ keyId, pendingWindowInDays: 7 }));
+    await expectError(
+      a.updateKeyDescription(new $Kms.UpdateKeyDescriptionRequest({ keyId, description: 'late' })),
+      'Rejected.PendingDeletion',
+      409,
+    );
+  });
+
+  it('when regions are described, then the one region of the service is listed', async () => {
+    const described = await a.describeRegions(new $Kms.DescribeRegionsRequest({}));
+    expect(described.regions.region).toEqual([{ regionId: 'local-1' }]);
+  });
+});
+
 describe('aliases', () => {
   it('when aliases are created, listed, moved and deleted, then each step is visible', async () => {
     const c = client(await kms.running.credentials.create('alibabaaliases'));
@@ -526,6 +550,24 @@ describe('aliases', () => {
     await c.deleteAlias(new $Kms.DeleteAliasRequest({ aliasName: 'alias/one' }));
     await expectError(
       c.deleteAlias(new $Kms.DeleteAliasRequest({ aliasName: 'alias/one' })),
+      'Forbidden.AliasNotFound',
+      404,
+    );
+    const ofSecond = await c.listAliasesByKeyId(new $Kms.ListAliasesByKeyIdRequest({ keyId: second }));
+    expect(ofSecond).toMatchObject({ totalCount: 1, pageNumber: 1, pageSize: 10 });
+    expect(ofSecond.aliases.alias.map((x) => x.aliasName)).toEqual(['alias/two']);
+    // Named by one of its aliases; the second page of one-alias pages of a key with one alias is empty.
+    const ofFirst = await c.listAliasesByKeyId(new $Kms.ListAliasesByKeyIdRequest({ keyId: 'alias/three' }));
+    expect(ofFirst.aliases.alias).toEqual([
+      { keyId: first, aliasName: 'alias/three', aliasArn: 'acs:kms:local-1:alibabaaliases:alias/three' },
+    ]);
+    const beyond = await c.listAliasesByKeyId(
+      new $Kms.ListAliasesByKeyIdRequest({ keyId: first, pageSize: 1, pageNumber: 2 }),
+    );
+    expect(beyond).toMatchObject({ totalCount: 1, pageNumber: 2, pageSize: 1 });
+    expect(beyond.aliases.alias ?? []).toEqual([]);
+    await expectError(
+      c.listAliasesByKeyId(new $Kms.ListAliasesByKeyIdRequest({ keyId: 'alias/none' })),
       'Forbidden.AliasNotFound',
       404,
     );
