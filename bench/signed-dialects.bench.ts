@@ -29,7 +29,7 @@ import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import autocannon, { type AutocannonResult } from 'autocannon';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../src/auth/local-issuer.js';
-import { RPCUtil } from '../test/support/alibaba-sdk.js';
+import { signedRpcParams } from '../test/support/alibaba-sdk.js';
 import { freePort } from '../test/support/child-service.js';
 import { createTestToken, removeTestToken } from '../test/support/softhsm.js';
 import { ensureBuilt, machine, REPO, type Started, spawnServer, stopProcess } from './lib/processes.js';
@@ -153,17 +153,7 @@ async function awsCall(signer: SignatureV4, url: string, operation: string, inpu
  */
 function alibabaRequests(credentials: Credentials, params: Record<string, string>): () => Prepared {
   return () => {
-    const all: Record<string, string> = {
-      ...params,
-      Version: '2016-01-20',
-      Format: 'JSON',
-      AccessKeyId: credentials.accessKeyId,
-      SignatureMethod: 'HMAC-SHA1',
-      SignatureVersion: '1.0',
-      SignatureNonce: randomUUID(),
-      Timestamp: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'),
-    };
-    all.Signature = RPCUtil.getSignatureV1(all, 'POST', credentials.secretAccessKey);
+    const all = signedRpcParams(credentials, params);
     return {
       headers: { 'content-type': 'application/x-www-form-urlencoded' },
       body: new URLSearchParams(all).toString(),

@@ -1,5 +1,3 @@
-import { closeSync, mkdirSync, openSync } from 'node:fs';
-import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { CredentialRecord } from '../core/credentials.js';
 import { KmsError } from '../core/errors.js';
@@ -12,6 +10,7 @@ import {
   type Tag,
 } from '../core/keys.js';
 import type { KeyPatch, ListKeysQuery, MetadataStore } from '../core/ports.js';
+import { openSqliteFile } from './sqlite-file.js';
 
 /**
  * Forward-only schema migrations. Entry i takes the database from `PRAGMA user_version` i to i + 1; never edit an
@@ -163,19 +162,7 @@ export class SqliteMetadataStore implements MetadataStore {
   /** Opens (creating if missing, with mode 0600) and migrates the database at `path`. */
   static open(path: string): SqliteMetadataStore {
     try {
-      if (path !== ':memory:') {
-        mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-        // SQLite would create the file with the umask's mode; create it first so only our user can read it.
-        // SQLite gives the -wal and -shm files the database file's mode.
-        closeSync(openSync(path, 'a', 0o600));
-      }
-      const db = new Database(path, { timeout: 5000 });
-      try {
-        return new SqliteMetadataStore(db);
-      } catch (error) {
-        db.close();
-        throw error;
-      }
+      return openSqliteFile(path, (db) => new SqliteMetadataStore(db));
     } catch (error) {
       throw storeError(error);
     }

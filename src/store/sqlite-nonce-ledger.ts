@@ -1,8 +1,7 @@
-import { closeSync, mkdirSync, openSync } from 'node:fs';
-import { dirname } from 'node:path';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import { KmsError } from '../core/errors.js';
 import type { NonceLedger } from '../core/ports.js';
+import { openSqliteFile } from './sqlite-file.js';
 
 /** Rows deleted per statement when purging: a long DELETE would hold the write lock and block the event loop. */
 const PURGE_BATCH = 2_000;
@@ -28,17 +27,7 @@ export class SqliteNonceLedger implements NonceLedger {
   /** Opens (creating if missing, with mode 0600) the ledger at `path`. */
   static open(path: string): SqliteNonceLedger {
     try {
-      if (path !== ':memory:') {
-        mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-        closeSync(openSync(path, 'a', 0o600));
-      }
-      const db = new Database(path, { timeout: 5000 });
-      try {
-        return new SqliteNonceLedger(db);
-      } catch (error) {
-        db.close();
-        throw error;
-      }
+      return openSqliteFile(path, (db) => new SqliteNonceLedger(db));
     } catch (error) {
       throw ledgerError(error);
     }

@@ -1,6 +1,5 @@
-import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RPCUtil } from '../support/alibaba-sdk.js';
+import { signedRpcParams } from '../support/alibaba-sdk.js';
 import { startTestService, type TestService } from '../support/test-service.js';
 
 // A file of its own: one SoftHSM token per test process (PKCS#11 is initialised once per process).
@@ -17,17 +16,7 @@ afterAll(async () => {
 
 /** A GetRandomPassword request signed with the SDK's signer, sent to `path` as a query string or a form body. */
 async function getRandomPassword(path: string, via: 'query' | 'form') {
-  const params: Record<string, string> = {
-    Action: 'GetRandomPassword',
-    Format: 'JSON',
-    Version: '2016-01-20',
-    AccessKeyId: credentials.accessKeyId,
-    SignatureMethod: 'HMAC-SHA1',
-    SignatureVersion: '1.0',
-    SignatureNonce: randomUUID(),
-    Timestamp: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'),
-  };
-  params.Signature = RPCUtil.getSignatureV1(params, 'POST', credentials.secretAccessKey);
+  const params = signedRpcParams(credentials, { Action: 'GetRandomPassword' });
   const encoded = new URLSearchParams(params).toString();
   const res = await fetch(`${kms.url}${path}${via === 'query' ? `?${encoded}` : ''}`, {
     method: 'POST',

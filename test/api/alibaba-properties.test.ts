@@ -1,8 +1,7 @@
-import { randomUUID } from 'node:crypto';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ALIBABA_OPERATIONS } from '../../src/api/alibaba/operations.js';
-import { RPCUtil } from '../support/alibaba-sdk.js';
+import { signedRpcParams } from '../support/alibaba-sdk.js';
 import { startTestService, type TestService } from '../support/test-service.js';
 
 const P = 'alibabaproperties';
@@ -98,20 +97,16 @@ describe('properties of the Alibaba API', () => {
         fc.dictionary(fc.constantFrom(...NAMES), value(), { maxKeys: 6 }),
         fc.constantFrom('GET', 'POST'),
         async (action, params, method) => {
-          const all: Record<string, string> = {
-            ...Object.fromEntries(
-              Object.entries(params).map(([k, v]) => [k, v === 'KEY' ? keyId : v === 'BLOB' ? blob : v]),
-            ),
-            Action: action,
-            Format: 'JSON',
-            Version: '2016-01-20',
-            AccessKeyId: credentials.accessKeyId,
-            SignatureMethod: 'HMAC-SHA1',
-            SignatureVersion: '1.0',
-            SignatureNonce: randomUUID(),
-            Timestamp: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'),
-          };
-          all.Signature = RPCUtil.getSignatureV1(all, method, credentials.secretAccessKey);
+          const all = signedRpcParams(
+            credentials,
+            {
+              ...Object.fromEntries(
+                Object.entries(params).map(([k, v]) => [k, v === 'KEY' ? keyId : v === 'BLOB' ? blob : v]),
+              ),
+              Action: action,
+            },
+            { method },
+          );
           const query = new URLSearchParams(all).toString();
           const res = await fetch(`${kms.url}/?${method === 'GET' ? query : ''}`, {
             method,

@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { DecryptCommand, EncryptCommand, KMSClient } from '@aws-sdk/client-kms';
+import { CreateAliasCommand, DecryptCommand, EncryptCommand, KMSClient } from '@aws-sdk/client-kms';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PASSWORD_CHARACTER_TYPES } from '../../src/core/password.service.js';
-import { $Kms, type AlibabaKmsClient, alibabaClient, RPCUtil } from '../support/alibaba-sdk.js';
+import { $Kms, type AlibabaKmsClient, alibabaClient, signedRpcParams } from '../support/alibaba-sdk.js';
 import { characterCounts, chiSquare, chiSquareCritical } from '../support/chi-square.js';
 import { startTestService, type TestService } from '../support/test-service.js';
 
@@ -67,21 +67,10 @@ async function raw(
   } = {},
 ) {
   const method = options.method ?? 'POST';
-  const credentials = options.credentials ?? credentialsA;
-  const all: Record<string, string> = {
-    Format: 'JSON',
-    Version: '2016-01-20',
-    AccessKeyId: credentials.accessKeyId,
-    SignatureMethod: 'HMAC-SHA1',
-    SignatureVersion: '1.0',
-    SignatureNonce: randomUUID(),
-    Timestamp: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'),
-    ...params,
-  };
-  for (const [k, v] of Object.entries(all)) if (v === '\0') delete all[k];
-  if (all.Signature === undefined) {
-    all.Signature = RPCUtil.getSignatureV1(all, method, options.secret ?? credentials.secretAccessKey);
-  }
+  const all = signedRpcParams(options.credentials ?? credentialsA, params, {
+    method,
+    ...(options.secret ? { secret: options.secret } : {}),
+  });
   const encoded = new URLSearchParams(all).toString();
   const form = options.via === 'form';
   const res = await fetch(`${kms.url}${options.path ?? '/'}${form ? '' : `?${encoded}`}`, {
@@ -575,6 +564,24 @@ describe('aliases', () => {
     expect(left.aliases.alias.map((x) => x.aliasName)).toEqual(['alias/three', 'alias/two']);
   });
 
+  it('when an alias made through AWS holds a colon, then Alibaba can move and delete it but not create one so', async () => {
+    const keyId = await newKey();
+    const aws = new KMSClient({ endpoint: kms.url, region: 'local-1', credentials: credentialsA, maxAttempts: 1 });
+    await aws.send(new CreateAliasCommand({ AliasName: 'alias/team:orders', TargetKeyId: keyId }));
+    aws.destroy();
+    const other = await newKey();
+    await a.updateAlias(new $Kms.UpdateAliasRequest({ aliasName: 'alias/team:orders', keyId: other }));
+    expect((await a.describeKey(new $Kms.DescribeKeyRequest({ keyId: 'alias/team:orders' }))).keyMetadata.keyId).toBe(
+      other,
+    );
+    await a.deleteAlias(new $Kms.DeleteAliasRequest({ aliasName: 'alias/team:orders' }));
+    await expectError(
+      a.createAlias(new $Kms.CreateAliasRequest({ keyId, aliasName: 'alias/team:orders' })),
+      'InvalidParameter',
+      400,
+    );
+  });
+
   it('when an alias name breaks Alibaba’s rules, then the answer is InvalidParameter', async () => {
     const keyId = await newKey();
     for (const aliasName of ['no-prefix', 'alias/', 'alias/acs/reserved', `alias/${'x'.repeat(250)}`, 'alias/sp ace']) {
@@ -655,6 +662,13 @@ describe('the RPC protocol and its signature', () => {
     const r = await fetch(`${kms.url}/?Action=GetRandomPassword&Action=Encrypt`, { method: 'POST' });
     expect(r.status).toBe(400);
     expect(((await r.json()) as Body).Code).toBe('InvalidParameter');
+  });
+
+  it('when an Action comes with another HTTP method, then the answer is UnsupportedHTTPMethod', async () => {
+    for (const method of ['PUT', 'DELETE', 'PATCH']) {
+      const r = await fetch(`${kms.url}/?Action=GetRandomPassword&Version=2016-01-20`, { method });
+      expect([r.status, ((await r.json()) as Body).Code], method).toEqual([403, 'UnsupportedHTTPMethod']);
+    }
   });
 
   it('when a request has no Action, then the other dialects still answer on /', async () => {

@@ -1,11 +1,10 @@
 import { execFileSync } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
 import { request } from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { rpcSignature, rpcStringToSign } from '../../src/api/alibaba/signature.js';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../../src/auth/local-issuer.js';
+import { signedRpcParams } from '../support/alibaba-sdk.js';
 import { type ChildService, freePort, spawnService, stopService } from '../support/child-service.js';
 import { createTestToken, removeTestToken, type TestToken } from '../support/softhsm.js';
 
@@ -89,20 +88,13 @@ describe('two node:cluster workers', () => {
   });
 
   it('when a signed Alibaba request is replayed to both workers, then only its first delivery is served', async () => {
-    const params = new Map(
-      Object.entries({
+    const params = signedRpcParams(
+      { accessKeyId: accessKey.id, secretAccessKey: accessKey.secret },
+      {
         Action: 'GetRandomPassword',
-        Version: '2016-01-20',
-        Format: 'JSON',
-        AccessKeyId: accessKey.id,
-        SignatureMethod: 'HMAC-SHA1',
-        SignatureVersion: '1.0',
-        SignatureNonce: randomUUID(),
-        Timestamp: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'),
-      }),
+      },
     );
-    params.set('Signature', rpcSignature(rpcStringToSign('POST', params), accessKey.secret));
-    const form = new URLSearchParams([...params]).toString();
+    const form = new URLSearchParams(params).toString();
     const deliveries = [];
     for (let i = 0; i < 6; i++) {
       deliveries.push(await post('/', form, { 'content-type': 'application/x-www-form-urlencoded' }));

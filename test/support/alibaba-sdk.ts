@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type KmsModule from '@alicloud/kms20160120';
 import * as $RPC from '@alicloud/rpc-client';
@@ -33,4 +34,35 @@ export function alibabaClient(
       accessKeySecret: credentials.secretAccessKey,
     }),
   );
+}
+
+/**
+ * A request's parameters as an Alibaba SDK sends them: the common ones (Format, Version, AccessKeyId, HMAC-SHA1
+ * 1.0, a fresh SignatureNonce, Timestamp now), then `params` (a value '\0' drops a common parameter), signed with the
+ * SDK's signer for `method` unless `params` brings its own Signature. `secret` signs instead of the access key's.
+ */
+export function signedRpcParams(
+  credentials: { readonly accessKeyId: string; readonly secretAccessKey: string },
+  params: Record<string, string>,
+  options: { method?: 'GET' | 'POST'; secret?: string } = {},
+): Record<string, string> {
+  const all: Record<string, string> = {
+    Format: 'JSON',
+    Version: '2016-01-20',
+    AccessKeyId: credentials.accessKeyId,
+    SignatureMethod: 'HMAC-SHA1',
+    SignatureVersion: '1.0',
+    SignatureNonce: randomUUID(),
+    Timestamp: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'),
+    ...params,
+  };
+  for (const [name, value] of Object.entries(all)) if (value === '\0') delete all[name];
+  if (all.Signature === undefined) {
+    all.Signature = RPCUtil.getSignatureV1(
+      all,
+      options.method ?? 'POST',
+      options.secret ?? credentials.secretAccessKey,
+    );
+  }
+  return all;
 }

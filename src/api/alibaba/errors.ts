@@ -154,6 +154,7 @@ const RECOMMENDATIONS: Readonly<Record<string, string>> = {
   'Rejected.PendingDeletion': 'Cancel the key deletion (CancelKeyDeletion) before using the key.',
   'Rejected.ResourceExist': 'Choose another alias name, or point the alias elsewhere with UpdateAlias.',
   UnsupportedOperation: 'This service offers symmetric AES-256 keys in its HSM; see README.md for what it supports.',
+  UnsupportedHTTPMethod: 'Send the request as GET or POST.',
   InternalFailure: 'Retry the request.',
   ServiceUnavailableTemporary: 'Retry the request.',
 };

@@ -79,13 +79,14 @@ export function alibabaListener(services: Services, options: AlibabaOptions, log
     const path = queryAt === -1 ? url : url.slice(0, queryAt);
     const query = queryAt === -1 ? '' : url.slice(queryAt + 1);
     // An Alibaba request names its Action; a form POST may carry it in the body. GET / without one is Huawei's.
-    const claimed =
-      path === options.path &&
-      (req.method === 'GET' || req.method === 'POST') &&
-      (/(?:^|&)Action=/.test(query) || (req.method === 'POST' && isForm(req)));
+    const claimed = path === options.path && (/(?:^|&)Action=/.test(query) || (req.method === 'POST' && isForm(req)));
     if (!claimed) return false;
     const requestId = randomUUID();
-    serve(req, res, query, requestId).catch((err: unknown) => {
+    const served =
+      req.method === 'GET' || req.method === 'POST'
+        ? serve(req, res, query, requestId)
+        : Promise.reject(new AlibabaApiError('UnsupportedHTTPMethod', 'This http method is not supported.', 403));
+    served.catch((err: unknown) => {
       const host = req.headers.host ?? '';
       const { status, body, unexpected } = renderAlibabaError(err, requestId, HOST_ID.test(host) ? host : 'localhost');
       if (unexpected) logger.error('request failed', { dialect: 'alibaba', requestId, ...errorFields(err) });

@@ -31,6 +31,7 @@ const MAX_DESCRIPTION = 8192;
 const KEY_SPEC_BYTES: Readonly<Record<string, number>> = { AES_256: 32, AES_128: 16 };
 /** Alibaba: "alias/" then letters, digits, `_`, `-` and `/`, 255 characters at most; `alias/acs` is reserved. */
 const ALIAS_NAME = /^alias\/[a-zA-Z0-9_/-]{1,249}$/;
+const EXISTING_ALIAS_NAME = /^alias\/[a-zA-Z0-9:_/-]{1,249}$/;
 
 /** A KeyId given as an alias that names nothing is Alibaba's Forbidden.AliasNotFound, not KeyNotFound. */
 function aliasAware(ref: KeyRef) {
@@ -289,9 +290,13 @@ const updateKeyDescription: AlibabaOperation = async (services, caller, params) 
   return {};
 };
 
-function aliasNameParam(params: RpcParams): string {
+/**
+ * An alias to create: Alibaba's rules. An alias to update or delete may also have been made through the AWS dialect,
+ * whose names may hold ':' too.
+ */
+function aliasNameParam(params: RpcParams, creating: boolean): string {
   const name = params.required('AliasName');
-  if (!ALIAS_NAME.test(name) || name.startsWith('alias/acs')) {
+  if (creating ? !ALIAS_NAME.test(name) || name.startsWith('alias/acs') : !EXISTING_ALIAS_NAME.test(name)) {
     throw invalidParameter(
       'AliasName',
       'it must start with "alias/", be at most 255 characters of letters, digits, "_", "-" and "/", and not start with "alias/acs".',
@@ -308,13 +313,13 @@ function targetKey(params: RpcParams, caller: Caller): KeyRef {
 }
 
 const createAlias: AlibabaOperation = async (services, caller, params) => {
-  const name = aliasNameParam(params);
+  const name = aliasNameParam(params, true);
   await services.keys.createAlias(caller.projectId, name, targetKey(params, caller));
   return {};
 };
 
 const updateAlias: AlibabaOperation = async (services, caller, params) => {
-  const name = aliasNameParam(params);
+  const name = aliasNameParam(params, false);
   const target = targetKey(params, caller);
   await getKey(services, caller, target);
   await services.keys.retargetAlias(caller.projectId, name, target).catch(aliasAware({ kind: 'alias', alias: name }));
@@ -322,7 +327,7 @@ const updateAlias: AlibabaOperation = async (services, caller, params) => {
 };
 
 const deleteAlias: AlibabaOperation = async (services, caller, params) => {
-  const name = aliasNameParam(params);
+  const name = aliasNameParam(params, false);
   await services.keys.deleteAlias(caller.projectId, name).catch(aliasAware({ kind: 'alias', alias: name }));
   return {};
 };
