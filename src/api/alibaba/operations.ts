@@ -23,7 +23,10 @@ import {
 /** One Alibaba KMS operation: the request's parameters in, the response body (without RequestId) out. */
 export type AlibabaOperation = (services: Services, caller: Caller, params: RpcParams) => Promise<object>;
 
-/** Our frame holds at most 4096 bytes of plaintext (Alibaba documents 6 KB; docs/architecture.md says why). */
+/**
+ * The ciphertext frame every dialect shares (src/core/ciphertext-blob.ts) holds at most 4096 bytes of plaintext, as
+ * Huawei's encrypt-data and AWS Encrypt take; Alibaba documents 6 KB.
+ */
 const MAX_PLAINTEXT = 4096;
 /** A blob of 4096 bytes of plaintext is 4157 bytes long; anything much longer is not ours. */
 const MAX_CIPHERTEXT = 6144;
