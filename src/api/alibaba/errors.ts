@@ -39,7 +39,6 @@ export function invalidParameter(name: string, valid: string): AlibabaApiError {
   return new AlibabaApiError('InvalidParameter', `The specified parameter "${name}" is not valid: ${valid}`);
 }
 
-export const keyNotFound = () => new AlibabaApiError('Forbidden.KeyNotFound', 'The specified Key is not found.', 404);
 export const unsupportedOperation = (what: string) =>
   new AlibabaApiError('UnsupportedOperation', `This action is not supported: ${what}`);
 export const aliasNotFound = () =>

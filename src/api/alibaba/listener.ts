@@ -4,7 +4,7 @@ import type { SecretLookup } from '../../auth/sigv4.js';
 import { readBody } from '../../http/read-body.js';
 import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
-import { AlibabaApiError, invalidParameter, missingParameter, renderAlibabaError } from './errors.js';
+import { AlibabaApiError, invalidParameter, renderAlibabaError } from './errors.js';
 import { ALIBABA_OPERATIONS } from './operations.js';
 import { API_VERSION, type NonceClaim, verifyRpcSignature } from './signature.js';
 import { RpcParams } from './wire.js';
@@ -41,11 +41,9 @@ export function alibabaListener(services: Services, options: AlibabaOptions, log
           )
         : undefined;
     const params = parameters(query, body?.toString('utf8'));
-    const action = params.get('Action');
-    if (!action) throw missingParameter('Action');
-    const version = params.get('Version');
-    if (!version) throw missingParameter('Version');
-    if (version !== API_VERSION) {
+    const rpc = new RpcParams(params);
+    const action = rpc.required('Action');
+    if (rpc.required('Version') !== API_VERSION) {
       throw new AlibabaApiError('InvalidVersion', 'Specified parameter Version is not valid.');
     }
     const operation = Object.hasOwn(ALIBABA_OPERATIONS, action) ? ALIBABA_OPERATIONS[action] : undefined;
@@ -65,11 +63,7 @@ export function alibabaListener(services: Services, options: AlibabaOptions, log
       claimNonce: options.claimNonce,
       now,
     });
-    const result = await operation(
-      services,
-      { projectId: caller.projectId, region: options.region },
-      new RpcParams(params),
-    );
+    const result = await operation(services, { projectId: caller.projectId, region: options.region }, rpc);
     send(res, 200, { RequestId: requestId, ...result });
   };
 

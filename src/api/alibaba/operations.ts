@@ -1,3 +1,4 @@
+import { MAX_PLAINTEXT_LENGTH } from '../../core/ciphertext-blob.js';
 import { KmsError } from '../../core/errors.js';
 import type { KeyRecord, KeyRef } from '../../core/keys.js';
 import {
@@ -7,7 +8,7 @@ import {
   type PasswordCharacterType,
 } from '../../core/password.service.js';
 import type { Services } from '../huawei/context.js';
-import { aliasNotFound, invalidParameter, unsupportedOperation as unsupported } from './errors.js';
+import { aliasNotFound, invalidParameter, missingParameter, unsupportedOperation as unsupported } from './errors.js';
 import {
   aliasArn,
   base64Param,
@@ -23,11 +24,6 @@ import {
 /** One Alibaba KMS operation: the request's parameters in, the response body (without RequestId) out. */
 export type AlibabaOperation = (services: Services, caller: Caller, params: RpcParams) => Promise<object>;
 
-/**
- * The ciphertext frame every dialect shares (src/core/ciphertext-blob.ts) holds at most 4096 bytes of plaintext, as
- * Huawei's encrypt-data and AWS Encrypt take; Alibaba documents 6 KB.
- */
-const MAX_PLAINTEXT = 4096;
 /** A blob of 4096 bytes of plaintext is 4157 bytes long; anything much longer is not ours. */
 const MAX_CIPHERTEXT = 6144;
 const MAX_DESCRIPTION = 8192;
@@ -116,7 +112,8 @@ const generateDataKeyWithoutPlaintext: AlibabaOperation = async (services, calle
 const encrypt: AlibabaOperation = async (services, caller, params) => {
   const ref = keyRef(params.required('KeyId'), caller);
   const context = encryptionContext(params);
-  const plaintext = base64Param(params, 'Plaintext', 1, MAX_PLAINTEXT);
+  // The ciphertext frame every dialect shares holds at most 4096 bytes of plaintext; Alibaba documents 6 KB.
+  const plaintext = base64Param(params, 'Plaintext', 1, MAX_PLAINTEXT_LENGTH);
   try {
     const sealed = await services.dataKeys.encrypt(caller.projectId, ref, plaintext, context).catch(aliasAware(ref));
     return {
@@ -270,8 +267,8 @@ const disableKey: AlibabaOperation = async (services, caller, params) => {
 /** Alibaba requires the window: 7 to 366 days. */
 const scheduleKeyDeletion: AlibabaOperation = async (services, caller, params) => {
   const ref = keyRef(params.required('KeyId'), caller);
-  params.required('PendingWindowInDays');
-  const days = params.integer('PendingWindowInDays', 7, 366, 7);
+  const days = params.integer('PendingWindowInDays', 7, 366);
+  if (days === undefined) throw missingParameter('PendingWindowInDays');
   await services.keys.scheduleDeletion(caller.projectId, ref, days).catch(aliasAware(ref));
   return {};
 };

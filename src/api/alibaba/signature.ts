@@ -1,7 +1,8 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { SecretLookup } from '../../auth/sigv4.js';
 import { KmsError } from '../../core/errors.js';
-import { AlibabaApiError, invalidParameter, missingParameter } from './errors.js';
+import { AlibabaApiError, invalidParameter } from './errors.js';
+import { RpcParams } from './wire.js';
 
 /**
  * Alibaba Cloud's RPC signature, version 1.0 (HMAC-SHA1), as the KMS "Request signatures" page documents it and as
@@ -63,19 +64,20 @@ export async function verifyRpcSignature(
   params: ReadonlyMap<string, string>,
   options: RpcVerifyOptions,
 ): Promise<RpcCaller> {
-  const accessKeyId = required(params, 'AccessKeyId');
-  const signatureMethod = required(params, 'SignatureMethod');
+  const common = new RpcParams(params);
+  const accessKeyId = common.required('AccessKeyId');
+  const signatureMethod = common.required('SignatureMethod');
   if (signatureMethod !== 'HMAC-SHA1') invalid('SignatureMethod', 'only HMAC-SHA1 is supported.');
-  const signatureVersion = required(params, 'SignatureVersion');
+  const signatureVersion = common.required('SignatureVersion');
   if (signatureVersion !== '1.0') invalid('SignatureVersion', 'only 1.0 is supported.');
   const now = options.now();
-  const timestamp = parseTimestamp(params.get('Timestamp'));
+  const timestamp = parseTimestamp(common.optional('Timestamp'));
   if (Math.abs(now - timestamp) > TIMESTAMP_WINDOW_MS) {
     throw new AlibabaApiError('InvalidTimeStamp.Expired', 'Specified time stamp or date value is expired.');
   }
-  const nonce = required(params, 'SignatureNonce');
+  const nonce = common.required('SignatureNonce');
   if (nonce.length > MAX_NONCE_LENGTH) invalid('SignatureNonce', `at most ${MAX_NONCE_LENGTH} characters.`);
-  const signature = required(params, 'Signature');
+  const signature = common.required('Signature');
 
   const { projectId, secretAccessKey } = await options.lookupSecret(accessKeyId).catch((err: unknown) => {
     if (err instanceof KmsError && err.code === 'AuthUnknownCredential') {
@@ -106,19 +108,13 @@ export async function verifyRpcSignature(
   return { accessKeyId, projectId };
 }
 
-function required(params: ReadonlyMap<string, string>, name: string): string {
-  const value = params.get(name);
-  if (value === undefined || value === '') throw missingParameter(name);
-  return value;
-}
-
 function invalid(name: string, valid: string): never {
   throw invalidParameter(name, valid);
 }
 
 /** Milliseconds since the epoch; KMS answers a missing Timestamp with IllegalTimestamp (kms-apis.md §3.3). */
 function parseTimestamp(value: string | undefined): number {
-  if (value === undefined || value === '') {
+  if (value === undefined) {
     throw new AlibabaApiError(
       'IllegalTimestamp',
       'The input parameter "Timestamp" that is mandatory for processing this request is not supplied.',

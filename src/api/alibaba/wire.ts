@@ -1,7 +1,10 @@
 import { createHash } from 'node:crypto';
 import type { EncryptionContext } from '../../core/encryption-context.js';
-import { KEY_ID_PATTERN, type KeyRecord, type KeyRef } from '../../core/keys.js';
-import { invalidParameter, keyNotFound, missingParameter } from './errors.js';
+import { KmsError } from '../../core/errors.js';
+import type { KeyRecord, KeyRef } from '../../core/keys.js';
+import { decodeBase64 } from '../base64.js';
+import { keyRefOf } from '../key-arn.js';
+import { invalidParameter, missingParameter } from './errors.js';
 
 /** Who signed the request: the project is the Alibaba "account" (the uid in ARNs); the region is the service's. */
 export interface Caller {
@@ -90,13 +93,10 @@ export function encryptionContext(params: RpcParams): EncryptionContext | undefi
   return parsed as EncryptionContext;
 }
 
-const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
-
 /** A base64 parameter of `min` to `max` decoded bytes. */
 export function base64Param(params: RpcParams, name: string, min: number, max: number): Buffer {
-  const value = params.required(name);
-  if (!BASE64.test(value)) throw invalidParameter(name, 'it must be Base64-encoded.');
-  const bytes = Buffer.from(value, 'base64');
+  const bytes = decodeBase64(params.required(name));
+  if (bytes === undefined) throw invalidParameter(name, 'it must be Base64-encoded.');
   if (bytes.length < min || bytes.length > max) {
     bytes.fill(0);
     throw invalidParameter(name, `it must decode to ${min} to ${max} bytes.`);
@@ -112,15 +112,9 @@ const KMS_ARN = /^acs:kms:([a-z0-9-]+):([^:]+):(key|alias)\/(.+)$/;
  * names nothing this caller can see: Forbidden.KeyNotFound, the same as an unknown key.
  */
 export function keyRef(keyId: string, caller: Caller): KeyRef {
-  if (KEY_ID_PATTERN.test(keyId)) return { kind: 'id', id: keyId };
-  if (keyId.startsWith('alias/') && keyId.length > 'alias/'.length) return { kind: 'alias', alias: keyId };
-  const arn = KMS_ARN.exec(keyId);
-  if (arn && arn[1] === caller.region && arn[2] === caller.projectId) {
-    const name = arn[4] as string;
-    if (arn[3] === 'key' && KEY_ID_PATTERN.test(name)) return { kind: 'id', id: name };
-    if (arn[3] === 'alias') return { kind: 'alias', alias: `alias/${name}` };
-  }
-  throw keyNotFound();
+  const ref = keyRefOf(keyId, KMS_ARN, (region, account) => region === caller.region && account === caller.projectId);
+  if (ref === undefined) throw new KmsError('KeyNotFound', 'The key does not exist.');
+  return ref;
 }
 
 export const keyArn = (key: KeyRecord, caller: Caller) => `acs:kms:${caller.region}:${key.projectId}:key/${key.id}`;

@@ -1,5 +1,7 @@
 import { z } from 'zod';
-import { KEY_ID_PATTERN, type KeyRecord, type KeyRef } from '../../core/keys.js';
+import type { KeyRecord, KeyRef } from '../../core/keys.js';
+import { decodeBase64 } from '../base64.js';
+import { keyRefOf } from '../key-arn.js';
 import { AwsApiError, validationError } from './errors.js';
 
 /** Who signed the request: the project is the AWS "account"; the region is the one the request was signed for. */
@@ -29,14 +31,12 @@ export const blob = z.string();
 export const encryptionContext = z.record(z.string(), z.string()).optional();
 export const grantTokens = z.array(z.string()).max(10).optional();
 
-const BASE64_PATTERN = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
-
 /** Decodes a base64 member and checks its byte length against AWS's constraint. */
 export function fromBase64(value: string, member: string, min: number, max: number): Buffer {
-  if (!BASE64_PATTERN.test(value)) {
+  const bytes = decodeBase64(value);
+  if (bytes === undefined) {
     throw new AwsApiError('SerializationException', `Value for ${member} is not valid base64.`);
   }
-  const bytes = Buffer.from(value, 'base64');
   if (bytes.length < min) throw validationError('', member, `Member must have length greater than or equal to ${min}`);
   if (bytes.length > max) throw validationError('', member, `Member must have length less than or equal to ${max}`);
   return bytes;
@@ -66,15 +66,9 @@ const KMS_ARN = /^arn:aws:kms:([a-z0-9-]+):([^:]+):(key|alias)\/(.+)$/;
  * nothing this caller can see: NotFoundException, the same as an unknown key.
  */
 export function keyRef(keyId: string, caller: Caller): KeyRef {
-  if (KEY_ID_PATTERN.test(keyId)) return { kind: 'id', id: keyId };
-  if (keyId.startsWith('alias/') && keyId.length > 'alias/'.length) return { kind: 'alias', alias: keyId };
-  const arn = KMS_ARN.exec(keyId);
-  if (arn && arn[2] === caller.projectId) {
-    const name = arn[4] as string;
-    if (arn[3] === 'key' && KEY_ID_PATTERN.test(name)) return { kind: 'id', id: name };
-    if (arn[3] === 'alias') return { kind: 'alias', alias: `alias/${name}` };
-  }
-  throw new AwsApiError('NotFoundException', `Invalid keyId '${keyId}'`);
+  const ref = keyRefOf(keyId, KMS_ARN, (_region, account) => account === caller.projectId);
+  if (ref === undefined) throw new AwsApiError('NotFoundException', `Invalid keyId '${keyId}'`);
+  return ref;
 }
 
 export function keyArn(key: KeyRecord, caller: Caller): string {

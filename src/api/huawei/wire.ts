@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { EncryptionContext } from '../../core/encryption-context.js';
 import { KEY_ID_PATTERN, type KeyRef } from '../../core/keys.js';
+import { decodeBase64 } from '../base64.js';
 import { invalid } from './errors.js';
 
 /**
@@ -113,11 +114,10 @@ export function fromHex(value: string, code: string, field: string): Buffer {
   return Buffer.from(value, 'hex');
 }
 
-const BASE64_PATTERN = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
-
 export function fromBase64(value: string, code: string, field: string): Buffer {
-  if (value.length === 0 || !BASE64_PATTERN.test(value)) throw invalid(code, `Invalid ${field}.`);
-  return Buffer.from(value, 'base64');
+  const bytes = value.length === 0 ? undefined : decodeBase64(value);
+  if (bytes === undefined) throw invalid(code, `Invalid ${field}.`);
+  return bytes;
 }
 
 /** Huawei's examples show upper-case hex for every binary field. */
