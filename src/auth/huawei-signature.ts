@@ -80,20 +80,20 @@ export async function openHuaweiSignature(
   options: HuaweiSignatureOptions,
 ): Promise<PendingHuaweiSignature> {
   for (const name of SINGLE_HEADERS) {
-    if ((head.headers[name]?.length ?? 0) > 1) incomplete(`The ${displayName(name)} header is given more than once.`);
+    if (valuesOf(head, name).length > 1) incomplete(`The ${displayName(name)} header is given more than once.`);
   }
   const authorization = single(head, 'authorization') ?? incomplete('The Authorization header is missing.');
   const { accessKeyId, signedHeaders, signature } = parseAuthorization(authorization);
   const signedNames = checkedSignedNames(signedHeaders);
   const values = signedNames.map((name) => {
-    const received = head.headers[name] ?? [];
+    const received = valuesOf(head, name);
     if (received.length === 0) incomplete(`The signed header '${name}' is not in the request.`);
     if (received.length > 1) incomplete(`The signed header '${name}' is given more than once.`);
     return (received[0] as string).trim();
   });
   if (!signedNames.includes('x-sdk-date')) {
     incomplete(
-      head.headers['x-sdk-date'] === undefined
+      valuesOf(head, 'x-sdk-date').length === 0
         ? 'The X-Sdk-Date header is missing: it must be sent and signed.'
         : 'X-Sdk-Date must be signed: SignedHeaders does not name x-sdk-date.',
     );
@@ -101,7 +101,7 @@ export async function openHuaweiSignature(
   const sdkDate = values[signedNames.indexOf('x-sdk-date')] as string;
   checkDate(sdkDate, options.now(), options.maxSkewMs ?? DEFAULT_MAX_SKEW_MS);
   // We issue no temporary credentials, so a security token is one this service cannot have issued.
-  if (head.headers['x-security-token'] !== undefined) {
+  if (valuesOf(head, 'x-security-token').length > 0) {
     throw new KmsError(
       'AuthUnknownCredential',
       'Temporary credentials (X-Security-Token) are not accepted: sign with an access key of the project.',
@@ -276,8 +276,16 @@ function compare(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
+/**
+ * Every value of a header. Own properties only: SignedHeaders is the client's text, and a name such as `constructor`
+ * or `__proto__` must find nothing, whatever object the headers come in.
+ */
+function valuesOf(head: HuaweiSignedHead, name: string): readonly string[] {
+  return (Object.hasOwn(head.headers, name) ? head.headers[name] : undefined) ?? [];
+}
+
 function single(head: HuaweiSignedHead, name: string): string | undefined {
-  return head.headers[name]?.[0];
+  return valuesOf(head, name)[0];
 }
 
 function displayName(name: string): string {

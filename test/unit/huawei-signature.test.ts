@@ -363,6 +363,16 @@ describe('refusals the head of a request earns before any lookup', () => {
       "The signed header 'x-project-ie' is not in the request.",
     ],
     [
+      'a signed header is named after an inherited property of the headers object',
+      { Authorization: EXAMPLE.authorization.replace('content-type;', 'constructor;content-type;') },
+      "The signed header 'constructor' is not in the request.",
+    ],
+    [
+      'a signed header is named __proto__',
+      { Authorization: EXAMPLE.authorization.replace('content-type;', '__proto__;content-type;') },
+      "The signed header '__proto__' is not in the request.",
+    ],
+    [
       'the date is not a calendar date',
       { 'X-Sdk-Date': '20260230T054553Z' },
       'X-Sdk-Date must be a UTC time written YYYYMMDDTHHMMSSZ, e.g. 20261202T054553Z.',
