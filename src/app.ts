@@ -4,6 +4,7 @@ import express from 'express';
 import helmet from 'helmet';
 import { type AlibabaOptions, alibabaListener } from './api/alibaba/listener.js';
 import { type AwsOptions, awsListener } from './api/aws/listener.js';
+import type { HuaweiSigningOptions } from './api/huawei/authenticate.js';
 import type { Services } from './api/huawei/context.js';
 import { invalid } from './api/huawei/errors.js';
 import { huaweiActionListener, huaweiErrorHandler, huaweiVersionRouter } from './api/huawei/router.js';
@@ -14,6 +15,8 @@ export interface AppDeps {
   readonly services: Services;
   readonly verifier: TokenVerifier;
   readonly logger: Logger;
+  /** The Huawei dialect's AK/SK signatures (beside X-Auth-Token): the access keys' secrets and the clock. */
+  readonly huawei: HuaweiSigningOptions;
   /** The AWS dialect: the regions requests may be signed for, and the secrets of access keys. */
   readonly aws: AwsOptions;
   /** The Alibaba dialect: where it is mounted, the access keys' secrets, and the ledger of used nonces. */
@@ -52,7 +55,7 @@ export function createApp(deps: AppDeps): RequestListener {
   });
   app.use(huaweiErrorHandler(deps.logger));
 
-  const huaweiActions = huaweiActionListener(deps.services, deps.verifier, deps.logger);
+  const huaweiActions = huaweiActionListener(deps.services, { verifier: deps.verifier, ...deps.huawei }, deps.logger);
   const awsRequests = awsListener(deps.services, deps.aws, deps.logger);
   const alibabaRequests = alibabaListener(deps.services, deps.alibaba, deps.logger);
   const securityHeaders = staticSecurityHeaders();

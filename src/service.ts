@@ -35,7 +35,7 @@ export type Role = 'single' | 'primary' | 'worker';
 
 export interface RunningService {
   readonly services: Services;
-  /** Access keys of the signed dialects (AWS SigV4). */
+  /** Access keys of the signed dialects (Huawei AK/SK, AWS SigV4, Alibaba RPC). */
   readonly credentials: CredentialService;
   readonly hsm: GrapheneHsm;
   readonly store: CachingMetadataStore;
@@ -107,6 +107,7 @@ export async function startService(
     const key = config.auth.jwksUrl ? new URL(config.auth.jwksUrl) : loadOrCreateIssuerKeys(config.dataDir).publicKey;
     const verifier = new TokenVerifier({ key, issuer: config.auth.issuer, audience: config.auth.audience });
     const lookupSecret = (id: string) => credentials.resolve(id);
+    const huawei = { lookupSecret, now: () => clock.now() };
     const aws = { regions: [config.region], lookupSecret };
     const alibaba = {
       path: config.alibabaPath,
@@ -115,7 +116,7 @@ export async function startService(
       claimNonce: nonces.claim.bind(nonces),
       now: () => clock.now(),
     };
-    const listening = createServer(createApp({ services, verifier, logger, aws, alibaba }));
+    const listening = createServer(createApp({ services, verifier, logger, huawei, aws, alibaba }));
     server = await new Promise<Server>((resolve, reject) => {
       listening.once('error', reject);
       listening.listen(config.port, config.host, () => resolve(listening));

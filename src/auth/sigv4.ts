@@ -1,5 +1,6 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { KmsError } from '../core/errors.js';
+import { percentDecode, uriEncode } from './uri-encoding.js';
 
 /**
  * AWS Signature Version 4, header form only (`Authorization: AWS4-HMAC-SHA256 Credential=…, SignedHeaders=…,
@@ -288,31 +289,6 @@ function canonicalQuery(query: string): string {
 
 function compare(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
-}
-
-function percentDecode(value: string): string {
-  try {
-    return decodeURIComponent(value);
-  } catch {
-    return value; // malformed escapes: encoded as they are, so the signature simply does not match
-  }
-}
-
-/** RFC 3986: everything but A-Z a-z 0-9 - _ . ~ becomes %XX (upper-case) of its UTF-8 bytes. */
-function uriEncode(value: string): string {
-  let out = '';
-  for (const byte of Buffer.from(value, 'utf8')) {
-    const unreserved =
-      (byte >= 0x30 && byte <= 0x39) ||
-      (byte >= 0x41 && byte <= 0x5a) ||
-      (byte >= 0x61 && byte <= 0x7a) ||
-      byte === 0x2d ||
-      byte === 0x2e ||
-      byte === 0x5f ||
-      byte === 0x7e;
-    out += unreserved ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
-  }
-  return out;
 }
 
 function sha256Hex(data: string | Buffer): string {

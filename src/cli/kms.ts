@@ -14,10 +14,11 @@ Commands:
   token --project <project_id> [--ttl <seconds>]
       Print an X-Auth-Token for the project, signed with the local issuer key in $KMS_DATA_DIR/issuer
       (default ./.data). Valid for --ttl seconds (default 86400, at most 31536000).
-  credentials create --project <project_id> [--format aws|alibaba]
-      Create an access key of the project for the signed dialects (AWS SigV4, Alibaba RPC) and print it as
-      two lines, AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=... (or, with --format alibaba,
-      ALIBABA_CLOUD_ACCESS_KEY_ID=... and ALIBABA_CLOUD_ACCESS_KEY_SECRET=...), so that
+  credentials create --project <project_id> [--format aws|alibaba|huawei]
+      Create an access key of the project for the signed dialects (AWS SigV4, Alibaba RPC, Huawei AK/SK) and
+      print it as two lines, AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=... (or, with --format alibaba,
+      ALIBABA_CLOUD_ACCESS_KEY_ID=... and ALIBABA_CLOUD_ACCESS_KEY_SECRET=...; with --format huawei, three,
+      HUAWEICLOUD_SDK_AK=..., HUAWEICLOUD_SDK_SK=... and HUAWEICLOUD_SDK_PROJECT_ID=...), so that
       eval "$(kms credentials create --project p)" configures a shell. The secret is shown only now.
   credentials revoke <access_key_id>
       Revoke an access key at once. Fails (exit 1) if it is unknown or already revoked.
@@ -27,10 +28,14 @@ Commands:
       Print this text.
 `;
 
-/** The variables each dialect's CLIs and SDKs read their access key from. One access key serves both dialects. */
-const CREDENTIAL_VARIABLES: Readonly<Record<string, readonly [string, string]>> = {
+/**
+ * The variables each dialect's CLIs and SDKs read their access key from (and, for Huawei's SDKs, which have no
+ * account to infer it from, the project). One access key serves every dialect.
+ */
+const CREDENTIAL_VARIABLES: Readonly<Record<string, readonly [string, string, string?]>> = {
   aws: ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY'],
   alibaba: ['ALIBABA_CLOUD_ACCESS_KEY_ID', 'ALIBABA_CLOUD_ACCESS_KEY_SECRET'],
+  huawei: ['HUAWEICLOUD_SDK_AK', 'HUAWEICLOUD_SDK_SK', 'HUAWEICLOUD_SDK_PROJECT_ID'],
 };
 
 const PROJECT_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
@@ -87,10 +92,16 @@ async function credentials(args: string[]): Promise<void> {
       const project = values.project;
       if (project === undefined) fail('credentials create needs --project <project_id>');
       if (!PROJECT_ID_PATTERN.test(project)) fail('a project id is 1 to 64 letters, digits, "_" or "-"');
-      const names = CREDENTIAL_VARIABLES[values.format];
-      if (names === undefined) fail("--format must be 'aws' or 'alibaba'");
+      const names = Object.hasOwn(CREDENTIAL_VARIABLES, values.format)
+        ? CREDENTIAL_VARIABLES[values.format]
+        : undefined;
+      if (names === undefined) fail("--format must be 'aws', 'alibaba' or 'huawei'");
+      const [accessKeyName, secretName, projectName] = names;
       const created = await withCredentials((service) => service.create(project));
-      process.stdout.write(`${names[0]}=${created.accessKeyId}\n${names[1]}=${created.secretAccessKey}\n`);
+      process.stdout.write(
+        `${accessKeyName}=${created.accessKeyId}\n${secretName}=${created.secretAccessKey}\n` +
+          (projectName ? `${projectName}=${project}\n` : ''),
+      );
       return;
     }
     case 'revoke': {

@@ -115,7 +115,7 @@ describe('kms credentials', () => {
     });
   });
 
-  it('when --format alibaba is given, then the lines name the Alibaba SDK variables, and a bad format exits 2', async () => {
+  it('when --format alibaba is given, then the lines name the Alibaba SDK variables, and any other format exits 2', async () => {
     const run = kmsWithHsm('credentials', 'create', '--project', 'cli-alibaba', '--format', 'alibaba');
     expect(run.status).toBe(0);
     const match =
@@ -128,9 +128,11 @@ describe('kms credentials', () => {
       projectId: 'cli-alibaba',
       secretAccessKey,
     });
-    const bad = kmsWithHsm('credentials', 'create', '--project', 'p', '--format', 'gcp');
-    expect(bad.status).toBe(2);
-    expect(bad.stderr).toContain("--format must be 'aws' or 'alibaba'");
+    for (const format of ['gcp', 'constructor', '__proto__']) {
+      const bad = kmsWithHsm('credentials', 'create', '--project', 'p', '--format', format);
+      expect({ format, status: bad.status, stdout: bad.stdout }).toEqual({ format, status: 2, stdout: '' });
+      expect(bad.stderr).toContain("--format must be 'aws', 'alibaba' or 'huawei'");
+    }
   });
 
   it('when the output is evaluated by a shell, then the shell has both variables', () => {

@@ -133,6 +133,7 @@ describe('failures inside the service', () => {
       services,
       verifier,
       logger: createLogger('error', (line) => logged.push(line)),
+      huawei: { lookupSecret: (id) => kms.running.credentials.resolve(id) },
       aws: { regions: ['local-1'], lookupSecret: (id) => kms.running.credentials.resolve(id) },
       alibaba: {
         path: '/',

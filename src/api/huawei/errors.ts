@@ -47,11 +47,13 @@ export const HUAWEI_ERROR_TABLE = {
   InvalidParameter: { errorCode: 'KMS.0308', status: 400 },
   AuthMissing: { errorCode: 'KMS.0301', status: 403, message: 'Invalid or null X-Auth-Token.' },
   AuthInvalid: { errorCode: 'KMS.0302', status: 403, message: 'Invalid X-Auth-Token.' },
-  AuthIncomplete: { errorCode: 'KMS.0302', status: 403, message: 'Invalid X-Auth-Token.' },
-  AuthSignatureMismatch: { errorCode: 'KMS.0302', status: 403, message: 'Invalid X-Auth-Token.' },
-  AuthUnknownCredential: { errorCode: 'KMS.0302', status: 403, message: 'Invalid X-Auth-Token.' },
-  AuthExpired: { errorCode: 'KMS.0303', status: 403, message: 'X-Auth-Token expired.' },
-  ProjectMismatch: { errorCode: 'KMS.0321', status: 403, message: 'URIs in URL and X-Auth-Token do not match.' },
+  // The codes below keep their message: each says what was wrong with a token or an AK/SK signature
+  // (src/auth/huawei-signature.ts), and none carries a secret.
+  AuthIncomplete: { errorCode: 'KMS.0301', status: 403 },
+  AuthSignatureMismatch: { errorCode: 'KMS.0302', status: 403 },
+  AuthUnknownCredential: { errorCode: 'KMS.0302', status: 403 },
+  AuthExpired: { errorCode: 'KMS.0303', status: 403 },
+  ProjectMismatch: { errorCode: 'KMS.0321', status: 403 },
   HsmUnavailable: {
     errorCode: 'KMS.0104',
     status: 503,

@@ -1,9 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type NextFunction, type Request, type Response, Router } from 'express';
-import type { TokenVerifier } from '../../auth/token-verifier.js';
-import { KmsError } from '../../core/errors.js';
 import { readBody } from '../../http/read-body.js';
 import { errorFields, type Logger } from '../../logger.js';
+import { authenticate, type HuaweiAuthOptions } from './authenticate.js';
 import type { HuaweiAction, Services } from './context.js';
 import {
   createDataKey,
@@ -60,16 +59,20 @@ const PROJECT_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
  */
 const MAX_BODY_BYTES = 64 * 1024;
 
+/** The raw request body; compressed bodies are refused (their bytes would not be what the client signed). */
+function readRawBody(req: IncomingMessage): Promise<Buffer> {
+  const encoding = req.headers['content-encoding'];
+  if (encoding !== undefined && encoding !== 'identity') {
+    return Promise.reject(invalid('KMS.0214', 'The request format is invalid: compressed bodies are not accepted.'));
+  }
+  return readBody(req, MAX_BODY_BYTES, () => invalid('KMS.0203', 'Request message too long.'));
+}
+
 /**
  * The request body as JSON, whatever the content type: Huawei's SDKs send `application/json;charset=UTF-8`, curl
  * users often send none. Undefined for an empty body.
  */
-async function readJsonBody(req: IncomingMessage): Promise<unknown> {
-  const encoding = req.headers['content-encoding'];
-  if (encoding !== undefined && encoding !== 'identity') {
-    throw invalid('KMS.0214', 'The request format is invalid: compressed bodies are not accepted.');
-  }
-  const body = await readBody(req, MAX_BODY_BYTES, () => invalid('KMS.0203', 'Request message too long.'));
+function parseJsonBody(body: Buffer): unknown {
   if (body.length === 0) return undefined;
   try {
     return JSON.parse(body.toString('utf8'));
@@ -97,22 +100,18 @@ const ACTION_PATH = /^\/v1\.0\/([^/]*)\/kms\/([^/]*)\/?$/i;
  * JSON-in, JSON-out: Express's per-request work (router, request and response decoration) cost as much CPU as a
  * create-datakey's own cryptography (docs/performance.md).
  */
-export function huaweiActionListener(services: Services, verifier: TokenVerifier, logger: Logger) {
+export function huaweiActionListener(services: Services, auth: HuaweiAuthOptions, logger: Logger) {
   const fail = failWith(logger);
   const serve = async (req: IncomingMessage, res: ServerResponse, projectId: string, actionName: string) => {
     if (!PROJECT_ID_PATTERN.test(projectId)) throw invalid('KMS.0201', 'Invalid request URL.');
-    const token = req.headers['x-auth-token'];
-    const tokenProject = await verifier.projectOf(typeof token === 'string' ? token : undefined);
-    if (tokenProject !== projectId) {
-      throw new KmsError('ProjectMismatch', 'URIs in URL and X-Auth-Token do not match.');
-    }
+    const signedBody = await authenticate(req, projectId, auth, () => readRawBody(req));
     const action = ACTIONS[actionName];
     if (!action) throw invalid('KMS.0201', 'Invalid request URL.');
     if (req.method !== action.method) {
       res.setHeader('Allow', action.method);
       throw new HuaweiApiError('KMS.0215', 405, 'Request method not supported.');
     }
-    const body = action.method === 'POST' ? await readJsonBody(req) : undefined;
+    const body = action.method === 'POST' ? parseJsonBody(signedBody ?? (await readRawBody(req))) : undefined;
     sendJson(res, 200, await action.run(services, projectId, body));
   };
   return (req: IncomingMessage, res: ServerResponse): boolean => {
