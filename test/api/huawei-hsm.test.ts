@@ -164,7 +164,11 @@ describe('failures inside the service', () => {
     const res = await genRandom();
     faulty.fault = undefined;
     expect(res.status).toBe(500);
-    expect(JSON.parse(res.text)).toEqual({ error: { error_code: 'KMS.0101', error_msg: 'KMS error.' } });
+    expect(JSON.parse(res.text)).toEqual({
+      error: { error_code: 'KMS.0101', error_msg: 'KMS error.' },
+      error_code: 'KMS.0101',
+      error_msg: 'KMS error.',
+    });
     expect(res.text).not.toContain('internals');
     expect(logged.join('\n')).toContain('secret internals');
   });

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { request } from 'node:http';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -65,7 +66,7 @@ function altered(wire: WireRequest, changes: Record<string, string | string[] | 
 
 const refused = (status: number, code: string, message: string) => ({
   status,
-  body: { error: { error_code: code, error_msg: message } },
+  body: { error: { error_code: code, error_msg: message }, error_code: code, error_msg: message },
 });
 
 describe("requests signed as each of Huawei's SDKs signs them", () => {
@@ -119,15 +120,22 @@ describe("requests signed as each of Huawei's SDKs signs them", () => {
     expect((await kms.call(A, 'describe-key', { key_id: keyId })).body.key_info.key_alias).toBe('node-sdk-key');
   });
 
-  it("when Huawei's Node SDK is refused, then it surfaces a ClientRequestException with the 403", async () => {
-    const call = huaweiKmsClient(kms.url, { ...keysA, secretAccessKey: 'not-the-secret' });
-    const err = await call('gen-random', { random_data_length: '32' }).then(
-      () => undefined,
-      (e: unknown) => e as { constructor: { name: string }; httpStatusCode: number },
-    );
-    expect({ type: err?.constructor.name, status: err?.httpStatusCode }).toEqual({
+  it("when Huawei's Node SDK is refused, then it surfaces a ClientRequestException with the status, code and message", async () => {
+    type SdkError = { constructor: { name: string }; httpStatusCode: number; errorCode: string; errorMsg: string };
+    const failure = (e: unknown) => {
+      const err = e as SdkError;
+      return { type: err.constructor.name, status: err.httpStatusCode, code: err.errorCode, message: err.errorMsg };
+    };
+    const forged = huaweiKmsClient(kms.url, { ...keysA, secretAccessKey: 'not-the-secret' });
+    const refusedSignature = await forged('gen-random', { random_data_length: '32' }).then(() => undefined, failure);
+    expect(refusedSignature).toMatchObject({ type: 'ClientRequestException', status: 403, code: 'KMS.0302' });
+    const call = huaweiKmsClient(kms.url, keysA);
+    const missingKey = await call('describe-key', { key_id: randomUUID() }).then(() => undefined, failure);
+    expect(missingKey).toEqual({
       type: 'ClientRequestException',
-      status: 403,
+      status: 404,
+      code: 'KMS.0207',
+      message: 'The key does not exist.',
     });
   });
 

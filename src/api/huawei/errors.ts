@@ -2,11 +2,16 @@ import type { KmsErrorCode } from '../../core/errors.js';
 import { KmsError } from '../../core/errors.js';
 
 /**
- * Huawei's error body, `{"error":{"error_code":"KMS.xxxx","error_msg":"..."}}`, with the HTTP status and the
- * verbatim message of OTC-API appendix/error_code.rst (see ../shared/reference/kms-apis.md §1.5).
+ * Huawei KMS's error body, `{"error":{"error_code":"KMS.xxxx","error_msg":"..."}}`, with the HTTP status and the
+ * verbatim message of OTC-API appendix/error_code.rst (see ../shared/reference/kms-apis.md §1.5), plus the same pair
+ * at the top level, as Huawei's API gateway sends it: Huawei's Node core SDK reads only `error.code` or a top-level
+ * `error_code` (exception/ExceptionUtil.js), so without it a Node caller gets the status but no code. The Python and
+ * Go SDKs search the top level first and find the same pair (../shared/reference/huawei-sdk.md §A.4).
  */
 export interface HuaweiErrorBody {
   readonly error: { readonly error_code: string; readonly error_msg: string };
+  readonly error_code: string;
+  readonly error_msg: string;
 }
 
 /** An error raised by the Huawei adapter itself (wire validation): it already carries its KMS code and status. */
@@ -77,5 +82,5 @@ export function renderHuaweiError(err: unknown): { status: number; body: HuaweiE
 }
 
 function body(errorCode: string, message: string): HuaweiErrorBody {
-  return { error: { error_code: errorCode, error_msg: message } };
+  return { error: { error_code: errorCode, error_msg: message }, error_code: errorCode, error_msg: message };
 }
