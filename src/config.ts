@@ -71,6 +71,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new Error(`Invalid configuration: ${String(issue?.path[0])}: ${issue?.message}`);
   }
   const e = parsed.data;
+  requireTokenClaimsWithJwks(e);
   const dataDir = path.resolve(e.KMS_DATA_DIR);
   return Object.freeze({
     dataDir,
@@ -91,6 +92,24 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     cmkQuota: e.KMS_CMK_QUOTA,
     auth: Object.freeze({ jwksUrl: e.KMS_JWKS_URL, issuer: e.KMS_TOKEN_ISSUER, audience: e.KMS_TOKEN_AUDIENCE }),
   });
+}
+
+/**
+ * An identity provider's JWKS usually signs tokens for many applications: without an expected issuer and audience,
+ * a token it issued for any of them, carrying a `project_id` claim, would be accepted here.
+ */
+function requireTokenClaimsWithJwks(e: z.infer<typeof EnvSchema>): void {
+  if (e.KMS_JWKS_URL === undefined) return;
+  const missing = [
+    e.KMS_TOKEN_ISSUER === undefined ? 'KMS_TOKEN_ISSUER' : '',
+    e.KMS_TOKEN_AUDIENCE === undefined ? 'KMS_TOKEN_AUDIENCE' : '',
+  ].filter(Boolean);
+  if (missing.length > 0) {
+    throw new Error(
+      `Invalid configuration: KMS_JWKS_URL is set, so KMS_TOKEN_ISSUER and KMS_TOKEN_AUDIENCE must be set too ` +
+        `(missing: ${missing.join(', ')}); without them a token the JWKS signed for any issuer or audience would be accepted.`,
+    );
+  }
 }
 
 function readConfigFile(file: string): Record<string, string> {

@@ -43,6 +43,34 @@ describe('configuration', () => {
     expect(() => loadConfig({})).toThrow(/KMS_PIN or KMS_PIN_FILE/);
   });
 
+  it('when KMS_JWKS_URL is set without KMS_TOKEN_ISSUER or KMS_TOKEN_AUDIENCE, then start-up stops naming the missing ones', () => {
+    const jwks = { KMS_PIN: '1234', KMS_JWKS_URL: 'https://idp.example.test/.well-known/jwks.json' };
+    const both =
+      'Invalid configuration: KMS_JWKS_URL is set, so KMS_TOKEN_ISSUER and KMS_TOKEN_AUDIENCE must be set too ' +
+      '(missing: KMS_TOKEN_ISSUER, KMS_TOKEN_AUDIENCE); without them a token the JWKS signed for any issuer or ' +
+      'audience would be accepted.';
+    expect(() => loadConfig(jwks)).toThrow(both);
+    expect(() => loadConfig({ ...jwks, KMS_TOKEN_ISSUER: 'https://idp.example.test' })).toThrow(
+      '(missing: KMS_TOKEN_AUDIENCE)',
+    );
+    expect(() => loadConfig({ ...jwks, KMS_TOKEN_AUDIENCE: 'kms' })).toThrow('(missing: KMS_TOKEN_ISSUER)');
+    expect(() => loadConfig({ ...jwks, KMS_TOKEN_ISSUER: '', KMS_TOKEN_AUDIENCE: 'kms' })).toThrow(/KMS_TOKEN_ISSUER/);
+  });
+
+  it('when KMS_JWKS_URL comes with an issuer and an audience, then all three are configured', () => {
+    const config = loadConfig({
+      KMS_PIN: '1234',
+      KMS_JWKS_URL: 'https://idp.example.test/.well-known/jwks.json',
+      KMS_TOKEN_ISSUER: 'https://idp.example.test',
+      KMS_TOKEN_AUDIENCE: 'kms',
+    });
+    expect(config.auth).toEqual({
+      jwksUrl: 'https://idp.example.test/.well-known/jwks.json',
+      issuer: 'https://idp.example.test',
+      audience: 'kms',
+    });
+  });
+
   it('when a value is invalid, then the message names the variable but never echoes a value', () => {
     expect(() => loadConfig({ KMS_PIN: 's3cr3t-pin', KMS_PORT: 'not-a-port' })).toThrow(/KMS_PORT/);
     try {
