@@ -30,6 +30,10 @@ const EnvSchema = z.object({
     .regex(/^\/[A-Za-z0-9._~/-]*$/, 'must be a URL path starting with /')
     .default('/'),
   KMS_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+  KMS_HEADERS_TIMEOUT_MS: intFrom(100, 600_000).default(5_000),
+  KMS_REQUEST_TIMEOUT_MS: intFrom(100, 600_000).default(10_000),
+  KMS_KEEP_ALIVE_TIMEOUT_MS: intFrom(100, 600_000).default(65_000),
+  KMS_MAX_CONNECTIONS: intFrom(1, 1_000_000).default(512),
 });
 
 export interface Config {
@@ -41,6 +45,17 @@ export interface Config {
   /** Where the Alibaba RPC dialect is mounted; `/` by default, as Alibaba's endpoints serve it. */
   readonly alibabaPath: string;
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** Bounds on every HTTP connection: a KMS request is at most 64 KiB, so none needs long. */
+  readonly http: {
+    /** From a request's first byte to the end of its headers. */
+    readonly headersTimeoutMs: number;
+    /** From a request's first byte to the end of its body: a trickled body is cut off when this runs out. */
+    readonly requestTimeoutMs: number;
+    /** How long a connection may stay idle between requests. */
+    readonly keepAliveTimeoutMs: number;
+    /** Open connections per process; more are closed as soon as they are accepted. */
+    readonly maxConnections: number;
+  };
   readonly hsm: {
     readonly library: string;
     readonly tokenLabel: string;
@@ -72,6 +87,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   }
   const e = parsed.data;
   requireTokenClaimsWithJwks(e);
+  if (e.KMS_HEADERS_TIMEOUT_MS > e.KMS_REQUEST_TIMEOUT_MS) {
+    // The headers are part of the request: node:http refuses a headers timeout longer than the request's.
+    throw new Error('Invalid configuration: KMS_HEADERS_TIMEOUT_MS must not exceed KMS_REQUEST_TIMEOUT_MS.');
+  }
   const dataDir = path.resolve(e.KMS_DATA_DIR);
   return Object.freeze({
     dataDir,
@@ -81,6 +100,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     region: e.KMS_REGION,
     alibabaPath: e.KMS_ALIBABA_PATH,
     logLevel: e.KMS_LOG_LEVEL,
+    http: Object.freeze({
+      headersTimeoutMs: e.KMS_HEADERS_TIMEOUT_MS,
+      requestTimeoutMs: e.KMS_REQUEST_TIMEOUT_MS,
+      keepAliveTimeoutMs: e.KMS_KEEP_ALIVE_TIMEOUT_MS,
+      maxConnections: e.KMS_MAX_CONNECTIONS,
+    }),
     hsm: Object.freeze({
       library: e.KMS_PKCS11_LIBRARY,
       tokenLabel: e.KMS_TOKEN_LABEL,

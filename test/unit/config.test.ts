@@ -23,6 +23,12 @@ describe('configuration', () => {
       cmkQuota: 100_000,
       hsm: { library: '/usr/lib/softhsm/libsofthsm2.so', tokenLabel: 'hsm-kms', pin: '1234', poolSize: 4 },
     });
+    expect(config.http).toEqual({
+      headersTimeoutMs: 5_000,
+      requestTimeoutMs: 10_000,
+      keepAliveTimeoutMs: 65_000,
+      maxConnections: 512,
+    });
     expect(config.dataDir).toBe(path.resolve('./.data'));
     expect(config.dbPath).toBe(path.join(path.resolve('./.data'), 'kms.db'));
     expect(Object.isFrozen(config)).toBe(true);
@@ -69,6 +75,18 @@ describe('configuration', () => {
       issuer: 'https://idp.example.test',
       audience: 'kms',
     });
+  });
+
+  it('when the headers timeout is longer than the request timeout, then start-up stops naming both', () => {
+    expect(() => loadConfig({ KMS_PIN: '1234', KMS_HEADERS_TIMEOUT_MS: '20000' })).toThrow(
+      'Invalid configuration: KMS_HEADERS_TIMEOUT_MS must not exceed KMS_REQUEST_TIMEOUT_MS.',
+    );
+    expect(() => loadConfig({ KMS_PIN: '1234', KMS_MAX_CONNECTIONS: '0' })).toThrow(
+      /^Invalid configuration: KMS_MAX_CONNECTIONS/,
+    );
+    expect(
+      loadConfig({ KMS_PIN: '1234', KMS_HEADERS_TIMEOUT_MS: '20000', KMS_REQUEST_TIMEOUT_MS: '20000' }).http,
+    ).toMatchObject({ headersTimeoutMs: 20_000, requestTimeoutMs: 20_000 });
   });
 
   it('when a value is invalid, then the message names the variable but never echoes a value', () => {
