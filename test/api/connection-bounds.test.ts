@@ -176,7 +176,7 @@ describe('header and request timeouts', () => {
     ['Huawei', () => huaweiHead('{"random_data_length":"512"}'), '{"random_data_length":"512"}'],
     ['AWS', () => awsHead('GenerateRandom', '{"NumberOfBytes":32}'), '{"NumberOfBytes":32}'],
   ])(
-    'when a %s body is trickled, then it is cut off within the request timeout while other requests are served',
+    'when a body for the %s dialect is trickled, then it is cut off within the request timeout while other requests are served',
     async (_dialect, head, body) => {
       const connection = await open();
       connection.socket.write(await head());
@@ -246,7 +246,7 @@ describe('a client that aborts mid-request', () => {
     ['AWS', 'RST', () => awsHead('GenerateRandom', '{"NumberOfBytes":32}')],
     ['Alibaba', 'FIN', async () => alibabaRequest({ PasswordLength: '17' }).head],
   ])(
-    'when a %s client closes (%s) before its body is complete, then a debug line without stack is logged and no error',
+    'when a client of the %s dialect closes (%s) before its body is complete, then a debug line without stack is logged and no error',
     async (_dialect, how, head) => {
       logs.length = 0;
       const connection = await open();
