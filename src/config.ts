@@ -30,6 +30,10 @@ const EnvSchema = z.object({
     .regex(/^\/[A-Za-z0-9._~/-]*$/, 'must be a URL path starting with /')
     .default('/'),
   KMS_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+  KMS_HEADERS_TIMEOUT_MS: intFrom(100, 600_000).default(5_000),
+  KMS_REQUEST_TIMEOUT_MS: intFrom(100, 600_000).default(10_000),
+  KMS_KEEP_ALIVE_TIMEOUT_MS: intFrom(100, 600_000).default(65_000),
+  KMS_MAX_CONNECTIONS: intFrom(1, 1_000_000).default(512),
 });
 
 export interface Config {
@@ -41,6 +45,17 @@ export interface Config {
   /** Where the Alibaba RPC dialect is mounted; `/` by default, as Alibaba's endpoints serve it. */
   readonly alibabaPath: string;
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** Bounds on every HTTP connection: a KMS request is at most 64 KiB, so none needs long. */
+  readonly http: {
+    /** From a request's first byte to the end of its headers. */
+    readonly headersTimeoutMs: number;
+    /** From a request's first byte to the end of its body: a trickled body is cut off when this runs out. */
+    readonly requestTimeoutMs: number;
+    /** How long a connection may stay idle between requests. */
+    readonly keepAliveTimeoutMs: number;
+    /** Open connections per process; more are closed as soon as they are accepted. */
+    readonly maxConnections: number;
+  };
   readonly hsm: {
     readonly library: string;
     readonly tokenLabel: string;
@@ -71,6 +86,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new Error(`Invalid configuration: ${String(issue?.path[0])}: ${issue?.message}`);
   }
   const e = parsed.data;
+  requireTokenClaimsWithJwks(e);
+  if (e.KMS_HEADERS_TIMEOUT_MS > e.KMS_REQUEST_TIMEOUT_MS) {
+    // The headers are part of the request: node:http refuses a headers timeout longer than the request's.
+    throw new Error('Invalid configuration: KMS_HEADERS_TIMEOUT_MS must not exceed KMS_REQUEST_TIMEOUT_MS.');
+  }
   const dataDir = path.resolve(e.KMS_DATA_DIR);
   return Object.freeze({
     dataDir,
@@ -80,6 +100,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     region: e.KMS_REGION,
     alibabaPath: e.KMS_ALIBABA_PATH,
     logLevel: e.KMS_LOG_LEVEL,
+    http: Object.freeze({
+      headersTimeoutMs: e.KMS_HEADERS_TIMEOUT_MS,
+      requestTimeoutMs: e.KMS_REQUEST_TIMEOUT_MS,
+      keepAliveTimeoutMs: e.KMS_KEEP_ALIVE_TIMEOUT_MS,
+      maxConnections: e.KMS_MAX_CONNECTIONS,
+    }),
     hsm: Object.freeze({
       library: e.KMS_PKCS11_LIBRARY,
       tokenLabel: e.KMS_TOKEN_LABEL,
@@ -91,6 +117,24 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     cmkQuota: e.KMS_CMK_QUOTA,
     auth: Object.freeze({ jwksUrl: e.KMS_JWKS_URL, issuer: e.KMS_TOKEN_ISSUER, audience: e.KMS_TOKEN_AUDIENCE }),
   });
+}
+
+/**
+ * An identity provider's JWKS usually signs tokens for many applications: without an expected issuer and audience,
+ * a token it issued for any of them, carrying a `project_id` claim, would be accepted here.
+ */
+function requireTokenClaimsWithJwks(e: z.infer<typeof EnvSchema>): void {
+  if (e.KMS_JWKS_URL === undefined) return;
+  const missing = [
+    e.KMS_TOKEN_ISSUER === undefined ? 'KMS_TOKEN_ISSUER' : '',
+    e.KMS_TOKEN_AUDIENCE === undefined ? 'KMS_TOKEN_AUDIENCE' : '',
+  ].filter(Boolean);
+  if (missing.length > 0) {
+    throw new Error(
+      `Invalid configuration: KMS_JWKS_URL is set, so KMS_TOKEN_ISSUER and KMS_TOKEN_AUDIENCE must be set too ` +
+        `(missing: ${missing.join(', ')}); without them a token the JWKS signed for any issuer or audience would be accepted.`,
+    );
+  }
 }
 
 function readConfigFile(file: string): Record<string, string> {

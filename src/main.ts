@@ -1,5 +1,5 @@
 import cluster from 'node:cluster';
-import { loadConfig } from './config.js';
+import { type Config, loadConfig } from './config.js';
 import { createLogger, errorFields } from './logger.js';
 import { type RunningService, startService } from './service.js';
 
@@ -15,7 +15,14 @@ const isMetadataChanged = (message: unknown) =>
   typeof message === 'object' && message !== null && (message as { type?: unknown }).type === METADATA_CHANGED;
 
 async function main(): Promise<void> {
-  const config = loadConfig();
+  let config: Config;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    // The message names the variable and says what is wrong; a stack trace would only hide it.
+    createLogger('error').error('start-up failed', { message: err instanceof Error ? err.message : String(err) });
+    process.exit(1);
+  }
   const logger = createLogger(config.logLevel);
   const clustered = config.workers > 1;
   const role = !clustered ? 'single' : cluster.isPrimary ? 'primary' : 'worker';

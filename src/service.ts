@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Services } from './api/huawei/context.js';
 import { createApp } from './app.js';
@@ -12,6 +12,7 @@ import { PasswordService } from './core/password.service.js';
 import type { Clock } from './core/ports.js';
 import { RandomService } from './core/random.service.js';
 import { GrapheneHsm } from './hsm/graphene-hsm.js';
+import { createBoundedServer } from './http/bounded-server.js';
 import { errorFields, type Logger } from './logger.js';
 import { CachingMetadataStore } from './store/caching-metadata-store.js';
 import { SqliteMetadataStore } from './store/sqlite-metadata-store.js';
@@ -116,12 +117,12 @@ export async function startService(
       claimNonce: nonces.claim.bind(nonces),
       now: () => clock.now(),
     };
-    const listening = createServer(createApp({ services, verifier, logger, huawei, aws, alibaba }));
+    const app = createApp({ services, verifier, logger, huawei, aws, alibaba });
+    const listening = createBoundedServer(app, config.http, logger);
     server = await new Promise<Server>((resolve, reject) => {
       listening.once('error', reject);
       listening.listen(config.port, config.host, () => resolve(listening));
     });
-    server.keepAliveTimeout = 65_000;
     const { port } = server.address() as AddressInfo;
     url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
   } else {

@@ -10,7 +10,11 @@ import { percentDecode, uriEncode } from './uri-encoding.js';
  * The checks run in the order AWS's front end runs them, and their messages are AWS's own, because SDKs and
  * operators match on them (clock-skew retries look for "Signature expired" / "Signature not yet current"):
  * missing parts → algorithm → credential shape → date format → validity window → `host` signed → credential
- * scope → session token → payload hash → access key → signature.
+ * scope → session token → payload mode → access key → payload hash → signature.
+ *
+ * Everything up to the access key is checked on the request's head alone (`authenticateSigV4`), so that a request
+ * of an unknown or revoked key is refused before its body is read; the body's hash and the signature follow
+ * (`SigV4Check.verify`).
  */
 
 export interface SigV4Request {
@@ -25,6 +29,15 @@ export interface SigV4Request {
    */
   readonly headers: Readonly<Record<string, string | string[] | undefined>>;
   readonly body: Buffer;
+}
+
+/** A request before its body is read. */
+export type SigV4RequestHead = Omit<SigV4Request, 'body'>;
+
+/** The checks left once the access key is known: the body's hash and the signature. */
+export interface SigV4Check {
+  /** Verifies the signature over the head and this body, and returns who signed it. Throws KmsError. */
+  verify(body: Buffer): VerifiedCaller;
 }
 
 export interface SigV4Options {
@@ -66,6 +79,19 @@ export async function verifySigV4(
   lookup: SecretLookup,
   options: SigV4Options,
 ): Promise<VerifiedCaller> {
+  const check = await authenticateSigV4(request, lookup, options);
+  return check.verify(request.body);
+}
+
+/**
+ * Checks the signature's parts that the request's head carries and resolves its access key: an unknown or revoked
+ * key is refused here, before anyone waits for the body. Every failure is a KmsError.
+ */
+export async function authenticateSigV4(
+  request: SigV4RequestHead,
+  lookup: SecretLookup,
+  options: SigV4Options,
+): Promise<SigV4Check> {
   const authorization = single(request.headers.authorization);
   const queryAuth = /(?:^|&)X-Amz-Algorithm=/.test(request.query);
   if (authorization !== undefined && queryAuth) {
@@ -152,24 +178,28 @@ export async function verifySigV4(
     throw new KmsError('AuthUnknownCredential', 'The security token included in the request is invalid.');
   }
 
-  const payloadHash = checkedPayloadHash(request);
+  const declaredPayloadHash = signedPayloadHash(request.headers);
   const { projectId, secretAccessKey } = await lookup(accessKeyId);
 
-  const canonicalRequest = [
-    request.method.toUpperCase(),
-    canonicalUri(request.path),
-    canonicalQuery(request.query),
-    signedNames.map((name) => `${name}:${canonicalHeaderValue(request.headers[name])}\n`).join(''),
-    signedNames.join(';'),
-    payloadHash,
-  ].join('\n');
-  const credentialScope = `${scopeDate}/${region}/${service}/${TERMINATOR}`;
-  const stringToSign = [ALGORITHM, amzDate, credentialScope, sha256Hex(canonicalRequest)].join('\n');
-  const expected = createHmac('sha256', signingKey(secretAccessKey, scopeDate, region, service))
-    .update(stringToSign, 'utf8')
-    .digest('hex');
-  if (!constantTimeEqual(expected, signature)) throw new KmsError('AuthSignatureMismatch', SIGNATURE_MISMATCH);
-  return { accessKeyId, projectId, region };
+  return {
+    verify(body: Buffer): VerifiedCaller {
+      const canonicalRequest = [
+        request.method.toUpperCase(),
+        canonicalUri(request.path),
+        canonicalQuery(request.query),
+        signedNames.map((name) => `${name}:${canonicalHeaderValue(request.headers[name])}\n`).join(''),
+        signedNames.join(';'),
+        checkedPayloadHash(declaredPayloadHash, body),
+      ].join('\n');
+      const credentialScope = `${scopeDate}/${region}/${service}/${TERMINATOR}`;
+      const stringToSign = [ALGORITHM, amzDate, credentialScope, sha256Hex(canonicalRequest)].join('\n');
+      const expected = createHmac('sha256', signingKey(secretAccessKey, scopeDate, region, service))
+        .update(stringToSign, 'utf8')
+        .digest('hex');
+      if (!constantTimeEqual(expected, signature)) throw new KmsError('AuthSignatureMismatch', SIGNATURE_MISMATCH);
+      return { accessKeyId, projectId, region };
+    },
+  };
 }
 
 function single(value: string | string[] | undefined): string | undefined {
@@ -225,18 +255,23 @@ function checkValidityWindow(requestTime: number, now: number, maxSkewMs: number
   }
 }
 
-/** The payload hash the client signed: its x-amz-content-sha256 header, which must then be the body's. */
-function checkedPayloadHash(request: SigV4Request): string {
-  const bodyHash = sha256Hex(request.body);
-  const declared = single(request.headers['x-amz-content-sha256']);
-  if (declared === undefined) return bodyHash;
+/** The payload hash the client declares in x-amz-content-sha256, if any; it must be a hash of the body. */
+function signedPayloadHash(headers: SigV4RequestHead['headers']): string | undefined {
+  const declared = single(headers['x-amz-content-sha256']);
   // S3's streaming and unsigned modes would leave the body unauthenticated; KMS never uses them.
-  if (declared === UNSIGNED_PAYLOAD || declared.startsWith('STREAMING-')) {
+  if (declared === UNSIGNED_PAYLOAD || declared?.startsWith('STREAMING-')) {
     throw new KmsError(
       'AuthSignatureMismatch',
       `The payload must be signed: x-amz-content-sha256 '${declared}' is not accepted.`,
     );
   }
+  return declared;
+}
+
+/** The payload hash the client signed: the declared one, which must then be the body's, or the body's. */
+function checkedPayloadHash(declared: string | undefined, body: Buffer): string {
+  const bodyHash = sha256Hex(body);
+  if (declared === undefined) return bodyHash;
   if (declared.toLowerCase() !== bodyHash) {
     throw new KmsError(
       'AuthSignatureMismatch',

@@ -3,6 +3,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { exportJWK, SignJWT } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, spawnService } from '../support/child-service.js';
 import { startTestService, type TestService } from '../support/test-service.js';
 
 /** Production mode: tokens come from an identity provider's JWKS, here served on 127.0.0.1. */
@@ -64,5 +65,30 @@ describe('tokens verified with a JWKS', () => {
   it('when a locally issued development token is sent, then it is refused', async () => {
     const res = await kms.call(P, 'gen-random', {});
     expect(res.body.error.error_code).toBe('KMS.0302');
+  });
+});
+
+describe('start-up with a JWKS', () => {
+  it('when KMS_JWKS_URL is set without an issuer and an audience, then the service exits with 1 naming them', async () => {
+    const start = spawnService({
+      KMS_PIN: '1234',
+      KMS_PORT: String(await freePort()),
+      KMS_JWKS_URL: 'https://idp.example.test/.well-known/jwks.json',
+    });
+    const failure = await start.then(
+      () => expect.fail('the service started'),
+      (err: Error) => err.message,
+    );
+    expect(failure).toMatch(/^service exited with 1 before listening:/);
+    const line = JSON.parse(failure.split('\n')[1] as string);
+    expect(line).toMatchObject({
+      level: 'error',
+      msg: 'start-up failed',
+      message:
+        'Invalid configuration: KMS_JWKS_URL is set, so KMS_TOKEN_ISSUER and KMS_TOKEN_AUDIENCE must be set too ' +
+        '(missing: KMS_TOKEN_ISSUER, KMS_TOKEN_AUDIENCE); without them a token the JWKS signed for any issuer or ' +
+        'audience would be accepted.',
+    });
+    expect(line).not.toHaveProperty('stack');
   });
 });

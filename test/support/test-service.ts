@@ -33,8 +33,16 @@ export interface TestService {
   destroy(): Promise<void>;
 }
 
+export interface TestServiceOptions {
+  /** Receives every log line the service writes at KMS_LOG_LEVEL or above (default: stderr, errors only). */
+  readonly onLog?: (line: string) => void;
+}
+
 /** The real service, in this process, on 127.0.0.1 and a free port, with a fresh SoftHSM token and data directory. */
-export async function startTestService(extraEnv: Record<string, string> = {}): Promise<TestService> {
+export async function startTestService(
+  extraEnv: Record<string, string> = {},
+  options: TestServiceOptions = {},
+): Promise<TestService> {
   const token = createTestToken();
   const env: Record<string, string> = {
     KMS_DATA_DIR: path.join(token.dir, 'data'),
@@ -47,12 +55,16 @@ export async function startTestService(extraEnv: Record<string, string> = {}): P
     SOFTHSM2_CONF: token.softhsmConf,
     ...extraEnv,
   };
-  return boot(env, () => removeTestToken(token.dir));
+  return boot(env, options, () => removeTestToken(token.dir));
 }
 
-async function boot(env: Record<string, string>, cleanup: () => void): Promise<TestService> {
+async function boot(
+  env: Record<string, string>,
+  options: TestServiceOptions,
+  cleanup: () => void,
+): Promise<TestService> {
   const config = loadConfig(env);
-  const running = await startService(config, createLogger('error'), 'single');
+  const running = await startService(config, createLogger(config.logLevel, options.onLog), 'single');
   const url = running.url as string;
   const issuer = loadOrCreateIssuerKeys(config.dataDir);
   const tokens = new Map<string, string>();
@@ -86,7 +98,7 @@ async function boot(env: Record<string, string>, cleanup: () => void): Promise<T
     },
     stop: () => running.stop(),
     async restart() {
-      return boot(env, cleanup);
+      return boot(env, options, cleanup);
     },
     async destroy() {
       await running.stop().catch(() => undefined);

@@ -23,6 +23,12 @@ describe('configuration', () => {
       cmkQuota: 100_000,
       hsm: { library: '/usr/lib/softhsm/libsofthsm2.so', tokenLabel: 'hsm-kms', pin: '1234', poolSize: 4 },
     });
+    expect(config.http).toEqual({
+      headersTimeoutMs: 5_000,
+      requestTimeoutMs: 10_000,
+      keepAliveTimeoutMs: 65_000,
+      maxConnections: 512,
+    });
     expect(config.dataDir).toBe(path.resolve('./.data'));
     expect(config.dbPath).toBe(path.join(path.resolve('./.data'), 'kms.db'));
     expect(Object.isFrozen(config)).toBe(true);
@@ -41,6 +47,46 @@ describe('configuration', () => {
 
   it('when no PIN is configured, then start-up stops with a message naming the variables', () => {
     expect(() => loadConfig({})).toThrow(/KMS_PIN or KMS_PIN_FILE/);
+  });
+
+  it('when KMS_JWKS_URL is set without KMS_TOKEN_ISSUER or KMS_TOKEN_AUDIENCE, then start-up stops naming the missing ones', () => {
+    const jwks = { KMS_PIN: '1234', KMS_JWKS_URL: 'https://idp.example.test/.well-known/jwks.json' };
+    const both =
+      'Invalid configuration: KMS_JWKS_URL is set, so KMS_TOKEN_ISSUER and KMS_TOKEN_AUDIENCE must be set too ' +
+      '(missing: KMS_TOKEN_ISSUER, KMS_TOKEN_AUDIENCE); without them a token the JWKS signed for any issuer or ' +
+      'audience would be accepted.';
+    expect(() => loadConfig(jwks)).toThrow(both);
+    expect(() => loadConfig({ ...jwks, KMS_TOKEN_ISSUER: 'https://idp.example.test' })).toThrow(
+      '(missing: KMS_TOKEN_AUDIENCE)',
+    );
+    expect(() => loadConfig({ ...jwks, KMS_TOKEN_AUDIENCE: 'kms' })).toThrow('(missing: KMS_TOKEN_ISSUER)');
+    expect(() => loadConfig({ ...jwks, KMS_TOKEN_ISSUER: '', KMS_TOKEN_AUDIENCE: 'kms' })).toThrow(/KMS_TOKEN_ISSUER/);
+  });
+
+  it('when KMS_JWKS_URL comes with an issuer and an audience, then all three are configured', () => {
+    const config = loadConfig({
+      KMS_PIN: '1234',
+      KMS_JWKS_URL: 'https://idp.example.test/.well-known/jwks.json',
+      KMS_TOKEN_ISSUER: 'https://idp.example.test',
+      KMS_TOKEN_AUDIENCE: 'kms',
+    });
+    expect(config.auth).toEqual({
+      jwksUrl: 'https://idp.example.test/.well-known/jwks.json',
+      issuer: 'https://idp.example.test',
+      audience: 'kms',
+    });
+  });
+
+  it('when the headers timeout is longer than the request timeout, then start-up stops naming both', () => {
+    expect(() => loadConfig({ KMS_PIN: '1234', KMS_HEADERS_TIMEOUT_MS: '20000' })).toThrow(
+      'Invalid configuration: KMS_HEADERS_TIMEOUT_MS must not exceed KMS_REQUEST_TIMEOUT_MS.',
+    );
+    expect(() => loadConfig({ KMS_PIN: '1234', KMS_MAX_CONNECTIONS: '0' })).toThrow(
+      /^Invalid configuration: KMS_MAX_CONNECTIONS/,
+    );
+    expect(
+      loadConfig({ KMS_PIN: '1234', KMS_HEADERS_TIMEOUT_MS: '20000', KMS_REQUEST_TIMEOUT_MS: '20000' }).http,
+    ).toMatchObject({ headersTimeoutMs: 20_000, requestTimeoutMs: 20_000 });
   });
 
   it('when a value is invalid, then the message names the variable but never echoes a value', () => {

@@ -2,7 +2,13 @@ import { createHash } from 'node:crypto';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { describe, expect, it } from 'vitest';
-import { type SecretLookup, type SigV4Options, type SigV4Request, verifySigV4 } from '../../src/auth/sigv4.js';
+import {
+  authenticateSigV4,
+  type SecretLookup,
+  type SigV4Options,
+  type SigV4Request,
+  verifySigV4,
+} from '../../src/auth/sigv4.js';
 import { KmsError } from '../../src/core/errors.js';
 
 const ACCESS_KEY_ID = 'AKIAI44QH8DHBEXAMPLE';
@@ -449,6 +455,42 @@ describe('verifySigV4 refusals', () => {
  * (AKIDEXAMPLE, 20150830T123600Z, us-east-1, service 'service'), and the IAM ListUsers example of AWS's "Signature
  * Version 4 signing process" documentation.
  */
+describe('authenticateSigV4: the head is checked and the access key resolved before the body is read', () => {
+  const head = ({ body: _body, ...rest }: SigV4Request) => rest;
+
+  it('when the access key is unknown, then AuthUnknownCredential comes from the head alone', async () => {
+    const request = await signed();
+    const authorization = String(request.headers.authorization).replace(ACCESS_KEY_ID, 'AKIAUNKNOWNEXAMPLE00');
+    expect(await failure(authenticateSigV4(head(withHeaders(request, { authorization })), lookup, options))).toEqual({
+      code: 'AuthUnknownCredential',
+      message: 'The security token included in the request is invalid.',
+    });
+  });
+
+  it('when x-amz-content-sha256 is UNSIGNED-PAYLOAD, then it is refused before the access key is looked up', async () => {
+    const looked: string[] = [];
+    const spy: SecretLookup = (id) => {
+      looked.push(id);
+      return lookup(id);
+    };
+    const request = await signed({ headers: { 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' } });
+    expect(await failure(authenticateSigV4(head(request), spy, options))).toMatchObject({
+      code: 'AuthSignatureMismatch',
+    });
+    expect(looked).toEqual([]);
+  });
+
+  it('when the head checks out, then the body given afterwards is verified: its own passes, another does not', async () => {
+    const check = await authenticateSigV4(head(await signed()), lookup, options);
+    expect(check.verify(Buffer.from(BODY))).toEqual({ accessKeyId: ACCESS_KEY_ID, projectId: PROJECT, region: REGION });
+    expect(() => check.verify(Buffer.from('{"NumberOfBytes":1024}'))).toThrow(
+      "The provided 'x-amz-content-sha256' header does not match what was computed.",
+    );
+    const unhashed = await authenticateSigV4(head(await signed({ applyChecksum: false })), lookup, options);
+    expect(() => unhashed.verify(Buffer.from('{"NumberOfBytes":1024}'))).toThrow(MISMATCH);
+  });
+});
+
 describe('verifySigV4 against AWS published vectors', () => {
   const suiteLookup: SecretLookup = async (accessKeyId) => {
     expect(accessKeyId).toBe('AKIDEXAMPLE');

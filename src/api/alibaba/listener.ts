@@ -6,7 +6,7 @@ import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
 import { AlibabaApiError, invalidParameter, renderAlibabaError } from './errors.js';
 import { ALIBABA_OPERATIONS } from './operations.js';
-import { API_VERSION, type NonceClaim, verifyRpcSignature } from './signature.js';
+import { API_VERSION, type NonceClaim, resolveAccessKey, verifyRpcSignature } from './signature.js';
 import { RpcParams } from './wire.js';
 
 /**
@@ -34,13 +34,23 @@ export function alibabaListener(services: Services, options: AlibabaOptions, log
   const now = options.now ?? Date.now;
   const serve = async (req: IncomingMessage, res: ServerResponse, query: string, requestId: string) => {
     const method = req.method ?? 'GET';
-    const body =
-      method === 'POST' && isForm(req)
-        ? await readBody(req, MAX_BODY_BYTES, () =>
-            invalidParameter('Body', `the request body is larger than ${MAX_BODY_BYTES} bytes.`),
-          )
-        : undefined;
-    const params = parameters(query, body?.toString('utf8'));
+    const params = new Map<string, string>();
+    addParameters(params, query);
+    let lookupSecret = options.lookupSecret;
+    if (method === 'POST' && isForm(req)) {
+      // An access key named in the query string is resolved before the body is read: an unknown or revoked key is
+      // refused without waiting for a body. (One named in the body can only be known once the body is read.)
+      const queryKey = params.get('AccessKeyId');
+      if (queryKey !== undefined) {
+        const resolved = await resolveAccessKey(options.lookupSecret, queryKey);
+        // The signature check asks for the same key: a parameter given in both query and body is refused.
+        lookupSecret = async (id) => (id === queryKey ? resolved : options.lookupSecret(id));
+      }
+      const body = await readBody(req, MAX_BODY_BYTES, () =>
+        invalidParameter('Body', `the request body is larger than ${MAX_BODY_BYTES} bytes.`),
+      );
+      addParameters(params, body.toString('utf8'));
+    }
     const rpc = new RpcParams(params);
     const action = rpc.required('Action');
     if (rpc.required('Version') !== API_VERSION) {
@@ -59,7 +69,7 @@ export function alibabaListener(services: Services, options: AlibabaOptions, log
       throw invalidParameter('Format', 'this service answers in JSON only.');
     }
     const caller = await verifyRpcSignature(method, params, {
-      lookupSecret: options.lookupSecret,
+      lookupSecret,
       claimNonce: options.claimNonce,
       now,
     });
@@ -96,18 +106,15 @@ function isForm(req: IncomingMessage): boolean {
 }
 
 /**
- * The query string's and the body's parameters together, decoded as `application/x-www-form-urlencoded`. A name
- * given twice is refused: which of the two values was signed, and which one acted on, must never be in doubt.
+ * Adds the parameters of the query string, or of the body, decoded as `application/x-www-form-urlencoded`. A name
+ * given twice, in one or in both, is refused: which of the two values was signed, and which one acted on, must never
+ * be in doubt.
  */
-function parameters(query: string, body: string | undefined): Map<string, string> {
-  const params = new Map<string, string>();
-  for (const source of [query, body ?? '']) {
-    for (const [name, value] of new URLSearchParams(source)) {
-      if (params.has(name)) throw invalidParameter(name, 'it is given more than once.');
-      params.set(name, value);
-    }
+function addParameters(params: Map<string, string>, source: string): void {
+  for (const [name, value] of new URLSearchParams(source)) {
+    if (params.has(name)) throw invalidParameter(name, 'it is given more than once.');
+    params.set(name, value);
   }
-  return params;
 }
 
 function send(res: ServerResponse, status: number, body: object & { RequestId: string }): void {

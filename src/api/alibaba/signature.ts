@@ -79,16 +79,7 @@ export async function verifyRpcSignature(
   if (nonce.length > MAX_NONCE_LENGTH) invalid('SignatureNonce', `at most ${MAX_NONCE_LENGTH} characters.`);
   const signature = common.required('Signature');
 
-  const { projectId, secretAccessKey } = await options.lookupSecret(accessKeyId).catch((err: unknown) => {
-    if (err instanceof KmsError && err.code === 'AuthUnknownCredential') {
-      throw new AlibabaApiError(
-        'InvalidAccessKeyId.NotFound',
-        'The AccessKey ID provided does not exist in our records.',
-        404,
-      );
-    }
-    throw err;
-  });
+  const { projectId, secretAccessKey } = await resolveAccessKey(options.lookupSecret, accessKeyId);
   const stringToSign = rpcStringToSign(method, params);
   const expected = Buffer.from(rpcSignature(stringToSign, secretAccessKey), 'base64');
   // Node's base64 decoder skips stray characters and missing padding: only the canonical spelling of the MAC counts.
@@ -106,6 +97,20 @@ export async function verifyRpcSignature(
     throw new AlibabaApiError('SignatureNonceUsed', 'Specified signature nonce was used already.');
   }
   return { accessKeyId, projectId };
+}
+
+/** The access key's project and secret; an unknown or revoked key is Alibaba's InvalidAccessKeyId.NotFound. */
+export function resolveAccessKey(lookup: SecretLookup, accessKeyId: string): ReturnType<SecretLookup> {
+  return lookup(accessKeyId).catch((err: unknown) => {
+    if (err instanceof KmsError && err.code === 'AuthUnknownCredential') {
+      throw new AlibabaApiError(
+        'InvalidAccessKeyId.NotFound',
+        'The AccessKey ID provided does not exist in our records.',
+        404,
+      );
+    }
+    throw err;
+  });
 }
 
 function invalid(name: string, valid: string): never {

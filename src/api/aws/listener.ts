@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { type SecretLookup, verifySigV4 } from '../../auth/sigv4.js';
+import { authenticateSigV4, type SecretLookup } from '../../auth/sigv4.js';
 import { readBody } from '../../http/read-body.js';
 import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
@@ -28,21 +28,23 @@ export interface AwsOptions {
 export function awsListener(services: Services, options: AwsOptions, logger: Logger) {
   const now = options.now ?? Date.now;
   const serve = async (req: IncomingMessage, res: ServerResponse, requestId: string) => {
-    const body = await readBody(
-      req,
-      MAX_BODY_BYTES,
-      () => new AwsApiError('ValidationException', 'The request body is too large.', 413),
-    );
     // As sent, still percent-encoded; repeated headers as separate values (AWS joins them with ',', node with ', ').
     const url = req.url ?? '/';
     const queryAt = url.indexOf('?');
     const path = queryAt === -1 ? url : url.slice(0, queryAt);
     const query = queryAt === -1 ? '' : url.slice(queryAt + 1);
-    const caller = await verifySigV4(
-      { method: req.method ?? 'POST', path, query, headers: req.headersDistinct, body },
+    // The access key is resolved from the head: an unknown or revoked key is refused without waiting for a body.
+    const signature = await authenticateSigV4(
+      { method: req.method ?? 'POST', path, query, headers: req.headersDistinct },
       options.lookupSecret,
       { service: 'kms', regions: options.regions, now, maxSkewMs: CLOCK_SKEW_MS },
     );
+    const body = await readBody(
+      req,
+      MAX_BODY_BYTES,
+      () => new AwsApiError('ValidationException', 'The request body is too large.', 413),
+    );
+    const caller = signature.verify(body);
     const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
     const target = String(req.headers['x-amz-target'] ?? '');
     const operation = target.startsWith(TARGET_PREFIX) ? AWS_OPERATIONS[target.slice(TARGET_PREFIX.length)] : undefined;

@@ -1,0 +1,306 @@
+import { connect, type Socket } from 'node:net';
+import { Sha256 } from '@aws-crypto/sha256-js';
+import { SignatureV4 } from '@smithy/signature-v4';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { signedRpcParams } from '../support/alibaba-sdk.js';
+import { startTestService, type TestService } from '../support/test-service.js';
+
+/**
+ * Connections are bounded (src/http/bounded-server.ts), shown through raw sockets against the real service. The
+ * bounds are set small so that each test runs in about a second; node:http's defaults held a trickled body for
+ * about 325 s and trickled headers for about 90 s.
+ */
+const HEADERS_TIMEOUT_MS = 500;
+const REQUEST_TIMEOUT_MS = 1_500;
+const REGION = 'local-1';
+const P = 'boundsproject';
+const BODY_60_KIB = 'x'.repeat(60 * 1024);
+
+let kms: TestService;
+let host: string;
+let port: number;
+let credentials: { accessKeyId: string; secretAccessKey: string };
+const logs: string[] = [];
+
+beforeAll(async () => {
+  kms = await startTestService(
+    {
+      KMS_HEADERS_TIMEOUT_MS: String(HEADERS_TIMEOUT_MS),
+      KMS_REQUEST_TIMEOUT_MS: String(REQUEST_TIMEOUT_MS),
+      KMS_REGION: REGION,
+      KMS_LOG_LEVEL: 'debug',
+    },
+    { onLog: (line) => logs.push(line) },
+  );
+  const url = new URL(kms.url);
+  host = url.hostname;
+  port = Number(url.port);
+  credentials = await kms.running.credentials.create(P);
+});
+afterAll(() => kms.destroy());
+
+/** A raw connection: what it received, and when it closed (milliseconds after it was opened). */
+interface RawConnection {
+  readonly socket: Socket;
+  readonly received: () => string;
+  readonly closed: Promise<number>;
+}
+
+function open(toPort = port): Promise<RawConnection> {
+  return new Promise((resolve, reject) => {
+    const started = performance.now();
+    let received = '';
+    const socket = connect(toPort, host);
+    const closed = new Promise<number>((done) => socket.once('close', () => done(performance.now() - started)));
+    socket.on('data', (chunk: Buffer) => {
+      received += chunk.toString('latin1');
+    });
+    socket.on('error', () => undefined); // a reset is what some tests expect; `closed` reports it
+    socket.once('connect', () => resolve({ socket, received: () => received, closed }));
+    socket.once('error', reject);
+  });
+}
+
+/** Writes `text` one byte every `everyMs` while the socket is open. */
+function trickle(socket: Socket, text: string, everyMs: number): void {
+  let at = 0;
+  const timer = setInterval(() => {
+    if (at >= text.length || socket.destroyed || !socket.writable) return clearInterval(timer);
+    socket.write(text[at++] as string);
+  }, everyMs);
+  socket.once('close', () => clearInterval(timer));
+}
+
+/** Resolves once `received()` holds a whole response (headers and a Content-Length body), or rejects after `ms`. */
+async function response(
+  connection: RawConnection,
+  ms: number,
+): Promise<{ status: number; head: string; body: string }> {
+  const deadline = performance.now() + ms;
+  for (;;) {
+    const text = connection.received();
+    const end = text.indexOf('\r\n\r\n');
+    if (end !== -1) {
+      const head = text.slice(0, end);
+      const length = Number(/\r\ncontent-length: (\d+)/i.exec(head)?.[1] ?? 0);
+      if (text.length >= end + 4 + length) {
+        return { status: Number(head.split(' ')[1]), head, body: text.slice(end + 4, end + 4 + length) };
+      }
+    }
+    if (performance.now() > deadline) throw new Error(`no whole response within ${ms} ms: ${JSON.stringify(text)}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+function requestHead(method: string, path: string, headers: Record<string, string>): string {
+  const lines = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`);
+  return `${method} ${path} HTTP/1.1\r\n${lines.join('')}\r\n`;
+}
+
+/** The head of an AWS request signed for `body` by `accessKeyId`, as the AWS SDK signs it. */
+async function awsHead(target: string, body: string, signer = credentials): Promise<string> {
+  const signed = await new SignatureV4({ service: 'kms', region: REGION, sha256: Sha256, credentials: signer }).sign({
+    method: 'POST',
+    protocol: 'http:',
+    hostname: host,
+    port,
+    path: '/',
+    headers: {
+      host: `${host}:${port}`,
+      'content-type': 'application/x-amz-json-1.1',
+      'content-length': String(Buffer.byteLength(body)),
+      'x-amz-target': `TrentService.${target}`,
+    },
+    body,
+  });
+  return requestHead('POST', '/', signed.headers);
+}
+
+async function huaweiHead(body: string): Promise<string> {
+  return requestHead('POST', `/v1.0/${P}/kms/gen-random`, {
+    host: `${host}:${port}`,
+    'content-type': 'application/json',
+    'content-length': String(Buffer.byteLength(body)),
+    'x-auth-token': await kms.tokenFor(P),
+  });
+}
+
+/**
+ * An Alibaba GetRandomPassword form POST, as the Alibaba SDK sends it: the signed common parameters in the query
+ * string, `form` (signed too) in the body.
+ */
+function alibabaRequest(form: Record<string, string>, accessKeyId = credentials.accessKeyId) {
+  const signed = signedRpcParams({ ...credentials, accessKeyId }, { Action: 'GetRandomPassword', ...form });
+  const body = new URLSearchParams(form).toString();
+  const query = new URLSearchParams(Object.entries(signed).filter(([name]) => !(name in form)));
+  const head = requestHead('POST', `/?${query}`, {
+    host: `${host}:${port}`,
+    'content-type': 'application/x-www-form-urlencoded',
+    'content-length': String(Buffer.byteLength(body)),
+  });
+  return { head, body };
+}
+
+const parsedLogs = () => logs.map((line) => JSON.parse(line) as Record<string, unknown>);
+
+async function logged(predicate: (line: Record<string, unknown>) => boolean, ms = 2_000) {
+  const deadline = performance.now() + ms;
+  for (;;) {
+    const line = parsedLogs().find(predicate);
+    if (line) return line;
+    if (performance.now() > deadline) throw new Error(`not logged within ${ms} ms:\n${logs.join('')}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('header and request timeouts', () => {
+  it('when a client trickles its headers byte by byte, then the headers timeout answers 408 and closes the connection', async () => {
+    const connection = await open();
+    trickle(
+      connection.socket,
+      `POST /v1.0/${P}/kms/gen-random HTTP/1.1\r\nhost: x\r\nx-padding: ${'a'.repeat(200)}`,
+      50,
+    );
+    const closedAfter = await connection.closed;
+    expect(connection.received()).toBe('HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n');
+    expect(closedAfter).toBeGreaterThanOrEqual(HEADERS_TIMEOUT_MS - 50);
+    expect(closedAfter).toBeLessThan(HEADERS_TIMEOUT_MS + 1_000);
+  });
+
+  it('when a client connects and sends nothing, then the headers timeout closes the connection', async () => {
+    const connection = await open();
+    expect(await connection.closed).toBeLessThan(HEADERS_TIMEOUT_MS + 1_000);
+  });
+
+  it.each([
+    ['Huawei', () => huaweiHead('{"random_data_length":"512"}'), '{"random_data_length":"512"}'],
+    ['AWS', () => awsHead('GenerateRandom', '{"NumberOfBytes":32}'), '{"NumberOfBytes":32}'],
+  ])(
+    'when a body for the %s dialect is trickled, then it is cut off within the request timeout while other requests are served',
+    async (_dialect, head, body) => {
+      const connection = await open();
+      connection.socket.write(await head());
+      trickle(connection.socket, body, 100);
+      await new Promise((r) => setTimeout(r, 300));
+      // The body being awaited holds neither the event loop nor an HSM session.
+      const meanwhile = await kms.call(P, 'gen-random', { random_data_length: '512' });
+      expect(meanwhile.status).toBe(200);
+      const closedAfter = await connection.closed;
+      expect(connection.received()).toBe('HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n');
+      expect(closedAfter).toBeGreaterThanOrEqual(REQUEST_TIMEOUT_MS - 50);
+      expect(closedAfter).toBeLessThan(REQUEST_TIMEOUT_MS + 1_000);
+    },
+  );
+});
+
+describe('signed requests: the access key is resolved before the body is read', () => {
+  it('when an AWS request of an unknown or revoked access key announces 60 KiB it never sends, then UnrecognizedClientException comes at once', async () => {
+    const revoked = await kms.running.credentials.create(P);
+    await kms.running.credentials.revoke(revoked.accessKeyId);
+    const unknown = { accessKeyId: 'AKIAUNKNOWNUNKNOWN00', secretAccessKey: 'x'.repeat(40) };
+    for (const signer of [unknown, revoked]) {
+      const connection = await open();
+      const started = performance.now();
+      connection.socket.write(await awsHead('Encrypt', BODY_60_KIB, signer));
+      const answer = await response(connection, REQUEST_TIMEOUT_MS / 2);
+      expect(performance.now() - started).toBeLessThan(REQUEST_TIMEOUT_MS / 2);
+      expect(answer.status).toBe(400);
+      expect(answer.head).toMatch(/\r\nx-amzn-ErrorType: UnrecognizedClientException\r\n/i);
+      expect(JSON.parse(answer.body)).toEqual({
+        __type: 'UnrecognizedClientException',
+        message: 'The security token included in the request is invalid.',
+      });
+      connection.socket.destroy();
+    }
+  });
+
+  it('when an Alibaba form POST names an unknown access key in its query and announces 60 KiB it never sends, then InvalidAccessKeyId.NotFound comes at once', async () => {
+    const connection = await open();
+    const started = performance.now();
+    connection.socket.write(alibabaRequest({ Padding: BODY_60_KIB }, 'LTAIunknownunknown00').head);
+    const answer = await response(connection, REQUEST_TIMEOUT_MS / 2);
+    expect(performance.now() - started).toBeLessThan(REQUEST_TIMEOUT_MS / 2);
+    expect(answer.status).toBe(404);
+    expect(JSON.parse(answer.body)).toMatchObject({
+      Code: 'InvalidAccessKeyId.NotFound',
+      Message: 'The AccessKey ID provided does not exist in our records.',
+    });
+    connection.socket.destroy();
+  });
+
+  it('when an Alibaba form POST names a known access key in its query, then its form body is read and the request served', async () => {
+    const connection = await open();
+    const { head, body } = alibabaRequest({ PasswordLength: '17' });
+    connection.socket.write(head);
+    connection.socket.write(body);
+    const answer = await response(connection, 2_000);
+    expect(answer.status).toBe(200);
+    expect(JSON.parse(answer.body).RandomPassword).toHaveLength(17);
+    connection.socket.destroy();
+  });
+});
+
+describe('a client that aborts mid-request', () => {
+  it.each([
+    ['Huawei', 'FIN', () => huaweiHead('{"random_data_length":"512"}')],
+    ['AWS', 'RST', () => awsHead('GenerateRandom', '{"NumberOfBytes":32}')],
+    ['Alibaba', 'FIN', async () => alibabaRequest({ PasswordLength: '17' }).head],
+  ])(
+    'when a client of the %s dialect closes (%s) before its body is complete, then a debug line without stack is logged and no error',
+    async (_dialect, how, head) => {
+      logs.length = 0;
+      const connection = await open();
+      connection.socket.write(await head());
+      connection.socket.write('{"');
+      await new Promise((r) => setTimeout(r, 100));
+      if (how === 'RST') connection.socket.resetAndDestroy();
+      else connection.socket.end();
+      await connection.closed;
+      const line = await logged((l) => l.msg === 'client connection failed');
+      expect(line).toMatchObject({ level: 'debug', code: how === 'RST' ? 'ECONNRESET' : 'HPE_INVALID_EOF_STATE' });
+      await new Promise((r) => setTimeout(r, 200));
+      for (const l of parsedLogs()) {
+        expect(l).not.toHaveProperty('stack');
+        expect(l.level).toBe('debug');
+      }
+    },
+  );
+});
+
+describe('the connection cap', () => {
+  let capped: TestService;
+  beforeAll(async () => {
+    capped = await startTestService(
+      { KMS_MAX_CONNECTIONS: '2', KMS_LOG_LEVEL: 'warn' },
+      { onLog: (l) => logs.push(l) },
+    );
+  });
+  afterAll(() => capped.destroy());
+
+  it('when as many connections as the cap are open, then the next one is closed at once and a later one is served', async () => {
+    const cappedPort = Number(new URL(capped.url).port);
+    const versions = requestHead('GET', '/v1.0', { host: 'kms' });
+    // Two connections, each answered once (so the server has surely accepted them) and kept alive.
+    const held = [await open(cappedPort), await open(cappedPort)];
+    for (const connection of held) {
+      connection.socket.write(versions);
+      expect((await response(connection, 2_000)).status).toBe(200);
+    }
+    logs.length = 0;
+    const refused = await open(cappedPort);
+    refused.socket.write(versions);
+    expect(await refused.closed).toBeLessThan(1_000);
+    expect(refused.received()).toBe('');
+    expect(parsedLogs()).toContainEqual(
+      expect.objectContaining({ level: 'warn', msg: 'connections refused: the connection limit is reached' }),
+    );
+
+    held[0]?.socket.destroy();
+    await held[0]?.closed;
+    await new Promise((r) => setTimeout(r, 50));
+    const later = await open(cappedPort);
+    later.socket.write(versions);
+    expect((await response(later, 2_000)).status).toBe(200);
+    for (const connection of [later, ...held]) connection.socket.destroy();
+  });
+});
