@@ -80,8 +80,8 @@ function dataKeyLength(params: RpcParams): number {
 async function newDataKey(services: Services, caller: Caller, params: RpcParams) {
   const ref = keyRef(params.required('KeyId'), caller);
   const length = dataKeyLength(params);
-  const context = encryptionContext(params);
-  return services.dataKeys.generateDataKey(caller.projectId, ref, length, context).catch(aliasAware(ref));
+  const binding = { context: encryptionContext(params) };
+  return services.dataKeys.generateDataKey(caller.projectId, ref, length, binding).catch(aliasAware(ref));
 }
 
 const generateDataKey: AlibabaOperation = async (services, caller, params) => {
@@ -111,11 +111,11 @@ const generateDataKeyWithoutPlaintext: AlibabaOperation = async (services, calle
 /** Plaintext is Base64, as Alibaba documents it, so that Decrypt gives back exactly the string Encrypt was given. */
 const encrypt: AlibabaOperation = async (services, caller, params) => {
   const ref = keyRef(params.required('KeyId'), caller);
-  const context = encryptionContext(params);
+  const binding = { context: encryptionContext(params) };
   // The ciphertext frame every dialect shares holds at most 4096 bytes of plaintext; Alibaba documents 6 KB.
   const plaintext = base64Param(params, 'Plaintext', 1, MAX_PLAINTEXT_LENGTH);
   try {
-    const sealed = await services.dataKeys.encrypt(caller.projectId, ref, plaintext, context).catch(aliasAware(ref));
+    const sealed = await services.dataKeys.encrypt(caller.projectId, ref, plaintext, binding).catch(aliasAware(ref));
     return {
       KeyId: sealed.key.id,
       KeyVersionId: keyVersionId(sealed.key.id, sealed.keyVersion),
@@ -129,7 +129,8 @@ const encrypt: AlibabaOperation = async (services, caller, params) => {
 /** The key comes from the blob, so Decrypt takes no KeyId. */
 const decrypt: AlibabaOperation = async (services, caller, params) => {
   const ciphertext = base64Param(params, 'CiphertextBlob', 1, MAX_CIPHERTEXT);
-  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, encryptionContext(params));
+  const binding = { context: encryptionContext(params) };
+  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, binding);
   try {
     return {
       KeyId: opened.key.id,

@@ -218,7 +218,7 @@ async function newDataKey(services: Services, caller: Caller, body: unknown) {
   const req = parseBody(GenerateDataKey, body);
   const length = dataKeyLength(req);
   const ref = keyRef(req.KeyId, caller);
-  return services.dataKeys.generateDataKey(caller.projectId, ref, length, req.EncryptionContext);
+  return services.dataKeys.generateDataKey(caller.projectId, ref, length, { context: req.EncryptionContext });
 }
 
 const generateDataKey: AwsOperation = async (services, caller, body) => {
@@ -253,12 +253,9 @@ const encrypt: AwsOperation = async (services, caller, body) => {
   symmetricDefault(req.EncryptionAlgorithm, 'encryptionAlgorithm');
   const plaintext = fromBase64(req.Plaintext, 'plaintext', 1, MAX_PLAINTEXT);
   try {
-    const sealed = await services.dataKeys.encrypt(
-      caller.projectId,
-      keyRef(req.KeyId, caller),
-      plaintext,
-      req.EncryptionContext,
-    );
+    const sealed = await services.dataKeys.encrypt(caller.projectId, keyRef(req.KeyId, caller), plaintext, {
+      context: req.EncryptionContext,
+    });
     return {
       CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
       KeyId: keyArn(sealed.key, caller),
@@ -283,7 +280,8 @@ const decrypt: AwsOperation = async (services, caller, body) => {
   symmetricDefault(req.EncryptionAlgorithm, 'encryptionAlgorithm');
   const ciphertext = fromBase64(req.CiphertextBlob, 'ciphertextBlob', 1, MAX_CIPHERTEXT);
   const expected = req.KeyId === undefined ? undefined : keyRef(req.KeyId, caller);
-  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, req.EncryptionContext, expected);
+  const binding = { context: req.EncryptionContext };
+  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, binding, expected);
   try {
     return {
       KeyId: keyArn(opened.key, caller),
@@ -313,13 +311,16 @@ const reEncrypt: AwsOperation = async (services, caller, body) => {
   const ciphertext = fromBase64(req.CiphertextBlob, 'ciphertextBlob', 1, MAX_CIPHERTEXT);
   const source = req.SourceKeyId === undefined ? undefined : keyRef(req.SourceKeyId, caller);
   const destination = keyRef(req.DestinationKeyId, caller);
-  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, req.SourceEncryptionContext, source);
+  const binding = { context: req.SourceEncryptionContext };
+  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, binding, source);
   try {
     const sealed = await services.dataKeys.encrypt(
       caller.projectId,
       destination,
       opened.plaintext,
-      req.DestinationEncryptionContext,
+      { context: req.DestinationEncryptionContext },
+      // A text blob stays text, so the Alibaba and Huawei dialects still give its text back.
+      opened.kind,
     );
     return {
       CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
