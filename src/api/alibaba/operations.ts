@@ -108,14 +108,22 @@ const generateDataKeyWithoutPlaintext: AlibabaOperation = async (services, calle
   };
 };
 
-/** Plaintext is Base64, as Alibaba documents it, so that Decrypt gives back exactly the string Encrypt was given. */
+/**
+ * Plaintext is any text (Alibaba's samples encrypt "Hello World"), sealed as text so that Decrypt gives back exactly
+ * the string Encrypt was given, whether or not it happens to look like Base64.
+ */
 const encrypt: AlibabaOperation = async (services, caller, params) => {
   const ref = keyRef(params.required('KeyId'), caller);
   const binding = { context: encryptionContext(params) };
-  // The ciphertext frame every dialect shares holds at most 4096 bytes of plaintext; Alibaba documents 6 KB.
-  const plaintext = base64Param(params, 'Plaintext', 1, MAX_PLAINTEXT_LENGTH);
+  const plaintext = Buffer.from(params.required('Plaintext'), 'utf8');
   try {
-    const sealed = await services.dataKeys.encrypt(caller.projectId, ref, plaintext, binding).catch(aliasAware(ref));
+    // The ciphertext frame every dialect shares holds at most 4096 bytes of plaintext; Alibaba documents 6 KB.
+    if (plaintext.length > MAX_PLAINTEXT_LENGTH) {
+      throw invalidParameter('Plaintext', `at most ${MAX_PLAINTEXT_LENGTH} bytes of UTF-8 text.`);
+    }
+    const sealed = await services.dataKeys
+      .encrypt(caller.projectId, ref, plaintext, binding, 'text')
+      .catch(aliasAware(ref));
     return {
       KeyId: sealed.key.id,
       KeyVersionId: keyVersionId(sealed.key.id, sealed.keyVersion),
@@ -126,7 +134,10 @@ const encrypt: AlibabaOperation = async (services, caller, params) => {
   }
 };
 
-/** The key comes from the blob, so Decrypt takes no KeyId. */
+/**
+ * The key comes from the blob, so Decrypt takes no KeyId. Plaintext is the text of a text blob (Encrypt, Huawei
+ * encrypt-data) and the Base64 of a bytes blob (data keys, AWS Encrypt), as Alibaba returns a data key.
+ */
 const decrypt: AlibabaOperation = async (services, caller, params) => {
   const ciphertext = base64Param(params, 'CiphertextBlob', 1, MAX_CIPHERTEXT);
   const binding = { context: encryptionContext(params) };
@@ -135,7 +146,7 @@ const decrypt: AlibabaOperation = async (services, caller, params) => {
     return {
       KeyId: opened.key.id,
       KeyVersionId: keyVersionId(opened.key.id, opened.keyVersion),
-      Plaintext: opened.plaintext.toString('base64'),
+      Plaintext: opened.plaintext.toString(opened.kind === 'text' ? 'utf8' : 'base64'),
     };
   } finally {
     opened.plaintext.fill(0);
