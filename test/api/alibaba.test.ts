@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { CreateAliasCommand, DecryptCommand, EncryptCommand, KMSClient } from '@aws-sdk/client-kms';
+import { CreateAliasCommand, DecryptCommand, EncryptCommand, KMSClient, ReEncryptCommand } from '@aws-sdk/client-kms';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PASSWORD_CHARACTER_TYPES } from '../../src/core/password.service.js';
 import { $Kms, type AlibabaKmsClient, alibabaClient, signedRpcParams } from '../support/alibaba-sdk.js';
@@ -348,6 +348,20 @@ describe('Encrypt of any text', () => {
       plain_text: text,
       plain_text_base64: Buffer.from(text, 'utf8').toString('base64'),
     });
+  });
+
+  it('when AWS re-encrypts a text blob under another key, then it stays text for Alibaba Decrypt', async () => {
+    const [from, to] = [await newKey(), await newKey()];
+    const sealed = await a.encrypt(new $Kms.EncryptRequest({ keyId: from, plaintext: 'moved 🚚' }));
+    const client = aws();
+    const moved = await client.send(
+      new ReEncryptCommand({ CiphertextBlob: Buffer.from(sealed.ciphertextBlob, 'base64'), DestinationKeyId: to }),
+    );
+    client.destroy();
+    const opened = await a.decrypt(
+      new $Kms.DecryptRequest({ ciphertextBlob: Buffer.from(moved.CiphertextBlob as Uint8Array).toString('base64') }),
+    );
+    expect(opened).toMatchObject({ keyId: to, plaintext: 'moved 🚚' });
   });
 
   it('when Huawei encrypt-data seals a text, then Alibaba Decrypt gives the text back', async () => {
