@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { KEY_ID_PATTERN } from '../../core/keys.js';
 import type { HuaweiAction } from './context.js';
 import { invalid } from './errors.js';
 import { KEY_STATE_CODES, keyInfo, stateForCode } from './key-info.js';
@@ -97,15 +98,14 @@ const LISTED_BY_KEY_SPEC: Readonly<Record<string, boolean>> = {
   SM2: false,
 };
 
-const UUID_PATTERN = /^[0-9a-z]{8}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{4}-[0-9a-z]{12}$/;
-
 /**
  * list-keys' enterprise_project_id filter, as Huawei's SDK model documents it: "all", "0" (the default project, which
  * holds every key here), or the id of another enterprise project (which holds none). True when keys are selected.
  */
 function listedByEnterpriseProject(id: string | undefined): boolean {
   if (id === undefined || id === 'all' || id === DEFAULT_ENTERPRISE_PROJECT) return true;
-  if (UUID_PATTERN.test(id)) return false;
+  // Huawei's enterprise project ids have the same pattern as key ids.
+  if (KEY_ID_PATTERN.test(id)) return false;
   throw invalid('KMS.0308', 'Invalid parameter: enterprise_project_id must be all, 0 or an enterprise project id.');
 }
 
