@@ -18,7 +18,8 @@
  *
  * Our payload (Huawei's is opaque to its clients, so only we read it):
  * ```
- * 0        1     payload format 0x01 = AES-256-GCM inside the HSM, 96-bit IV, 128-bit tag
+ * 0        1     payload format: AES-256-GCM inside the HSM, 96-bit IV, 128-bit tag, over a plaintext given as
+ *                0x01 = bytes (data keys, AWS, base64 input), 0x02 = UTF-8 text (Huawei encrypt-data, Alibaba Encrypt)
  * 1        12    IV
  * 13       L     ciphertext, L = plaintext length, 1..4096
  * 13+L     16    GCM tag
@@ -26,18 +27,29 @@
  * A 64-byte DEK gives a 93-byte payload, N = 133 and a 169-byte blob (Huawei's is 188).
  *
  * AAD given to GCM: frame bytes [0,4) (02 00 ‖ N) ‖ payload format ‖ key id (36 ASCII) ‖ key version (u32 LE) ‖
- * canonical encryption context (./encryption-context.ts). A change to the header, key id, version or context
- * therefore fails the tag check, even when the SHA-256 tail is recomputed.
+ * canonical binding: the encryption context, then the additional authenticated data if any (./ciphertext-binding.ts).
+ * A change to the header, format, key id, version, context or additional data therefore fails the tag check, even
+ * when the SHA-256 tail is recomputed. The format byte is authenticated, so a bytes blob cannot be passed off as text.
  *
  * Decoding is strict and every failure is the same InvalidCiphertext 'Invalid cipher_text.', so a caller learns
  * nothing about which check failed. decodeFrame accepts Huawei's own blobs (the frame is valid); decodePayload
  * rejects them (their payload is not ours).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { type EncryptionContext, encodeEncryptionContext } from './encryption-context.js';
+import { type CiphertextBinding, encodeBinding } from './ciphertext-binding.js';
 import { KmsError, needs } from './errors.js';
 
+/** What the caller gave as plaintext, recorded (authenticated) in the payload format so decryption can say it back. */
+export type PlaintextKind = 'bytes' | 'text';
+
+/** Payload format 0x01: AES-256-GCM over bytes. Every blob made before text blobs existed has it. */
 export const PAYLOAD_FORMAT_AES_256_GCM = 0x01;
+/** Payload format 0x02: the same AES-256-GCM, over the UTF-8 bytes of a text. */
+export const PAYLOAD_FORMAT_AES_256_GCM_TEXT = 0x02;
+const PAYLOAD_FORMATS = {
+  bytes: PAYLOAD_FORMAT_AES_256_GCM,
+  text: PAYLOAD_FORMAT_AES_256_GCM_TEXT,
+} as const satisfies Record<PlaintextKind, number>;
 export const GCM_IV_LENGTH = 12;
 export const GCM_TAG_LENGTH = 16;
 export const MAX_PLAINTEXT_LENGTH = 4096;
@@ -61,6 +73,8 @@ export interface BlobParts {
   readonly keyVersion: number;
   readonly iv: Buffer;
   readonly ciphertextWithTag: Buffer;
+  /** Bytes when absent. */
+  readonly kind?: PlaintextKind;
 }
 
 export interface Frame {
@@ -73,6 +87,7 @@ export interface Payload {
   readonly iv: Buffer;
   readonly ciphertextWithTag: Buffer;
   readonly plaintextLength: number;
+  readonly kind: PlaintextKind;
 }
 
 /** Total blob length for a plaintext of `plaintextLength` bytes (169 for a 64-byte DEK). */
@@ -80,34 +95,35 @@ export function blobLength(plaintextLength: number): number {
   return frameN(plaintextLength) + KEY_VERSION_LENGTH + CHECKSUM_LENGTH;
 }
 
-/** The AAD the HSM's AES-GCM binds to a blob: header ‖ payload format ‖ key id ‖ key version ‖ context. */
+/** The AAD the HSM's AES-GCM binds to a blob: header ‖ payload format ‖ key id ‖ key version ‖ binding. */
 export function blobAad(
   keyId: string,
   keyVersion: number,
   plaintextLength: number,
-  context: EncryptionContext | undefined,
+  binding: CiphertextBinding,
+  kind: PlaintextKind = 'bytes',
 ): Buffer {
   checkKeyId(keyId);
   checkKeyVersion(keyVersion);
   return Buffer.concat([
     header(frameN(plaintextLength)),
-    Buffer.from([PAYLOAD_FORMAT_AES_256_GCM]),
+    Buffer.from([PAYLOAD_FORMATS[kind]]),
     Buffer.from(keyId, 'ascii'),
     u32le(keyVersion),
-    encodeEncryptionContext(context),
+    encodeBinding(binding),
   ]);
 }
 
-/** The blob for an AES-GCM result made with `blobAad(keyId, keyVersion, plaintext length, context)`. */
+/** The blob for an AES-GCM result made with `blobAad(keyId, keyVersion, plaintext length, binding, kind)`. */
 export function encodeBlob(parts: BlobParts): Buffer {
-  const { keyId, keyVersion, iv, ciphertextWithTag } = parts;
+  const { keyId, keyVersion, iv, ciphertextWithTag, kind = 'bytes' } = parts;
   checkKeyId(keyId);
   checkKeyVersion(keyVersion);
   needs(iv.length === GCM_IV_LENGTH, 'Invalid IV length.');
   const n = frameN(ciphertextWithTag.length - GCM_TAG_LENGTH);
   const authenticated = Buffer.concat([
     header(n),
-    Buffer.from([PAYLOAD_FORMAT_AES_256_GCM]),
+    Buffer.from([PAYLOAD_FORMATS[kind]]),
     iv,
     ciphertextWithTag,
     Buffer.from(keyId, 'ascii'),
@@ -138,17 +154,19 @@ export function decodeFrame(blob: Buffer): Frame {
   };
 }
 
-/** Reads our AES-GCM payload from a valid frame. Foreign (Huawei) or malformed payloads: InvalidCiphertext. */
+/** Reads our AES-GCM payload (format 0x01 or 0x02) from a valid frame. Foreign (Huawei) or malformed: InvalidCiphertext. */
 export function decodePayload(frame: Frame): Payload {
   const { payload } = frame;
   if (!(payload instanceof Uint8Array) || payload.length < PAYLOAD_OVERHEAD + 1) throw invalidCiphertext();
-  if (payload[0] !== PAYLOAD_FORMAT_AES_256_GCM) throw invalidCiphertext();
+  const kind = kindOf(payload[0]);
+  if (kind === undefined) throw invalidCiphertext();
   const plaintextLength = payload.length - PAYLOAD_OVERHEAD;
   if (plaintextLength > MAX_PLAINTEXT_LENGTH) throw invalidCiphertext();
   return {
     iv: Buffer.from(payload.subarray(1, 1 + GCM_IV_LENGTH)),
     ciphertextWithTag: Buffer.from(payload.subarray(1 + GCM_IV_LENGTH)),
     plaintextLength,
+    kind,
   };
 }
 
@@ -159,6 +177,12 @@ function frameN(plaintextLength: number): number {
     'Invalid plaintext length.',
   );
   return HEADER_LENGTH + PAYLOAD_OVERHEAD + plaintextLength + KEY_ID_LENGTH;
+}
+
+function kindOf(format: number | undefined): PlaintextKind | undefined {
+  if (format === PAYLOAD_FORMAT_AES_256_GCM) return 'bytes';
+  if (format === PAYLOAD_FORMAT_AES_256_GCM_TEXT) return 'text';
+  return undefined;
 }
 
 function header(n: number): Buffer {

@@ -1,3 +1,4 @@
+import type { CiphertextBinding } from './ciphertext-binding.js';
 import {
   blobAad,
   decodeFrame,
@@ -5,8 +6,8 @@ import {
   encodeBlob,
   GCM_IV_LENGTH,
   MAX_PLAINTEXT_LENGTH,
+  type PlaintextKind,
 } from './ciphertext-blob.js';
-import type { EncryptionContext } from './encryption-context.js';
 import { KmsError, needs } from './errors.js';
 import type { KeyService } from './key.service.js';
 import { assertUsableForCrypto, type KeyRecord, type KeyRef, type KeyVersionRecord } from './keys.js';
@@ -27,6 +28,8 @@ export interface Opened {
   /** The key version the blob was sealed with. */
   readonly keyVersion: number;
   readonly plaintext: Buffer;
+  /** Whether the plaintext was sealed as bytes or as UTF-8 text: each dialect says it back in its own form. */
+  readonly kind: PlaintextKind;
 }
 
 /**
@@ -45,28 +48,33 @@ export class DataKeyService {
     projectId: string,
     ref: KeyRef,
     length: number,
-    context: EncryptionContext | undefined,
+    binding: CiphertextBinding,
   ): Promise<Sealed & { plaintext: Buffer }> {
     needs(Number.isInteger(length) && length >= 1 && length <= MAX_DATA_KEY_LENGTH, 'Invalid data key length.');
     const key = await this.usableKey(projectId, ref);
     // One C_GenerateRandom call for the data key and the IV: HSM calls are the largest cost of this request.
     const drawn = await this.hsm.generateRandom(length + GCM_IV_LENGTH);
     const plaintext = drawn.subarray(0, length);
-    const ciphertextBlob = await this.seal(key, plaintext, context, drawn.subarray(length));
+    const ciphertextBlob = await this.seal(key, plaintext, binding, 'bytes', drawn.subarray(length));
+
     return { key, keyVersion: key.currentVersion, plaintext, ciphertextBlob };
   }
 
-  /** Seals caller-supplied bytes (a data key or up to 4096 bytes of data) under the key. */
+  /**
+   * Seals caller-supplied bytes (a data key or up to 4096 bytes of data) under the key. `kind` 'text' records that
+   * they are the UTF-8 bytes of a text the caller gave, so that a dialect answering in text can give it back.
+   */
   async encrypt(
     projectId: string,
     ref: KeyRef,
     plaintext: Buffer,
-    context: EncryptionContext | undefined,
+    binding: CiphertextBinding,
+    kind: PlaintextKind = 'bytes',
   ): Promise<Sealed> {
     needs(plaintext.length >= 1 && plaintext.length <= MAX_PLAINTEXT_LENGTH, 'Invalid plaintext length.');
     const key = await this.usableKey(projectId, ref);
     const iv = await this.hsm.generateRandom(GCM_IV_LENGTH);
-    return { key, keyVersion: key.currentVersion, ciphertextBlob: await this.seal(key, plaintext, context, iv) };
+    return { key, keyVersion: key.currentVersion, ciphertextBlob: await this.seal(key, plaintext, binding, kind, iv) };
   }
 
   /**
@@ -76,7 +84,7 @@ export class DataKeyService {
   async decrypt(
     projectId: string,
     ciphertextBlob: Buffer,
-    context: EncryptionContext | undefined,
+    binding: CiphertextBinding,
     expectedKey?: KeyRef,
   ): Promise<Opened> {
     const frame = decodeFrame(ciphertextBlob);
@@ -88,9 +96,9 @@ export class DataKeyService {
     assertUsableForCrypto(key);
     const version = await this.version(key.id, frame.keyVersion);
     const payload = decodePayload(frame);
-    const aad = blobAad(key.id, frame.keyVersion, payload.plaintextLength, context);
+    const aad = blobAad(key.id, frame.keyVersion, payload.plaintextLength, binding, payload.kind);
     const plaintext = await this.hsm.decrypt(version, payload.iv, payload.ciphertextWithTag, aad);
-    return { key, keyVersion: frame.keyVersion, plaintext };
+    return { key, keyVersion: frame.keyVersion, plaintext, kind: payload.kind };
   }
 
   private async usableKey(projectId: string, ref: KeyRef): Promise<KeyRecord> {
@@ -103,13 +111,14 @@ export class DataKeyService {
   private async seal(
     key: KeyRecord,
     plaintext: Buffer,
-    context: EncryptionContext | undefined,
+    binding: CiphertextBinding,
+    kind: PlaintextKind,
     iv: Buffer,
   ): Promise<Buffer> {
     const version = await this.version(key.id, key.currentVersion);
-    const aad = blobAad(key.id, key.currentVersion, plaintext.length, context);
+    const aad = blobAad(key.id, key.currentVersion, plaintext.length, binding, kind);
     const ciphertextWithTag = await this.hsm.encrypt(version, iv, plaintext, aad);
-    return encodeBlob({ keyId: key.id, keyVersion: key.currentVersion, iv, ciphertextWithTag });
+    return encodeBlob({ keyId: key.id, keyVersion: key.currentVersion, iv, ciphertextWithTag, kind });
   }
 
   private async version(keyId: string, version: number): Promise<KeyVersionRecord> {

@@ -14,7 +14,7 @@ beforeAll(async () => {
   kms = await startTestService();
   credentials = await kms.running.credentials.create(P);
   keyId = (await kms.running.services.keys.create({ projectId: P, alias: 'props', description: '' })).id;
-  const sealed = await kms.running.services.dataKeys.generateDataKey(P, { kind: 'id', id: keyId }, 32, undefined);
+  const sealed = await kms.running.services.dataKeys.generateDataKey(P, { kind: 'id', id: keyId }, 32, {});
   blob = sealed.ciphertextBlob.toString('base64');
 });
 afterAll(async () => {

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { CreateAliasCommand, DecryptCommand, EncryptCommand, KMSClient } from '@aws-sdk/client-kms';
+import { CreateAliasCommand, DecryptCommand, EncryptCommand, KMSClient, ReEncryptCommand } from '@aws-sdk/client-kms';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PASSWORD_CHARACTER_TYPES } from '../../src/core/password.service.js';
 import { $Kms, type AlibabaKmsClient, alibabaClient, signedRpcParams } from '../support/alibaba-sdk.js';
@@ -298,10 +298,108 @@ describe('data keys, encryption and decryption', () => {
     for (const ciphertextBlob of [blob.toString('base64'), 'not base64!', 'AAAA', 'A'.repeat(12_000)]) {
       await expectError(a.decrypt(new $Kms.DecryptRequest({ ciphertextBlob })), 'InvalidParameter', 400);
     }
-    for (const plaintext of ['not base64!', Buffer.alloc(4097).toString('base64')]) {
+    // Plaintext is any text, up to the frame's 4096 bytes of UTF-8.
+    for (const plaintext of ['x'.repeat(4097), '€'.repeat(1366)]) {
       await expectError(a.encrypt(new $Kms.EncryptRequest({ keyId, plaintext })), 'InvalidParameter', 400);
     }
     await expectError(a.encrypt(new $Kms.EncryptRequest({ keyId })), 'MissingParameter', 400);
+  });
+});
+
+describe('Encrypt of any text', () => {
+  const aws = () => new KMSClient({ endpoint: kms.url, region: 'local-1', credentials: credentialsA, maxAttempts: 1 });
+
+  it.each([
+    ['"Hello World"', 'Hello World'],
+    ['a single space', ' '],
+    ['only whitespace', '\t\n  '],
+    ['"SGVsbG8=", which looks like Base64', 'SGVsbG8='],
+    ['"AAEC", which is Base64', 'AAEC'],
+    ['emoji, CJK and accents', '😀 emoji, 密钥 CJK, é, 한국어'],
+    ['4096 ASCII bytes', 'x'.repeat(4096)],
+    ['4095 bytes of three-byte characters', '€'.repeat(1365)],
+  ])('when %s is encrypted, then Decrypt gives back exactly that string', async (_label, plaintext) => {
+    const keyId = await newKey();
+    const sealed = await a.encrypt(new $Kms.EncryptRequest({ keyId, plaintext }));
+    const opened = await a.decrypt(new $Kms.DecryptRequest({ ciphertextBlob: sealed.ciphertextBlob }));
+    expect(opened).toMatchObject({ keyId, plaintext });
+  });
+
+  it('when a text blob is decrypted through AWS and Huawei, then AWS gives its UTF-8 bytes and Huawei the text', async () => {
+    const keyId = await newKey();
+    const text = 'Hello 世界 🔑';
+    const encryptionContext = { app: 'text' };
+    const sealed = await a.encrypt(new $Kms.EncryptRequest({ keyId, plaintext: text, encryptionContext }));
+    const client = aws();
+    const opened = await client.send(
+      new DecryptCommand({
+        CiphertextBlob: Buffer.from(sealed.ciphertextBlob, 'base64'),
+        EncryptionContext: encryptionContext,
+      }),
+    );
+    expect(Buffer.from(opened.Plaintext as Uint8Array).toString('utf8')).toBe(text);
+    client.destroy();
+    const huawei = await kms.call(A, 'decrypt-data', {
+      cipher_text: sealed.ciphertextBlob,
+      encryption_context: encryptionContext,
+    });
+    expect(huawei.body).toEqual({
+      key_id: keyId,
+      plain_text: text,
+      plain_text_base64: Buffer.from(text, 'utf8').toString('base64'),
+    });
+  });
+
+  it('when AWS re-encrypts a text blob under another key, then it stays text for Alibaba Decrypt', async () => {
+    const [from, to] = [await newKey(), await newKey()];
+    const sealed = await a.encrypt(new $Kms.EncryptRequest({ keyId: from, plaintext: 'moved 🚚' }));
+    const client = aws();
+    const moved = await client.send(
+      new ReEncryptCommand({ CiphertextBlob: Buffer.from(sealed.ciphertextBlob, 'base64'), DestinationKeyId: to }),
+    );
+    client.destroy();
+    const opened = await a.decrypt(
+      new $Kms.DecryptRequest({ ciphertextBlob: Buffer.from(moved.CiphertextBlob as Uint8Array).toString('base64') }),
+    );
+    expect(opened).toMatchObject({ keyId: to, plaintext: 'moved 🚚' });
+  });
+
+  it('when Huawei encrypt-data seals a text, then Alibaba Decrypt gives the text back', async () => {
+    const keyId = await newKey();
+    const sealed = await kms.call(A, 'encrypt-data', { key_id: keyId, plain_text: 'from huawei ✓' });
+    const opened = await a.decrypt(new $Kms.DecryptRequest({ ciphertextBlob: sealed.body.cipher_text }));
+    expect(opened.plaintext).toBe('from huawei ✓');
+  });
+
+  it('when a data key is decrypted, then Decrypt still gives its Base64, the same bytes Huawei and AWS give', async () => {
+    const keyId = await newKey();
+    const made = await a.generateDataKey(new $Kms.GenerateDataKeyRequest({ keyId, numberOfBytes: 32 }));
+    const opened = await a.decrypt(new $Kms.DecryptRequest({ ciphertextBlob: made.ciphertextBlob }));
+    expect(opened.plaintext).toBe(made.plaintext);
+    const huawei = await kms.call(A, 'decrypt-datakey', {
+      key_id: keyId,
+      cipher_text: Buffer.from(made.ciphertextBlob, 'base64').toString('hex'),
+      datakey_cipher_length: '32',
+    });
+    expect(huawei.body.data_key).toBe(Buffer.from(made.plaintext, 'base64').toString('hex').toUpperCase());
+    const client = aws();
+    const viaAws = await client.send(
+      new DecryptCommand({ CiphertextBlob: Buffer.from(made.ciphertextBlob, 'base64') }),
+    );
+    expect(Buffer.from(viaAws.Plaintext as Uint8Array).toString('base64')).toBe(made.plaintext);
+    client.destroy();
+  });
+
+  it('when the text is over 4096 bytes of UTF-8, then Encrypt answers InvalidParameter saying so', async () => {
+    const keyId = await newKey();
+    const err = await expectError(
+      a.encrypt(new $Kms.EncryptRequest({ keyId, plaintext: '€'.repeat(1366) })),
+      'InvalidParameter',
+      400,
+    );
+    expect(err.data.Message).toBe(
+      'The specified parameter "Plaintext" is not valid: at most 4096 bytes of UTF-8 text.',
+    );
   });
 });
 

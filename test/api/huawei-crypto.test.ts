@@ -245,7 +245,11 @@ describe('encrypt-data and decrypt-data', () => {
       cipher_text: sealed.body.cipher_text,
       encryption_context: { a: 'b' },
     });
-    expect(opened.body).toEqual({ key_id: keyId, plain_text: text });
+    expect(opened.body).toEqual({
+      key_id: keyId,
+      plain_text: text,
+      plain_text_base64: Buffer.from(text, 'utf8').toString('base64'),
+    });
     const noContext = await kms.call(P, 'decrypt-data', { cipher_text: sealed.body.cipher_text });
     expect(noContext.body.error.error_code).toBe('KMS.2201');
   });

@@ -7,9 +7,15 @@ import { createCipheriv, createDecipheriv, createHash } from 'node:crypto';
 import { expect } from 'vitest';
 import { KmsError } from '../../src/core/errors.js';
 
-/** The frame as docs/ciphertext-format.md draws it, byte by byte. */
-export function handBuiltBlob(keyId: string, keyVersion: number, iv: Buffer, ciphertextWithTag: Buffer): Buffer {
-  const payload = Buffer.concat([Buffer.from([0x01]), iv, ciphertextWithTag]);
+/** The frame as docs/ciphertext-format.md draws it, byte by byte; payload format 0x01 (bytes) unless told. */
+export function handBuiltBlob(
+  keyId: string,
+  keyVersion: number,
+  iv: Buffer,
+  ciphertextWithTag: Buffer,
+  format = 0x01,
+): Buffer {
+  const payload = Buffer.concat([Buffer.from([format]), iv, ciphertextWithTag]);
   const n = 4 + payload.length + 36;
   const body = Buffer.concat([
     Buffer.from([0x02, 0x00, n & 0xff, n >>> 8]),
@@ -20,14 +26,30 @@ export function handBuiltBlob(keyId: string, keyVersion: number, iv: Buffer, cip
   return Buffer.concat([body, createHash('sha256').update(body).digest()]);
 }
 
-/** The AAD as docs/ciphertext-format.md draws it, given the canonical context bytes. */
-export function handBuiltAad(keyId: string, keyVersion: number, plaintextLength: number, contextBytes: Buffer): Buffer {
+/**
+ * The AAD as docs/ciphertext-format.md draws it, given the canonical context bytes and, if any, the additional
+ * authenticated data (appended as 01 ‖ u16 BE length ‖ UTF-8).
+ */
+export function handBuiltAad(
+  keyId: string,
+  keyVersion: number,
+  plaintextLength: number,
+  contextBytes: Buffer,
+  additionalData = '',
+  format = 0x01,
+): Buffer {
   const n = 4 + 1 + 12 + plaintextLength + 16 + 36;
+  const data = Buffer.from(additionalData, 'utf8');
+  const trailer =
+    data.length === 0
+      ? Buffer.alloc(0)
+      : Buffer.concat([Buffer.from([0x01, data.length >>> 8, data.length & 0xff]), data]);
   return Buffer.concat([
-    Buffer.from([0x02, 0x00, n & 0xff, n >>> 8, 0x01]),
+    Buffer.from([0x02, 0x00, n & 0xff, n >>> 8, format]),
     Buffer.from(keyId, 'ascii'),
     Buffer.from([keyVersion & 0xff, (keyVersion >>> 8) & 0xff, (keyVersion >>> 16) & 0xff, keyVersion >>> 24]),
     contextBytes,
+    trailer,
   ]);
 }
 

@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { blobAad, decodeFrame, decodePayload, encodeBlob } from '../../src/core/ciphertext-blob.js';
+import type { EncryptionContext } from '../../src/core/encryption-context.js';
 import { KmsError } from '../../src/core/errors.js';
 import {
   expectInvalidCiphertext,
@@ -43,17 +44,17 @@ const sealedArb = fc
     context: contextArb,
   })
   .map((s) => {
-    const aad = blobAad(s.keyId, s.keyVersion, s.plaintext.length, s.context);
+    const aad = blobAad(s.keyId, s.keyVersion, s.plaintext.length, { context: s.context });
     const ciphertextWithTag = gcmSeal(s.key, s.iv, s.plaintext, aad);
     return { ...s, blob: encodeBlob({ keyId: s.keyId, keyVersion: s.keyVersion, iv: s.iv, ciphertextWithTag }) };
   });
 
 /** What the data-key service does to decrypt: decode, rebuild the AAD, open with AES-GCM. Undefined if refused. */
-function open(key: Buffer, blob: Buffer, context: Parameters<typeof blobAad>[3]): Buffer | undefined {
+function open(key: Buffer, blob: Buffer, context: EncryptionContext | undefined): Buffer | undefined {
   try {
     const frame = decodeFrame(blob);
     const payload = decodePayload(frame);
-    const aad = blobAad(frame.keyId, frame.keyVersion, payload.plaintextLength, context);
+    const aad = blobAad(frame.keyId, frame.keyVersion, payload.plaintextLength, { context }, payload.kind);
     return gcmOpen(key, payload.iv, payload.ciphertextWithTag, aad);
   } catch (error) {
     if (error instanceof KmsError && error.code === 'InvalidCiphertext') return undefined;
@@ -116,13 +117,19 @@ describe('ciphertext blob properties', () => {
         forged[index] = (forged[index] ?? 0) ^ flip;
         const rehashed = withRecomputedChecksum(forged);
 
-        const original = blobAad(sealed.keyId, sealed.keyVersion, sealed.plaintext.length, sealed.context);
+        const original = blobAad(sealed.keyId, sealed.keyVersion, sealed.plaintext.length, { context: sealed.context });
         const error = thrownBy(() => {
           const frame = decodeFrame(rehashed);
           const payload = decodePayload(frame);
-          expect(blobAad(frame.keyId, frame.keyVersion, payload.plaintextLength, sealed.context).equals(original)).toBe(
-            false,
-          );
+          expect(
+            blobAad(
+              frame.keyId,
+              frame.keyVersion,
+              payload.plaintextLength,
+              { context: sealed.context },
+              payload.kind,
+            ).equals(original),
+          ).toBe(false);
         });
         if (error !== undefined) expect(error).toMatchObject({ code: 'InvalidCiphertext' });
         // And so AES-GCM, the real gate, refuses it.

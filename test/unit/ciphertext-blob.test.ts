@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { encodeBinding } from '../../src/core/ciphertext-binding.js';
 import {
   blobAad,
   blobLength,
@@ -10,6 +11,8 @@ import {
   GCM_TAG_LENGTH,
   MAX_PLAINTEXT_LENGTH,
   PAYLOAD_FORMAT_AES_256_GCM,
+  PAYLOAD_FORMAT_AES_256_GCM_TEXT,
+  type PlaintextKind,
 } from '../../src/core/ciphertext-blob.js';
 import { type EncryptionContext, encodeEncryptionContext } from '../../src/core/encryption-context.js';
 import golden from '../vectors/ciphertext-blob.json' with { type: 'json' };
@@ -66,12 +69,16 @@ describe('blobLength', () => {
 describe('golden vectors (test/vectors/ciphertext-blob.json)', () => {
   describe.each(golden.vectors)('$name', (vector) => {
     const context = (vector.context ?? undefined) as EncryptionContext | undefined;
+    const additionalData = 'additionalData' in vector ? vector.additionalData : undefined;
+    const kind = ('kind' in vector ? vector.kind : 'bytes') as PlaintextKind;
+    const format = kind === 'text' ? 0x02 : 0x01;
+    const binding = { context, additionalData };
     const iv = hex(vector.ivHex);
     const ciphertextWithTag = hex(vector.ciphertextWithTagHex);
     const plaintext = hex(vector.plaintextHex);
 
     it('when the parts are encoded, then the blob equals the vector byte for byte', () => {
-      const blob = encodeBlob({ keyId: vector.keyId, keyVersion: vector.keyVersion, iv, ciphertextWithTag });
+      const blob = encodeBlob({ keyId: vector.keyId, keyVersion: vector.keyVersion, iv, ciphertextWithTag, kind });
       expect(blob.toString('hex')).toBe(vector.blobHex);
       expect(blob.length).toBe(vector.blobLength);
       expect(blobLength(plaintext.length)).toBe(vector.blobLength);
@@ -79,7 +86,7 @@ describe('golden vectors (test/vectors/ciphertext-blob.json)', () => {
 
     it('when the blob is rebuilt by hand from the layout, then it equals the vector (header, N, SHA-256 tail)', () => {
       const blob = hex(vector.blobHex);
-      expect(handBuiltBlob(vector.keyId, vector.keyVersion, iv, ciphertextWithTag).equals(blob)).toBe(true);
+      expect(handBuiltBlob(vector.keyId, vector.keyVersion, iv, ciphertextWithTag, format).equals(blob)).toBe(true);
       const n = blob.readUInt16LE(2);
       expect([blob[0], blob[1], n + 36]).toEqual([0x02, 0x00, blob.length]);
       expect(
@@ -91,12 +98,19 @@ describe('golden vectors (test/vectors/ciphertext-blob.json)', () => {
     });
 
     it('when the AAD is computed, then it equals the vector and the hand-built AAD', () => {
-      const aad = blobAad(vector.keyId, vector.keyVersion, plaintext.length, context);
+      const aad = blobAad(vector.keyId, vector.keyVersion, plaintext.length, binding, kind);
       expect(aad.toString('hex')).toBe(vector.aadHex);
       expect(encodeEncryptionContext(context).toString('hex')).toBe(vector.contextHex);
-      expect(handBuiltAad(vector.keyId, vector.keyVersion, plaintext.length, hex(vector.contextHex)).equals(aad)).toBe(
-        true,
+      if ('bindingHex' in vector) expect(encodeBinding(binding).toString('hex')).toBe(vector.bindingHex);
+      const byHand = handBuiltAad(
+        vector.keyId,
+        vector.keyVersion,
+        plaintext.length,
+        hex(vector.contextHex),
+        additionalData,
+        format,
       );
+      expect(byHand.equals(aad)).toBe(true);
     });
 
     it('when the blob is decoded, then the parts come back and AES-GCM under that AAD opens to the plaintext', () => {
@@ -107,21 +121,49 @@ describe('golden vectors (test/vectors/ciphertext-blob.json)', () => {
       expect(payload.iv.toString('hex')).toBe(vector.ivHex);
       expect(payload.ciphertextWithTag.toString('hex')).toBe(vector.ciphertextWithTagHex);
       expect(payload.plaintextLength).toBe(plaintext.length);
-      const aad = blobAad(frame.keyId, frame.keyVersion, payload.plaintextLength, context);
+      expect(payload.kind).toBe(kind);
+      const aad = blobAad(frame.keyId, frame.keyVersion, payload.plaintextLength, binding, payload.kind);
       expect(gcmOpen(aesKey, payload.iv, payload.ciphertextWithTag, aad)?.toString('hex')).toBe(vector.plaintextHex);
     });
 
     it('when the blob is opened with another encryption context, then AES-GCM rejects it', () => {
       const frame = decodeFrame(hex(vector.blobHex));
       const payload = decodePayload(frame);
-      const aad = blobAad(frame.keyId, frame.keyVersion, payload.plaintextLength, { other: 'context' });
+      const other = { context: { other: 'context' }, additionalData };
+      const aad = blobAad(frame.keyId, frame.keyVersion, payload.plaintextLength, other, payload.kind);
+      expect(gcmOpen(aesKey, payload.iv, payload.ciphertextWithTag, aad)).toBeUndefined();
+    });
+
+    it('when the blob is opened with other additional data, or none, then AES-GCM rejects it', () => {
+      const frame = decodeFrame(hex(vector.blobHex));
+      const payload = decodePayload(frame);
+      const others = additionalData === undefined ? ['x', ' '] : [undefined, `${additionalData.slice(0, -1)}!`];
+      for (const data of others) {
+        const aad = blobAad(frame.keyId, frame.keyVersion, payload.plaintextLength, { context, additionalData: data });
+        expect(gcmOpen(aesKey, payload.iv, payload.ciphertextWithTag, aad)).toBeUndefined();
+      }
+    });
+
+    it('when the blob is opened as the other plaintext kind, then AES-GCM rejects it', () => {
+      const frame = decodeFrame(hex(vector.blobHex));
+      const payload = decodePayload(frame);
+      const other = kind === 'text' ? 'bytes' : 'text';
+      const aad = blobAad(frame.keyId, frame.keyVersion, payload.plaintextLength, binding, other);
       expect(gcmOpen(aesKey, payload.iv, payload.ciphertextWithTag, aad)).toBeUndefined();
     });
   });
 
-  it('when the set is read, then it covers 1, 32, 64, 1024 and 4096-byte plaintexts', () => {
+  it('when the set is read, then it covers 1, 32, 64, 1024 and 4096-byte plaintexts, additional data and text', () => {
     const lengths = new Set(golden.vectors.map((v) => v.plaintextHex.length / 2));
-    expect([...lengths].sort((a, b) => a - b)).toEqual([1, 32, 64, 1024, 4096]);
+    expect([...lengths]).toEqual(expect.arrayContaining([1, 32, 64, 1024, 4096]));
+    expect(golden.vectors.filter((v) => 'additionalData' in v).map((v) => v.name)).toHaveLength(3);
+    expect(golden.vectors.filter((v) => 'kind' in v && v.kind === 'text').map((v) => v.name)).toHaveLength(2);
+  });
+
+  it('when the first six vectors (made before additional data and text) are read, then they name neither', () => {
+    for (const vector of golden.vectors.slice(0, 6)) {
+      expect('additionalData' in vector || 'kind' in vector).toBe(false);
+    }
   });
 });
 
@@ -193,25 +235,38 @@ describe('encodeBlob', () => {
 
 describe('blobAad', () => {
   it('when the context is absent or empty, then the AAD is the same', () => {
-    expect(blobAad(KEY_ID, 1, 64, undefined).equals(blobAad(KEY_ID, 1, 64, {}))).toBe(true);
+    expect(blobAad(KEY_ID, 1, 64, {}).equals(blobAad(KEY_ID, 1, 64, { context: {} }))).toBe(true);
+  });
+
+  it('when the additional data is absent or empty, then the AAD is the one of a blob made before the field existed', () => {
+    const before = handBuiltAad(KEY_ID, 1, 64, Buffer.from([0, 0]));
+    expect(blobAad(KEY_ID, 1, 64, {}).equals(before)).toBe(true);
+    expect(blobAad(KEY_ID, 1, 64, { additionalData: '' }).equals(before)).toBe(true);
+  });
+
+  it('when the kind is text, then only the format byte of the AAD differs from bytes', () => {
+    const bytes = blobAad(KEY_ID, 1, 64, {});
+    const text = blobAad(KEY_ID, 1, 64, {}, 'text');
+    expect(text[4]).toBe(0x02);
+    expect(Buffer.concat([bytes.subarray(0, 4), Buffer.from([0x02]), bytes.subarray(5)]).equals(text)).toBe(true);
   });
 
   it('when the key id, version, length or context differ, then the AAD differs', () => {
-    const base = blobAad(KEY_ID, 1, 64, { a: 'b' });
+    const base = blobAad(KEY_ID, 1, 64, { context: { a: 'b' } });
     const variants = [
-      blobAad('0d0466b0-e727-4d9c-b35d-f84bb474a37e', 1, 64, { a: 'b' }),
-      blobAad(KEY_ID, 2, 64, { a: 'b' }),
-      blobAad(KEY_ID, 1, 65, { a: 'b' }),
-      blobAad(KEY_ID, 1, 64, { a: 'c' }),
-      blobAad(KEY_ID, 1, 64, undefined),
+      blobAad('0d0466b0-e727-4d9c-b35d-f84bb474a37e', 1, 64, { context: { a: 'b' } }),
+      blobAad(KEY_ID, 2, 64, { context: { a: 'b' } }),
+      blobAad(KEY_ID, 1, 65, { context: { a: 'b' } }),
+      blobAad(KEY_ID, 1, 64, { context: { a: 'c' } }),
+      blobAad(KEY_ID, 1, 64, {}),
     ];
     for (const variant of variants) expect(variant.equals(base)).toBe(false);
   });
 
   it('when the key id or version is invalid, then it is an InvalidParameter', () => {
-    expectInvalidParameter(() => blobAad('alias/4555', 0, 64, undefined), 'Invalid key id.');
-    expectInvalidParameter(() => blobAad(KEY_ID, -1, 64, undefined), 'Invalid key version.');
-    expectInvalidParameter(() => blobAad(KEY_ID, 0, 0, undefined), 'Invalid plaintext length.');
+    expectInvalidParameter(() => blobAad('alias/4555', 0, 64, {}), 'Invalid key id.');
+    expectInvalidParameter(() => blobAad(KEY_ID, -1, 64, {}), 'Invalid key version.');
+    expectInvalidParameter(() => blobAad(KEY_ID, 0, 0, {}), 'Invalid plaintext length.');
   });
 });
 
@@ -293,8 +348,13 @@ describe('decodeFrame', () => {
 describe('decodePayload', () => {
   const frameWith = (payload: Buffer) => ({ keyId: KEY_ID, keyVersion: 0, payload });
 
-  it('when the format byte is not 0x01, then it is an InvalidCiphertext', () => {
-    expectInvalidCiphertext(() => decodePayload(frameWith(Buffer.concat([Buffer.from([0x02]), Buffer.alloc(40)]))));
+  it.each([0x00, 0x03, 0xff])('when the format byte is %s (not 0x01 or 0x02), then it is an InvalidCiphertext', (f) => {
+    expectInvalidCiphertext(() => decodePayload(frameWith(Buffer.concat([Buffer.from([f]), Buffer.alloc(40)]))));
+  });
+
+  it('when the format byte is 0x01 or 0x02, then the plaintext kind is bytes or text', () => {
+    const kindOf = (f: number) => decodePayload(frameWith(Buffer.concat([Buffer.from([f]), Buffer.alloc(40)]))).kind;
+    expect([kindOf(PAYLOAD_FORMAT_AES_256_GCM), kindOf(PAYLOAD_FORMAT_AES_256_GCM_TEXT)]).toEqual(['bytes', 'text']);
   });
 
   it('when the ciphertext is empty (only format, IV and tag), then it is an InvalidCiphertext', () => {

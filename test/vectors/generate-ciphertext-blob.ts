@@ -6,7 +6,8 @@
  *   npx tsx test/vectors/generate-ciphertext-blob.ts > test/vectors/ciphertext-blob.json
  */
 import { createCipheriv } from 'node:crypto';
-import { blobAad, encodeBlob } from '../../src/core/ciphertext-blob.js';
+import { encodeBinding } from '../../src/core/ciphertext-binding.js';
+import { blobAad, encodeBlob, type PlaintextKind } from '../../src/core/ciphertext-blob.js';
 import { type EncryptionContext, encodeEncryptionContext } from '../../src/core/encryption-context.js';
 
 const AES_KEY = Buffer.from('000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f', 'hex');
@@ -19,6 +20,10 @@ interface Case {
   keyVersion: number;
   iv: Buffer;
   context: EncryptionContext | null;
+  /** Added with Huawei's additional_authenticated_data; absent from the first six vectors. */
+  additionalData?: string;
+  /** Added with text blobs (payload format 0x02); absent means bytes (0x01). */
+  kind?: PlaintextKind;
 }
 
 const pattern = (length: number, seed: number): Buffer =>
@@ -86,21 +91,68 @@ const cases: Case[] = [
     iv: Buffer.from('5bd25e6d1f5d1c6e0f0d7e21', 'hex'),
     context: { '😀': 'smile', '｡': 'halfwidth ideographic full stop', é: 'e-acute', Z: 'zed' },
   },
+  {
+    name: 'dek-32-additional-data',
+    description:
+      'A 32-byte DEK bound to Huawei\'s additional_authenticated_data "a" and no context: 00 00 then 01 ‖ 00 01 ‖ 61.',
+    plaintext: pattern(32, 3),
+    keyId: '0d0466b0-e727-4d9c-b35d-f84bb474a37f',
+    keyVersion: 0,
+    iv: Buffer.from('a0a1a2a3a4a5a6a7a8a9aaab', 'hex'),
+    context: null,
+    additionalData: 'a',
+  },
+  {
+    name: 'dek-64-context-and-additional-data',
+    description: 'A 64-byte DEK bound to both a context and 128 bytes of additional data (the limit), UTF-8.',
+    plaintext: pattern(64, 11),
+    keyId: '25abe69f-ae10-44cd-bc87-1bda1de3b7d7',
+    keyVersion: 4,
+    iv: Buffer.from('b0b1b2b3b4b5b6b7b8b9babb', 'hex'),
+    context: { tenant: 'acme' },
+    additionalData: `h\u00e9llo ${'x'.repeat(121)}`,
+  },
+  {
+    name: 'text-hello-world',
+    description: 'The text "Hello World" as Alibaba Encrypt and Huawei encrypt-data seal it: payload format 0x02.',
+    plaintext: Buffer.from('Hello World', 'utf8'),
+    keyId: 'a1b2c3d4-e5f6-4a5b-8c9d-0e1f2a3b4c5d',
+    keyVersion: 1,
+    iv: Buffer.from('c0c1c2c3c4c5c6c7c8c9cacb', 'hex'),
+    context: null,
+    kind: 'text',
+  },
+  {
+    name: 'text-unicode-context-and-additional-data',
+    description: 'UTF-8 text with an emoji and CJK, format 0x02, bound to a context and additional data.',
+    plaintext: Buffer.from('密钥 🔑 ok', 'utf8'),
+    keyId: 'ffffffff-ffff-ffff-ffff-ffffffffffff',
+    keyVersion: 2,
+    iv: Buffer.from('d0d1d2d3d4d5d6d7d8d9dadb', 'hex'),
+    context: { a: 'bc' },
+    additionalData: 'ab',
+    kind: 'text',
+  },
 ];
 
 const vectors = cases.map((c) => {
   const context = c.context ?? undefined;
-  const aad = blobAad(c.keyId, c.keyVersion, c.plaintext.length, context);
+  const binding = { context, additionalData: c.additionalData };
+  const aad = blobAad(c.keyId, c.keyVersion, c.plaintext.length, binding, c.kind);
   const cipher = createCipheriv('aes-256-gcm', AES_KEY, c.iv, { authTagLength: 16 });
   cipher.setAAD(aad);
   const ciphertextWithTag = Buffer.concat([cipher.update(c.plaintext), cipher.final(), cipher.getAuthTag()]);
-  const blob = encodeBlob({ keyId: c.keyId, keyVersion: c.keyVersion, iv: c.iv, ciphertextWithTag });
+  const blob = encodeBlob({ keyId: c.keyId, keyVersion: c.keyVersion, iv: c.iv, ciphertextWithTag, kind: c.kind });
   return {
     name: c.name,
     description: c.description,
     keyId: c.keyId,
     keyVersion: c.keyVersion,
     context: c.context,
+    ...(c.additionalData !== undefined
+      ? { additionalData: c.additionalData, bindingHex: encodeBinding(binding).toString('hex') }
+      : {}),
+    ...(c.kind !== undefined ? { kind: c.kind } : {}),
     contextHex: encodeEncryptionContext(context).toString('hex'),
     plaintextHex: c.plaintext.toString('hex'),
     ivHex: c.iv.toString('hex'),

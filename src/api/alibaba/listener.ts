@@ -4,7 +4,7 @@ import type { SecretLookup } from '../../auth/sigv4.js';
 import { readBody } from '../../http/read-body.js';
 import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
-import { AlibabaApiError, invalidParameter, renderAlibabaError } from './errors.js';
+import { AlibabaApiError, invalidParameter, renderAlibabaError, unsupportedOperation } from './errors.js';
 import { ALIBABA_OPERATIONS } from './operations.js';
 import { API_VERSION, type NonceClaim, resolveAccessKey, verifyRpcSignature } from './signature.js';
 import { RpcParams } from './wire.js';
@@ -17,6 +17,23 @@ import { RpcParams } from './wire.js';
 const FORM_TYPE = 'application/x-www-form-urlencoded';
 /** Encrypt of 4096 bytes, Base64 then percent-encoded, plus an encryption context, fits with room to spare. */
 const MAX_BODY_BYTES = 64 * 1024;
+/**
+ * The common parameters of every request (kms-apis.md §3.3). SecurityToken (STS temporary credentials) and RegionId
+ * are understood here too, so that they are refused or checked rather than ignored.
+ */
+const COMMON_PARAMETERS = [
+  'Action',
+  'Version',
+  'Format',
+  'AccessKeyId',
+  'SignatureMethod',
+  'SignatureVersion',
+  'SignatureNonce',
+  'Timestamp',
+  'Signature',
+  'SecurityToken',
+  'RegionId',
+];
 /** A Host header is echoed as HostId; keep it to what a host name can hold. */
 const HOST_ID = /^[A-Za-z0-9.:[\]-]{1,255}$/;
 
@@ -73,7 +90,15 @@ export function alibabaListener(services: Services, options: AlibabaOptions, log
       claimNonce: options.claimNonce,
       now,
     });
-    const result = await operation(services, { projectId: caller.projectId, region: options.region }, rpc);
+    rpc.refuseUnknown(new Set([...COMMON_PARAMETERS, ...operation.parameters]));
+    if (rpc.optional('SecurityToken') !== undefined) {
+      throw unsupportedOperation('temporary (STS) credentials: sign with an access key of the project.');
+    }
+    const regionId = rpc.optional('RegionId');
+    if (regionId !== undefined && regionId !== options.region) {
+      throw invalidParameter('RegionId', `this service serves the region ${options.region}.`);
+    }
+    const result = await operation.run(services, { projectId: caller.projectId, region: options.region }, rpc);
     send(res, 200, { RequestId: requestId, ...result });
   };
 

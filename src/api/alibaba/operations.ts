@@ -77,11 +77,17 @@ function dataKeyLength(params: RpcParams): number {
   return length;
 }
 
+/** DryRun ("true" or "false", newer API versions): a dry run is refused rather than performed for real. */
+function refuseDryRun(params: RpcParams): void {
+  if (params.boolean('DryRun', false)) throw unsupported('DryRun mode.');
+}
+
 async function newDataKey(services: Services, caller: Caller, params: RpcParams) {
+  refuseDryRun(params);
   const ref = keyRef(params.required('KeyId'), caller);
   const length = dataKeyLength(params);
-  const context = encryptionContext(params);
-  return services.dataKeys.generateDataKey(caller.projectId, ref, length, context).catch(aliasAware(ref));
+  const binding = { context: encryptionContext(params) };
+  return services.dataKeys.generateDataKey(caller.projectId, ref, length, binding).catch(aliasAware(ref));
 }
 
 const generateDataKey: AlibabaOperation = async (services, caller, params) => {
@@ -108,14 +114,23 @@ const generateDataKeyWithoutPlaintext: AlibabaOperation = async (services, calle
   };
 };
 
-/** Plaintext is Base64, as Alibaba documents it, so that Decrypt gives back exactly the string Encrypt was given. */
+/**
+ * Plaintext is any text (Alibaba's samples encrypt "Hello World"), sealed as text so that Decrypt gives back exactly
+ * the string Encrypt was given, whether or not it happens to look like Base64.
+ */
 const encrypt: AlibabaOperation = async (services, caller, params) => {
+  refuseDryRun(params);
   const ref = keyRef(params.required('KeyId'), caller);
-  const context = encryptionContext(params);
-  // The ciphertext frame every dialect shares holds at most 4096 bytes of plaintext; Alibaba documents 6 KB.
-  const plaintext = base64Param(params, 'Plaintext', 1, MAX_PLAINTEXT_LENGTH);
+  const binding = { context: encryptionContext(params) };
+  const plaintext = Buffer.from(params.required('Plaintext'), 'utf8');
   try {
-    const sealed = await services.dataKeys.encrypt(caller.projectId, ref, plaintext, context).catch(aliasAware(ref));
+    // The ciphertext frame every dialect shares holds at most 4096 bytes of plaintext; Alibaba documents 6 KB.
+    if (plaintext.length > MAX_PLAINTEXT_LENGTH) {
+      throw invalidParameter('Plaintext', `at most ${MAX_PLAINTEXT_LENGTH} bytes of UTF-8 text.`);
+    }
+    const sealed = await services.dataKeys
+      .encrypt(caller.projectId, ref, plaintext, binding, 'text')
+      .catch(aliasAware(ref));
     return {
       KeyId: sealed.key.id,
       KeyVersionId: keyVersionId(sealed.key.id, sealed.keyVersion),
@@ -126,15 +141,20 @@ const encrypt: AlibabaOperation = async (services, caller, params) => {
   }
 };
 
-/** The key comes from the blob, so Decrypt takes no KeyId. */
+/**
+ * The key comes from the blob, so Decrypt takes no KeyId. Plaintext is the text of a text blob (Encrypt, Huawei
+ * encrypt-data) and the Base64 of a bytes blob (data keys, AWS Encrypt), as Alibaba returns a data key.
+ */
 const decrypt: AlibabaOperation = async (services, caller, params) => {
+  refuseDryRun(params);
   const ciphertext = base64Param(params, 'CiphertextBlob', 1, MAX_CIPHERTEXT);
-  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, encryptionContext(params));
+  const binding = { context: encryptionContext(params) };
+  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, binding);
   try {
     return {
       KeyId: opened.key.id,
       KeyVersionId: keyVersionId(opened.key.id, opened.keyVersion),
-      Plaintext: opened.plaintext.toString('base64'),
+      Plaintext: opened.plaintext.toString(opened.kind === 'text' ? 'utf8' : 'base64'),
     };
   } finally {
     opened.plaintext.fill(0);
@@ -158,7 +178,12 @@ const createKey: AlibabaOperation = async (services, caller, params) => {
   if (protection !== undefined && protection !== 'HSM' && protection !== 'SOFTWARE') {
     throw invalidParameter('ProtectionLevel', 'use SOFTWARE or HSM.');
   }
-  if (params.boolean('EnableAutomaticRotation', false)) throw unsupported('automatic key rotation.');
+  if (params.boolean('EnableAutomaticRotation', false) || params.optional('RotationInterval') !== undefined) {
+    throw unsupported('automatic key rotation.');
+  }
+  if (params.optional('Policy') !== undefined)
+    throw unsupported("key policies: access is by the project's access keys.");
+  if (params.optional('Tags') !== undefined) throw unsupported('tags.');
   if (params.optional('DKMSInstanceId') !== undefined) throw unsupported('KMS instances (DKMSInstanceId).');
   const key = await services.keys.create({ projectId: caller.projectId, alias: '', description });
   return { KeyMetadata: keyMetadata(key, caller) };
@@ -360,25 +385,51 @@ const describeRegions: AlibabaOperation = async (services) => ({
   Regions: { Region: [{ RegionId: services.region }] },
 });
 
-/** Every operation this service offers, by Action name. */
-export const ALIBABA_OPERATIONS: Readonly<Record<string, AlibabaOperation>> = {
-  GetRandomPassword: getRandomPassword,
-  GenerateDataKey: generateDataKey,
-  GenerateDataKeyWithoutPlaintext: generateDataKeyWithoutPlaintext,
-  Encrypt: encrypt,
-  Decrypt: decrypt,
-  CreateKey: createKey,
-  DescribeKey: describeKey,
-  ListKeys: listKeys,
-  EnableKey: enableKey,
-  DisableKey: disableKey,
-  ScheduleKeyDeletion: scheduleKeyDeletion,
-  CancelKeyDeletion: cancelKeyDeletion,
-  UpdateKeyDescription: updateKeyDescription,
-  CreateAlias: createAlias,
-  UpdateAlias: updateAlias,
-  DeleteAlias: deleteAlias,
-  ListAliases: listAliases,
-  ListAliasesByKeyId: listAliasesByKeyId,
-  DescribeRegions: describeRegions,
+/**
+ * Every operation this service offers, by Action name, with the parameters it takes (beyond the common ones): those
+ * of the API reference, version 2016-01-20. Each is honoured or refused with an error; any other is refused.
+ */
+export const ALIBABA_OPERATIONS: Readonly<Record<string, { run: AlibabaOperation; parameters: readonly string[] }>> = {
+  GetRandomPassword: {
+    run: getRandomPassword,
+    parameters: ['PasswordLength', 'ExcludeCharacters', ...Object.keys(PASSWORD_TYPE_FLAGS), 'RequireEachIncludedType'],
+  },
+  GenerateDataKey: {
+    run: generateDataKey,
+    parameters: ['KeyId', 'KeySpec', 'NumberOfBytes', 'EncryptionContext', 'DryRun'],
+  },
+  GenerateDataKeyWithoutPlaintext: {
+    run: generateDataKeyWithoutPlaintext,
+    parameters: ['KeyId', 'KeySpec', 'NumberOfBytes', 'EncryptionContext', 'DryRun'],
+  },
+  Encrypt: { run: encrypt, parameters: ['KeyId', 'Plaintext', 'EncryptionContext', 'DryRun'] },
+  Decrypt: { run: decrypt, parameters: ['CiphertextBlob', 'EncryptionContext', 'DryRun'] },
+  CreateKey: {
+    run: createKey,
+    parameters: [
+      'Description',
+      'KeyUsage',
+      'Origin',
+      'ProtectionLevel',
+      'EnableAutomaticRotation',
+      'RotationInterval',
+      'KeySpec',
+      'DKMSInstanceId',
+      'Tags',
+      'Policy',
+    ],
+  },
+  DescribeKey: { run: describeKey, parameters: ['KeyId'] },
+  ListKeys: { run: listKeys, parameters: ['PageNumber', 'PageSize', 'Filters'] },
+  EnableKey: { run: enableKey, parameters: ['KeyId'] },
+  DisableKey: { run: disableKey, parameters: ['KeyId'] },
+  ScheduleKeyDeletion: { run: scheduleKeyDeletion, parameters: ['KeyId', 'PendingWindowInDays'] },
+  CancelKeyDeletion: { run: cancelKeyDeletion, parameters: ['KeyId'] },
+  UpdateKeyDescription: { run: updateKeyDescription, parameters: ['KeyId', 'Description'] },
+  CreateAlias: { run: createAlias, parameters: ['AliasName', 'KeyId'] },
+  UpdateAlias: { run: updateAlias, parameters: ['AliasName', 'KeyId'] },
+  DeleteAlias: { run: deleteAlias, parameters: ['AliasName'] },
+  ListAliases: { run: listAliases, parameters: ['PageNumber', 'PageSize'] },
+  ListAliasesByKeyId: { run: listAliasesByKeyId, parameters: ['KeyId', 'PageNumber', 'PageSize'] },
+  DescribeRegions: { run: describeRegions, parameters: [] },
 };

@@ -54,6 +54,21 @@ export class RpcParams {
     return n;
   }
 
+  /**
+   * Refuses any parameter whose name (or, for a flattened map entry `Name.key`, whose `Name`) is not in `known`: a
+   * parameter this service does not understand must not be mistaken for one it honours. Empty values count as
+   * absent, as everywhere (the SDKs send unset fields as `Name=`).
+   */
+  refuseUnknown(known: ReadonlySet<string>): void {
+    for (const [name, value] of this.#values) {
+      if (value === '' || known.has(name.split('.')[0] as string)) continue;
+      throw invalidParameter(
+        name,
+        'this action does not take it, and this service refuses what it does not understand.',
+      );
+    }
+  }
+
   /** The entries of a map parameter flattened the SDK way, `Name.key=value`, with the prefix removed. */
   flattened(name: string): [string, string][] {
     const prefix = `${name}.`;

@@ -25,10 +25,59 @@ const MAX_PLAINTEXT = 4096;
 const MAX_CIPHERTEXT = 6144;
 const KEY_SPEC_BYTES: Readonly<Record<string, number>> = { AES_256: 32, AES_128: 16 };
 
-const GenerateRandom = z.object({ NumberOfBytes: z.number().optional(), CustomKeyStoreId: z.string().optional() });
+/**
+ * Recipient (GenerateRandom, GenerateDataKey, Decrypt) asks for the result encrypted to an AWS Nitro Enclave's
+ * attested public key: refused, never ignored, since returning the plaintext instead would defeat its purpose.
+ */
+const recipient = z
+  .object({ AttestationDocument: z.string(), KeyEncryptionAlgorithm: z.string() })
+  .partial()
+  .optional();
+
+function refuseRecipient(value: unknown): void {
+  if (value !== undefined) {
+    throw new AwsApiError(
+      'UnsupportedOperationException',
+      'Recipient is not supported: this service does not serve AWS Nitro Enclaves.',
+    );
+  }
+}
+
+/**
+ * DryRun, honoured as AWS does: the request runs in full (none of the operations that take it changes any state,
+ * so running it is the truest check) and the result is withheld behind DryRunOperationException, HTTP 412.
+ */
+const dryRun = z.boolean().optional();
+
+function withheldIfDryRun(requested: boolean | undefined): void {
+  if (requested === true) {
+    throw new AwsApiError(
+      'DryRunOperationException',
+      'The request would have succeeded, but the DryRun option is set.',
+      412,
+    );
+  }
+}
+
+/** DryRunModifiers (IGNORE_CIPHERTEXT) would skip the ciphertext check: a dry run here always makes it. */
+const dryRunModifiers = z.array(z.string()).optional();
+
+function refuseDryRunModifiers(modifiers: readonly string[] | undefined): void {
+  if (modifiers !== undefined) {
+    throw new AwsApiError(
+      'UnsupportedOperationException',
+      'DryRunModifiers is not supported: a dry run here always checks the ciphertext.',
+    );
+  }
+}
+
+const GenerateRandom = z
+  .object({ NumberOfBytes: z.number().optional(), CustomKeyStoreId: z.string().optional(), Recipient: recipient })
+  .strict();
 
 const generateRandom: AwsOperation = async (services, _caller, body) => {
   const req = parseBody(GenerateRandom, body);
+  refuseRecipient(req.Recipient);
   if (req.CustomKeyStoreId !== undefined) {
     throw new AwsApiError(
       'CustomKeyStoreNotFoundException',
@@ -39,7 +88,7 @@ const generateRandom: AwsOperation = async (services, _caller, body) => {
   return { Plaintext: (await services.random.generate(length)).toString('base64') };
 };
 
-const TagList = z.array(z.object({ TagKey: z.string(), TagValue: z.string() }));
+const TagList = z.array(z.object({ TagKey: z.string(), TagValue: z.string() }).strict());
 
 /** AWS's tag rules: names of 1–128 characters not starting with `aws:`, values of 0–256, at most 50 per request. */
 function validTags(tags: z.infer<typeof TagList>): Tag[] {
@@ -59,20 +108,48 @@ function validTags(tags: z.infer<typeof TagList>): Tag[] {
   });
 }
 
-const CreateKey = z.object({
-  Description: z.string().optional(),
-  KeyUsage: z.string().optional(),
-  KeySpec: z.string().optional(),
-  CustomerMasterKeySpec: z.string().optional(),
-  Origin: z.string().optional(),
-  MultiRegion: z.boolean().optional(),
-  Policy: z.string().optional(),
-  BypassPolicyLockoutSafetyCheck: z.boolean().optional(),
-  Tags: TagList.optional(),
-});
+const CreateKey = z
+  .object({
+    Description: z.string().optional(),
+    KeyUsage: z.string().optional(),
+    KeySpec: z.string().optional(),
+    CustomerMasterKeySpec: z.string().optional(),
+    Origin: z.string().optional(),
+    MultiRegion: z.boolean().optional(),
+    Policy: z.string().optional(),
+    BypassPolicyLockoutSafetyCheck: z.boolean().optional(),
+    Tags: TagList.optional(),
+    CustomKeyStoreId: z.string().optional(),
+    XksKeyId: z.string().optional(),
+  })
+  .strict();
+
+/**
+ * CreateKey members that name what this service does not have: key policies (access is by the project's access
+ * keys), custom key stores and external keys. Refused, never ignored: a policy that is silently dropped is a policy
+ * the caller believes protects the key.
+ */
+function refuseUnofferedKeyOptions(req: z.infer<typeof CreateKey>): void {
+  if (req.Policy !== undefined || req.BypassPolicyLockoutSafetyCheck === true) {
+    throw new AwsApiError(
+      'UnsupportedOperationException',
+      "Key policies are not offered: access to a key is by its project's access keys.",
+    );
+  }
+  if (req.CustomKeyStoreId !== undefined) {
+    throw new AwsApiError(
+      'CustomKeyStoreNotFoundException',
+      `Custom key store '${req.CustomKeyStoreId}' does not exist.`,
+    );
+  }
+  if (req.XksKeyId !== undefined) {
+    throw new AwsApiError('UnsupportedOperationException', 'External key stores (XksKeyId) are not offered.');
+  }
+}
 
 const createKey: AwsOperation = async (services, caller, body) => {
   const req = parseBody(CreateKey, body);
+  refuseUnofferedKeyOptions(req);
   const description = req.Description ?? '';
   if (description.length > 8192) {
     throw validationError(description, 'description', 'Member must have length less than or equal to 8192');
@@ -95,15 +172,21 @@ const createKey: AwsOperation = async (services, caller, body) => {
   return { KeyMetadata: keyMetadata(key, caller) };
 };
 
-const KeyOnly = z.object({ KeyId: z.string(), GrantTokens: grantTokens });
+const KeyOnly = z.object({ KeyId: z.string() }).strict();
+
+/**
+ * GrantTokens are accepted and not used, as AWS itself does when no grant is needed: they only make a grant usable
+ * before it is consistent, and this service has no grants (access is by project).
+ */
+const DescribeKey = z.object({ KeyId: z.string(), GrantTokens: grantTokens }).strict();
 
 const describeKey: AwsOperation = async (services, caller, body) => {
-  const req = parseBody(KeyOnly, body);
+  const req = parseBody(DescribeKey, body);
   const key = await services.keys.get(caller.projectId, keyRef(req.KeyId, caller));
   return { KeyMetadata: keyMetadata(key, caller) };
 };
 
-const ListKeys = z.object({ Limit: z.number().optional(), Marker: z.string().optional() });
+const ListKeys = z.object({ Limit: z.number().optional(), Marker: z.string().optional() }).strict();
 
 const listKeys: AwsOperation = async (services, caller, body) => {
   const req = parseBody(ListKeys, body);
@@ -146,7 +229,7 @@ function pendingDeletion(key: KeyRecord, caller: Caller) {
   };
 }
 
-const ScheduleKeyDeletion = z.object({ KeyId: z.string(), PendingWindowInDays: z.number().optional() });
+const ScheduleKeyDeletion = z.object({ KeyId: z.string(), PendingWindowInDays: z.number().optional() }).strict();
 
 /** AWS allows 7 to 30 days, 30 by default (Huawei allows up to 1096). */
 const scheduleKeyDeletion: AwsOperation = async (services, caller, body) => {
@@ -174,7 +257,7 @@ const cancelKeyDeletion: AwsOperation = async (services, caller, body) => {
   return { KeyId: keyArn(key, caller) };
 };
 
-const UpdateKeyDescription = z.object({ KeyId: z.string(), Description: z.string() });
+const UpdateKeyDescription = z.object({ KeyId: z.string(), Description: z.string() }).strict();
 
 const updateKeyDescription: AwsOperation = async (services, caller, body) => {
   const req = parseBody(UpdateKeyDescription, body);
@@ -187,16 +270,23 @@ const updateKeyDescription: AwsOperation = async (services, caller, body) => {
   return {};
 };
 
-const GenerateDataKey = z.object({
-  KeyId: z.string(),
-  NumberOfBytes: z.number().optional(),
-  KeySpec: z.string().optional(),
-  EncryptionContext: encryptionContext,
-  GrantTokens: grantTokens,
-});
+const GenerateDataKey = z
+  .object({
+    KeyId: z.string(),
+    NumberOfBytes: z.number().optional(),
+    KeySpec: z.string().optional(),
+    EncryptionContext: encryptionContext,
+    GrantTokens: grantTokens,
+    Recipient: recipient,
+    DryRun: dryRun,
+  })
+  .strict();
+
+/** GenerateDataKeyWithoutPlaintext has no Recipient: there is no plaintext to encrypt to one. */
+const GenerateDataKeyWithoutPlaintext = GenerateDataKey.omit({ Recipient: true });
 
 /** NumberOfBytes (1–1024) or KeySpec (AES_128, AES_256), exactly one of them. */
-function dataKeyLength(req: z.infer<typeof GenerateDataKey>): number {
+function dataKeyLength(req: z.infer<typeof GenerateDataKeyWithoutPlaintext>): number {
   if (req.NumberOfBytes !== undefined && req.KeySpec !== undefined) {
     throw new AwsApiError('ValidationException', 'Please specify either number of bytes or key spec, not both.');
   }
@@ -213,16 +303,22 @@ function dataKeyLength(req: z.infer<typeof GenerateDataKey>): number {
   return integerInRange(req.NumberOfBytes, 'numberOfBytes', 1, 1024);
 }
 
-/** A data key under the request's CMK; the caller zeroes `plaintext`. */
-async function newDataKey(services: Services, caller: Caller, body: unknown) {
-  const req = parseBody(GenerateDataKey, body);
+/** A data key under the request's CMK, made even on a dry run; the plaintext is zeroed before a dry run answers. */
+async function newDataKey(services: Services, caller: Caller, req: z.infer<typeof GenerateDataKeyWithoutPlaintext>) {
   const length = dataKeyLength(req);
   const ref = keyRef(req.KeyId, caller);
-  return services.dataKeys.generateDataKey(caller.projectId, ref, length, req.EncryptionContext);
+  const sealed = await services.dataKeys.generateDataKey(caller.projectId, ref, length, {
+    context: req.EncryptionContext,
+  });
+  if (req.DryRun === true) sealed.plaintext.fill(0);
+  withheldIfDryRun(req.DryRun);
+  return sealed;
 }
 
 const generateDataKey: AwsOperation = async (services, caller, body) => {
-  const sealed = await newDataKey(services, caller, body);
+  const req = parseBody(GenerateDataKey, body);
+  refuseRecipient(req.Recipient);
+  const sealed = await newDataKey(services, caller, req);
   try {
     return {
       CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
@@ -235,30 +331,31 @@ const generateDataKey: AwsOperation = async (services, caller, body) => {
 };
 
 const generateDataKeyWithoutPlaintext: AwsOperation = async (services, caller, body) => {
-  const sealed = await newDataKey(services, caller, body);
+  const sealed = await newDataKey(services, caller, parseBody(GenerateDataKeyWithoutPlaintext, body));
   sealed.plaintext.fill(0);
   return { CiphertextBlob: sealed.ciphertextBlob.toString('base64'), KeyId: keyArn(sealed.key, caller) };
 };
 
-const Encrypt = z.object({
-  KeyId: z.string(),
-  Plaintext: blob,
-  EncryptionContext: encryptionContext,
-  EncryptionAlgorithm: z.string().optional(),
-  GrantTokens: grantTokens,
-});
+const Encrypt = z
+  .object({
+    KeyId: z.string(),
+    Plaintext: blob,
+    EncryptionContext: encryptionContext,
+    EncryptionAlgorithm: z.string().optional(),
+    GrantTokens: grantTokens,
+    DryRun: dryRun,
+  })
+  .strict();
 
 const encrypt: AwsOperation = async (services, caller, body) => {
   const req = parseBody(Encrypt, body);
   symmetricDefault(req.EncryptionAlgorithm, 'encryptionAlgorithm');
   const plaintext = fromBase64(req.Plaintext, 'plaintext', 1, MAX_PLAINTEXT);
   try {
-    const sealed = await services.dataKeys.encrypt(
-      caller.projectId,
-      keyRef(req.KeyId, caller),
-      plaintext,
-      req.EncryptionContext,
-    );
+    const sealed = await services.dataKeys.encrypt(caller.projectId, keyRef(req.KeyId, caller), plaintext, {
+      context: req.EncryptionContext,
+    });
+    withheldIfDryRun(req.DryRun);
     return {
       CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
       KeyId: keyArn(sealed.key, caller),
@@ -269,22 +366,31 @@ const encrypt: AwsOperation = async (services, caller, body) => {
   }
 };
 
-const Decrypt = z.object({
-  CiphertextBlob: blob,
-  KeyId: z.string().optional(),
-  EncryptionContext: encryptionContext,
-  EncryptionAlgorithm: z.string().optional(),
-  GrantTokens: grantTokens,
-});
+const Decrypt = z
+  .object({
+    CiphertextBlob: blob,
+    KeyId: z.string().optional(),
+    EncryptionContext: encryptionContext,
+    EncryptionAlgorithm: z.string().optional(),
+    GrantTokens: grantTokens,
+    Recipient: recipient,
+    DryRun: dryRun,
+    DryRunModifiers: dryRunModifiers,
+  })
+  .strict();
 
 /** The key comes from the blob; a KeyId, when given, must name that same key (IncorrectKeyException otherwise). */
 const decrypt: AwsOperation = async (services, caller, body) => {
   const req = parseBody(Decrypt, body);
+  refuseRecipient(req.Recipient);
+  refuseDryRunModifiers(req.DryRunModifiers);
   symmetricDefault(req.EncryptionAlgorithm, 'encryptionAlgorithm');
   const ciphertext = fromBase64(req.CiphertextBlob, 'ciphertextBlob', 1, MAX_CIPHERTEXT);
   const expected = req.KeyId === undefined ? undefined : keyRef(req.KeyId, caller);
-  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, req.EncryptionContext, expected);
+  const binding = { context: req.EncryptionContext };
+  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, binding, expected);
   try {
+    withheldIfDryRun(req.DryRun);
     return {
       KeyId: keyArn(opened.key, caller),
       Plaintext: opened.plaintext.toString('base64'),
@@ -295,32 +401,41 @@ const decrypt: AwsOperation = async (services, caller, body) => {
   }
 };
 
-const ReEncrypt = z.object({
-  CiphertextBlob: blob,
-  SourceEncryptionContext: encryptionContext,
-  SourceKeyId: z.string().optional(),
-  DestinationKeyId: z.string(),
-  DestinationEncryptionContext: encryptionContext,
-  SourceEncryptionAlgorithm: z.string().optional(),
-  DestinationEncryptionAlgorithm: z.string().optional(),
-  GrantTokens: grantTokens,
-});
+const ReEncrypt = z
+  .object({
+    CiphertextBlob: blob,
+    SourceEncryptionContext: encryptionContext,
+    SourceKeyId: z.string().optional(),
+    DestinationKeyId: z.string(),
+    DestinationEncryptionContext: encryptionContext,
+    SourceEncryptionAlgorithm: z.string().optional(),
+    DestinationEncryptionAlgorithm: z.string().optional(),
+    GrantTokens: grantTokens,
+    DryRun: dryRun,
+    DryRunModifiers: dryRunModifiers,
+  })
+  .strict();
 
 const reEncrypt: AwsOperation = async (services, caller, body) => {
   const req = parseBody(ReEncrypt, body);
+  refuseDryRunModifiers(req.DryRunModifiers);
   symmetricDefault(req.SourceEncryptionAlgorithm, 'sourceEncryptionAlgorithm');
   symmetricDefault(req.DestinationEncryptionAlgorithm, 'destinationEncryptionAlgorithm');
   const ciphertext = fromBase64(req.CiphertextBlob, 'ciphertextBlob', 1, MAX_CIPHERTEXT);
   const source = req.SourceKeyId === undefined ? undefined : keyRef(req.SourceKeyId, caller);
   const destination = keyRef(req.DestinationKeyId, caller);
-  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, req.SourceEncryptionContext, source);
+  const binding = { context: req.SourceEncryptionContext };
+  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, binding, source);
   try {
     const sealed = await services.dataKeys.encrypt(
       caller.projectId,
       destination,
       opened.plaintext,
-      req.DestinationEncryptionContext,
+      { context: req.DestinationEncryptionContext },
+      // A text blob stays text, so the Alibaba and Huawei dialects still give its text back.
+      opened.kind,
     );
+    withheldIfDryRun(req.DryRun);
     return {
       CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
       SourceKeyId: keyArn(opened.key, caller),
@@ -333,7 +448,7 @@ const reEncrypt: AwsOperation = async (services, caller, body) => {
   }
 };
 
-const TagResource = z.object({ KeyId: z.string(), Tags: TagList });
+const TagResource = z.object({ KeyId: z.string(), Tags: TagList }).strict();
 
 const tagResource: AwsOperation = async (services, caller, body) => {
   const req = parseBody(TagResource, body);
@@ -343,7 +458,7 @@ const tagResource: AwsOperation = async (services, caller, body) => {
   return {};
 };
 
-const UntagResource = z.object({ KeyId: z.string(), TagKeys: z.array(z.string()) });
+const UntagResource = z.object({ KeyId: z.string(), TagKeys: z.array(z.string()) }).strict();
 
 const untagResource: AwsOperation = async (services, caller, body) => {
   const req = parseBody(UntagResource, body);
@@ -353,7 +468,9 @@ const untagResource: AwsOperation = async (services, caller, body) => {
   return {};
 };
 
-const ListResourceTags = z.object({ KeyId: z.string(), Limit: z.number().optional(), Marker: z.string().optional() });
+const ListResourceTags = z
+  .object({ KeyId: z.string(), Limit: z.number().optional(), Marker: z.string().optional() })
+  .strict();
 
 const listResourceTags: AwsOperation = async (services, caller, body) => {
   const req = parseBody(ListResourceTags, body);
@@ -395,7 +512,7 @@ function targetKey(targetKeyId: string, caller: Caller) {
   return ref;
 }
 
-const AliasWithTarget = z.object({ AliasName: z.string(), TargetKeyId: z.string() });
+const AliasWithTarget = z.object({ AliasName: z.string(), TargetKeyId: z.string() }).strict();
 
 const createAlias: AwsOperation = async (services, caller, body) => {
   const req = parseBody(AliasWithTarget, body);
@@ -423,7 +540,7 @@ const updateAlias: AwsOperation = async (services, caller, body) => {
   return {};
 };
 
-const DeleteAlias = z.object({ AliasName: z.string() });
+const DeleteAlias = z.object({ AliasName: z.string() }).strict();
 
 const deleteAlias: AwsOperation = async (services, caller, body) => {
   const name = validAliasName(parseBody(DeleteAlias, body).AliasName);
@@ -444,11 +561,13 @@ function notFoundAlias(name: string, caller: Caller, target?: KeyRecord) {
 
 const aliasArn = (name: string, caller: Caller) => `arn:aws:kms:${caller.region}:${caller.projectId}:${name}`;
 
-const ListAliases = z.object({
-  KeyId: z.string().optional(),
-  Limit: z.number().optional(),
-  Marker: z.string().optional(),
-});
+const ListAliases = z
+  .object({
+    KeyId: z.string().optional(),
+    Limit: z.number().optional(),
+    Marker: z.string().optional(),
+  })
+  .strict();
 
 const listAliases: AwsOperation = async (services, caller, body) => {
   const req = parseBody(ListAliases, body);

@@ -18,6 +18,14 @@ export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
   const result = schema.safeParse(body);
   if (result.success) return result.data;
   const issue = result.error.issues[0];
+  if (issue?.code === 'unrecognized_keys') {
+    // A member this service does not understand is refused, never ignored: the caller must learn it had no effect.
+    const where = issue.path.length > 0 ? ` in ${issue.path.join('.')}` : '';
+    throw new AwsApiError(
+      'ValidationException',
+      `Unknown member${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `'${k}'`).join(', ')}${where}: this service refuses members it does not understand.`,
+    );
+  }
   const field = String(issue?.path[0] ?? '');
   const member = field.charAt(0).toLowerCase() + field.slice(1);
   if ((body as Record<string, unknown>)[field] === undefined) {

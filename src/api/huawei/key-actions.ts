@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { KEY_ID_PATTERN } from '../../core/keys.js';
 import type { HuaweiAction } from './context.js';
 import { invalid } from './errors.js';
 import { KEY_STATE_CODES, keyInfo, stateForCode } from './key-info.js';
@@ -13,12 +14,35 @@ const CreateKey = z
     key_spec: z.string().optional(),
     key_usage: z.string().optional(),
     origin: z.string().optional(),
+    enterprise_project_id: z.string().optional(),
+    keystore_id: z.string().optional(),
+    vm_id: z.string().optional(),
     sequence,
   })
   .strict();
 
+/** Huawei's default enterprise project, the only one here: every key of a project belongs to it. */
+const DEFAULT_ENTERPRISE_PROJECT = '0';
+/** Huawei's default key store ("0", KMS's own); "1", "2" and created ones are dedicated HSM clusters (CDMS). */
+const DEFAULT_KEYSTORE = '0';
+
 export const createKey: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(CreateKey, body);
+  if (req.enterprise_project_id !== undefined && req.enterprise_project_id !== DEFAULT_ENTERPRISE_PROJECT) {
+    throw invalid(
+      'KMS.0308',
+      'Invalid parameter: enterprise_project_id must be 0, the default enterprise project (the only one this service has).',
+    );
+  }
+  if (req.keystore_id !== undefined && req.keystore_id !== DEFAULT_KEYSTORE) {
+    throw invalid(
+      'KMS.0308',
+      'Invalid parameter: keystore_id must be 0, the default key store (dedicated HSM key stores are not offered).',
+    );
+  }
+  if (req.vm_id !== undefined) {
+    throw invalid('KMS.0308', 'Invalid parameter: vm_id is not supported: HSM-cluster VMs are not offered.');
+  }
   if (req.key_spec !== undefined && req.key_spec !== 'AES_256') {
     throw invalid('KMS.0308', 'Invalid parameter: key_spec must be AES_256 (the only key spec this service offers).');
   }
@@ -37,7 +61,7 @@ export const createKey: HuaweiAction = async (services, projectId, body) => {
 };
 
 /** Bodies that only name a key: management endpoints take a key id, never an alias (kms-apis.md §1.1). */
-const KeyOnly = z.object({ key_id: z.string(), sequence });
+const KeyOnly = z.object({ key_id: z.string(), sequence }).strict();
 
 export const describeKey: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(KeyOnly, body);
@@ -45,14 +69,57 @@ export const describeKey: HuaweiAction = async (services, projectId, body) => {
   return { key_info: keyInfo(key, services.region) };
 };
 
-const ListKeys = z.object({
-  limit: integerString.optional(),
-  marker: integerString.optional(),
-  key_state: z.string().optional(),
-  sequence,
-});
+const ListKeys = z
+  .object({
+    limit: integerString.optional(),
+    marker: integerString.optional(),
+    key_state: z.string().optional(),
+    key_spec: z.string().optional(),
+    enterprise_project_id: z.string().optional(),
+    sequence,
+  })
+  .strict();
 
 const MAX_LIST_LIMIT = 1000;
+
+/**
+ * list-keys' key_spec filter, with the values Huawei's SDK model lists: every key here is AES_256, so AES_256 and
+ * ALL select them all and the other specs select none.
+ */
+const LISTED_BY_KEY_SPEC: Readonly<Record<string, boolean>> = {
+  AES_256: true,
+  ALL: true,
+  SM4: false,
+  RSA_2048: false,
+  RSA_3072: false,
+  RSA_4096: false,
+  EC_P256: false,
+  EC_P384: false,
+  SM2: false,
+};
+
+/**
+ * list-keys' enterprise_project_id filter, as Huawei's SDK model documents it: "all", "0" (the default project, which
+ * holds every key here), or the id of another enterprise project (which holds none). True when keys are selected.
+ */
+function listedByEnterpriseProject(id: string | undefined): boolean {
+  if (id === undefined || id === 'all' || id === DEFAULT_ENTERPRISE_PROJECT) return true;
+  // Huawei's enterprise project ids have the same pattern as key ids.
+  if (KEY_ID_PATTERN.test(id)) return false;
+  throw invalid('KMS.0308', 'Invalid parameter: enterprise_project_id must be all, 0 or an enterprise project id.');
+}
+
+function listedByKeySpec(spec: string | undefined): boolean {
+  if (spec === undefined) return true;
+  const listed = Object.hasOwn(LISTED_BY_KEY_SPEC, spec) ? LISTED_BY_KEY_SPEC[spec] : undefined;
+  if (listed === undefined) {
+    throw invalid(
+      'KMS.0308',
+      `Invalid parameter: key_spec must be one of ${Object.keys(LISTED_BY_KEY_SPEC).join(', ')}.`,
+    );
+  }
+  return listed;
+}
 
 export const listKeys: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(ListKeys, body);
@@ -63,8 +130,9 @@ export const listKeys: HuaweiAction = async (services, projectId, body) => {
     throw invalid('KMS.0308', 'Invalid parameter: key_state must be one of 1, 2, 3, 4, 5.');
   }
   const state = req.key_state === undefined ? undefined : stateForCode(req.key_state);
+  const selected = listedByKeySpec(req.key_spec) && listedByEnterpriseProject(req.enterprise_project_id);
   const { keys, total } =
-    state === 'none'
+    state === 'none' || !selected
       ? { keys: [], total: 0 }
       : await services.keys.list(projectId, { offset, limit, ...(state ? { state } : {}) });
   const truncated = offset + keys.length < total;
@@ -89,7 +157,7 @@ export const disableKey: HuaweiAction = async (services, projectId, body) => {
   return { key_info: { key_id: key.id, key_state: KEY_STATE_CODES[key.state] } };
 };
 
-const ScheduleDeletion = z.object({ key_id: z.string(), pending_days: integerString, sequence });
+const ScheduleDeletion = z.object({ key_id: z.string(), pending_days: integerString, sequence }).strict();
 
 export const scheduleKeyDeletion: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(ScheduleDeletion, body);

@@ -36,5 +36,8 @@ export function keyInfo(key: KeyRecord, realm: string) {
     key_type: '1',
     expiration_time: '',
     origin: key.origin,
+    // Every key is in the default key store and the default enterprise project (create-key refuses any other).
+    keystore_id: '0',
+    sys_enterprise_project_id: '0',
   };
 }
