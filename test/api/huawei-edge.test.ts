@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signProjectToken } from '../../src/auth/local-issuer.js';
 import { KeyService } from '../../src/core/key.service.js';
-import { createKey, startTestService, type TestService } from '../support/test-service.js';
+import { createKey, huaweiErrorBody, startTestService, type TestService } from '../support/test-service.js';
 
 const A = 'projectalpha';
 const B = 'projectbravo';
@@ -18,8 +18,7 @@ describe('authentication', () => {
   it('when X-Auth-Token is missing, then the answer is 403 KMS.0301', async () => {
     const res = await kms.call(A, 'gen-random', {}, { token: null });
     expect(res.status).toBe(403);
-    const [code, message] = ['KMS.0301', 'Invalid or null X-Auth-Token.'];
-    expect(res.body).toEqual({ error: { error_code: code, error_msg: message }, error_code: code, error_msg: message });
+    expect(res.body).toEqual(huaweiErrorBody('KMS.0301', 'Invalid or null X-Auth-Token.'));
   });
 
   it('when the token is garbage or signed by another key, then the answer is 403 KMS.0302', async () => {
@@ -52,8 +51,7 @@ describe('project isolation', () => {
     const keyId = await createKey(kms, A, 'alpha-secret');
     const made = await kms.call(A, 'create-datakey', { key_id: keyId });
     const encrypted = await kms.call(A, 'encrypt-data', { key_id: keyId, plain_text: 'alpha only' });
-    const [code, message] = ['KMS.0207', 'The key does not exist.'];
-    const missing = { error: { error_code: code, error_msg: message }, error_code: code, error_msg: message };
+    const missing = huaweiErrorBody('KMS.0207', 'The key does not exist.');
 
     for (const [action, body] of [
       ['describe-key', { key_id: keyId }],

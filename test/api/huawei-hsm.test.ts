@@ -13,7 +13,7 @@ import { PasswordService } from '../../src/core/password.service.js';
 import type { CmkVersionRef, Hsm } from '../../src/core/ports.js';
 import { RandomService } from '../../src/core/random.service.js';
 import { createLogger } from '../../src/logger.js';
-import { createKey, startTestService, type TestService } from '../support/test-service.js';
+import { createKey, huaweiErrorBody, startTestService, type TestService } from '../support/test-service.js';
 
 const P = 'projecthsm01';
 let kms: TestService;
@@ -164,11 +164,7 @@ describe('failures inside the service', () => {
     const res = await genRandom();
     faulty.fault = undefined;
     expect(res.status).toBe(500);
-    expect(JSON.parse(res.text)).toEqual({
-      error: { error_code: 'KMS.0101', error_msg: 'KMS error.' },
-      error_code: 'KMS.0101',
-      error_msg: 'KMS error.',
-    });
+    expect(JSON.parse(res.text)).toEqual(huaweiErrorBody('KMS.0101', 'KMS error.'));
     expect(res.text).not.toContain('internals');
     expect(logged.join('\n')).toContain('secret internals');
   });

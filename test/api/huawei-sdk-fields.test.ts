@@ -2,7 +2,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { DecryptCommand, KMSClient } from '@aws-sdk/client-kms';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { $Kms, type AlibabaKmsClient, alibabaClient } from '../support/alibaba-sdk.js';
-import { createKey, type HuaweiResponse, startTestService, type TestService } from '../support/test-service.js';
+import {
+  createKey,
+  type HuaweiResponse,
+  huaweiErrorBody,
+  startTestService,
+  type TestService,
+} from '../support/test-service.js';
 
 /**
  * Every field of Huawei's SDK body models (huawei-sdk.md §A.3) is honoured or refused with a clear KMS error, never
@@ -27,7 +33,7 @@ const sha256 = (b: Buffer) => createHash('sha256').update(b).digest();
 function expectError(res: HuaweiResponse, code: string, message: string, status = 400): void {
   expect({ status: res.status, body: res.body }).toEqual({
     status,
-    body: { error: { error_code: code, error_msg: message } },
+    body: huaweiErrorBody(code, message),
   });
 }
 

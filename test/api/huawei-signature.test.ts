@@ -11,7 +11,7 @@ import {
   send,
   type WireRequest,
 } from '../support/huawei-sdk.js';
-import { createKey, startTestService, type TestService } from '../support/test-service.js';
+import { createKey, huaweiErrorBody, startTestService, type TestService } from '../support/test-service.js';
 
 const A = 'hwsigned-a';
 const B = 'hwsigned-b';
@@ -66,7 +66,7 @@ function altered(wire: WireRequest, changes: Record<string, string | string[] | 
 
 const refused = (status: number, code: string, message: string) => ({
   status,
-  body: { error: { error_code: code, error_msg: message }, error_code: code, error_msg: message },
+  body: huaweiErrorBody(code, message),
 });
 
 describe("requests signed as each of Huawei's SDKs signs them", () => {

@@ -12,6 +12,11 @@ export interface HuaweiResponse {
   readonly headers: Headers;
 }
 
+/** Huawei's error body as the service sends it: the pair inside `error`, and again at the top level. */
+export function huaweiErrorBody(code: string, message: string) {
+  return { error: { error_code: code, error_msg: message }, error_code: code, error_msg: message };
+}
+
 export interface TestService {
   readonly url: string;
   readonly running: RunningService;
