@@ -1,4 +1,3 @@
-import { Sha256 } from '@aws-crypto/sha256-js';
 import {
   AlreadyExistsException,
   CancelKeyDeletionCommand,
@@ -32,8 +31,8 @@ import {
   UpdateAliasCommand,
   UpdateKeyDescriptionCommand,
 } from '@aws-sdk/client-kms';
-import { SignatureV4 } from '@smithy/signature-v4';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { signedAwsRequest } from '../support/aws-request.js';
 import { createKey, startTestService, type TestService } from '../support/test-service.js';
 
 const REGION = 'eu-west-1';
@@ -368,30 +367,8 @@ describe('one key, every dialect', () => {
 
 describe('SigV4 and the protocol', () => {
   /** Signs a raw request as the SDK would, so that the body and headers can be anything. */
-  async function signedFetch(headers: Record<string, string>, body: string, secret = credentialsA.secretAccessKey) {
-    const url = new URL(kms.url);
-    const signer = new SignatureV4({
-      service: 'kms',
-      region: REGION,
-      sha256: Sha256,
-      credentials: { accessKeyId: credentialsA.accessKeyId, secretAccessKey: secret },
-    });
-    const signed = await signer.sign({
-      method: 'POST',
-      protocol: 'http:',
-      hostname: url.hostname,
-      port: Number(url.port),
-      path: '/',
-      headers: { host: url.host, ...headers },
-      body,
-    });
-    const res = await fetch(`${kms.url}/`, { method: 'POST', headers: signed.headers, body });
-    return {
-      status: res.status,
-      type: res.headers.get('x-amzn-errortype'),
-      body: (await res.json()) as { __type?: string },
-    };
-  }
+  const signedFetch = (headers: Record<string, string>, body: string) =>
+    signedAwsRequest(kms.url, credentialsA, REGION, { headers, body });
 
   it('when the secret is wrong, then InvalidSignatureException', async () => {
     const wrong = client({ ...credentialsA, secretAccessKey: `${credentialsA.secretAccessKey.slice(0, -1)}A` });

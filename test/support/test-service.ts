@@ -17,6 +17,8 @@ export interface TestService {
   readonly running: RunningService;
   readonly dataDir: string;
   readonly env: Record<string, string>;
+  /** Every line the service logged so far (JSON lines, error level and above, as the tests configure it). */
+  readonly log: () => string;
   tokenFor(projectId: string, ttlSeconds?: number): Promise<string>;
   /** POST (or `method`) /v1.0/{project}/kms/{action} with a fresh token for the project unless `token` is given. */
   call(
@@ -52,7 +54,12 @@ export async function startTestService(extraEnv: Record<string, string> = {}): P
 
 async function boot(env: Record<string, string>, cleanup: () => void): Promise<TestService> {
   const config = loadConfig(env);
-  const running = await startService(config, createLogger('error'), 'single');
+  const lines: string[] = [];
+  const logger = createLogger('error', (line) => {
+    lines.push(line);
+    process.stderr.write(line);
+  });
+  const running = await startService(config, logger, 'single');
   const url = running.url as string;
   const issuer = loadOrCreateIssuerKeys(config.dataDir);
   const tokens = new Map<string, string>();
@@ -70,6 +77,7 @@ async function boot(env: Record<string, string>, cleanup: () => void): Promise<T
     running,
     dataDir: config.dataDir,
     env,
+    log: () => lines.join(''),
     tokenFor,
     async call(projectId, action, body, options = {}) {
       const headers: Record<string, string> = { 'content-type': 'application/json' };
