@@ -4,6 +4,7 @@ import { type SecretLookup, verifySigV4 } from '../../auth/sigv4.js';
 import { readBody } from '../../http/read-body.js';
 import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
+import { ownEntry } from '../own-entry.js';
 import { AwsApiError, renderAwsError } from './errors.js';
 import { AWS_OPERATIONS } from './operations.js';
 
@@ -44,8 +45,10 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
       { service: 'kms', regions: options.regions, now, maxSkewMs: CLOCK_SKEW_MS },
     );
     const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
-    const target = String(req.headers['x-amz-target'] ?? '');
-    const operation = target.startsWith(TARGET_PREFIX) ? AWS_OPERATIONS[target.slice(TARGET_PREFIX.length)] : undefined;
+    const target = req.headersDistinct['x-amz-target']?.[0] ?? '';
+    const operation = target.startsWith(TARGET_PREFIX)
+      ? ownEntry(AWS_OPERATIONS, target.slice(TARGET_PREFIX.length))
+      : undefined;
     if (req.method !== 'POST' || !JSON_TYPES.has(contentType) || !operation) {
       throw new AwsApiError('UnknownOperationException', '');
     }

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { KmsError } from '../../core/errors.js';
 import { type KeyRecord, MAX_TAGS_PER_KEY, type Tag } from '../../core/keys.js';
 import type { Services } from '../huawei/context.js';
+import { ownEntry } from '../own-entry.js';
 import { AwsApiError, validationError } from './errors.js';
 import {
   blob,
@@ -201,7 +202,7 @@ function dataKeyLength(req: z.infer<typeof GenerateDataKey>): number {
     throw new AwsApiError('ValidationException', 'Please specify either number of bytes or key spec, not both.');
   }
   if (req.KeySpec !== undefined) {
-    const bytes = KEY_SPEC_BYTES[req.KeySpec];
+    const bytes = ownEntry(KEY_SPEC_BYTES, req.KeySpec);
     if (bytes === undefined) {
       throw validationError(req.KeySpec, 'keySpec', 'Member must satisfy enum value set: [AES_256, AES_128]');
     }

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
+import { ownEntry } from '../own-entry.js';
 import type { HuaweiAction } from './context.js';
 import { invalid } from './errors.js';
 import {
@@ -41,10 +42,11 @@ const CreateDataKey = z.object({
 
 /** datakey_length wins over key_spec when both are given (Huawei's rule); neither means the documented 512 bits. */
 function dataKeyBytes(req: z.infer<typeof CreateDataKey>): number {
-  if (req.key_spec !== undefined && KEY_SPEC_BITS[req.key_spec] === undefined) {
+  const specBits = req.key_spec === undefined ? undefined : ownEntry(KEY_SPEC_BITS, req.key_spec);
+  if (req.key_spec !== undefined && specBits === undefined) {
     throw invalid('KMS.1902', 'key_spec can only be AES_128 or AES_256.');
   }
-  const bits = req.datakey_length ?? (req.key_spec ? KEY_SPEC_BITS[req.key_spec] : undefined) ?? DOCUMENTED_LENGTH_BITS;
+  const bits = req.datakey_length ?? specBits ?? DOCUMENTED_LENGTH_BITS;
   return bitLengthToBytes(bits, 'datakey_length', 'KMS.1901', 'KMS.1903');
 }
 

@@ -4,6 +4,7 @@ import type { TokenVerifier } from '../../auth/token-verifier.js';
 import { KmsError } from '../../core/errors.js';
 import { readBody } from '../../http/read-body.js';
 import { errorFields, type Logger } from '../../logger.js';
+import { ownEntry } from '../own-entry.js';
 import type { HuaweiAction, Services } from './context.js';
 import {
   createDataKey,
@@ -106,7 +107,7 @@ export function huaweiActionListener(services: Services, verifier: TokenVerifier
     if (tokenProject !== projectId) {
       throw new KmsError('ProjectMismatch', 'URIs in URL and X-Auth-Token do not match.');
     }
-    const action = ACTIONS[actionName];
+    const action = ownEntry(ACTIONS, actionName);
     if (!action) throw invalid('KMS.0201', 'Invalid request URL.');
     if (req.method !== action.method) {
       res.setHeader('Allow', action.method);

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { EncryptionContext } from '../../core/encryption-context.js';
 import { KEY_ID_PATTERN, type KeyRef } from '../../core/keys.js';
 import { decodeBase64 } from '../base64.js';
+import { ownEntry } from '../own-entry.js';
 import { invalid } from './errors.js';
 
 /**
@@ -60,7 +61,7 @@ export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
   if ((body as Record<string, unknown>)[field] === undefined) {
     throw invalid('KMS.0204', `Parameters missing in the request message: ${field}.`);
   }
-  throw invalid(FIELD_ERROR_CODES[field] ?? 'KMS.0308', `Invalid parameter: ${field}.`);
+  throw invalid(ownEntry(FIELD_ERROR_CODES, field) ?? 'KMS.0308', `Invalid parameter: ${field}.`);
 }
 
 const ALIAS_PATTERN = /^[a-zA-Z0-9:/_-]{1,255}$/;
