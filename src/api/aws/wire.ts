@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { KeyRecord, KeyRef } from '../../core/keys.js';
 import { decodeBase64 } from '../base64.js';
+import { encryptionContextSchema } from '../encryption-context.js';
 import { keyRefOf } from '../key-arn.js';
 import { AwsApiError, validationError } from './errors.js';
 
@@ -28,7 +29,7 @@ export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
 
 /** A base64 blob member (the SDKs send every blob as base64 in JSON). */
 export const blob = z.string();
-export const encryptionContext = z.record(z.string(), z.string()).optional();
+export const encryptionContext = encryptionContextSchema.optional();
 export const grantTokens = z.array(z.string()).max(10).optional();
 
 /** Decodes a base64 member and checks its byte length against AWS's constraint. */

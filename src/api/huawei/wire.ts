@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { EncryptionContext } from '../../core/encryption-context.js';
 import { KEY_ID_PATTERN, type KeyRef } from '../../core/keys.js';
 import { decodeBase64 } from '../base64.js';
+import { encryptionContextSchema } from '../encryption-context.js';
 import { ownEntry } from '../own-entry.js';
 import { invalid } from './errors.js';
 
@@ -40,10 +41,7 @@ export const sequence = z
   .optional();
 
 /** Key-value pairs of at most 8192 characters (Huawei's limit), bound to the ciphertext as AAD. */
-export const encryptionContext = z
-  .record(z.string(), z.string())
-  .refine((ctx) => JSON.stringify(ctx).length <= 8192)
-  .optional();
+export const encryptionContext = encryptionContextSchema.refine((ctx) => JSON.stringify(ctx).length <= 8192).optional();
 
 /** Validates a body against a schema; the first problem becomes the KMS code of the field it concerns. */
 export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
