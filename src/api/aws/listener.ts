@@ -17,6 +17,8 @@ const JSON_TYPES = new Set(['application/x-amz-json-1.1', 'application/json']);
 /** The largest legitimate body: Encrypt of 4096 bytes or Decrypt of 6144, base64, plus an encryption context. */
 const MAX_BODY_BYTES = 64 * 1024;
 const CLOCK_SKEW_MS = 15 * 60 * 1000;
+/** The operation must be signed, and given once: the SDKs and the AWS CLI sign every header they send. */
+const SIGNED_TARGET = ['x-amz-target'];
 
 export interface AwsOptions {
   /** The regions requests may be signed for (KMS_REGION). */
@@ -42,7 +44,7 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
     const caller = await verifySigV4(
       { method: req.method ?? 'POST', path, query, headers: req.headersDistinct, body },
       options.lookupSecret,
-      { service: 'kms', regions: options.regions, now, maxSkewMs: CLOCK_SKEW_MS },
+      { service: 'kms', regions: options.regions, now, maxSkewMs: CLOCK_SKEW_MS, requiredSignedHeaders: SIGNED_TARGET },
     );
     const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
     const target = req.headersDistinct['x-amz-target']?.[0] ?? '';

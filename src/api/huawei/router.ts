@@ -3,6 +3,7 @@ import { type NextFunction, type Request, type Response, Router } from 'express'
 import type { TokenVerifier } from '../../auth/token-verifier.js';
 import { KmsError } from '../../core/errors.js';
 import { readBody } from '../../http/read-body.js';
+import { singleHeader } from '../../http/single-header.js';
 import { errorFields, type Logger } from '../../logger.js';
 import { ownEntry } from '../own-entry.js';
 import type { HuaweiAction, Services } from './context.js';
@@ -15,7 +16,7 @@ import {
   encryptDataKey,
   genRandom,
 } from './crypto-actions.js';
-import { HuaweiApiError, invalid, renderHuaweiError } from './errors.js';
+import { HuaweiApiError, invalid, invalidToken, renderHuaweiError } from './errors.js';
 import {
   cancelKeyDeletion,
   createKey,
@@ -102,8 +103,10 @@ export function huaweiActionListener(services: Services, verifier: TokenVerifier
   const fail = failWith(logger);
   const serve = async (req: IncomingMessage, res: ServerResponse, projectId: string, actionName: string) => {
     if (!PROJECT_ID_PATTERN.test(projectId)) throw invalid('KMS.0201', 'Invalid request URL.');
-    const token = req.headers['x-auth-token'];
-    const tokenProject = await verifier.projectOf(typeof token === 'string' ? token : undefined);
+    const token = singleHeader(req.headersDistinct, 'x-auth-token', () =>
+      invalidToken('Invalid X-Auth-Token: the header is given more than once.'),
+    );
+    const tokenProject = await verifier.projectOf(token);
     if (tokenProject !== projectId) {
       throw new KmsError('ProjectMismatch', 'URIs in URL and X-Auth-Token do not match.');
     }
