@@ -122,17 +122,39 @@ describe('AWS KMS through @aws-sdk/client-kms', () => {
     expect(second.KeyMetadata?.KeyId).not.toBe(meta?.KeyId);
   });
 
-  it('when a key does not exist or belongs to another project, then NotFoundException is raised', async () => {
+  it('when a key does not exist or belongs to another project, then NotFoundException names it by ARN, as AWS does', async () => {
     const keyId = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
-    for (const [c, id] of [
-      [a, '0d0466b0-e727-4d9c-b35d-f84bb474a37f'],
-      [a, 'alias/never'],
-      [a, 'not a key'],
-      [b, keyId],
-      [b, `arn:aws:kms:${REGION}:${A}:key/${keyId}`],
+    const missing = '0d0466b0-e727-4d9c-b35d-f84bb474a37f';
+    for (const [c, id, message] of [
+      [a, missing, `Key 'arn:aws:kms:${REGION}:${A}:key/${missing}' does not exist`],
+      [a, 'alias/never', `Alias arn:aws:kms:${REGION}:${A}:alias/never is not found.`],
+      [a, 'not a key', "Invalid keyId 'not a key'"],
+      [b, keyId, `Key 'arn:aws:kms:${REGION}:${B}:key/${keyId}' does not exist`],
+      [b, `arn:aws:kms:${REGION}:${A}:key/${keyId}`, `Key 'arn:aws:kms:${REGION}:${A}:key/${keyId}' does not exist`],
     ] as const) {
       const err = await failure(c.send(new DescribeKeyCommand({ KeyId: id })));
-      expect(err).toBeInstanceOf(NotFoundException);
+      expect(err, id).toBeInstanceOf(NotFoundException);
+      expect(err.message, id).toBe(message);
+    }
+  });
+
+  it('when a missing key or alias is used by any operation, then the NotFoundException names it the same way', async () => {
+    const missing = '0d0466b0-e727-4d9c-b35d-f84bb474a37f';
+    const keyMessage = `Key 'arn:aws:kms:${REGION}:${A}:key/${missing}' does not exist`;
+    const aliasMessage = `Alias arn:aws:kms:${REGION}:${A}:alias/nowhere is not found.`;
+    for (const [command, message] of [
+      [new EncryptCommand({ KeyId: missing, Plaintext: Buffer.from('x') }), keyMessage],
+      [new GenerateDataKeyCommand({ KeyId: missing, KeySpec: 'AES_256' }), keyMessage],
+      [new DisableKeyCommand({ KeyId: missing }), keyMessage],
+      [new ScheduleKeyDeletionCommand({ KeyId: missing }), keyMessage],
+      [new CreateAliasCommand({ AliasName: 'alias/to-nothing', TargetKeyId: missing }), keyMessage],
+      [new EncryptCommand({ KeyId: 'alias/nowhere', Plaintext: Buffer.from('x') }), aliasMessage],
+      [new DeleteAliasCommand({ AliasName: 'alias/nowhere' }), aliasMessage],
+    ] as const) {
+      // biome-ignore lint/suspicious/noExplicitAny: one loop over commands of different input types
+      const err = await failure(a.send(command as any));
+      expect(err, command.constructor.name).toBeInstanceOf(NotFoundException);
+      expect(err.message, command.constructor.name).toBe(message);
     }
   });
 

@@ -7,6 +7,7 @@ import type { Services } from '../huawei/context.js';
 import { ownEntry } from '../own-entry.js';
 import { AwsApiError, renderAwsError } from './errors.js';
 import { AWS_OPERATIONS } from './operations.js';
+import { inAwsWords } from './wire.js';
 
 /**
  * The AWS KMS JSON 1.1 protocol (kms-apis.md §2.1): `POST /` with `X-Amz-Target: TrentService.<Operation>`,
@@ -60,7 +61,7 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
     } catch {
       throw new AwsApiError('SerializationException', 'The request body is not valid JSON.');
     }
-    send(res, 200, requestId, await operation(services, caller, json));
+    send(res, 200, requestId, await operation(services, caller, json).catch(inAwsWords(caller)));
   };
 
   return (req: IncomingMessage, res: ServerResponse): boolean => {

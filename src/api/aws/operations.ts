@@ -5,6 +5,7 @@ import type { Services } from '../huawei/context.js';
 import { ownEntry } from '../own-entry.js';
 import { AwsApiError, validationError } from './errors.js';
 import {
+  aliasArn,
   blob,
   type Caller,
   encryptionContext,
@@ -420,7 +421,7 @@ const updateAlias: AwsOperation = async (services, caller, body) => {
   const name = validAliasName(req.AliasName);
   const ref = targetKey(req.TargetKeyId, caller);
   const before = await services.keys.get(caller.projectId, ref);
-  await services.keys.retargetAlias(caller.projectId, name, ref).catch(notFoundAlias(name, caller, before));
+  await services.keys.retargetAlias(caller.projectId, name, ref).catch(pendingDeletion(before, caller));
   return {};
 };
 
@@ -428,22 +429,9 @@ const DeleteAlias = z.object({ AliasName: z.string() });
 
 const deleteAlias: AwsOperation = async (services, caller, body) => {
   const name = validAliasName(parseBody(DeleteAlias, body).AliasName);
-  await services.keys.deleteAlias(caller.projectId, name).catch(notFoundAlias(name, caller));
+  await services.keys.deleteAlias(caller.projectId, name);
   return {};
 };
-
-/** AWS words a missing alias with its ARN. */
-function notFoundAlias(name: string, caller: Caller, target?: KeyRecord) {
-  return (err: unknown): never => {
-    if (err instanceof KmsError && err.code === 'KeyNotFound') {
-      throw new AwsApiError('NotFoundException', `Alias ${aliasArn(name, caller)} is not found.`);
-    }
-    if (target) pendingDeletion(target, caller)(err);
-    throw err;
-  };
-}
-
-const aliasArn = (name: string, caller: Caller) => `arn:aws:kms:${caller.region}:${caller.projectId}:${name}`;
 
 const ListAliases = z.object({
   KeyId: z.string().optional(),

@@ -52,7 +52,7 @@ function dataKeyBytes(req: z.infer<typeof CreateDataKey>): number {
 
 export const createDataKey: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(CreateDataKey, body);
-  const ref = keyRef(req.key_id, true);
+  const ref = keyRef(req.key_id, { region: services.region, domainId: projectId });
   const sealed = await services.dataKeys.generateDataKey(projectId, ref, dataKeyBytes(req), req.encryption_context);
   try {
     return { key_id: sealed.key.id, plain_text: toHex(sealed.plaintext), cipher_text: toHex(sealed.ciphertextBlob) };
@@ -63,7 +63,7 @@ export const createDataKey: HuaweiAction = async (services, projectId, body) => 
 
 export const createDataKeyWithoutPlaintext: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(CreateDataKey, body);
-  const ref = keyRef(req.key_id, true);
+  const ref = keyRef(req.key_id, { region: services.region, domainId: projectId });
   const sealed = await services.dataKeys.generateDataKey(projectId, ref, dataKeyBytes(req), req.encryption_context);
   sealed.plaintext.fill(0);
   return { key_id: sealed.key.id, cipher_text: toHex(sealed.ciphertextBlob) };
@@ -80,7 +80,7 @@ const EncryptDataKey = z.object({
 /** plain_text is hex(DEK ‖ SHA-256(DEK)); the digest is checked before the DEK is sealed. */
 export const encryptDataKey: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(EncryptDataKey, body);
-  const ref = keyRef(req.key_id, true);
+  const ref = keyRef(req.key_id, { region: services.region, domainId: projectId });
   const length = dekByteLength(req.datakey_plain_length, 'datakey_plain_length', 'KMS.2102');
   const plain = fromHex(req.plain_text, 'KMS.2101', 'plain_text');
   try {
@@ -108,7 +108,7 @@ const DecryptDataKey = z.object({
 /** datakey_cipher_length is, despite its name, the byte length of the plaintext DEK (Huawei's example: "64"). */
 export const decryptDataKey: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(DecryptDataKey, body);
-  const ref = keyRef(req.key_id, true);
+  const ref = keyRef(req.key_id, { region: services.region, domainId: projectId });
   const length = dekByteLength(req.datakey_cipher_length, 'datakey_cipher_length', 'KMS.2202');
   const blob = fromHex(req.cipher_text, 'KMS.2201', 'cipher_text');
   const opened = await services.dataKeys.decrypt(projectId, blob, req.encryption_context, ref);
@@ -138,7 +138,7 @@ const EncryptData = z.object({
 
 export const encryptData: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(EncryptData, body);
-  const ref = keyRef(req.key_id, true);
+  const ref = keyRef(req.key_id, { region: services.region, domainId: projectId });
   const plain = Buffer.from(req.plain_text, 'utf8');
   if (plain.length < 1 || plain.length > MAX_DATA_BYTES) {
     throw invalid('KMS.2101', 'Invalid plain_text: it must be 1 to 4096 bytes of UTF-8.');

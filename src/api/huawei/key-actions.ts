@@ -41,7 +41,7 @@ const KeyOnly = z.object({ key_id: z.string(), sequence });
 
 export const describeKey: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(KeyOnly, body);
-  const key = await services.keys.get(projectId, keyRef(req.key_id, true));
+  const key = await services.keys.get(projectId, keyRef(req.key_id, { region: services.region, domainId: projectId }));
   return { key_info: keyInfo(key, services.region) };
 };
 

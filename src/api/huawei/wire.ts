@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import type { EncryptionContext } from '../../core/encryption-context.js';
+import { KmsError } from '../../core/errors.js';
 import { KEY_ID_PATTERN, type KeyRef } from '../../core/keys.js';
 import { decodeBase64 } from '../base64.js';
 import { encryptionContextSchema } from '../encryption-context.js';
@@ -64,18 +65,33 @@ export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
 
 const ALIAS_PATTERN = /^[a-zA-Z0-9:/_-]{1,255}$/;
 /** An alias URN: kms:<region>:<domain id>:alias:<alias name>. */
-const ALIAS_URN_PATTERN = /^kms:[^:]*:[^:]*:alias:(.+)$/;
+const ALIAS_URN_PATTERN = /^kms:([^:]*):([^:]*):alias:(.+)$/;
 
 /**
- * A key_id as Huawei takes it: a key id everywhere, and on the crypto endpoints and describe-key also
- * `alias/<name>` or an alias URN.
+ * Whose aliases a key_id may name: the service's region and the caller's domain — the project, which is what
+ * describe-key reports as `domain_id`.
  */
-export function keyRef(value: string, aliasAllowed: boolean): KeyRef {
+export interface AliasScope {
+  readonly region: string;
+  readonly domainId: string;
+}
+
+/**
+ * A key_id as Huawei takes it: a key id everywhere, and on the crypto endpoints and describe-key (given `aliases`)
+ * also `alias/<name>` or an alias URN. A URN of another region or domain names nothing the caller can see: the same
+ * KeyNotFound as a key id that does not exist.
+ */
+export function keyRef(value: string, aliases: AliasScope | false): KeyRef {
   if (KEY_ID_PATTERN.test(value)) return { kind: 'id', id: value };
-  if (aliasAllowed) {
+  if (aliases) {
     const urn = ALIAS_URN_PATTERN.exec(value);
-    const alias = urn ? urn[1] : value.startsWith('alias/') ? value : undefined;
-    if (alias !== undefined && ALIAS_PATTERN.test(alias)) return { kind: 'alias', alias };
+    const alias = urn ? urn[3] : value.startsWith('alias/') ? value : undefined;
+    if (alias !== undefined && ALIAS_PATTERN.test(alias)) {
+      if (urn && (urn[1] !== aliases.region || urn[2] !== aliases.domainId)) {
+        throw new KmsError('KeyNotFound', 'The key does not exist.');
+      }
+      return { kind: 'alias', alias };
+    }
   }
   throw invalid('KMS.0205', 'Invalid key ID.');
 }
