@@ -3,6 +3,7 @@ import {
   CancelKeyDeletionCommand,
   CreateAliasCommand,
   CreateKeyCommand,
+  type CreateKeyCommandInput,
   DecryptCommand,
   DeleteAliasCommand,
   DescribeKeyCommand,
@@ -18,6 +19,7 @@ import {
   InvalidCiphertextException,
   KMSClient,
   KMSInvalidStateException,
+  KMSServiceException,
   LimitExceededException,
   ListAliasesCommand,
   ListKeysCommand,
@@ -27,6 +29,7 @@ import {
   ScheduleKeyDeletionCommand,
   TagException,
   TagResourceCommand,
+  UnsupportedOperationException,
   UntagResourceCommand,
   UpdateAliasCommand,
   UpdateKeyDescriptionCommand,
@@ -296,6 +299,101 @@ describe('AWS KMS through @aws-sdk/client-kms', () => {
     expect(Buffer.from(opened.Plaintext as Uint8Array)).toEqual(plaintext);
     const tooBig = await failure(a.send(new EncryptCommand({ KeyId: first, Plaintext: Buffer.alloc(4097) })));
     expect(tooBig.name).toBe('ValidationException');
+  });
+});
+
+describe('CreateKey validates as AWS does: ValidationException first, then UnsupportedOperationException', () => {
+  const ENUMS = {
+    keyUsage: '[SIGN_VERIFY, ENCRYPT_DECRYPT, GENERATE_VERIFY_MAC, KEY_AGREEMENT]',
+    customerMasterKeySpec:
+      '[RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1, SYMMETRIC_DEFAULT, HMAC_224, HMAC_256, HMAC_384, HMAC_512, SM2]',
+    keySpec:
+      '[RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1, SYMMETRIC_DEFAULT, HMAC_224, HMAC_256, HMAC_384, HMAC_512, SM2, ECC_NIST_EDWARDS25519, ML_DSA_44, ML_DSA_65, ML_DSA_87]',
+    origin: '[AWS_KMS, EXTERNAL, AWS_CLOUDHSM, EXTERNAL_KEY_STORE]',
+  };
+  const enumMessage = (value: string, member: keyof typeof ENUMS) =>
+    `1 validation error detected: Value '${value}' at '${member}' failed to satisfy constraint: Member must satisfy enum value set: ${ENUMS[member]}`;
+  let c: KMSClient;
+  beforeAll(async () => {
+    c = client(await kms.running.credentials.create('awscreatekey'));
+  });
+  afterAll(() => c.destroy());
+  const keyCount = async () => (await c.send(new ListKeysCommand({}))).Keys?.length ?? 0;
+
+  /** Sends a CreateKey that must fail, and checks that it created no key. */
+  async function refused(input: Record<string, unknown>) {
+    const before = await keyCount();
+    const err = await failure(c.send(new CreateKeyCommand(input as CreateKeyCommandInput)));
+    expect(await keyCount(), JSON.stringify(input)).toBe(before);
+    expect(err.$metadata?.httpStatusCode).toBe(400);
+    return err;
+  }
+
+  it("when KeyUsage is SIGN_VERIFY with no key spec, then ValidationException in AWS's words", async () => {
+    for (const KeyUsage of ['SIGN_VERIFY', 'GENERATE_VERIFY_MAC']) {
+      const err = await refused({ KeyUsage });
+      expect(err).toBeInstanceOf(KMSServiceException);
+      expect([err.name, err.message]).toEqual([
+        'ValidationException',
+        `The operation failed because the KeyUsage value of the CMK is ${KeyUsage}. To perform this operation, the KeyUsage value must be ENCRYPT_DECRYPT.`,
+      ]);
+    }
+  });
+
+  it('when KeySpec and CustomerMasterKeySpec are both given, then ValidationException, and no key is created', async () => {
+    for (const spec of ['SYMMETRIC_DEFAULT', 'RSA_2048']) {
+      const err = await refused({ KeySpec: spec, CustomerMasterKeySpec: spec });
+      expect([err.name, err.message]).toEqual([
+        'ValidationException',
+        'You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec is deprecated.',
+      ]);
+    }
+  });
+
+  it.each([
+    [{ KeyUsage: 'ENCRYPT' }, enumMessage('ENCRYPT', 'keyUsage')],
+    [{ KeySpec: 'AES_256' }, enumMessage('AES_256', 'keySpec')],
+    [{ CustomerMasterKeySpec: 'ML_DSA_44' }, enumMessage('ML_DSA_44', 'customerMasterKeySpec')],
+    [{ Origin: 'HSM' }, enumMessage('HSM', 'origin')],
+    // Invalid beats unoffered: the enum error comes first, whatever else the request asks for.
+    [{ KeySpec: 'RSA_2048', KeyUsage: 'SIGNING' }, enumMessage('SIGNING', 'keyUsage')],
+    [
+      { Origin: 'EXTERNAL', KeySpec: 'RSA_2048', CustomerMasterKeySpec: 'RSA_2048' },
+      'You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec is deprecated.',
+    ],
+  ])('when CreateKey gets %j, then ValidationException: %s', async (input, message) => {
+    const err = await refused(input);
+    expect([err.name, err.message]).toEqual(['ValidationException', message]);
+  });
+
+  it.each([
+    [{ KeySpec: 'RSA_2048', KeyUsage: 'SIGN_VERIFY' }, 'KeySpec RSA_2048 is not offered by this service.'],
+    [
+      { CustomerMasterKeySpec: 'ECC_NIST_P256', KeyUsage: 'SIGN_VERIFY' },
+      'KeySpec ECC_NIST_P256 is not offered by this service.',
+    ],
+    [{ KeySpec: 'HMAC_256', KeyUsage: 'GENERATE_VERIFY_MAC' }, 'KeySpec HMAC_256 is not offered by this service.'],
+    [{ Origin: 'EXTERNAL' }, 'Origin EXTERNAL is not offered by this service.'],
+    [{ MultiRegion: true }, 'Multi-Region keys are not offered.'],
+  ])(
+    'when CreateKey asks for %j, valid but not offered, then UnsupportedOperationException',
+    async (input, message) => {
+      const err = await refused(input);
+      expect(err).toBeInstanceOf(UnsupportedOperationException);
+      expect(err.message).toBe(message);
+    },
+  );
+
+  it('when CreateKey names the symmetric default by either member, then the key is created', async () => {
+    for (const input of [
+      { KeySpec: 'SYMMETRIC_DEFAULT', KeyUsage: 'ENCRYPT_DECRYPT', Origin: 'AWS_KMS' },
+      { CustomerMasterKeySpec: 'SYMMETRIC_DEFAULT' },
+    ] as const) {
+      const before = await keyCount();
+      const meta = (await c.send(new CreateKeyCommand(input))).KeyMetadata;
+      expect(meta).toMatchObject({ KeySpec: 'SYMMETRIC_DEFAULT', KeyUsage: 'ENCRYPT_DECRYPT' });
+      expect(await keyCount()).toBe(before + 1);
+    }
   });
 });
 

@@ -188,6 +188,11 @@ describe('operations and values are looked up among the tables own entries only'
             message: `1 validation error detected: Value '${name}' at 'keySpec' failed to satisfy constraint: Member must satisfy enum value set: [AES_256, AES_128]`,
           },
         ]);
+        const key = await awsCall('CreateKey', JSON.stringify({ KeySpec: name }));
+        expect([key.status, key.body.__type], name).toEqual([400, 'ValidationException']);
+        expect(key.body.message, name).toMatch(
+          new RegExp(`^1 validation error detected: Value '${name}' at 'keySpec' failed to satisfy constraint: `),
+        );
       }
     });
   });

@@ -73,19 +73,62 @@ const CreateKey = z.object({
   Tags: TagList.optional(),
 });
 
+/** AWS's enums for CreateKey's members (kms-apis.md §2), listed in its messages as AWS lists them. */
+const KEY_USAGES = ['SIGN_VERIFY', 'ENCRYPT_DECRYPT', 'GENERATE_VERIFY_MAC', 'KEY_AGREEMENT'];
+const CUSTOMER_MASTER_KEY_SPECS = [
+  'RSA_2048',
+  'RSA_3072',
+  'RSA_4096',
+  'ECC_NIST_P256',
+  'ECC_NIST_P384',
+  'ECC_NIST_P521',
+  'ECC_SECG_P256K1',
+  'SYMMETRIC_DEFAULT',
+  'HMAC_224',
+  'HMAC_256',
+  'HMAC_384',
+  'HMAC_512',
+  'SM2',
+];
+const KEY_SPECS = [...CUSTOMER_MASTER_KEY_SPECS, 'ECC_NIST_EDWARDS25519', 'ML_DSA_44', 'ML_DSA_65', 'ML_DSA_87'];
+const ORIGINS = ['AWS_KMS', 'EXTERNAL', 'AWS_CLOUDHSM', 'EXTERNAL_KEY_STORE'];
+
+/** A member that must be one of `values`: AWS's ValidationException otherwise. */
+function oneOf(value: string | undefined, member: string, values: readonly string[]): void {
+  if (value !== undefined && !values.includes(value)) {
+    throw validationError(value, member, `Member must satisfy enum value set: [${values.join(', ')}]`);
+  }
+}
+
+/**
+ * AWS validates the whole request first (ValidationException) and only then says what it does not offer
+ * (UnsupportedOperationException); a request refused either way creates nothing.
+ */
 const createKey: AwsOperation = async (services, caller, body) => {
   const req = parseBody(CreateKey, body);
   const description = req.Description ?? '';
   if (description.length > 8192) {
     throw validationError(description, 'description', 'Member must have length less than or equal to 8192');
   }
-  if (req.KeyUsage !== undefined && req.KeyUsage !== 'ENCRYPT_DECRYPT') {
-    throw new AwsApiError('UnsupportedOperationException', 'Only ENCRYPT_DECRYPT keys are offered by this service.');
+  oneOf(req.KeyUsage, 'keyUsage', KEY_USAGES);
+  oneOf(req.CustomerMasterKeySpec, 'customerMasterKeySpec', CUSTOMER_MASTER_KEY_SPECS);
+  oneOf(req.KeySpec, 'keySpec', KEY_SPECS);
+  oneOf(req.Origin, 'origin', ORIGINS);
+  if (req.KeySpec !== undefined && req.CustomerMasterKeySpec !== undefined) {
+    throw new AwsApiError(
+      'ValidationException',
+      'You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec is deprecated.',
+    );
   }
-  for (const spec of [req.KeySpec, req.CustomerMasterKeySpec]) {
-    if (spec !== undefined && spec !== 'SYMMETRIC_DEFAULT') {
-      throw new AwsApiError('UnsupportedOperationException', `KeySpec ${spec} is not offered by this service.`);
-    }
+  const spec = req.KeySpec ?? req.CustomerMasterKeySpec ?? 'SYMMETRIC_DEFAULT';
+  if (spec === 'SYMMETRIC_DEFAULT' && req.KeyUsage !== undefined && req.KeyUsage !== 'ENCRYPT_DECRYPT') {
+    throw new AwsApiError(
+      'ValidationException',
+      `The operation failed because the KeyUsage value of the CMK is ${req.KeyUsage}. To perform this operation, the KeyUsage value must be ENCRYPT_DECRYPT.`,
+    );
+  }
+  if (spec !== 'SYMMETRIC_DEFAULT') {
+    throw new AwsApiError('UnsupportedOperationException', `KeySpec ${spec} is not offered by this service.`);
   }
   if (req.Origin !== undefined && req.Origin !== 'AWS_KMS') {
     throw new AwsApiError('UnsupportedOperationException', `Origin ${req.Origin} is not offered by this service.`);
