@@ -78,8 +78,11 @@ export function keyRef(keyId: string, caller: Caller): KeyRef {
 }
 
 export function keyArn(key: KeyRecord, caller: Caller): string {
-  return `arn:aws:kms:${caller.region}:${key.projectId}:key/${key.id}`;
+  return keyIdArn(key.id, caller);
 }
+
+/** A key's ARN: the caller's region and project (only keys of the caller's project are ever shown or named). */
+const keyIdArn = (keyId: string, caller: Caller) => `arn:aws:kms:${caller.region}:${caller.projectId}:key/${keyId}`;
 
 /** `name` with its `alias/` prefix. */
 export const aliasArn = (name: string, caller: Caller) => `arn:aws:kms:${caller.region}:${caller.projectId}:${name}`;
@@ -100,7 +103,7 @@ export function inAwsWords(caller: Caller) {
       throw new AwsApiError(
         'NotFoundException',
         ref.kind === 'id'
-          ? keyNotFound(`arn:aws:kms:${caller.region}:${caller.projectId}:key/${ref.id}`)
+          ? keyNotFound(keyIdArn(ref.id, caller))
           : aliasNotFound(aliasArn(`alias/${aliasName(ref.alias)}`, caller)),
       );
     }
