@@ -1,5 +1,6 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { KmsError } from '../core/errors.js';
+import { singleHeader } from '../http/single-header.js';
 import { percentDecode, uriEncode } from './uri-encoding.js';
 
 /**
@@ -9,8 +10,9 @@ import { percentDecode, uriEncode } from './uri-encoding.js';
  *
  * The checks run in the order AWS's front end runs them, and their messages are AWS's own, because SDKs and
  * operators match on them (clock-skew retries look for "Signature expired" / "Signature not yet current"):
- * missing parts → algorithm → credential shape → date format → validity window → `host` signed → credential
- * scope → session token → payload mode → access key → payload hash → signature.
+ * missing parts → algorithm → credential shape → date format → validity window → `host`, the date and the
+ * required headers signed → credential scope → session token → payload mode → access key → payload hash →
+ * signature. A header read as one value (Authorization, the date, a required header) is refused when repeated.
  *
  * Everything up to the access key is checked on the request's head alone (`authenticateSigV4`), so that a request
  * of an unknown or revoked key is refused before its body is read; the body's hash and the signature follow
@@ -49,6 +51,11 @@ export interface SigV4Options {
   readonly now: () => number;
   /** How far the request time may be from `now`; default 15 minutes, as AWS. */
   readonly maxSkewMs?: number;
+  /**
+   * Headers, besides `host` and the date, that the signature must cover, because they say what the request does
+   * (the KMS dialect's `x-amz-target`): unsigned, a captured DescribeKey could be replayed as ScheduleKeyDeletion.
+   */
+  readonly requiredSignedHeaders?: readonly string[];
 }
 
 /** Resolves an access key to its secret; throws KmsError AuthUnknownCredential for an unknown or revoked key. */
@@ -92,7 +99,7 @@ export async function authenticateSigV4(
   lookup: SecretLookup,
   options: SigV4Options,
 ): Promise<SigV4Check> {
-  const authorization = single(request.headers.authorization);
+  const authorization = single(request.headers, 'authorization');
   const queryAuth = /(?:^|&)X-Amz-Algorithm=/.test(request.query);
   if (authorization !== undefined && queryAuth) {
     throw new KmsError(
@@ -112,8 +119,8 @@ export async function authenticateSigV4(
   }
 
   const { algorithm, credential, signedHeaders, signature } = parseAuthorization(authorization);
-  const xAmzDate = single(request.headers['x-amz-date']);
-  const httpDate = single(request.headers.date);
+  const xAmzDate = single(request.headers, 'x-amz-date');
+  const httpDate = single(request.headers, 'date');
   const missing = [
     credential === undefined ? "Authorization header requires 'Credential' parameter." : '',
     signature === undefined ? "Authorization header requires 'Signature' parameter." : '',
@@ -156,9 +163,14 @@ export async function authenticateSigV4(
       "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
     );
   }
-  if (!signedNames.includes(dateHeader)) {
-    const name = dateHeader === 'x-amz-date' ? 'X-Amz-Date' : 'Date';
-    throw new KmsError('AuthSignatureMismatch', `'${name}' must be a 'SignedHeader' in the AWS Authorization.`);
+  for (const required of [dateHeader, ...(options.requiredSignedHeaders ?? [])]) {
+    if (!signedNames.includes(required)) {
+      throw new KmsError(
+        'AuthSignatureMismatch',
+        `'${displayName(required)}' must be a 'SignedHeader' in the AWS Authorization.`,
+      );
+    }
+    single(request.headers, required);
   }
 
   const scopeErrors = [
@@ -202,8 +214,21 @@ export async function authenticateSigV4(
   };
 }
 
-function single(value: string | string[] | undefined): string | undefined {
-  return Array.isArray(value) ? value.join(',') : value;
+/**
+ * A header the verifier reads as one value. Repeated, it is refused: of two Authorization headers node's `req.headers`
+ * keeps the first, so a second could ride along unchecked, and which of two dates or targets was meant is a guess.
+ */
+function single(headers: SigV4Request['headers'], name: string): string | undefined {
+  return singleHeader(
+    headers,
+    name,
+    () => new KmsError('AuthIncomplete', `The '${displayName(name)}' header must be given once, not repeated.`),
+  );
+}
+
+/** `x-amz-date` as AWS writes it in its messages: `X-Amz-Date`. */
+function displayName(header: string): string {
+  return header.replace(/(^|-)([a-z])/g, (_, dash: string, letter: string) => dash + letter.toUpperCase());
 }
 
 /** `AWS4-HMAC-SHA256 Credential=…, SignedHeaders=…, Signature=…`; AWS accepts commas, spaces or both between parts. */
@@ -257,7 +282,7 @@ function checkValidityWindow(requestTime: number, now: number, maxSkewMs: number
 
 /** The payload hash the client declares in x-amz-content-sha256, if any; it must be a hash of the body. */
 function signedPayloadHash(headers: SigV4RequestHead['headers']): string | undefined {
-  const declared = single(headers['x-amz-content-sha256']);
+  const declared = single(headers, 'x-amz-content-sha256');
   // S3's streaming and unsigned modes would leave the body unauthenticated; KMS never uses them.
   if (declared === UNSIGNED_PAYLOAD || declared?.startsWith('STREAMING-')) {
     throw new KmsError(

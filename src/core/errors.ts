@@ -1,3 +1,5 @@
+import type { KeyRef } from './keys.js';
+
 /**
  * The only error type that crosses layers. Codes are dialect-neutral; every dialect adapter renders them through
  * its own table (src/api/<dialect>/error-table.ts), and a test fails when a code is missing from a table.
@@ -55,10 +57,13 @@ export type KmsErrorCode = (typeof KMS_ERROR_CODES)[number];
 export class KmsError extends Error {
   override readonly name = 'KmsError';
   readonly code: KmsErrorCode;
+  /** The key or alias the error is about (KeyNotFound), as the caller named it: AWS names it in its message. */
+  readonly subject: KeyRef | undefined;
 
-  constructor(code: KmsErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
+  constructor(code: KmsErrorCode, message: string, options?: { cause?: unknown; subject?: KeyRef }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
+    this.subject = options?.subject;
   }
 }
 

@@ -89,7 +89,7 @@ export class KeyService {
       ref.kind === 'id'
         ? await this.store.findKey(projectId, ref.id)
         : await this.store.findKeyByAlias(projectId, aliasName(ref.alias));
-    if (!key) throw new KmsError('KeyNotFound', 'The key does not exist.');
+    if (!key) throw new KmsError('KeyNotFound', 'The key does not exist.', { subject: ref });
     return key;
   }
 
@@ -139,13 +139,13 @@ export class KeyService {
     const key = await this.get(projectId, target);
     transitions.edit(key, {});
     if (!(await this.store.retargetAlias(projectId, aliasName(alias), key.id, this.clock.now()))) {
-      throw new KmsError('KeyNotFound', `Alias '${alias}' does not exist.`);
+      throw new KmsError('KeyNotFound', `Alias '${alias}' does not exist.`, { subject: { kind: 'alias', alias } });
     }
   }
 
   async deleteAlias(projectId: string, alias: string): Promise<void> {
     if (!(await this.store.deleteAlias(projectId, aliasName(alias)))) {
-      throw new KmsError('KeyNotFound', `Alias '${alias}' does not exist.`);
+      throw new KmsError('KeyNotFound', `Alias '${alias}' does not exist.`, { subject: { kind: 'alias', alias } });
     }
   }
 

@@ -1,9 +1,9 @@
-import { Sha256 } from '@aws-crypto/sha256-js';
 import {
   AlreadyExistsException,
   CancelKeyDeletionCommand,
   CreateAliasCommand,
   CreateKeyCommand,
+  type CreateKeyCommandInput,
   DecryptCommand,
   DeleteAliasCommand,
   DescribeKeyCommand,
@@ -19,6 +19,7 @@ import {
   InvalidCiphertextException,
   KMSClient,
   KMSInvalidStateException,
+  KMSServiceException,
   LimitExceededException,
   ListAliasesCommand,
   ListKeysCommand,
@@ -28,12 +29,13 @@ import {
   ScheduleKeyDeletionCommand,
   TagException,
   TagResourceCommand,
+  UnsupportedOperationException,
   UntagResourceCommand,
   UpdateAliasCommand,
   UpdateKeyDescriptionCommand,
 } from '@aws-sdk/client-kms';
-import { SignatureV4 } from '@smithy/signature-v4';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { signedAwsRequest } from '../support/aws-request.js';
 import { createKey, startTestService, type TestService } from '../support/test-service.js';
 
 const REGION = 'eu-west-1';
@@ -123,17 +125,39 @@ describe('AWS KMS through @aws-sdk/client-kms', () => {
     expect(second.KeyMetadata?.KeyId).not.toBe(meta?.KeyId);
   });
 
-  it('when a key does not exist or belongs to another project, then NotFoundException is raised', async () => {
+  it('when a key does not exist or belongs to another project, then NotFoundException names it by ARN, as AWS does', async () => {
     const keyId = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
-    for (const [c, id] of [
-      [a, '0d0466b0-e727-4d9c-b35d-f84bb474a37f'],
-      [a, 'alias/never'],
-      [a, 'not a key'],
-      [b, keyId],
-      [b, `arn:aws:kms:${REGION}:${A}:key/${keyId}`],
+    const missing = '0d0466b0-e727-4d9c-b35d-f84bb474a37f';
+    for (const [c, id, message] of [
+      [a, missing, `Key 'arn:aws:kms:${REGION}:${A}:key/${missing}' does not exist`],
+      [a, 'alias/never', `Alias arn:aws:kms:${REGION}:${A}:alias/never is not found.`],
+      [a, 'not a key', "Invalid keyId 'not a key'"],
+      [b, keyId, `Key 'arn:aws:kms:${REGION}:${B}:key/${keyId}' does not exist`],
+      [b, `arn:aws:kms:${REGION}:${A}:key/${keyId}`, `Key 'arn:aws:kms:${REGION}:${A}:key/${keyId}' does not exist`],
     ] as const) {
       const err = await failure(c.send(new DescribeKeyCommand({ KeyId: id })));
-      expect(err).toBeInstanceOf(NotFoundException);
+      expect(err, id).toBeInstanceOf(NotFoundException);
+      expect(err.message, id).toBe(message);
+    }
+  });
+
+  it('when a missing key or alias is used by any operation, then the NotFoundException names it the same way', async () => {
+    const missing = '0d0466b0-e727-4d9c-b35d-f84bb474a37f';
+    const keyMessage = `Key 'arn:aws:kms:${REGION}:${A}:key/${missing}' does not exist`;
+    const aliasMessage = `Alias arn:aws:kms:${REGION}:${A}:alias/nowhere is not found.`;
+    for (const [command, message] of [
+      [new EncryptCommand({ KeyId: missing, Plaintext: Buffer.from('x') }), keyMessage],
+      [new GenerateDataKeyCommand({ KeyId: missing, KeySpec: 'AES_256' }), keyMessage],
+      [new DisableKeyCommand({ KeyId: missing }), keyMessage],
+      [new ScheduleKeyDeletionCommand({ KeyId: missing }), keyMessage],
+      [new CreateAliasCommand({ AliasName: 'alias/to-nothing', TargetKeyId: missing }), keyMessage],
+      [new EncryptCommand({ KeyId: 'alias/nowhere', Plaintext: Buffer.from('x') }), aliasMessage],
+      [new DeleteAliasCommand({ AliasName: 'alias/nowhere' }), aliasMessage],
+    ] as const) {
+      // biome-ignore lint/suspicious/noExplicitAny: one loop over commands of different input types
+      const err = await failure(a.send(command as any));
+      expect(err, command.constructor.name).toBeInstanceOf(NotFoundException);
+      expect(err.message, command.constructor.name).toBe(message);
     }
   });
 
@@ -278,6 +302,101 @@ describe('AWS KMS through @aws-sdk/client-kms', () => {
   });
 });
 
+describe('CreateKey validates as AWS does: ValidationException first, then UnsupportedOperationException', () => {
+  const ENUMS = {
+    keyUsage: '[SIGN_VERIFY, ENCRYPT_DECRYPT, GENERATE_VERIFY_MAC, KEY_AGREEMENT]',
+    customerMasterKeySpec:
+      '[RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1, SYMMETRIC_DEFAULT, HMAC_224, HMAC_256, HMAC_384, HMAC_512, SM2]',
+    keySpec:
+      '[RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1, SYMMETRIC_DEFAULT, HMAC_224, HMAC_256, HMAC_384, HMAC_512, SM2, ECC_NIST_EDWARDS25519, ML_DSA_44, ML_DSA_65, ML_DSA_87]',
+    origin: '[AWS_KMS, EXTERNAL, AWS_CLOUDHSM, EXTERNAL_KEY_STORE]',
+  };
+  const enumMessage = (value: string, member: keyof typeof ENUMS) =>
+    `1 validation error detected: Value '${value}' at '${member}' failed to satisfy constraint: Member must satisfy enum value set: ${ENUMS[member]}`;
+  let c: KMSClient;
+  beforeAll(async () => {
+    c = client(await kms.running.credentials.create('awscreatekey'));
+  });
+  afterAll(() => c.destroy());
+  const keyCount = async () => (await c.send(new ListKeysCommand({}))).Keys?.length ?? 0;
+
+  /** Sends a CreateKey that must fail, and checks that it created no key. */
+  async function refused(input: Record<string, unknown>) {
+    const before = await keyCount();
+    const err = await failure(c.send(new CreateKeyCommand(input as CreateKeyCommandInput)));
+    expect(await keyCount(), JSON.stringify(input)).toBe(before);
+    expect(err.$metadata?.httpStatusCode).toBe(400);
+    return err;
+  }
+
+  it("when KeyUsage is SIGN_VERIFY with no key spec, then ValidationException in AWS's words", async () => {
+    for (const KeyUsage of ['SIGN_VERIFY', 'GENERATE_VERIFY_MAC']) {
+      const err = await refused({ KeyUsage });
+      expect(err).toBeInstanceOf(KMSServiceException);
+      expect([err.name, err.message]).toEqual([
+        'ValidationException',
+        `The operation failed because the KeyUsage value of the CMK is ${KeyUsage}. To perform this operation, the KeyUsage value must be ENCRYPT_DECRYPT.`,
+      ]);
+    }
+  });
+
+  it('when KeySpec and CustomerMasterKeySpec are both given, then ValidationException, and no key is created', async () => {
+    for (const spec of ['SYMMETRIC_DEFAULT', 'RSA_2048']) {
+      const err = await refused({ KeySpec: spec, CustomerMasterKeySpec: spec });
+      expect([err.name, err.message]).toEqual([
+        'ValidationException',
+        'You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec is deprecated.',
+      ]);
+    }
+  });
+
+  it.each([
+    [{ KeyUsage: 'ENCRYPT' }, enumMessage('ENCRYPT', 'keyUsage')],
+    [{ KeySpec: 'AES_256' }, enumMessage('AES_256', 'keySpec')],
+    [{ CustomerMasterKeySpec: 'ML_DSA_44' }, enumMessage('ML_DSA_44', 'customerMasterKeySpec')],
+    [{ Origin: 'HSM' }, enumMessage('HSM', 'origin')],
+    // Invalid beats unoffered: the enum error comes first, whatever else the request asks for.
+    [{ KeySpec: 'RSA_2048', KeyUsage: 'SIGNING' }, enumMessage('SIGNING', 'keyUsage')],
+    [
+      { Origin: 'EXTERNAL', KeySpec: 'RSA_2048', CustomerMasterKeySpec: 'RSA_2048' },
+      'You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec is deprecated.',
+    ],
+  ])('when CreateKey gets %j, then ValidationException: %s', async (input, message) => {
+    const err = await refused(input);
+    expect([err.name, err.message]).toEqual(['ValidationException', message]);
+  });
+
+  it.each([
+    [{ KeySpec: 'RSA_2048', KeyUsage: 'SIGN_VERIFY' }, 'KeySpec RSA_2048 is not offered by this service.'],
+    [
+      { CustomerMasterKeySpec: 'ECC_NIST_P256', KeyUsage: 'SIGN_VERIFY' },
+      'KeySpec ECC_NIST_P256 is not offered by this service.',
+    ],
+    [{ KeySpec: 'HMAC_256', KeyUsage: 'GENERATE_VERIFY_MAC' }, 'KeySpec HMAC_256 is not offered by this service.'],
+    [{ Origin: 'EXTERNAL' }, 'Origin EXTERNAL is not offered by this service.'],
+    [{ MultiRegion: true }, 'Multi-Region keys are not offered.'],
+  ])(
+    'when CreateKey asks for %j, valid but not offered, then UnsupportedOperationException',
+    async (input, message) => {
+      const err = await refused(input);
+      expect(err).toBeInstanceOf(UnsupportedOperationException);
+      expect(err.message).toBe(message);
+    },
+  );
+
+  it('when CreateKey names the symmetric default by either member, then the key is created', async () => {
+    for (const input of [
+      { KeySpec: 'SYMMETRIC_DEFAULT', KeyUsage: 'ENCRYPT_DECRYPT', Origin: 'AWS_KMS' },
+      { CustomerMasterKeySpec: 'SYMMETRIC_DEFAULT' },
+    ] as const) {
+      const before = await keyCount();
+      const meta = (await c.send(new CreateKeyCommand(input))).KeyMetadata;
+      expect(meta).toMatchObject({ KeySpec: 'SYMMETRIC_DEFAULT', KeyUsage: 'ENCRYPT_DECRYPT' });
+      expect(await keyCount()).toBe(before + 1);
+    }
+  });
+});
+
 describe('aliases', () => {
   it('when aliases are created, moved and deleted, then ListAliases and KeyId look-ups follow', async () => {
     const k1 = (await a.send(new CreateKeyCommand({}))).KeyMetadata?.KeyId as string;
@@ -368,30 +487,8 @@ describe('one key, every dialect', () => {
 
 describe('SigV4 and the protocol', () => {
   /** Signs a raw request as the SDK would, so that the body and headers can be anything. */
-  async function signedFetch(headers: Record<string, string>, body: string, secret = credentialsA.secretAccessKey) {
-    const url = new URL(kms.url);
-    const signer = new SignatureV4({
-      service: 'kms',
-      region: REGION,
-      sha256: Sha256,
-      credentials: { accessKeyId: credentialsA.accessKeyId, secretAccessKey: secret },
-    });
-    const signed = await signer.sign({
-      method: 'POST',
-      protocol: 'http:',
-      hostname: url.hostname,
-      port: Number(url.port),
-      path: '/',
-      headers: { host: url.host, ...headers },
-      body,
-    });
-    const res = await fetch(`${kms.url}/`, { method: 'POST', headers: signed.headers, body });
-    return {
-      status: res.status,
-      type: res.headers.get('x-amzn-errortype'),
-      body: (await res.json()) as { __type?: string },
-    };
-  }
+  const signedFetch = (headers: Record<string, string>, body: string) =>
+    signedAwsRequest(kms.url, credentialsA, REGION, { headers, body });
 
   it('when the secret is wrong, then InvalidSignatureException', async () => {
     const wrong = client({ ...credentialsA, secretAccessKey: `${credentialsA.secretAccessKey.slice(0, -1)}A` });

@@ -22,6 +22,8 @@ export interface TestService {
   readonly running: RunningService;
   readonly dataDir: string;
   readonly env: Record<string, string>;
+  /** Every line the service logged so far (JSON lines, error level and above, as the tests configure it). */
+  readonly log: () => string;
   tokenFor(projectId: string, ttlSeconds?: number): Promise<string>;
   /** POST (or `method`) /v1.0/{project}/kms/{action} with a fresh token for the project unless `token` is given. */
   call(
@@ -69,7 +71,13 @@ async function boot(
   cleanup: () => void,
 ): Promise<TestService> {
   const config = loadConfig(env);
-  const running = await startService(config, createLogger(config.logLevel, options.onLog), 'single');
+  const lines: string[] = [];
+  const logger = createLogger(config.logLevel, (line) => {
+    lines.push(line);
+    if (options.onLog) options.onLog(line);
+    else process.stderr.write(line);
+  });
+  const running = await startService(config, logger, 'single');
   const url = running.url as string;
   const issuer = loadOrCreateIssuerKeys(config.dataDir);
   const tokens = new Map<string, string>();
@@ -87,6 +95,7 @@ async function boot(
     running,
     dataDir: config.dataDir,
     env,
+    log: () => lines.join(''),
     tokenFor,
     async call(projectId, action, body, options = {}) {
       const headers: Record<string, string> = { 'content-type': 'application/json' };

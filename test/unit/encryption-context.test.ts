@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { ownStringMap } from '../../src/api/encryption-context.js';
 import { type EncryptionContext, encodeEncryptionContext } from '../../src/core/encryption-context.js';
 import { expectInvalidParameter } from './blob-test-kit.js';
 
@@ -180,6 +181,45 @@ describe('encodeEncryptionContext properties', () => {
           const a = encodeEncryptionContext(Object.fromEntries(entries));
           const b = encodeEncryptionContext(Object.fromEntries(shuffled));
           expect(a.equals(b)).toBe(true);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+});
+
+describe('ownStringMap, the dialects parser of a context', () => {
+  it('when JSON names a key __proto__ or constructor, then the parsed context holds it as an own key and encodes it', () => {
+    const parsed = ownStringMap(JSON.parse('{"__proto__":"tenant-a","constructor":"x"}')) as EncryptionContext;
+    expect(Object.entries(parsed)).toEqual([
+      ['__proto__', 'tenant-a'],
+      ['constructor', 'x'],
+    ]);
+    const other = ownStringMap(JSON.parse('{"__proto__":"tenant-b","constructor":"x"}'));
+    expect(encodeEncryptionContext(parsed)).not.toEqual(encodeEncryptionContext(other));
+    expect(encodeEncryptionContext(parsed)).not.toEqual(
+      encodeEncryptionContext(ownStringMap(JSON.parse('{"constructor":"x"}'))),
+    );
+  });
+
+  it('when the value is not an object of strings, then it is refused (undefined)', () => {
+    for (const value of [null, [], 'ctx', 1, { a: 1 }, { a: null }, { a: ['x'] }]) {
+      expect(ownStringMap(value), JSON.stringify(value)).toBeUndefined();
+    }
+  });
+
+  it('when any JSON object of strings is parsed, then every pair survives, whatever its key', () => {
+    fc.assert(
+      fc.property(
+        fc.dictionary(
+          fc.oneof(fc.constantFrom('__proto__', 'constructor', 'toString', 'valueOf'), fc.string()),
+          fc.string(),
+        ),
+        (pairs) => {
+          const json = `{${Object.entries(pairs)
+            .map(([k, v]) => `${JSON.stringify(k)}:${JSON.stringify(v)}`)
+            .join(',')}}`;
+          expect(Object.entries(ownStringMap(JSON.parse(json)) as EncryptionContext)).toEqual(Object.entries(pairs));
         },
       ),
       { numRuns: 300 },

@@ -298,6 +298,37 @@ describe('verifySigV4 refusals', () => {
     });
   });
 
+  it('when a required header (x-amz-target) is not among the signed headers, then AuthSignatureMismatch', async () => {
+    const required = { ...options, requiredSignedHeaders: ['x-amz-target'] };
+    await expect(verifySigV4(await signed(), lookup, required)).resolves.toBeDefined();
+    const authorization = String((await signed()).headers.authorization).replace(
+      /SignedHeaders=[^,]+/,
+      'SignedHeaders=content-type;host;x-amz-date',
+    );
+    const request = withHeaders(await signed(), { authorization });
+    expect(await failure(verifySigV4(request, lookup, required))).toEqual({
+      code: 'AuthSignatureMismatch',
+      message: "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization.",
+    });
+  });
+
+  it.each([
+    ['authorization', 'Authorization'],
+    ['x-amz-date', 'X-Amz-Date'],
+    ['x-amz-content-sha256', 'X-Amz-Content-Sha256'],
+    ['x-amz-target', 'X-Amz-Target'],
+  ])('when %s is repeated, then AuthIncomplete says it must be given once', async (name, shown) => {
+    const request = await signed();
+    const repeated = withHeaders(request, {});
+    const value = request.headers[name] as string;
+    (repeated.headers as Record<string, string | string[]>)[name] = [value, value];
+    const required = { ...options, requiredSignedHeaders: ['x-amz-target'] };
+    expect(await failure(verifySigV4(repeated, lookup, required))).toEqual({
+      code: 'AuthIncomplete',
+      message: `The '${shown}' header must be given once, not repeated.`,
+    });
+  });
+
   it('when the time comes from an unsigned Date header, then AuthSignatureMismatch', async () => {
     const request = withHeaders(await signed(), { 'x-amz-date': undefined, date: 'Mon, 14 Nov 2016 21:51:01 GMT' });
     expect(await failure(verifySigV4(request, lookup, options))).toEqual({

@@ -1,5 +1,6 @@
 import type { KmsErrorCode } from '../../core/errors.js';
 import { KmsError } from '../../core/errors.js';
+import { ownEntry } from '../own-entry.js';
 
 /**
  * Alibaba Cloud's RPC error body, `{"RequestId","HostId","Code","Message","Recommend"}`, with the HTTP status
@@ -180,7 +181,7 @@ export function renderAlibabaError(
     ({ code, status, message } = ALIBABA_ERROR_TABLE.InternalError);
     unexpected = true;
   }
-  const Recommend = RECOMMENDATIONS[code] ?? 'See the Alibaba Cloud KMS API reference (version 2016-01-20).';
+  const Recommend = ownEntry(RECOMMENDATIONS, code) ?? 'See the Alibaba Cloud KMS API reference (version 2016-01-20).';
   return {
     status,
     body: { RequestId: requestId, HostId: hostId, Code: code, Message: message, Recommend },

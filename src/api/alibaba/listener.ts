@@ -4,6 +4,7 @@ import type { SecretLookup } from '../../auth/sigv4.js';
 import { readBody } from '../../http/read-body.js';
 import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
+import { ownEntry } from '../own-entry.js';
 import { AlibabaApiError, invalidParameter, renderAlibabaError, unsupportedOperation } from './errors.js';
 import { ALIBABA_OPERATIONS } from './operations.js';
 import { API_VERSION, type NonceClaim, resolveAccessKey, verifyRpcSignature } from './signature.js';
@@ -73,7 +74,7 @@ export function alibabaListener(services: Services, options: AlibabaOptions, log
     if (rpc.required('Version') !== API_VERSION) {
       throw new AlibabaApiError('InvalidVersion', 'Specified parameter Version is not valid.');
     }
-    const operation = Object.hasOwn(ALIBABA_OPERATIONS, action) ? ALIBABA_OPERATIONS[action] : undefined;
+    const operation = ownEntry(ALIBABA_OPERATIONS, action);
     if (!operation) {
       throw new AlibabaApiError(
         'InvalidAction.NotFound',

@@ -8,6 +8,7 @@ import {
   type PasswordCharacterType,
 } from '../../core/password.service.js';
 import type { Services } from '../huawei/context.js';
+import { ownEntry } from '../own-entry.js';
 import { aliasNotFound, invalidParameter, missingParameter, unsupportedOperation as unsupported } from './errors.js';
 import {
   aliasArn,
@@ -72,7 +73,7 @@ function dataKeyLength(params: RpcParams): number {
   // Trimmed: the API's own model lists " AES_128" with a leading space, and SDKs generated from it may send it so.
   const spec = params.optional('KeySpec')?.trim();
   if (spec === undefined) return 32;
-  const length = KEY_SPEC_BYTES[spec];
+  const length = ownEntry(KEY_SPEC_BYTES, spec);
   if (length === undefined) throw invalidParameter('KeySpec', 'use AES_256 or AES_128.');
   return length;
 }
@@ -241,11 +242,11 @@ function filteredStates(params: RpcParams): readonly ListedState[] {
   let states = LISTED_STATES;
   for (const filter of filters as unknown[]) {
     const { Key: key, Values: values } = (filter ?? {}) as { Key?: unknown; Values?: unknown };
-    const meanings = typeof key === 'string' && Object.hasOwn(FILTER_VALUES, key) ? FILTER_VALUES[key] : undefined;
+    const meanings = typeof key === 'string' ? ownEntry(FILTER_VALUES, key) : undefined;
     if (!meanings || !Array.isArray(values) || values.length > 10 || values.some((v) => typeof v !== 'string')) {
       throw invalid();
     }
-    const admitted = new Set((values as string[]).flatMap((v) => (Object.hasOwn(meanings, v) ? meanings[v] : [])));
+    const admitted = new Set((values as string[]).flatMap((v) => ownEntry(meanings, v) ?? []));
     states = states.filter((state) => admitted.has(state));
   }
   return states;

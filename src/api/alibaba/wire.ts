@@ -3,6 +3,7 @@ import type { EncryptionContext } from '../../core/encryption-context.js';
 import { KmsError } from '../../core/errors.js';
 import type { KeyRecord, KeyRef } from '../../core/keys.js';
 import { decodeBase64 } from '../base64.js';
+import { ownStringMap } from '../encryption-context.js';
 import { keyRefOf } from '../key-arn.js';
 import { invalidParameter, missingParameter } from './errors.js';
 
@@ -91,21 +92,14 @@ export function encryptionContext(params: RpcParams): EncryptionContext | undefi
   }
   if (flattened.length > 0) return Object.fromEntries(flattened);
   if (json === undefined) return undefined;
-  let parsed: unknown;
+  let context: EncryptionContext | undefined;
   try {
-    parsed = JSON.parse(json);
+    context = ownStringMap(JSON.parse(json));
   } catch {
-    throw invalidParameter('EncryptionContext', 'it must be a JSON object of string values.');
+    context = undefined;
   }
-  if (
-    typeof parsed !== 'object' ||
-    parsed === null ||
-    Array.isArray(parsed) ||
-    Object.values(parsed).some((v) => typeof v !== 'string')
-  ) {
-    throw invalidParameter('EncryptionContext', 'it must be a JSON object of string values.');
-  }
-  return parsed as EncryptionContext;
+  if (context === undefined) throw invalidParameter('EncryptionContext', 'it must be a JSON object of string values.');
+  return context;
 }
 
 /** A base64 parameter of `min` to `max` decoded bytes. */

@@ -4,8 +4,10 @@ import { authenticateSigV4, type SecretLookup } from '../../auth/sigv4.js';
 import { readBody } from '../../http/read-body.js';
 import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
+import { ownEntry } from '../own-entry.js';
 import { AwsApiError, renderAwsError } from './errors.js';
 import { AWS_OPERATIONS } from './operations.js';
+import { inAwsWords } from './wire.js';
 
 /**
  * The AWS KMS JSON 1.1 protocol (kms-apis.md §2.1): `POST /` with `X-Amz-Target: TrentService.<Operation>`,
@@ -16,6 +18,8 @@ const JSON_TYPES = new Set(['application/x-amz-json-1.1', 'application/json']);
 /** The largest legitimate body: Encrypt of 4096 bytes or Decrypt of 6144, base64, plus an encryption context. */
 const MAX_BODY_BYTES = 64 * 1024;
 const CLOCK_SKEW_MS = 15 * 60 * 1000;
+/** The operation must be signed, and given once: the SDKs and the AWS CLI sign every header they send. */
+const SIGNED_TARGET = ['x-amz-target'];
 
 export interface AwsOptions {
   /** The regions requests may be signed for (KMS_REGION). */
@@ -37,7 +41,7 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
     const signature = await authenticateSigV4(
       { method: req.method ?? 'POST', path, query, headers: req.headersDistinct },
       options.lookupSecret,
-      { service: 'kms', regions: options.regions, now, maxSkewMs: CLOCK_SKEW_MS },
+      { service: 'kms', regions: options.regions, now, maxSkewMs: CLOCK_SKEW_MS, requiredSignedHeaders: SIGNED_TARGET },
     );
     const body = await readBody(
       req,
@@ -46,8 +50,10 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
     );
     const caller = signature.verify(body);
     const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
-    const target = String(req.headers['x-amz-target'] ?? '');
-    const operation = target.startsWith(TARGET_PREFIX) ? AWS_OPERATIONS[target.slice(TARGET_PREFIX.length)] : undefined;
+    const target = req.headersDistinct['x-amz-target']?.[0] ?? '';
+    const operation = target.startsWith(TARGET_PREFIX)
+      ? ownEntry(AWS_OPERATIONS, target.slice(TARGET_PREFIX.length))
+      : undefined;
     if (req.method !== 'POST' || !JSON_TYPES.has(contentType) || !operation) {
       throw new AwsApiError('UnknownOperationException', '');
     }
@@ -57,7 +63,7 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
     } catch {
       throw new AwsApiError('SerializationException', 'The request body is not valid JSON.');
     }
-    send(res, 200, requestId, await operation(services, caller, json));
+    send(res, 200, requestId, await operation(services, caller, json).catch(inAwsWords(caller)));
   };
 
   return (req: IncomingMessage, res: ServerResponse): boolean => {

@@ -2,8 +2,10 @@ import { z } from 'zod';
 import { KmsError } from '../../core/errors.js';
 import { type KeyRecord, MAX_TAGS_PER_KEY, type Tag } from '../../core/keys.js';
 import type { Services } from '../huawei/context.js';
+import { ownEntry } from '../own-entry.js';
 import { AwsApiError, validationError } from './errors.js';
 import {
+  aliasArn,
   blob,
   type Caller,
   encryptionContext,
@@ -147,6 +149,37 @@ function refuseUnofferedKeyOptions(req: z.infer<typeof CreateKey>): void {
   }
 }
 
+/** AWS's enums for CreateKey's members (kms-apis.md §2), listed in its messages as AWS lists them. */
+const KEY_USAGES = ['SIGN_VERIFY', 'ENCRYPT_DECRYPT', 'GENERATE_VERIFY_MAC', 'KEY_AGREEMENT'];
+const CUSTOMER_MASTER_KEY_SPECS = [
+  'RSA_2048',
+  'RSA_3072',
+  'RSA_4096',
+  'ECC_NIST_P256',
+  'ECC_NIST_P384',
+  'ECC_NIST_P521',
+  'ECC_SECG_P256K1',
+  'SYMMETRIC_DEFAULT',
+  'HMAC_224',
+  'HMAC_256',
+  'HMAC_384',
+  'HMAC_512',
+  'SM2',
+];
+const KEY_SPECS = [...CUSTOMER_MASTER_KEY_SPECS, 'ECC_NIST_EDWARDS25519', 'ML_DSA_44', 'ML_DSA_65', 'ML_DSA_87'];
+const ORIGINS = ['AWS_KMS', 'EXTERNAL', 'AWS_CLOUDHSM', 'EXTERNAL_KEY_STORE'];
+
+/** A member that must be one of `values`: AWS's ValidationException otherwise. */
+function oneOf(value: string | undefined, member: string, values: readonly string[]): void {
+  if (value !== undefined && !values.includes(value)) {
+    throw validationError(value, member, `Member must satisfy enum value set: [${values.join(', ')}]`);
+  }
+}
+
+/**
+ * AWS validates the whole request first (ValidationException) and only then says what it does not offer
+ * (UnsupportedOperationException); a request refused either way creates nothing.
+ */
 const createKey: AwsOperation = async (services, caller, body) => {
   const req = parseBody(CreateKey, body);
   refuseUnofferedKeyOptions(req);
@@ -154,13 +187,25 @@ const createKey: AwsOperation = async (services, caller, body) => {
   if (description.length > 8192) {
     throw validationError(description, 'description', 'Member must have length less than or equal to 8192');
   }
-  if (req.KeyUsage !== undefined && req.KeyUsage !== 'ENCRYPT_DECRYPT') {
-    throw new AwsApiError('UnsupportedOperationException', 'Only ENCRYPT_DECRYPT keys are offered by this service.');
+  oneOf(req.KeyUsage, 'keyUsage', KEY_USAGES);
+  oneOf(req.CustomerMasterKeySpec, 'customerMasterKeySpec', CUSTOMER_MASTER_KEY_SPECS);
+  oneOf(req.KeySpec, 'keySpec', KEY_SPECS);
+  oneOf(req.Origin, 'origin', ORIGINS);
+  if (req.KeySpec !== undefined && req.CustomerMasterKeySpec !== undefined) {
+    throw new AwsApiError(
+      'ValidationException',
+      'You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec is deprecated.',
+    );
   }
-  for (const spec of [req.KeySpec, req.CustomerMasterKeySpec]) {
-    if (spec !== undefined && spec !== 'SYMMETRIC_DEFAULT') {
-      throw new AwsApiError('UnsupportedOperationException', `KeySpec ${spec} is not offered by this service.`);
-    }
+  const spec = req.KeySpec ?? req.CustomerMasterKeySpec ?? 'SYMMETRIC_DEFAULT';
+  if (spec === 'SYMMETRIC_DEFAULT' && req.KeyUsage !== undefined && req.KeyUsage !== 'ENCRYPT_DECRYPT') {
+    throw new AwsApiError(
+      'ValidationException',
+      `The operation failed because the KeyUsage value of the CMK is ${req.KeyUsage}. To perform this operation, the KeyUsage value must be ENCRYPT_DECRYPT.`,
+    );
+  }
+  if (spec !== 'SYMMETRIC_DEFAULT') {
+    throw new AwsApiError('UnsupportedOperationException', `KeySpec ${spec} is not offered by this service.`);
   }
   if (req.Origin !== undefined && req.Origin !== 'AWS_KMS') {
     throw new AwsApiError('UnsupportedOperationException', `Origin ${req.Origin} is not offered by this service.`);
@@ -291,7 +336,7 @@ function dataKeyLength(req: z.infer<typeof GenerateDataKeyWithoutPlaintext>): nu
     throw new AwsApiError('ValidationException', 'Please specify either number of bytes or key spec, not both.');
   }
   if (req.KeySpec !== undefined) {
-    const bytes = KEY_SPEC_BYTES[req.KeySpec];
+    const bytes = ownEntry(KEY_SPEC_BYTES, req.KeySpec);
     if (bytes === undefined) {
       throw validationError(req.KeySpec, 'keySpec', 'Member must satisfy enum value set: [AES_256, AES_128]');
     }
@@ -536,7 +581,7 @@ const updateAlias: AwsOperation = async (services, caller, body) => {
   const name = validAliasName(req.AliasName);
   const ref = targetKey(req.TargetKeyId, caller);
   const before = await services.keys.get(caller.projectId, ref);
-  await services.keys.retargetAlias(caller.projectId, name, ref).catch(notFoundAlias(name, caller, before));
+  await services.keys.retargetAlias(caller.projectId, name, ref).catch(pendingDeletion(before, caller));
   return {};
 };
 
@@ -544,22 +589,9 @@ const DeleteAlias = z.object({ AliasName: z.string() }).strict();
 
 const deleteAlias: AwsOperation = async (services, caller, body) => {
   const name = validAliasName(parseBody(DeleteAlias, body).AliasName);
-  await services.keys.deleteAlias(caller.projectId, name).catch(notFoundAlias(name, caller));
+  await services.keys.deleteAlias(caller.projectId, name);
   return {};
 };
-
-/** AWS words a missing alias with its ARN. */
-function notFoundAlias(name: string, caller: Caller, target?: KeyRecord) {
-  return (err: unknown): never => {
-    if (err instanceof KmsError && err.code === 'KeyNotFound') {
-      throw new AwsApiError('NotFoundException', `Alias ${aliasArn(name, caller)} is not found.`);
-    }
-    if (target) pendingDeletion(target, caller)(err);
-    throw err;
-  };
-}
-
-const aliasArn = (name: string, caller: Caller) => `arn:aws:kms:${caller.region}:${caller.projectId}:${name}`;
 
 const ListAliases = z
   .object({

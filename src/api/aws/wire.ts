@@ -1,6 +1,8 @@
 import { z } from 'zod';
-import type { KeyRecord, KeyRef } from '../../core/keys.js';
+import { KmsError } from '../../core/errors.js';
+import { aliasName, type KeyRecord, type KeyRef } from '../../core/keys.js';
 import { decodeBase64 } from '../base64.js';
+import { encryptionContextSchema } from '../encryption-context.js';
 import { keyRefOf } from '../key-arn.js';
 import { AwsApiError, validationError } from './errors.js';
 
@@ -36,7 +38,7 @@ export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
 
 /** A base64 blob member (the SDKs send every blob as base64 in JSON). */
 export const blob = z.string();
-export const encryptionContext = z.record(z.string(), z.string()).optional();
+export const encryptionContext = encryptionContextSchema.optional();
 export const grantTokens = z.array(z.string()).max(10).optional();
 
 /** Decodes a base64 member and checks its byte length against AWS's constraint. */
@@ -70,17 +72,51 @@ export function symmetricDefault(algorithm: string | undefined, member: string):
 const KMS_ARN = /^arn:aws:kms:([a-z0-9-]+):([^:]+):(key|alias)\/(.+)$/;
 
 /**
- * A KeyId as AWS takes it: key id, key ARN, alias name (`alias/...`) or alias ARN. An ARN of another account names
- * nothing this caller can see: NotFoundException, the same as an unknown key.
+ * A KeyId as AWS takes it: key id, key ARN, alias name (`alias/...`) or alias ARN. An ARN of another account, or of
+ * another region than the one the request was signed for, names nothing this caller can see: NotFoundException,
+ * worded as for a key of the caller's that does not exist.
  */
 export function keyRef(keyId: string, caller: Caller): KeyRef {
-  const ref = keyRefOf(keyId, KMS_ARN, (_region, account) => account === caller.projectId);
-  if (ref === undefined) throw new AwsApiError('NotFoundException', `Invalid keyId '${keyId}'`);
-  return ref;
+  const ref = keyRefOf(keyId, KMS_ARN, (region, account) => region === caller.region && account === caller.projectId);
+  if (ref !== undefined) return ref;
+  const kind = KMS_ARN.exec(keyId)?.[3];
+  if (kind === 'key') throw new AwsApiError('NotFoundException', keyNotFound(keyId));
+  if (kind === 'alias') throw new AwsApiError('NotFoundException', aliasNotFound(keyId));
+  throw new AwsApiError('NotFoundException', `Invalid keyId '${keyId}'`);
 }
 
 export function keyArn(key: KeyRecord, caller: Caller): string {
-  return `arn:aws:kms:${caller.region}:${key.projectId}:key/${key.id}`;
+  return keyIdArn(key.id, caller);
+}
+
+/** A key's ARN: the caller's region and project (only keys of the caller's project are ever shown or named). */
+const keyIdArn = (keyId: string, caller: Caller) => `arn:aws:kms:${caller.region}:${caller.projectId}:key/${keyId}`;
+
+/** `name` with its `alias/` prefix. */
+export const aliasArn = (name: string, caller: Caller) => `arn:aws:kms:${caller.region}:${caller.projectId}:${name}`;
+
+/** AWS's wording, which names the key by ARN: `Key 'arn:aws:kms:eu-west-1:111122223333:key/…' does not exist`. */
+const keyNotFound = (arn: string) => `Key '${arn}' does not exist`;
+/** AWS's wording for an alias, unquoted: `Alias arn:aws:kms:eu-west-1:111122223333:alias/x is not found.` */
+const aliasNotFound = (arn: string) => `Alias ${arn} is not found.`;
+
+/**
+ * Rewords the core's KeyNotFound as AWS does, naming the key or alias the caller asked for by ARN. For an operation's
+ * `.catch`: any other error passes through.
+ */
+export function inAwsWords(caller: Caller) {
+  return (err: unknown): never => {
+    if (err instanceof KmsError && err.code === 'KeyNotFound' && err.subject !== undefined) {
+      const ref = err.subject;
+      throw new AwsApiError(
+        'NotFoundException',
+        ref.kind === 'id'
+          ? keyNotFound(keyIdArn(ref.id, caller))
+          : aliasNotFound(aliasArn(`alias/${aliasName(ref.alias)}`, caller)),
+      );
+    }
+    throw err;
+  };
 }
 
 const toSeconds = (ms: number) => ms / 1000;

@@ -3,6 +3,8 @@ import { openHuaweiSignature } from '../../auth/huawei-signature.js';
 import type { SecretLookup } from '../../auth/sigv4.js';
 import type { TokenVerifier } from '../../auth/token-verifier.js';
 import { KmsError } from '../../core/errors.js';
+import { singleHeader } from '../../http/single-header.js';
+import { invalidToken } from './errors.js';
 
 /** `Authorization: SDK-HMAC-SHA256 …`: an access key of a project, the credential Huawei's SDKs sign with. */
 export interface HuaweiSigningOptions {
@@ -30,8 +32,10 @@ export async function authenticate(
   readBody: () => Promise<Buffer>,
 ): Promise<Buffer | undefined> {
   if (req.headers.authorization === undefined) {
-    const token = req.headers['x-auth-token'];
-    const tokenProject = await options.verifier.projectOf(typeof token === 'string' ? token : undefined);
+    const token = singleHeader(req.headersDistinct, 'x-auth-token', () =>
+      invalidToken('Invalid X-Auth-Token: the header is given more than once.'),
+    );
+    const tokenProject = await options.verifier.projectOf(token);
     if (tokenProject !== projectId) {
       throw new KmsError('ProjectMismatch', 'URIs in URL and X-Auth-Token do not match.');
     }

@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { type CiphertextBinding, MAX_ADDITIONAL_DATA_BYTES } from '../../core/ciphertext-binding.js';
-import type { HuaweiAction } from './context.js';
+import { ownEntry } from '../own-entry.js';
+import type { HuaweiAction, Services } from './context.js';
 import { invalid } from './errors.js';
 import {
   bitLengthToBytes,
@@ -93,22 +94,27 @@ const CreateDataKey = z
 
 /** datakey_length wins over key_spec when both are given (Huawei's rule); neither means the documented 512 bits. */
 function dataKeyBytes(req: z.infer<typeof CreateDataKey>): number {
-  if (req.key_spec !== undefined && KEY_SPEC_BITS[req.key_spec] === undefined) {
+  const specBits = req.key_spec === undefined ? undefined : ownEntry(KEY_SPEC_BITS, req.key_spec);
+  if (req.key_spec !== undefined && specBits === undefined) {
     throw invalid('KMS.1902', 'key_spec can only be AES_128 or AES_256.');
   }
-  const bits = req.datakey_length ?? (req.key_spec ? KEY_SPEC_BITS[req.key_spec] : undefined) ?? DOCUMENTED_LENGTH_BITS;
+  const bits = req.datakey_length ?? specBits ?? DOCUMENTED_LENGTH_BITS;
   return bitLengthToBytes(bits, 'datakey_length', 'KMS.1901', 'KMS.1903');
 }
 
 /** The checks both create-datakey actions make before drawing a key. */
-function dataKeyRequest(body: unknown) {
+function dataKeyRequest(services: Services, projectId: string, body: unknown) {
   const req = parseBody(CreateDataKey, body);
   refusePin(req);
-  return { ref: keyRef(req.key_id, true), length: dataKeyBytes(req), binding: bindingOf(req) };
+  return {
+    ref: keyRef(req.key_id, { region: services.region, domainId: projectId }),
+    length: dataKeyBytes(req),
+    binding: bindingOf(req),
+  };
 }
 
 export const createDataKey: HuaweiAction = async (services, projectId, body) => {
-  const { ref, length, binding } = dataKeyRequest(body);
+  const { ref, length, binding } = dataKeyRequest(services, projectId, body);
   const sealed = await services.dataKeys.generateDataKey(projectId, ref, length, binding);
   try {
     return { key_id: sealed.key.id, plain_text: toHex(sealed.plaintext), cipher_text: toHex(sealed.ciphertextBlob) };
@@ -118,7 +124,7 @@ export const createDataKey: HuaweiAction = async (services, projectId, body) => 
 };
 
 export const createDataKeyWithoutPlaintext: HuaweiAction = async (services, projectId, body) => {
-  const { ref, length, binding } = dataKeyRequest(body);
+  const { ref, length, binding } = dataKeyRequest(services, projectId, body);
   const sealed = await services.dataKeys.generateDataKey(projectId, ref, length, binding);
   sealed.plaintext.fill(0);
   return { key_id: sealed.key.id, cipher_text: toHex(sealed.ciphertextBlob) };
@@ -148,7 +154,7 @@ export const encryptDataKey: HuaweiAction = async (services, projectId, body) =>
     );
   }
   const binding = bindingOf(req);
-  const ref = keyRef(req.key_id, true);
+  const ref = keyRef(req.key_id, { region: services.region, domainId: projectId });
   const length = dekByteLength(req.datakey_plain_length, 'datakey_plain_length', 'KMS.2102');
   const plain = fromHex(req.plain_text, 'KMS.2101', 'plain_text');
   try {
@@ -181,7 +187,7 @@ export const decryptDataKey: HuaweiAction = async (services, projectId, body) =>
   const req = parseBody(DecryptDataKey, body);
   refusePin(req);
   const binding = bindingOf(req);
-  const ref = keyRef(req.key_id, true);
+  const ref = keyRef(req.key_id, { region: services.region, domainId: projectId });
   const length = dekByteLength(req.datakey_cipher_length, 'datakey_cipher_length', 'KMS.2202');
   const blob = fromHex(req.cipher_text, 'KMS.2201', 'cipher_text');
   const opened = await services.dataKeys.decrypt(projectId, blob, binding, ref);
@@ -216,7 +222,7 @@ export const encryptData: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(EncryptData, body);
   refuseOtherAlgorithm(req.encryption_algorithm);
   const binding = bindingOf(req);
-  const ref = keyRef(req.key_id, true);
+  const ref = keyRef(req.key_id, { region: services.region, domainId: projectId });
   const plain = Buffer.from(req.plain_text, 'utf8');
   try {
     if (plain.length < 1 || plain.length > MAX_DATA_BYTES) {
@@ -250,7 +256,8 @@ export const decryptData: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(DecryptData, body);
   refuseOtherAlgorithm(req.encryption_algorithm);
   const binding = bindingOf(req);
-  const expected = req.key_id === undefined ? undefined : keyRef(req.key_id, true);
+  const expected =
+    req.key_id === undefined ? undefined : keyRef(req.key_id, { region: services.region, domainId: projectId });
   const blob = fromBase64(req.cipher_text, 'KMS.2201', 'cipher_text');
   const opened = await services.dataKeys.decrypt(projectId, blob, binding, expected);
   try {

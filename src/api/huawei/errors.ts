@@ -27,6 +27,8 @@ export class HuaweiApiError extends Error {
 }
 
 export const invalid = (errorCode: string, message: string) => new HuaweiApiError(errorCode, 400, message);
+/** KMS.0302, Huawei's code for a token it cannot accept, with a message saying why. */
+export const invalidToken = (message: string) => new HuaweiApiError('KMS.0302', 403, message);
 
 interface Mapping {
   readonly errorCode: string;

@@ -65,7 +65,7 @@ const KeyOnly = z.object({ key_id: z.string(), sequence }).strict();
 
 export const describeKey: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(KeyOnly, body);
-  const key = await services.keys.get(projectId, keyRef(req.key_id, true));
+  const key = await services.keys.get(projectId, keyRef(req.key_id, { region: services.region, domainId: projectId }));
   return { key_info: keyInfo(key, services.region) };
 };
 

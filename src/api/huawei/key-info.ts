@@ -1,4 +1,5 @@
 import type { KeyRecord, KeyState } from '../../core/keys.js';
+import { ownEntry } from '../own-entry.js';
 
 /** Huawei's key_state codes (kms-apis.md §1.2). */
 export const KEY_STATE_CODES = {
@@ -16,7 +17,7 @@ const STATE_BY_CODE: Readonly<Record<string, KeyState>> = {
 
 /** The core state a list-keys key_state filter selects; codes 1 and 5 select no key this service holds. */
 export function stateForCode(code: string): KeyState | 'none' {
-  return STATE_BY_CODE[code] ?? 'none';
+  return ownEntry(STATE_BY_CODE, code) ?? 'none';
 }
 
 /** describe-key's key_info. Dates are milliseconds as strings, as in Huawei's example. */

@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type NextFunction, type Request, type Response, Router } from 'express';
 import { readBody } from '../../http/read-body.js';
 import { errorFields, type Logger } from '../../logger.js';
+import { ownEntry } from '../own-entry.js';
 import { authenticate, type HuaweiAuthOptions } from './authenticate.js';
 import type { HuaweiAction, Services } from './context.js';
 import {
@@ -105,7 +106,7 @@ export function huaweiActionListener(services: Services, auth: HuaweiAuthOptions
   const serve = async (req: IncomingMessage, res: ServerResponse, projectId: string, actionName: string) => {
     if (!PROJECT_ID_PATTERN.test(projectId)) throw invalid('KMS.0201', 'Invalid request URL.');
     const signedBody = await authenticate(req, projectId, auth, () => readRawBody(req));
-    const action = ACTIONS[actionName];
+    const action = ownEntry(ACTIONS, actionName);
     if (!action) throw invalid('KMS.0201', 'Invalid request URL.');
     if (req.method !== action.method) {
       res.setHeader('Allow', action.method);

@@ -1,7 +1,10 @@
 import { z } from 'zod';
 import type { EncryptionContext } from '../../core/encryption-context.js';
+import { KmsError } from '../../core/errors.js';
 import { KEY_ID_PATTERN, type KeyRef } from '../../core/keys.js';
 import { decodeBase64 } from '../base64.js';
+import { encryptionContextSchema } from '../encryption-context.js';
+import { ownEntry } from '../own-entry.js';
 import { invalid } from './errors.js';
 
 /**
@@ -39,10 +42,7 @@ export const sequence = z
   .optional();
 
 /** Key-value pairs of at most 8192 characters (Huawei's limit), bound to the ciphertext as AAD. */
-export const encryptionContext = z
-  .record(z.string(), z.string())
-  .refine((ctx) => JSON.stringify(ctx).length <= 8192)
-  .optional();
+export const encryptionContext = encryptionContextSchema.refine((ctx) => JSON.stringify(ctx).length <= 8192).optional();
 
 /** Validates a body against a schema; the first problem becomes the KMS code of the field it concerns. */
 export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
@@ -60,23 +60,38 @@ export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
   if ((body as Record<string, unknown>)[field] === undefined) {
     throw invalid('KMS.0204', `Parameters missing in the request message: ${field}.`);
   }
-  throw invalid(FIELD_ERROR_CODES[field] ?? 'KMS.0308', `Invalid parameter: ${field}.`);
+  throw invalid(ownEntry(FIELD_ERROR_CODES, field) ?? 'KMS.0308', `Invalid parameter: ${field}.`);
 }
 
 const ALIAS_PATTERN = /^[a-zA-Z0-9:/_-]{1,255}$/;
 /** An alias URN: kms:<region>:<domain id>:alias:<alias name>. */
-const ALIAS_URN_PATTERN = /^kms:[^:]*:[^:]*:alias:(.+)$/;
+const ALIAS_URN_PATTERN = /^kms:([^:]*):([^:]*):alias:(.+)$/;
 
 /**
- * A key_id as Huawei takes it: a key id everywhere, and on the crypto endpoints and describe-key also
- * `alias/<name>` or an alias URN.
+ * Whose aliases a key_id may name: the service's region and the caller's domain — the project, which is what
+ * describe-key reports as `domain_id`.
  */
-export function keyRef(value: string, aliasAllowed: boolean): KeyRef {
+export interface AliasScope {
+  readonly region: string;
+  readonly domainId: string;
+}
+
+/**
+ * A key_id as Huawei takes it: a key id everywhere, and on the crypto endpoints and describe-key (given `aliases`)
+ * also `alias/<name>` or an alias URN. A URN of another region or domain names nothing the caller can see: the same
+ * KeyNotFound as a key id that does not exist.
+ */
+export function keyRef(value: string, aliases: AliasScope | false): KeyRef {
   if (KEY_ID_PATTERN.test(value)) return { kind: 'id', id: value };
-  if (aliasAllowed) {
+  if (aliases) {
     const urn = ALIAS_URN_PATTERN.exec(value);
-    const alias = urn ? urn[1] : value.startsWith('alias/') ? value : undefined;
-    if (alias !== undefined && ALIAS_PATTERN.test(alias)) return { kind: 'alias', alias };
+    const alias = urn ? urn[3] : value.startsWith('alias/') ? value : undefined;
+    if (alias !== undefined && ALIAS_PATTERN.test(alias)) {
+      if (urn && (urn[1] !== aliases.region || urn[2] !== aliases.domainId)) {
+        throw new KmsError('KeyNotFound', 'The key does not exist.');
+      }
+      return { kind: 'alias', alias };
+    }
   }
   throw invalid('KMS.0205', 'Invalid key ID.');
 }
