@@ -135,6 +135,25 @@ describe('HTTP edge', () => {
     expect(((await badProject.json()) as { error: { error_code: string } }).error.error_code).toBe('KMS.0201');
   });
 
+  it('when an action is given query parameters, then KMS.0201 refuses them; an empty query is no parameter', async () => {
+    const post = async (query: string) => {
+      const res = await fetch(`${kms.url}/v1.0/${A}/kms/gen-random${query}`, {
+        method: 'POST',
+        headers: { 'x-auth-token': await kms.tokenFor(A), 'content-type': 'application/json' },
+        body: JSON.stringify({ random_data_length: '256' }),
+      });
+      return { status: res.status, body: await res.json() };
+    };
+    const refused = huaweiErrorBody('KMS.0201', 'Invalid request URL: the actions take no query parameters.');
+    for (const query of ['?random_data_length=1024', '?foo', '?&x=1']) {
+      expect(await post(query), query).toEqual({ status: 400, body: refused });
+    }
+    for (const query of ['', '?', '?&&']) {
+      const res = await post(query);
+      expect([res.status, res.body.random_data?.length], query).toEqual([200, 64]);
+    }
+  });
+
   it('when any response is sent, then it carries security headers and a request id, and never a stack trace', async () => {
     const res = await fetch(`${kms.url}/v1.0/${A}/kms/gen-random`, {
       method: 'POST',

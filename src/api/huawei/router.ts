@@ -103,11 +103,21 @@ const ACTION_PATH = /^\/v1\.0\/([^/]*)\/kms\/([^/]*)\/?$/i;
  */
 export function huaweiActionListener(services: Services, auth: HuaweiAuthOptions, logger: Logger) {
   const fail = failWith(logger);
-  const serve = async (req: IncomingMessage, res: ServerResponse, projectId: string, actionName: string) => {
+  const serve = async (
+    req: IncomingMessage,
+    res: ServerResponse,
+    projectId: string,
+    actionName: string,
+    query: string,
+  ) => {
     if (!PROJECT_ID_PATTERN.test(projectId)) throw invalid('KMS.0201', 'Invalid request URL.');
     const signedBody = await authenticate(req, projectId, auth, () => readRawBody(req));
     const action = ownEntry(ACTIONS, actionName);
     if (!action) throw invalid('KMS.0201', 'Invalid request URL.');
+    // No action takes query parameters (their fields are in the body): one sent is refused, never ignored.
+    if (query.split('&').some((parameter) => parameter !== '')) {
+      throw invalid('KMS.0201', 'Invalid request URL: the actions take no query parameters.');
+    }
     if (req.method !== action.method) {
       res.setHeader('Allow', action.method);
       throw new HuaweiApiError('KMS.0215', 405, 'Request method not supported.');
@@ -117,10 +127,11 @@ export function huaweiActionListener(services: Services, auth: HuaweiAuthOptions
   };
   return (req: IncomingMessage, res: ServerResponse): boolean => {
     const url = req.url ?? '';
-    const query = url.indexOf('?');
-    const match = ACTION_PATH.exec(query === -1 ? url : url.slice(0, query));
+    const queryAt = url.indexOf('?');
+    const match = ACTION_PATH.exec(queryAt === -1 ? url : url.slice(0, queryAt));
     if (!match) return false;
-    serve(req, res, match[1] as string, (match[2] as string).toLowerCase()).catch((err: unknown) =>
+    const query = queryAt === -1 ? '' : url.slice(queryAt + 1);
+    serve(req, res, match[1] as string, (match[2] as string).toLowerCase(), query).catch((err: unknown) =>
       fail(err, req, res),
     );
     return true;
