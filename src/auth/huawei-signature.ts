@@ -1,5 +1,7 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { KmsError } from '../core/errors.js';
+import { headerDisplayName } from '../http/single-header.js';
+import { isoBasicDate, parseIsoBasicDate } from './iso-basic-date.js';
 import type { SecretLookup } from './sigv4.js';
 import { percentDecode, uriEncode } from './uri-encoding.js';
 
@@ -55,7 +57,6 @@ export interface PendingHuaweiSignature {
 }
 
 const DEFAULT_MAX_SKEW_MS = 15 * 60 * 1000;
-const SDK_DATE = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/;
 const SIGNATURE = /^[0-9a-f]{64}$/;
 /** An HTTP token (RFC 9110), lower-case: what a header name in SignedHeaders may be. */
 const HEADER_NAME = /^[a-z0-9!#$%&'*+.^_`|~-]+$/;
@@ -80,7 +81,7 @@ export async function openHuaweiSignature(
   options: HuaweiSignatureOptions,
 ): Promise<PendingHuaweiSignature> {
   for (const name of SINGLE_HEADERS) {
-    if (valuesOf(head, name).length > 1) incomplete(`The ${displayName(name)} header is given more than once.`);
+    if (valuesOf(head, name).length > 1) incomplete(`The ${headerDisplayName(name)} header is given more than once.`);
   }
   const authorization = single(head, 'authorization') ?? incomplete('The Authorization header is missing.');
   const { accessKeyId, signedHeaders, signature } = parseAuthorization(authorization);
@@ -213,7 +214,7 @@ function checkedSignedNames(signedHeaders: string): string[] {
 }
 
 function checkDate(sdkDate: string, now: number, maxSkewMs: number): void {
-  const time = parseSdkDate(sdkDate);
+  const time = parseIsoBasicDate(sdkDate);
   if (Number.isNaN(time)) {
     incomplete('X-Sdk-Date must be a UTC time written YYYYMMDDTHHMMSSZ, e.g. 20261202T054553Z.');
   }
@@ -221,30 +222,15 @@ function checkDate(sdkDate: string, now: number, maxSkewMs: number): void {
   if (time < now - maxSkewMs) {
     throw new KmsError(
       'AuthExpired',
-      `The request has expired: X-Sdk-Date ${sdkDate} is more than ${window} before the server time ${sdkDateOf(now)}.`,
+      `The request has expired: X-Sdk-Date ${sdkDate} is more than ${window} before the server time ${isoBasicDate(now)}.`,
     );
   }
   if (time > now + maxSkewMs) {
     throw new KmsError(
       'AuthSignatureMismatch',
-      `X-Sdk-Date ${sdkDate} is more than ${window} after the server time ${sdkDateOf(now)}: check the client's clock.`,
+      `X-Sdk-Date ${sdkDate} is more than ${window} after the server time ${isoBasicDate(now)}: check the client's clock.`,
     );
   }
-}
-
-function parseSdkDate(value: string): number {
-  const m = SDK_DATE.exec(value);
-  if (!m) return Number.NaN;
-  const [, y, mo, d, h, mi, s] = m.map(Number) as [number, number, number, number, number, number, number];
-  const ms = Date.UTC(y, mo - 1, d, h, mi, s);
-  return sdkDateOf(ms) === value ? ms : Number.NaN; // refuses 20260230T…, which Date.UTC would roll over
-}
-
-function sdkDateOf(ms: number): string {
-  return new Date(ms)
-    .toISOString()
-    .replace(/[-:]/g, '')
-    .replace(/\.\d{3}/, '');
 }
 
 /** Each segment percent-decoded, then RFC 3986 encoded, and a trailing '/' (which the request itself omits). */
@@ -286,10 +272,6 @@ function valuesOf(head: HuaweiSignedHead, name: string): readonly string[] {
 
 function single(head: HuaweiSignedHead, name: string): string | undefined {
   return valuesOf(head, name)[0];
-}
-
-function displayName(name: string): string {
-  return name.replace(/(^|-)([a-z])/g, (_, dash: string, letter: string) => dash + letter.toUpperCase());
 }
 
 function sha256Hex(data: string | Buffer): string {

@@ -1,6 +1,7 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { KmsError } from '../core/errors.js';
-import { singleHeader } from '../http/single-header.js';
+import { headerDisplayName, singleHeader } from '../http/single-header.js';
+import { isoBasicDate, parseIsoBasicDate } from './iso-basic-date.js';
 import { percentDecode, uriEncode } from './uri-encoding.js';
 
 /**
@@ -70,7 +71,6 @@ export interface VerifiedCaller {
 const ALGORITHM = 'AWS4-HMAC-SHA256';
 const TERMINATOR = 'aws4_request';
 const DEFAULT_MAX_SKEW_MS = 15 * 60 * 1000;
-const ISO_BASIC = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/;
 const SCOPE_DATE = /^\d{8}$/;
 const UNSIGNED_PAYLOAD = 'UNSIGNED-PAYLOAD';
 const SIGNATURE_MISMATCH =
@@ -146,14 +146,14 @@ export async function authenticateSigV4(
 
   // The time is X-Amz-Date, else the HTTP Date header; whichever it is must itself be signed.
   const dateHeader = xAmzDate !== undefined ? 'x-amz-date' : 'date';
-  const requestTime = xAmzDate !== undefined ? parseIsoBasic(xAmzDate) : Date.parse(httpDate ?? '');
+  const requestTime = xAmzDate !== undefined ? parseIsoBasicDate(xAmzDate) : Date.parse(httpDate ?? '');
   if (Number.isNaN(requestTime)) {
     throw new KmsError(
       'AuthIncomplete',
       `Date must be in ISO-8601 'basic format'. Got '${xAmzDate ?? httpDate}'. See http://en.wikipedia.org/wiki/ISO_8601`,
     );
   }
-  const amzDate = isoBasic(requestTime);
+  const amzDate = isoBasicDate(requestTime);
   checkValidityWindow(requestTime, options.now(), options.maxSkewMs ?? DEFAULT_MAX_SKEW_MS);
 
   const signedNames = canonicalHeaderNames(signedHeaders);
@@ -167,7 +167,7 @@ export async function authenticateSigV4(
     if (!signedNames.includes(required)) {
       throw new KmsError(
         'AuthSignatureMismatch',
-        `'${displayName(required)}' must be a 'SignedHeader' in the AWS Authorization.`,
+        `'${headerDisplayName(required)}' must be a 'SignedHeader' in the AWS Authorization.`,
       );
     }
     single(request.headers, required);
@@ -222,13 +222,8 @@ function single(headers: SigV4Request['headers'], name: string): string | undefi
   return singleHeader(
     headers,
     name,
-    () => new KmsError('AuthIncomplete', `The '${displayName(name)}' header must be given once, not repeated.`),
+    () => new KmsError('AuthIncomplete', `The '${headerDisplayName(name)}' header must be given once, not repeated.`),
   );
-}
-
-/** `x-amz-date` as AWS writes it in its messages: `X-Amz-Date`. */
-function displayName(header: string): string {
-  return header.replace(/(^|-)([a-z])/g, (_, dash: string, letter: string) => dash + letter.toUpperCase());
 }
 
 /** `AWS4-HMAC-SHA256 Credential=…, SignedHeaders=…, Signature=…`; AWS accepts commas, spaces or both between parts. */
@@ -249,33 +244,18 @@ function parseAuthorization(header: string) {
   };
 }
 
-function parseIsoBasic(value: string): number {
-  const m = ISO_BASIC.exec(value);
-  if (!m) return Number.NaN;
-  const [, y, mo, d, h, mi, s] = m.map(Number) as [number, number, number, number, number, number, number];
-  const ms = Date.UTC(y, mo - 1, d, h, mi, s);
-  return isoBasic(ms) === value ? ms : Number.NaN; // refuses 20150230T…, which Date.UTC would roll over
-}
-
-function isoBasic(ms: number): string {
-  return new Date(ms)
-    .toISOString()
-    .replace(/[-:]/g, '')
-    .replace(/\.\d{3}/, '');
-}
-
 function checkValidityWindow(requestTime: number, now: number, maxSkewMs: number): void {
   const window = `${maxSkewMs / 60_000} min.`;
   if (requestTime < now - maxSkewMs) {
     throw new KmsError(
       'AuthSignatureMismatch',
-      `Signature expired: ${isoBasic(requestTime)} is now earlier than ${isoBasic(now - maxSkewMs)} (${isoBasic(now)} - ${window})`,
+      `Signature expired: ${isoBasicDate(requestTime)} is now earlier than ${isoBasicDate(now - maxSkewMs)} (${isoBasicDate(now)} - ${window})`,
     );
   }
   if (requestTime > now + maxSkewMs) {
     throw new KmsError(
       'AuthSignatureMismatch',
-      `Signature not yet current: ${isoBasic(requestTime)} is still later than ${isoBasic(now + maxSkewMs)} (${isoBasic(now)} + ${window})`,
+      `Signature not yet current: ${isoBasicDate(requestTime)} is still later than ${isoBasicDate(now + maxSkewMs)} (${isoBasicDate(now)} + ${window})`,
     );
   }
 }

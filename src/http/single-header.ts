@@ -14,3 +14,8 @@ export function singleHeader(
   if (value.length !== 1) throw repeated();
   return value[0];
 }
+
+/** A header's name as people write it, for messages: `x-amz-date` is `X-Amz-Date`. */
+export function headerDisplayName(name: string): string {
+  return name.replace(/(^|-)([a-z])/g, (_, dash: string, letter: string) => dash + letter.toUpperCase());
+}

@@ -142,7 +142,7 @@ describe('HTTP edge', () => {
         headers: { 'x-auth-token': await kms.tokenFor(A), 'content-type': 'application/json' },
         body: JSON.stringify({ random_data_length: '256' }),
       });
-      return { status: res.status, body: await res.json() };
+      return { status: res.status, body: (await res.json()) as { random_data?: string } };
     };
     const refused = huaweiErrorBody('KMS.0201', 'Invalid request URL: the actions take no query parameters.');
     for (const query of ['?random_data_length=1024', '?foo', '?&x=1']) {
