@@ -357,6 +357,7 @@ describe('CreateKey validates as AWS does: ValidationException first, then Unsup
     [{ Origin: 'HSM' }, enumMessage('HSM', 'origin')],
     // Invalid beats unoffered: the enum error comes first, whatever else the request asks for.
     [{ KeySpec: 'RSA_2048', KeyUsage: 'SIGNING' }, enumMessage('SIGNING', 'keyUsage')],
+    [{ Policy: '{}', CustomKeyStoreId: 'cks-1', Origin: 'HSM' }, enumMessage('HSM', 'origin')],
     [
       { Origin: 'EXTERNAL', KeySpec: 'RSA_2048', CustomerMasterKeySpec: 'RSA_2048' },
       'You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec is deprecated.',

@@ -182,7 +182,6 @@ function oneOf(value: string | undefined, member: string, values: readonly strin
  */
 const createKey: AwsOperation = async (services, caller, body) => {
   const req = parseBody(CreateKey, body);
-  refuseUnofferedKeyOptions(req);
   const description = req.Description ?? '';
   if (description.length > 8192) {
     throw validationError(description, 'description', 'Member must have length less than or equal to 8192');
@@ -204,6 +203,7 @@ const createKey: AwsOperation = async (services, caller, body) => {
       `The operation failed because the KeyUsage value of the CMK is ${req.KeyUsage}. To perform this operation, the KeyUsage value must be ENCRYPT_DECRYPT.`,
     );
   }
+  refuseUnofferedKeyOptions(req);
   if (spec !== 'SYMMETRIC_DEFAULT') {
     throw new AwsApiError('UnsupportedOperationException', `KeySpec ${spec} is not offered by this service.`);
   }
