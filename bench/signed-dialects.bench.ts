@@ -1,6 +1,7 @@
 /**
- * HTTP benchmark of the signed dialects, AWS KMS JSON 1.1 (SigV4) and Alibaba Cloud KMS RPC (HMAC-SHA1, one nonce
- * per request), against the Huawei dialect and a bare Express 5 route, on a throw-away SoftHSM token.
+ * HTTP benchmark of the signed dialects, AWS KMS JSON 1.1 (SigV4), Alibaba Cloud KMS RPC (HMAC-SHA1, one nonce
+ * per request) and Huawei AK/SK (SDK-HMAC-SHA256), against the Huawei dialect with a token and a bare Express 5
+ * route, on a throw-away SoftHSM token.
  *
  *   node --import tsx bench/signed-dialects.bench.ts [--workers 1,2] [--duration 10] [--warmup 3]
  *                                        [--connections 50] [--pool 2000] [--json FILE] [--keep]
@@ -10,7 +11,8 @@
  * a signed CreateKey. Every AWS request is signed by @smithy/signature-v4, the AWS SDK's own signer: as signatures
  * cover the date, a pool of `--pool` requests per endpoint is signed just before each figure (each with its own
  * `amz-sdk-invocation-id`, a signed header the SDK sends too, so no two are alike) and autocannon sends them
- * round-robin. A signature stays valid for 15 minutes, far longer than a figure. An Alibaba request must not be
+ * round-robin. A signature stays valid for 15 minutes, far longer than a figure. Huawei AK/SK requests are pooled
+ * the same way, signed as Huawei's Python SDK signs them (test/support/huawei-sdk.ts), each with its own `sequence`. An Alibaba request must not be
  * sent twice (the service records every SignatureNonce), so each is signed as autocannon sends it, with the SDK's
  * own signer (@alicloud/rpc-util): that costs the bench process, on the same cores, about as much as a client pays.
  *
@@ -31,6 +33,7 @@ import autocannon, { type AutocannonResult } from 'autocannon';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../src/auth/local-issuer.js';
 import { signedRpcParams } from '../test/support/alibaba-sdk.js';
 import { freePort } from '../test/support/child-service.js';
+import { sdkRequest } from '../test/support/huawei-sdk.js';
 import { createTestToken, removeTestToken } from '../test/support/softhsm.js';
 import { ensureBuilt, machine, REPO, type Started, spawnServer, stopProcess } from './lib/processes.js';
 
@@ -319,8 +322,18 @@ async function main() {
         await measure(kms, workers, 'Alibaba GetRandomPassword (32)', '/', alibaba({ Action: 'GetRandomPassword' }));
         const alibabaDataKeys = alibaba({ Action: 'GenerateDataKey', KeyId: keyId, KeySpec: 'AES_256' });
         await measure(kms, workers, 'Alibaba GenerateDataKey (AES_256)', '/', alibabaDataKeys);
+        const huaweiPath = `/v1.0/${PROJECT}/kms/create-datakey`;
         const huawei = plain(1, { 'x-auth-token': jwt }, JSON.stringify({ key_id: keyId, datakey_length: '256' }));
-        await measure(kms, workers, 'Huawei create-datakey (256 bit)', `/v1.0/${PROJECT}/kms/create-datakey`, huawei);
+        await measure(kms, workers, 'Huawei create-datakey (256 bit), token', huaweiPath, huawei);
+        const huaweiSigned = Array.from({ length: POOL }, (): Prepared => {
+          const wire = sdkRequest('python', {
+            url: `${kms.url}${huaweiPath}`,
+            body: { key_id: keyId, datakey_length: '256', sequence: randomUUID() },
+            credentials: { accessKeyId, secretAccessKey, projectId: PROJECT },
+          });
+          return { headers: Object.fromEntries(wire.headers), body: wire.body.toString() };
+        });
+        await measure(kms, workers, 'Huawei create-datakey (256 bit), AK/SK', huaweiPath, huaweiSigned);
 
         const errorsLogged = kms.log().match(/"level":"error"/g)?.length ?? 0;
         if (errorsLogged > 0) throw new Error(`the service logged ${errorsLogged} errors:\n${kms.log().slice(-4000)}`);
