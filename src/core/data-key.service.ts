@@ -55,9 +55,14 @@ export class DataKeyService {
     // One C_GenerateRandom call for the data key and the IV: HSM calls are the largest cost of this request.
     const drawn = await this.hsm.generateRandom(length + GCM_IV_LENGTH);
     const plaintext = drawn.subarray(0, length);
-    const ciphertextBlob = await this.seal(key, plaintext, binding, 'bytes', drawn.subarray(length));
-
-    return { key, keyVersion: key.currentVersion, plaintext, ciphertextBlob };
+    try {
+      const ciphertextBlob = await this.seal(key, plaintext, binding, 'bytes', drawn.subarray(length));
+      return { key, keyVersion: key.currentVersion, plaintext, ciphertextBlob };
+    } catch (err) {
+      // No one else will ever see this data key: it must not outlive the failure in memory.
+      drawn.fill(0);
+      throw err;
+    }
   }
 
   /**

@@ -266,6 +266,17 @@ describe('encrypt-data and decrypt-data', () => {
     }
   });
 
+  it('when the text holds a lone surrogate, then KMS.2101 refuses it rather than seal other text', async () => {
+    for (const plain of ['a\ud800b', '\udfff', 'ok \ud83d']) {
+      const res = await kms.call(P, 'encrypt-data', { key_id: keyId, plain_text: plain });
+      expect([res.status, res.body.error?.error_code, res.body.error?.error_msg], JSON.stringify(plain)).toEqual([
+        400,
+        'KMS.2101',
+        'Invalid plain_text: it must be valid Unicode text (a lone surrogate is not).',
+      ]);
+    }
+  });
+
   it('when decrypt-data gets bad base64 or a tampered blob, then it answers KMS.2201', async () => {
     const sealed = await kms.call(P, 'encrypt-data', { key_id: keyId, plain_text: 'hello' });
     const blob = Buffer.from(sealed.body.cipher_text, 'base64');

@@ -28,6 +28,10 @@ afterAll(async () => {
 /** The real HSM with a switch that makes its next calls fail the way a broken device or a bug would. */
 class FaultInjectingHsm implements Hsm {
   fault: Error | undefined;
+  /** Fails only the encryptions, after the data key is drawn. */
+  encryptFault: Error | undefined;
+  /** The buffer the last generateRandom returned, as the service holds it. */
+  lastRandom: Buffer | undefined;
   constructor(private readonly real: Hsm) {}
   get currentRootKeyLabel() {
     return this.real.currentRootKeyLabel;
@@ -37,7 +41,8 @@ class FaultInjectingHsm implements Hsm {
   }
   async generateRandom(length: number) {
     this.check();
-    return this.real.generateRandom(length);
+    this.lastRandom = await this.real.generateRandom(length);
+    return this.lastRandom;
   }
   async prepareKey(key: CmkVersionRef) {
     this.check();
@@ -45,6 +50,7 @@ class FaultInjectingHsm implements Hsm {
   }
   async encrypt(key: CmkVersionRef, iv: Buffer, plaintext: Buffer, aad: Buffer) {
     this.check();
+    if (this.encryptFault) throw this.encryptFault;
     return this.real.encrypt(key, iv, plaintext, aad);
   }
   async decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer) {
@@ -167,6 +173,21 @@ describe('failures inside the service', () => {
     expect(JSON.parse(res.text)).toEqual(huaweiErrorBody('KMS.0101', 'KMS error.'));
     expect(res.text).not.toContain('internals');
     expect(logged.join('\n')).toContain('secret internals');
+  });
+
+  it('when sealing a freshly drawn data key fails, then the data key is zeroed before the error is answered', async () => {
+    const keyId = await createKey(kms, P, 'zeroed-on-failure');
+    faulty.encryptFault = new KmsError('HsmUnavailable', 'HSM error CKR_DEVICE_ERROR (0x30) in C_EncryptInit');
+    const res = await fetch(`${url}/v1.0/${P}/kms/create-datakey`, {
+      method: 'POST',
+      headers: { 'x-auth-token': token },
+      body: JSON.stringify({ key_id: keyId, datakey_length: '512' }),
+    });
+    faulty.encryptFault = undefined;
+    expect(res.status).toBe(503);
+    // 64 bytes of data key and 12 of IV, drawn in one call.
+    expect(faulty.lastRandom?.length).toBe(76);
+    expect(faulty.lastRandom?.every((byte) => byte === 0)).toBe(true);
   });
 
   it('when the HSM reports a device failure, then the client gets KMS.0104/503 and can retry', async () => {

@@ -47,8 +47,11 @@ export function fromBase64(value: string, member: string, min: number, max: numb
   if (bytes === undefined) {
     throw new AwsApiError('SerializationException', `Value for ${member} is not valid base64.`);
   }
-  if (bytes.length < min) throw validationError('', member, `Member must have length greater than or equal to ${min}`);
-  if (bytes.length > max) throw validationError('', member, `Member must have length less than or equal to ${max}`);
+  if (bytes.length < min || bytes.length > max) {
+    bytes.fill(0); // it may be a plaintext
+    const bound = bytes.length < min ? `greater than or equal to ${min}` : `less than or equal to ${max}`;
+    throw validationError('', member, `Member must have length ${bound}`);
+  }
   return bytes;
 }
 

@@ -228,6 +228,10 @@ export const encryptData: HuaweiAction = async (services, projectId, body) => {
     if (plain.length < 1 || plain.length > MAX_DATA_BYTES) {
       throw invalid('KMS.2101', 'Invalid plain_text: it must be 1 to 4096 bytes of UTF-8.');
     }
+    // A lone surrogate (JSON's "\ud800") would be sealed as U+FFFD and come back as other text.
+    if (plain.toString('utf8') !== req.plain_text) {
+      throw invalid('KMS.2101', 'Invalid plain_text: it must be valid Unicode text (a lone surrogate is not).');
+    }
     const sealed = await services.dataKeys.encrypt(projectId, ref, plain, binding, 'text');
     // encrypt-data answers in base64, unlike the data-key endpoints (Huawei's example).
     return { key_id: sealed.key.id, cipher_text: sealed.ciphertextBlob.toString('base64') };
