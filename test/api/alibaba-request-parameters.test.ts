@@ -81,6 +81,22 @@ describe('parameters an operation does not take', () => {
   });
 });
 
+describe('dotted parameter names', () => {
+  it('when a dotted name is not an entry of a map the action takes, then InvalidParameter names it and nothing is made', async () => {
+    const keysBefore = (await kms.running.services.keys.list(P, { offset: 0, limit: 1000 })).total;
+    for (const [params, name] of [
+      [{ Action: 'CreateKey', 'Tags.1.TagKey': 'env', 'Tags.1.TagValue': 'prod' }, 'Tags.1.TagKey'],
+      [{ Action: 'CreateKey', 'Policy.Statement': 'x' }, 'Policy.Statement'],
+      [{ Action: 'Encrypt', KeyId: keyId, Plaintext: 'x', 'KeyId.bogus': '1' }, 'KeyId.bogus'],
+      [{ Action: 'Encrypt', KeyId: keyId, Plaintext: 'x', 'DryRun.x': 'true' }, 'DryRun.x'],
+      [{ Action: 'GetRandomPassword', 'EncryptionContext.k': 'v' }, 'EncryptionContext.k'],
+    ] as const) {
+      await expectError(params, 'InvalidParameter', notTaken(name));
+    }
+    expect((await kms.running.services.keys.list(P, { offset: 0, limit: 1000 })).total).toBe(keysBefore);
+  });
+});
+
 describe('documented parameters of features this service does not have', () => {
   it('when DryRun is true, then the crypto operations answer UnsupportedOperation; false runs them', async () => {
     const message = 'This action is not supported: DryRun mode.';

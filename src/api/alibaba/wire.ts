@@ -56,13 +56,13 @@ export class RpcParams {
   }
 
   /**
-   * Refuses any parameter whose name (or, for a flattened map entry `Name.key`, whose `Name`) is not in `known`: a
-   * parameter this service does not understand must not be mistaken for one it honours. Empty values count as
-   * absent, as everywhere (the SDKs send unset fields as `Name=`).
+   * Refuses any parameter whose name (or, for an entry `Name.key` of a map parameter, whose `Name`) is not in
+   * `known`: a parameter this service does not understand must not be mistaken for one it honours. Empty values
+   * count as absent, as everywhere (the SDKs send unset fields as `Name=`).
    */
   refuseUnknown(known: ReadonlySet<string>): void {
     for (const [name, value] of this.#values) {
-      if (value === '' || known.has(name.split('.')[0] as string)) continue;
+      if (value === '' || known.has(name) || isMapEntry(name, known)) continue;
       throw invalidParameter(
         name,
         'this action does not take it, and this service refuses what it does not understand.',
@@ -75,6 +75,20 @@ export class RpcParams {
     const prefix = `${name}.`;
     return [...this.#values].filter(([k]) => k.startsWith(prefix)).map(([k, v]) => [k.slice(prefix.length), v]);
   }
+}
+
+/** Parameters that are maps, which the SDKs may flatten into `Name.<key>=<value>` parameters. */
+const MAP_PARAMETERS: ReadonlySet<string> = new Set(['EncryptionContext']);
+
+/**
+ * `Name.<key>` of a map parameter the action takes. Any other dotted name (`Tags.1.TagKey`, `Policy.x`) is no
+ * parameter of ours, and must be refused, not read as its prefix.
+ */
+function isMapEntry(name: string, known: ReadonlySet<string>): boolean {
+  const dot = name.indexOf('.');
+  if (dot <= 0) return false;
+  const prefix = name.slice(0, dot);
+  return MAP_PARAMETERS.has(prefix) && known.has(prefix);
 }
 
 /**
