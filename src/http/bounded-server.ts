@@ -2,8 +2,8 @@ import { createServer, type RequestListener, type Server } from 'node:http';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
 
-/** How often, at most, the operator is told that connections were refused for the cap. */
-const DROP_REPORT_INTERVAL_MS = 60_000;
+/** How often, at most, the operator is told that connections were refused for a limit. */
+const REFUSAL_REPORT_INTERVAL_MS = 60_000;
 
 /**
  * The node:http server, with every connection bounded (Config.http). node:http enforces the headers and request
@@ -12,7 +12,11 @@ const DROP_REPORT_INTERVAL_MS = 60_000;
  * - a request whose headers, or whose body, have not all arrived in time is answered `408 Request Timeout` by
  *   node:http and its connection closed; a handler waiting for that body sees it end early (src/http/read-body.ts);
  * - a connection idle between requests is closed after the keep-alive timeout;
- * - past `maxConnections` open connections, a new one is closed as soon as it is accepted.
+ * - past `maxConnections` open connections, a new one is closed as soon as it is accepted, and every idle
+ *   connection is closed too: the slots are shared by all clients, and a connection that holds one without a request
+ *   in progress gives way to the clients being turned away (a client of a keep-alive pool reconnects);
+ * - one client address holds at most `maxConnectionsPerClient` of them: its next connection is closed as soon as it
+ *   is accepted, so that one client alone cannot take every slot.
  *
  * A client that resets or closes its connection mid-request, sends malformed HTTP or runs out of time is not the
  * service's failure: it is logged at debug level, with the error's code and no stack.
@@ -29,24 +33,54 @@ export function createBoundedServer(listener: RequestListener, bounds: Config['h
     listener,
   );
   server.maxConnections = bounds.maxConnections;
+  const refusedForCap = refusalReport(logger, 'connections refused: the connection limit is reached', {
+    maxConnections: bounds.maxConnections,
+  });
+  const refusedForClient = refusalReport(logger, 'connections refused: a client address reached its connection limit', {
+    maxConnectionsPerClient: bounds.maxConnectionsPerClient,
+  });
+  /** Open connections by client address; an address leaves the map with its last connection. */
+  const openByClient = new Map<string, number>();
   server.on('connection', (socket) => {
     // node:http's own listener has already answered (400, 408, 431) or closed the connection; this one only reports.
     socket.on('error', (err: NodeJS.ErrnoException) => {
       logger.debug('client connection failed', { code: err.code, message: err.message });
     });
-  });
-  let dropped = 0;
-  let lastReport = Number.NEGATIVE_INFINITY;
-  server.on('drop', () => {
-    dropped++;
-    const now = Date.now();
-    if (now - lastReport < DROP_REPORT_INTERVAL_MS) return;
-    logger.warn('connections refused: the connection limit is reached', {
-      dropped,
-      maxConnections: bounds.maxConnections,
+    const client = socket.remoteAddress;
+    if (client === undefined) return; // already closed
+    const open = (openByClient.get(client) ?? 0) + 1;
+    if (open > bounds.maxConnectionsPerClient) {
+      refusedForClient({ client });
+      socket.destroy();
+      return;
+    }
+    openByClient.set(client, open);
+    socket.once('close', () => {
+      const left = (openByClient.get(client) ?? 1) - 1;
+      if (left === 0) openByClient.delete(client);
+      else openByClient.set(client, left);
     });
-    dropped = 0;
-    lastReport = now;
+  });
+  server.on('drop', () => {
+    refusedForCap({});
+    server.closeIdleConnections();
   });
   return server;
+}
+
+/**
+ * Counts refused connections and warns the operator at once, then at most every REFUSAL_REPORT_INTERVAL_MS, with
+ * how many were refused since the last warning: a flood of refusals must not become a flood of log lines.
+ */
+function refusalReport(logger: Logger, message: string, limit: Record<string, number>) {
+  let dropped = 0;
+  let lastReport = Number.NEGATIVE_INFINITY;
+  return (fields: Record<string, string>): void => {
+    dropped++;
+    const now = Date.now();
+    if (now - lastReport < REFUSAL_REPORT_INTERVAL_MS) return;
+    logger.warn(message, { dropped, ...limit, ...fields });
+    dropped = 0;
+    lastReport = now;
+  };
 }

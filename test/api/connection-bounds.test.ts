@@ -46,11 +46,11 @@ interface RawConnection {
   readonly closed: Promise<number>;
 }
 
-function open(toPort = port): Promise<RawConnection> {
+function open(toPort = port, localAddress?: string): Promise<RawConnection> {
   return new Promise((resolve, reject) => {
     const started = performance.now();
     let received = '';
-    const socket = connect(toPort, host);
+    const socket = connect({ port: toPort, host, localAddress });
     const closed = new Promise<number>((done) => socket.once('close', () => done(performance.now() - started)));
     socket.on('data', (chunk: Buffer) => {
       received += chunk.toString('latin1');
@@ -59,6 +59,14 @@ function open(toPort = port): Promise<RawConnection> {
     socket.once('connect', () => resolve({ socket, received: () => received, closed }));
     socket.once('error', reject);
   });
+}
+
+/** How long after it was opened `connection` closed; a failure if it is still open `ms` from now. */
+function closedWithin(connection: RawConnection, ms: number): Promise<number> {
+  return Promise.race([
+    connection.closed,
+    new Promise<number>((_, reject) => setTimeout(() => reject(new Error(`still open after ${ms} ms`)), ms).unref()),
+  ]);
 }
 
 /** Writes `text` one byte every `everyMs` while the socket is open. */
@@ -269,38 +277,116 @@ describe('a client that aborts mid-request', () => {
 
 describe('the connection cap', () => {
   let capped: TestService;
+  let cappedPort: number;
+  const versions = requestHead('GET', '/v1.0', { host: 'kms' });
   beforeAll(async () => {
     capped = await startTestService(
       { KMS_MAX_CONNECTIONS: '2', KMS_LOG_LEVEL: 'warn' },
       { onLog: (l) => logs.push(l) },
     );
+    cappedPort = Number(new URL(capped.url).port);
   });
   afterAll(() => capped.destroy());
 
-  it('when as many connections as the cap are open, then the next one is closed at once and a later one is served', async () => {
-    const cappedPort = Number(new URL(capped.url).port);
-    const versions = requestHead('GET', '/v1.0', { host: 'kms' });
-    // Two connections, each answered once (so the server has surely accepted them) and kept alive.
-    const held = [await open(cappedPort), await open(cappedPort)];
-    for (const connection of held) {
-      connection.socket.write(versions);
-      expect((await response(connection, 2_000)).status).toBe(200);
-    }
+  /** A connection answered once and kept alive, idle. */
+  async function heldOpen(toPort: number): Promise<RawConnection> {
+    const connection = await open(toPort);
+    connection.socket.write(versions);
+    expect((await response(connection, 2_000)).status).toBe(200);
+    return connection;
+  }
+
+  it('when as many connections as the cap are busy, then the next one is closed at once and a later one is served', async () => {
+    // Two connections that have each begun a request: busy, not idle, so nothing closes them.
+    const busy = [await open(cappedPort), await open(cappedPort)];
+    for (const connection of busy) connection.socket.write('GET /v1.0 HTTP/1.1\r\nhost: kms\r\n');
+    await new Promise((r) => setTimeout(r, 100));
     logs.length = 0;
     const refused = await open(cappedPort);
     refused.socket.write(versions);
     expect(await refused.closed).toBeLessThan(1_000);
     expect(refused.received()).toBe('');
     expect(parsedLogs()).toContainEqual(
-      expect.objectContaining({ level: 'warn', msg: 'connections refused: the connection limit is reached' }),
+      expect.objectContaining({
+        level: 'warn',
+        msg: 'connections refused: the connection limit is reached',
+        dropped: 1,
+        maxConnections: 2,
+      }),
     );
+    expect(busy.filter((connection) => connection.socket.destroyed)).toEqual([]);
 
-    held[0]?.socket.destroy();
-    await held[0]?.closed;
+    busy[0]?.socket.destroy();
+    await busy[0]?.closed;
     await new Promise((r) => setTimeout(r, 50));
     const later = await open(cappedPort);
     later.socket.write(versions);
     expect((await response(later, 2_000)).status).toBe(200);
-    for (const connection of [later, ...held]) connection.socket.destroy();
+    for (const connection of [later, ...busy]) connection.socket.destroy();
+    // The server frees their slots once it has seen them close.
+    await new Promise((r) => setTimeout(r, 100));
+  });
+
+  it('when the cap is filled with idle keep-alive connections, then a refused newcomer makes them give way and its retry is served', async () => {
+    const idle = [await heldOpen(cappedPort), await heldOpen(cappedPort)];
+    const refused = await open(cappedPort);
+    await closedWithin(refused, 1_000);
+    // The idle connections are closed at once, not after the 65 s keep-alive timeout.
+    for (const connection of idle) await closedWithin(connection, 1_000);
+    const retry = await open(cappedPort);
+    retry.socket.write(versions);
+    expect((await response(retry, 2_000)).status).toBe(200);
+    retry.socket.destroy();
+  });
+});
+
+describe('the connection limit of one client address', () => {
+  let limited: TestService;
+  let limitedPort: number;
+  const versions = requestHead('GET', '/v1.0', { host: 'kms' });
+  beforeAll(async () => {
+    limited = await startTestService(
+      { KMS_MAX_CONNECTIONS: '10', KMS_MAX_CONNECTIONS_PER_CLIENT: '2', KMS_LOG_LEVEL: 'warn' },
+      { onLog: (l) => logs.push(l) },
+    );
+    limitedPort = Number(new URL(limited.url).port);
+  });
+  afterAll(() => limited.destroy());
+
+  it('when one address holds its limit of connections, then its next one is closed at once while another address is served', async () => {
+    const held = [await open(limitedPort), await open(limitedPort)];
+    for (const connection of held) {
+      connection.socket.write(versions);
+      expect((await response(connection, 2_000)).status).toBe(200);
+    }
+    logs.length = 0;
+    const refused = await open(limitedPort);
+    refused.socket.write(versions);
+    await closedWithin(refused, 1_000);
+    expect(refused.received()).toBe('');
+    expect(parsedLogs()).toContainEqual(
+      expect.objectContaining({
+        level: 'warn',
+        msg: 'connections refused: a client address reached its connection limit',
+        dropped: 1,
+        maxConnectionsPerClient: 2,
+        client: '127.0.0.1',
+      }),
+    );
+    // The held connections stay open: a client's limit takes nothing from its connections or anyone else's.
+    expect(held.filter((connection) => connection.socket.destroyed)).toEqual([]);
+
+    // Any 127.x.y.z reaches the service on 127.0.0.1: another client address on the same host.
+    const neighbour = await open(limitedPort, '127.0.0.2');
+    neighbour.socket.write(versions);
+    expect((await response(neighbour, 2_000)).status).toBe(200);
+
+    held[0]?.socket.destroy();
+    await held[0]?.closed;
+    await new Promise((r) => setTimeout(r, 50));
+    const later = await open(limitedPort);
+    later.socket.write(versions);
+    expect((await response(later, 2_000)).status).toBe(200);
+    for (const connection of [later, neighbour, ...held]) connection.socket.destroy();
   });
 });
