@@ -10,23 +10,48 @@ import { KmsError } from '../core/errors.js';
  * has not arrived when it runs out, like one whose client closes or resets the connection, ends the connection, and
  * the promise rejects with an InvalidParameter KmsError. No one is left to read that answer, and being a client's
  * error it is not logged as a failure of the service (the server logs the connection's end at debug level).
+ *
+ * The promise always settles: a client may have gone while the caller awaited something else (the access key's
+ * look-up), and node:http destroys its request without an 'error' event for a listener that came too late. Once it
+ * has settled, none of its listeners stays on the request.
  */
 export function readBody(req: IncomingMessage, maxBytes: number, tooLarge: () => Error): Promise<Buffer> {
+  if (req.destroyed || req.readableAborted) return Promise.reject(connectionEnded());
   if (Number(req.headers['content-length']) > maxBytes) return Promise.reject(tooLarge());
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      if (size > maxBytes) return;
+    const settle = () => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onEnded);
+      req.off('close', onEnded);
+    };
+    const onData = (chunk: Buffer) => {
       size += chunk.length;
-      if (size <= maxBytes) chunks.push(chunk);
-      else reject(tooLarge());
-    });
-    req.on('error', (cause) => {
-      reject(new KmsError('InvalidParameter', 'The connection ended before the request body was complete.', { cause }));
-    });
-    req.on('end', () => {
-      if (size <= maxBytes) resolve(Buffer.concat(chunks, size));
-    });
+      if (size <= maxBytes) {
+        chunks.push(chunk);
+      } else {
+        settle();
+        reject(tooLarge());
+      }
+    };
+    const onEnd = () => {
+      settle();
+      resolve(Buffer.concat(chunks, size));
+    };
+    // 'close' before 'end' is a request destroyed without an error.
+    const onEnded = (cause?: Error) => {
+      settle();
+      reject(connectionEnded(cause));
+    };
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onEnded);
+    req.on('close', onEnded);
   });
+}
+
+function connectionEnded(cause?: Error): KmsError {
+  return new KmsError('InvalidParameter', 'The connection ended before the request body was complete.', { cause });
 }
