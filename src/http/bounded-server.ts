@@ -1,6 +1,7 @@
 import { createServer, type RequestListener, type Server } from 'node:http';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
+import { deferContinue } from './read-body.js';
 
 /** How often, at most, the operator is told that connections were refused for a limit. */
 const REFUSAL_REPORT_INTERVAL_MS = 60_000;
@@ -16,7 +17,9 @@ const REFUSAL_REPORT_INTERVAL_MS = 60_000;
  *   connection is closed too: the slots are shared by all clients, and a connection that holds one without a request
  *   in progress gives way to the clients being turned away (a client of a keep-alive pool reconnects);
  * - one client address holds at most `maxConnectionsPerClient` of them: its next connection is closed as soon as it
- *   is accepted, so that one client alone cannot take every slot.
+ *   is accepted, so that one client alone cannot take every slot;
+ * - a client that sends `Expect: 100-continue` gets `100 Continue` only once its body is read (src/http/read-body.ts):
+ *   a request refused from its head is answered without it, and node:http then closes the connection.
  *
  * A client that resets or closes its connection mid-request, sends malformed HTTP or runs out of time is not the
  * service's failure: it is logged at debug level, with the error's code and no stack.
@@ -33,6 +36,11 @@ export function createBoundedServer(listener: RequestListener, bounds: Config['h
     listener,
   );
   server.maxConnections = bounds.maxConnections;
+  // node:http would answer `Expect: 100-continue` before anyone has looked at the request; readBody says it instead.
+  server.on('checkContinue', (req, res) => {
+    deferContinue(req, res);
+    listener(req, res);
+  });
   const refusedForCap = refusalReport(logger, 'connections refused: the connection limit is reached', {
     maxConnections: bounds.maxConnections,
   });

@@ -1,5 +1,18 @@
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { KmsError } from '../core/errors.js';
+
+/**
+ * Requests whose client waits for `100 Continue` before it sends the body (`Expect: 100-continue`), with the response
+ * that says it. The server registers them (src/http/bounded-server.ts) rather than let node:http say it at once, so
+ * that `100 Continue` goes only to a request the service is about to read the body of: one refused from its head (an
+ * unknown access key, a body too large) is answered without it, and its client never sends the body.
+ */
+const awaitingContinue = new WeakMap<IncomingMessage, ServerResponse>();
+
+/** Defers `100 Continue` for `req` until readBody starts reading its body, if it ever does. */
+export function deferContinue(req: IncomingMessage, res: ServerResponse): void {
+  awaitingContinue.set(req, res);
+}
 
 /**
  * The raw request body, refused with `tooLarge()` past `maxBytes` — as soon as Content-Length says so, or as soon as
@@ -18,6 +31,11 @@ import { KmsError } from '../core/errors.js';
 export function readBody(req: IncomingMessage, maxBytes: number, tooLarge: () => Error): Promise<Buffer> {
   if (req.destroyed || req.readableAborted) return Promise.reject(connectionEnded());
   if (Number(req.headers['content-length']) > maxBytes) return Promise.reject(tooLarge());
+  const continuing = awaitingContinue.get(req);
+  if (continuing !== undefined) {
+    awaitingContinue.delete(req);
+    continuing.writeContinue();
+  }
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;

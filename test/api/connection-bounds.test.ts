@@ -3,7 +3,8 @@ import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signedRpcParams } from '../support/alibaba-sdk.js';
-import { startTestService, type TestService } from '../support/test-service.js';
+import { sdkRequest } from '../support/huawei-sdk.js';
+import { huaweiErrorBody, startTestService, type TestService } from '../support/test-service.js';
 
 /**
  * Connections are bounded (src/http/bounded-server.ts), shown through raw sockets against the real service. The
@@ -246,6 +247,66 @@ describe('signed requests: the access key is resolved before the body is read', 
     expect(JSON.parse(answer.body).RandomPassword).toHaveLength(17);
     connection.socket.destroy();
   });
+});
+
+describe('Expect: 100-continue', () => {
+  /** `head` asking the server to say `100 Continue` before the client sends its body. */
+  const expectingContinue = (head: string) => head.replace(/\r\n\r\n$/, '\r\nexpect: 100-continue\r\n\r\n');
+  const unknownSigner = { accessKeyId: 'AKIAUNKNOWNUNKNOWN00', secretAccessKey: 'x'.repeat(40) };
+
+  it('when an AWS request of an unknown access key expects 100-continue for 60 KiB, then it is refused without 100 Continue', async () => {
+    const connection = await open();
+    connection.socket.write(expectingContinue(await awsHead('Encrypt', BODY_60_KIB, unknownSigner)));
+    const answer = await response(connection, REQUEST_TIMEOUT_MS / 2);
+    expect(connection.received()).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+    // Its client may still send the body: node:http closes the connection rather than read it as a next request.
+    expect(answer.head).toMatch(/\r\nconnection: close(\r\n|$)/i);
+    expect(JSON.parse(answer.body)).toEqual({
+      __type: 'UnrecognizedClientException',
+      message: 'The security token included in the request is invalid.',
+    });
+    connection.socket.destroy();
+  });
+
+  it('when a Huawei request signed by an unknown access key expects 100-continue for 60 KiB, then it is refused without 100 Continue', async () => {
+    const wire = sdkRequest('python', {
+      url: `${kms.url}/v1.0/${P}/kms/gen-random`,
+      body: { random_data_length: '32' },
+      credentials: { ...unknownSigner, projectId: P },
+    });
+    const headers = Object.fromEntries([...wire.headers, ['content-length', String(BODY_60_KIB.length)]]);
+    const connection = await open();
+    connection.socket.write(expectingContinue(requestHead('POST', `/v1.0/${P}/kms/gen-random`, headers)));
+    const answer = await response(connection, REQUEST_TIMEOUT_MS / 2);
+    expect(connection.received()).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
+    expect(JSON.parse(answer.body)).toEqual(
+      huaweiErrorBody('KMS.0302', `The access key '${unknownSigner.accessKeyId}' is unknown or revoked.`),
+    );
+    connection.socket.destroy();
+  });
+
+  it.each([
+    ['AWS', () => awsHead('GenerateRandom', '{"NumberOfBytes":32}'), '{"NumberOfBytes":32}'],
+    ['Huawei', () => huaweiHead('{"random_data_length":"512"}'), '{"random_data_length":"512"}'],
+  ])(
+    'when a valid %s request expects 100-continue, then 100 Continue comes first, and once the body is sent, the answer',
+    async (_dialect, head, body) => {
+      const connection = await open();
+      connection.socket.write(expectingContinue(await head()));
+      const deadline = performance.now() + 2_000;
+      while (!connection.received().includes('\r\n\r\n') && performance.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      expect(connection.received()).toBe('HTTP/1.1 100 Continue\r\n\r\n');
+      connection.socket.write(body);
+      const deadline2 = performance.now() + 2_000;
+      while (!/\r\n\r\nHTTP\/1\.1 200 OK\r\n/.test(connection.received()) && performance.now() < deadline2) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      expect(connection.received()).toMatch(/^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 200 OK\r\n/);
+      connection.socket.destroy();
+    },
+  );
 });
 
 describe('a client that aborts mid-request', () => {
