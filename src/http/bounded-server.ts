@@ -1,7 +1,15 @@
-import { createServer, type RequestListener, type Server } from 'node:http';
+import { createServer, type RequestListener, type Server, type ServerResponse } from 'node:http';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
 import { deferContinue } from './read-body.js';
+
+/**
+ * How much of a request body left unread (the request was refused before its body, or for its size) is still drained
+ * once the answer is sent, so that a client still sending it reads that answer rather than a reset connection: twice
+ * the largest body a dialect takes (64 KiB). Past it the connection is closed, where an endless body would otherwise
+ * be read at line rate until the request timeout.
+ */
+const UNREAD_BODY_DRAIN_BYTES = 128 * 1024;
 
 /** How often, at most, the operator is told that connections were refused for a limit. */
 const REFUSAL_REPORT_INTERVAL_MS = 60_000;
@@ -18,6 +26,7 @@ const REFUSAL_REPORT_INTERVAL_MS = 60_000;
  *   in progress gives way to the clients being turned away (a client of a keep-alive pool reconnects);
  * - one client address holds at most `maxConnectionsPerClient` of them: its next connection is closed as soon as it
  *   is accepted, so that one client alone cannot take every slot;
+ * - a request body the service did not read is drained after the answer for at most UNREAD_BODY_DRAIN_BYTES;
  * - a client that sends `Expect: 100-continue` gets `100 Continue` only once its body is read (src/http/read-body.ts):
  *   a request refused from its head is answered without it, and node:http then closes the connection.
  *
@@ -25,6 +34,10 @@ const REFUSAL_REPORT_INTERVAL_MS = 60_000;
  * service's failure: it is logged at debug level, with the error's code and no stack.
  */
 export function createBoundedServer(listener: RequestListener, bounds: Config['http'], logger: Logger): Server {
+  const serve: RequestListener = (req, res) => {
+    res.prependListener('finish', drainUnreadBody);
+    listener(req, res);
+  };
   const server = createServer(
     {
       headersTimeout: bounds.headersTimeoutMs,
@@ -33,13 +46,13 @@ export function createBoundedServer(listener: RequestListener, bounds: Config['h
       // node:http checks the two timeouts every 30 s by default, which would let a 5 s bound run to 35 s.
       connectionsCheckingInterval: Math.min(1_000, Math.ceil(bounds.headersTimeoutMs / 10)),
     },
-    listener,
+    serve,
   );
   server.maxConnections = bounds.maxConnections;
   // node:http would answer `Expect: 100-continue` before anyone has looked at the request; readBody says it instead.
   server.on('checkContinue', (req, res) => {
     deferContinue(req, res);
-    listener(req, res);
+    serve(req, res);
   });
   const refusedForCap = refusalReport(logger, 'connections refused: the connection limit is reached', {
     maxConnections: bounds.maxConnections,
@@ -74,6 +87,21 @@ export function createBoundedServer(listener: RequestListener, bounds: Config['h
     server.closeIdleConnections();
   });
   return server;
+}
+
+/**
+ * Reads what is left of the request's body once its answer is sent, and closes the connection past
+ * UNREAD_BODY_DRAIN_BYTES. It runs before node:http's own 'finish' listener, which would otherwise discard an unread
+ * body, uncounted, until the request timeout (it leaves a body that someone reads alone).
+ */
+function drainUnreadBody(this: ServerResponse): void {
+  const req = this.req;
+  if (req.complete || req.destroyed) return;
+  let drained = 0;
+  req.on('data', (chunk: Buffer) => {
+    drained += chunk.length;
+    if (drained > UNREAD_BODY_DRAIN_BYTES) req.socket.destroy();
+  });
 }
 
 /**

@@ -16,8 +16,8 @@ export function deferContinue(req: IncomingMessage, res: ServerResponse): void {
 
 /**
  * The raw request body, refused with `tooLarge()` past `maxBytes` — as soon as Content-Length says so, or as soon as
- * that many bytes have arrived. A refused body is still drained, so that the client reads the error answer rather
- * than a reset connection.
+ * that many bytes have arrived. The server drains a refused body for a while (src/http/bounded-server.ts), so that the
+ * client reads the error answer rather than a reset connection.
  *
  * The body's time is bounded by the server's request timeout (src/http/bounded-server.ts), not here: a body that
  * has not arrived when it runs out, like one whose client closes or resets the connection, ends the connection, and

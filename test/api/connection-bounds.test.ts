@@ -309,6 +309,68 @@ describe('Expect: 100-continue', () => {
   );
 });
 
+describe('a body the service does not read', () => {
+  /** `head` with its Content-Length replaced by chunked transfer coding, for a body of no announced end. */
+  const chunked = (head: string) =>
+    head.replace(/\r\ncontent-length: \d+\r\n/i, '\r\n').replace(/\r\n\r\n$/, '\r\ntransfer-encoding: chunked\r\n\r\n');
+
+  /** Sends 16 KiB chunks as fast as the connection takes them, until it closes. */
+  function flood(socket: Socket): void {
+    const chunk = Buffer.from(`4000\r\n${'x'.repeat(0x4000)}\r\n`);
+    const write = () => {
+      while (!socket.destroyed && socket.write(chunk));
+      if (!socket.destroyed) socket.once('drain', write);
+    };
+    write();
+  }
+
+  it.each([
+    [
+      'an AWS request of an unknown access key',
+      () => awsHead('Encrypt', BODY_60_KIB, { accessKeyId: 'AKIAUNKNOWNUNKNOWN00', secretAccessKey: 'x'.repeat(40) }),
+      {
+        __type: 'UnrecognizedClientException',
+        message: 'The security token included in the request is invalid.',
+      },
+    ],
+    [
+      'a Huawei request whose body outgrows 64 KiB',
+      () => huaweiHead(BODY_60_KIB),
+      huaweiErrorBody('KMS.0203', 'Request message too long.'),
+    ],
+  ])(
+    'when %s sends an endless body, then the client reads the refusal and the connection is closed long before the request timeout',
+    async (_case, head, refusal) => {
+      const connection = await open();
+      connection.socket.write(chunked(await head()));
+      flood(connection.socket);
+      const answer = await response(connection, REQUEST_TIMEOUT_MS / 2);
+      expect(JSON.parse(answer.body)).toEqual(refusal);
+      // Without a bound, the body is drained at line rate until the request timeout.
+      expect(await closedWithin(connection, REQUEST_TIMEOUT_MS / 2)).toBeLessThan(REQUEST_TIMEOUT_MS / 2);
+    },
+  );
+
+  it('when a Huawei request sends a 100 KiB body whole, then the client reads the refusal and its connection serves the next request', async () => {
+    const body = 'x'.repeat(100 * 1024);
+    const connection = await open();
+    connection.socket.write((await huaweiHead(body)) + body);
+    const answer = await response(connection, 2_000);
+    expect(answer.status).toBe(400);
+    expect(JSON.parse(answer.body)).toEqual(huaweiErrorBody('KMS.0203', 'Request message too long.'));
+    const refusalLength = connection.received().length;
+    const next = '{"random_data_length":"512"}';
+    connection.socket.write((await huaweiHead(next)) + next);
+    const deadline = performance.now() + 2_000;
+    while (!connection.received().slice(refusalLength).includes('"random_data"') && performance.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(connection.received().slice(refusalLength)).toMatch(/^HTTP\/1\.1 200 OK\r\n/);
+    expect(connection.socket.destroyed).toBe(false);
+    connection.socket.destroy();
+  });
+});
+
 describe('a client that aborts mid-request', () => {
   it.each([
     ['Huawei', 'FIN', () => huaweiHead('{"random_data_length":"512"}')],
