@@ -48,7 +48,6 @@ export function createBoundedServer(listener: RequestListener, bounds: Config['h
     },
     serve,
   );
-  server.maxConnections = bounds.maxConnections;
   // node:http would answer `Expect: 100-continue` before anyone has looked at the request; readBody says it instead.
   server.on('checkContinue', (req, res) => {
     deferContinue(req, res);
@@ -60,6 +59,9 @@ export function createBoundedServer(listener: RequestListener, bounds: Config['h
   const refusedForClient = refusalReport(logger, 'connections refused: a client address reached its connection limit', {
     maxConnectionsPerClient: bounds.maxConnectionsPerClient,
   });
+  // The cap is counted here rather than left to net.Server's maxConnections: a node:cluster worker at that limit
+  // neither closes a connection nor emits 'drop', and the connection hangs unanswered in the primary.
+  let open = 0;
   /** Open connections by client address; an address leaves the map with its last connection. */
   const openByClient = new Map<string, number>();
   server.on('connection', (socket) => {
@@ -69,22 +71,27 @@ export function createBoundedServer(listener: RequestListener, bounds: Config['h
     });
     const client = socket.remoteAddress;
     if (client === undefined) return; // already closed
-    const open = (openByClient.get(client) ?? 0) + 1;
-    if (open > bounds.maxConnectionsPerClient) {
+    if (open >= bounds.maxConnections) {
+      refusedForCap({});
+      socket.destroy();
+      // Node counts a connection accepted but not yet sent a request as idle too; its client retries like this one.
+      server.closeIdleConnections();
+      return;
+    }
+    const fromClient = (openByClient.get(client) ?? 0) + 1;
+    if (fromClient > bounds.maxConnectionsPerClient) {
       refusedForClient({ client });
       socket.destroy();
       return;
     }
-    openByClient.set(client, open);
+    open++;
+    openByClient.set(client, fromClient);
     socket.once('close', () => {
+      open--;
       const left = (openByClient.get(client) ?? 1) - 1;
       if (left === 0) openByClient.delete(client);
       else openByClient.set(client, left);
     });
-  });
-  server.on('drop', () => {
-    refusedForCap({});
-    server.closeIdleConnections();
   });
   return server;
 }
