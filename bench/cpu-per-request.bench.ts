@@ -21,6 +21,7 @@ import { parseArgs } from 'node:util';
 import autocannon from 'autocannon';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../src/auth/local-issuer.js';
 import { createTestToken, removeTestToken } from '../test/support/softhsm.js';
+import { connectionLimitsFor } from './lib/connection-limits.js';
 import { ensureBuilt, type Started, spawnServer, stopProcess } from './lib/processes.js';
 
 const { values } = parseArgs({
@@ -77,6 +78,7 @@ async function main() {
       KMS_PKCS11_LIBRARY: token.library,
       SOFTHSM2_CONF: token.softhsmConf,
       KMS_LOG_LEVEL: 'info',
+      ...connectionLimitsFor(CONNECTIONS),
     },
     1,
   );

@@ -18,6 +18,7 @@ import autocannon, { type AutocannonResult } from 'autocannon';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../src/auth/local-issuer.js';
 import { freePort } from '../test/support/child-service.js';
 import { createTestToken, removeTestToken } from '../test/support/softhsm.js';
+import { connectionLimitsFor } from './lib/connection-limits.js';
 import { ensureBuilt, machine, REPO, type Started, spawnServer, stopProcess } from './lib/processes.js';
 
 const { values: opts } = parseArgs({
@@ -169,6 +170,7 @@ async function main() {
     KMS_CMK_QUOTA: String(Math.max(100_000, ...CMKS)),
     KMS_KEY_CACHE_SIZE: String(Math.max(10_000, ...CMKS)),
     SOFTHSM2_CONF: token.softhsmConf,
+    ...connectionLimitsFor(CONNECTIONS + CREATE_CONCURRENCY),
   };
   /** CMK ids in creation order; they survive service restarts (same token and data directory). */
   const keyIds: string[] = [];

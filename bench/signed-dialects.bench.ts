@@ -35,6 +35,7 @@ import { signedRpcParams } from '../test/support/alibaba-sdk.js';
 import { freePort } from '../test/support/child-service.js';
 import { sdkRequest } from '../test/support/huawei-sdk.js';
 import { createTestToken, removeTestToken } from '../test/support/softhsm.js';
+import { connectionLimitsFor } from './lib/connection-limits.js';
 import { ensureBuilt, machine, REPO, type Started, spawnServer, stopProcess } from './lib/processes.js';
 
 const { values: opts } = parseArgs({
@@ -250,6 +251,7 @@ async function main() {
     KMS_PKCS11_LIBRARY: token.library,
     KMS_REGION: REGION,
     SOFTHSM2_CONF: token.softhsmConf,
+    ...connectionLimitsFor(CONNECTIONS),
   };
   let failed = false;
   try {

@@ -34,7 +34,14 @@ const EnvSchema = z.object({
   KMS_REQUEST_TIMEOUT_MS: intFrom(100, 600_000).default(10_000),
   KMS_KEEP_ALIVE_TIMEOUT_MS: intFrom(100, 600_000).default(65_000),
   KMS_MAX_CONNECTIONS: intFrom(1, 1_000_000).default(512),
+  KMS_MAX_CONNECTIONS_PER_CLIENT: intFrom(1, 1_000_000).optional(),
 });
+
+/**
+ * Open connections one client address may hold, unless KMS_MAX_CONNECTIONS_PER_CLIENT says otherwise (or the cap is
+ * lower): a quarter of the default cap, well above the 50 connections the benchmarks open from 127.0.0.1.
+ */
+const DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 128;
 
 export interface Config {
   readonly dataDir: string;
@@ -55,6 +62,8 @@ export interface Config {
     readonly keepAliveTimeoutMs: number;
     /** Open connections per process; more are closed as soon as they are accepted. */
     readonly maxConnections: number;
+    /** Open connections per process from one client address; at most maxConnections. */
+    readonly maxConnectionsPerClient: number;
   };
   readonly hsm: {
     readonly library: string;
@@ -91,6 +100,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     // The headers are part of the request: node:http refuses a headers timeout longer than the request's.
     throw new Error('Invalid configuration: KMS_HEADERS_TIMEOUT_MS must not exceed KMS_REQUEST_TIMEOUT_MS.');
   }
+  const maxConnectionsPerClient =
+    e.KMS_MAX_CONNECTIONS_PER_CLIENT ?? Math.min(DEFAULT_MAX_CONNECTIONS_PER_CLIENT, e.KMS_MAX_CONNECTIONS);
+  if (maxConnectionsPerClient > e.KMS_MAX_CONNECTIONS) {
+    // A limit above the cap would never apply: the operator meant something else.
+    throw new Error('Invalid configuration: KMS_MAX_CONNECTIONS_PER_CLIENT must not exceed KMS_MAX_CONNECTIONS.');
+  }
   const dataDir = path.resolve(e.KMS_DATA_DIR);
   return Object.freeze({
     dataDir,
@@ -105,6 +120,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       requestTimeoutMs: e.KMS_REQUEST_TIMEOUT_MS,
       keepAliveTimeoutMs: e.KMS_KEEP_ALIVE_TIMEOUT_MS,
       maxConnections: e.KMS_MAX_CONNECTIONS,
+      maxConnectionsPerClient,
     }),
     hsm: Object.freeze({
       library: e.KMS_PKCS11_LIBRARY,

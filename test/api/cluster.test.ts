@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { request } from 'node:http';
+import { connect, type Socket } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,6 +10,7 @@ import { type ChildService, freePort, spawnService, stopService } from '../suppo
 import { createTestToken, removeTestToken, type TestToken } from '../support/softhsm.js';
 
 const P = 'projectcluster';
+const CAP_PER_WORKER = 4;
 let token: TestToken;
 let service: ChildService;
 let authToken: string;
@@ -36,7 +38,11 @@ beforeAll(async () => {
     id: /ALIBABA_CLOUD_ACCESS_KEY_ID=(\S+)/.exec(printed)?.[1] as string,
     secret: /ALIBABA_CLOUD_ACCESS_KEY_SECRET=(\S+)/.exec(printed)?.[1] as string,
   };
-  service = await spawnService({ ...env, KMS_PORT: String(await freePort()), KMS_WORKERS: '2' }, 2);
+  // A small cap per worker, for the test of the cap; the other tests hold one connection at a time.
+  service = await spawnService(
+    { ...env, KMS_PORT: String(await freePort()), KMS_WORKERS: '2', KMS_MAX_CONNECTIONS: String(CAP_PER_WORKER) },
+    2,
+  );
   authToken = await signProjectToken(loadOrCreateIssuerKeys(dataDir), P, 3600);
 }, 60_000);
 afterAll(async () => {
@@ -103,5 +109,43 @@ describe('two node:cluster workers', () => {
     expect(deliveries.slice(1).map((d) => [d.status, d.body.Code])).toEqual(
       Array.from({ length: 5 }, () => [400, 'SignatureNonceUsed']),
     );
+  });
+
+  it('when every worker holds its cap of idle keep-alive connections, then a newcomer is refused at once and a retry is served', async () => {
+    const url = new URL(service.url);
+    /** A connection that sent GET /v1.0: 'served' (and kept alive), or 'refused' (closed without an answer). */
+    const attempt = () =>
+      new Promise<{ socket: Socket; outcome: 'served' | 'refused' }>((resolve, reject) => {
+        const socket = connect(Number(url.port), url.hostname);
+        let received = '';
+        socket.on('error', () => undefined);
+        socket.on('data', (chunk: Buffer) => {
+          received += chunk.toString('latin1');
+          if (received.includes('\r\n\r\n')) resolve({ socket, outcome: 'served' });
+        });
+        socket.once('close', () => resolve({ socket, outcome: received === '' ? 'refused' : 'served' }));
+        socket.once('connect', () => socket.write('GET /v1.0 HTTP/1.1\r\nhost: kms\r\n\r\n'));
+        setTimeout(() => reject(new Error('neither answered nor closed within 1 s')), 1_000).unref();
+      });
+    const held: Socket[] = [];
+    try {
+      let refused = false;
+      for (let i = 0; i <= 2 * CAP_PER_WORKER && !refused; i++) {
+        const { socket, outcome } = await attempt();
+        held.push(socket);
+        refused = outcome === 'refused';
+      }
+      expect(refused).toBe(true);
+      // A refusal closes the idle connections of the worker that refused; the retry may reach the other one first.
+      const retries: string[] = [];
+      for (let i = 0; i < 3 && !retries.includes('served'); i++) {
+        const { socket, outcome } = await attempt();
+        held.push(socket);
+        retries.push(outcome);
+      }
+      expect(retries).toContain('served');
+    } finally {
+      for (const socket of held) socket.destroy();
+    }
   });
 });

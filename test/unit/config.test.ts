@@ -28,6 +28,7 @@ describe('configuration', () => {
       requestTimeoutMs: 10_000,
       keepAliveTimeoutMs: 65_000,
       maxConnections: 512,
+      maxConnectionsPerClient: 128,
     });
     expect(config.dataDir).toBe(path.resolve('./.data'));
     expect(config.dbPath).toBe(path.join(path.resolve('./.data'), 'kms.db'));
@@ -87,6 +88,23 @@ describe('configuration', () => {
     expect(
       loadConfig({ KMS_PIN: '1234', KMS_HEADERS_TIMEOUT_MS: '20000', KMS_REQUEST_TIMEOUT_MS: '20000' }).http,
     ).toMatchObject({ headersTimeoutMs: 20_000, requestTimeoutMs: 20_000 });
+  });
+
+  it('when the connection cap is below 128, then one client address may hold the whole cap; a larger limit per client is refused', () => {
+    expect(loadConfig({ KMS_PIN: '1234', KMS_MAX_CONNECTIONS: '100' }).http).toMatchObject({
+      maxConnections: 100,
+      maxConnectionsPerClient: 100,
+    });
+    expect(loadConfig({ KMS_PIN: '1234', KMS_MAX_CONNECTIONS_PER_CLIENT: '512' }).http).toMatchObject({
+      maxConnections: 512,
+      maxConnectionsPerClient: 512,
+    });
+    expect(() =>
+      loadConfig({ KMS_PIN: '1234', KMS_MAX_CONNECTIONS: '100', KMS_MAX_CONNECTIONS_PER_CLIENT: '101' }),
+    ).toThrow('Invalid configuration: KMS_MAX_CONNECTIONS_PER_CLIENT must not exceed KMS_MAX_CONNECTIONS.');
+    expect(() => loadConfig({ KMS_PIN: '1234', KMS_MAX_CONNECTIONS_PER_CLIENT: '0' })).toThrow(
+      /^Invalid configuration: KMS_MAX_CONNECTIONS_PER_CLIENT/,
+    );
   });
 
   it('when a value is invalid, then the message names the variable but never echoes a value', () => {
