@@ -79,11 +79,13 @@ export class KeyService {
     for (const key of await this.store.listPendingCreation()) {
       if (await this.store.purgePendingCreation(key.id)) purged++;
     }
+    if (purged > 0) await this.store.erasePurged();
     return purged;
   }
 
   /**
-   * Deletes, for good, the keys whose deletion date has passed: their derivation data goes with them. Keys are listed and purged in batches; the store purges a listed key only if it
+   * Deletes, for good, the keys whose deletion date has passed: their derivation data goes with them, and then every
+   * copy of it in the store's files. Keys are listed and purged in batches; the store purges a listed key only if it
    * is still due when it deletes it, so a deletion cancelled meanwhile by another process wins. Returns how many
    * keys were deleted.
    */
@@ -103,6 +105,8 @@ export class KeyService {
       if (due.length < PURGE_BATCH_SIZE) break;
       await nextTurn();
     }
+    // Also retried when nothing was purged this time: an earlier erasure may have found the files busy.
+    await this.store.erasePurged();
     return purged;
   }
 

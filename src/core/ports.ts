@@ -72,6 +72,11 @@ export interface MetadataStore {
    * deletion was cancelled (or rescheduled) since it was listed, by any process, stays. Returns the ids deleted.
    */
   purgeDueKeys(keyIds: readonly string[], now: number): Promise<string[]>;
+  /**
+   * Makes sure no copy of purged data is left in the store's files (journal, free space). Call after purging; true
+   * when done, false when other processes held the files too long (the next call tries again).
+   */
+  erasePurged(): Promise<boolean>;
 
   /** A key of the project, never one in PendingCreation. */
   findKey(projectId: string, keyId: string): Promise<KeyRecord | undefined>;

@@ -97,6 +97,10 @@ export class CachingMetadataStore implements MetadataStore {
     return purged;
   }
 
+  erasePurged(): Promise<boolean> {
+    return this.#inner.erasePurged();
+  }
+
   async updateKey(
     projectId: string,
     keyId: string,

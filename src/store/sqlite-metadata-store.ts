@@ -160,6 +160,8 @@ export class SqliteMetadataStore implements MetadataStore {
     (key: KeyRecord, version: KeyVersionRecord, quota: number) => void
   >;
   readonly #listKeysTx: Database.Transaction<(query: ListKeysQuery) => { keys: KeyRecord[]; total: number }>;
+  /** Set when this connection deleted key material that may still have copies in the WAL file. */
+  #unerased = false;
 
   /** Opens (creating if missing, with mode 0600) and migrates the database at `path`. */
   static open(path: string): SqliteMetadataStore {
@@ -176,6 +178,9 @@ export class SqliteMetadataStore implements MetadataStore {
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = FULL');
     db.pragma('foreign_keys = ON');
+    // Deleted rows (a purged key's derivation data) are overwritten with zeros in the pages SQLite writes, and freed
+    // pages are zeroed, instead of lingering in free space; erasePurged() then removes the WAL's older page images.
+    db.pragma('secure_delete = ON');
     migrate(db);
 
     this.#countAllKeys = db.prepare<[string], number>('SELECT count(*) FROM keys WHERE project_id = ?').pluck();
@@ -337,7 +342,9 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async purgePendingCreation(keyId: string): Promise<boolean> {
     try {
-      return this.#purgePendingCreation.run(keyId).changes > 0;
+      const purged = this.#purgePendingCreation.run(keyId).changes > 0;
+      if (purged) this.#unerased = true;
+      return purged;
     } catch (error) {
       throw storeError(error);
     }
@@ -345,7 +352,27 @@ export class SqliteMetadataStore implements MetadataStore {
 
   async purgeDueKeys(keyIds: readonly string[], now: number): Promise<string[]> {
     try {
-      return this.#purgeDueKeysTx.immediate(keyIds, now);
+      const purged = this.#purgeDueKeysTx.immediate(keyIds, now);
+      if (purged.length > 0) this.#unerased = true;
+      return purged;
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  /**
+   * secure_delete zeroed the deleted rows in the pages the purge wrote, but the WAL still holds older images of those
+   * pages and kms.db the pre-purge pages until a checkpoint. A TRUNCATE checkpoint copies the zeroed pages into the
+   * database and empties the WAL file. It waits (busy_timeout) for other processes' readers and writer; should they
+   * hold on longer, SQLite answers busy and the next call tries again.
+   */
+  async erasePurged(): Promise<boolean> {
+    if (!this.#unerased) return true;
+    try {
+      const [result] = this.#db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
+      if (result?.busy !== 0) return false;
+      this.#unerased = false;
+      return true;
     } catch (error) {
       throw storeError(error);
     }

@@ -1,4 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -132,5 +133,46 @@ describe('a sweep of thousands of due keys', () => {
     );
     expect(maxLagMs, `event loop stalled ${maxLagMs.toFixed(0)} ms`).toBeLessThan(250);
     expect(served).toBeGreaterThan(0);
+  });
+});
+
+describe('deleted key material in the database files', () => {
+  /** Every file under the data directory, as raw bytes. */
+  function dataFiles(): { name: string; bytes: Buffer }[] {
+    const files: { name: string; bytes: Buffer }[] = [];
+    const walk = (dir: string) => {
+      for (const name of readdirSync(dir)) {
+        const path = join(dir, name);
+        if (statSync(path).isDirectory()) walk(path);
+        else files.push({ name: path, bytes: readFileSync(path) });
+      }
+    };
+    walk(kms.dataDir);
+    return files;
+  }
+  const filesHolding = (data: Buffer) =>
+    dataFiles()
+      .filter((file) => file.bytes.includes(data))
+      .map((file) => file.name);
+
+  it('when the sweep has deleted keys, then no file of the data directory holds their derivation data any more', async () => {
+    const deleted: Buffer[] = [];
+    for (let i = 0; i < 10; i++) {
+      const { keyId } = await keyPendingDeletion(`shredded-${i}`);
+      const version = await kms.running.store.findKeyVersion(keyId, 0);
+      if (!version) throw new Error('the new key has no version 0');
+      deleted.push(Buffer.from(version.derivationData));
+    }
+    const survivorId = await createKey(kms, P, 'survivor');
+    const survivor = Buffer.from((await kms.running.store.findKeyVersion(survivorId, 0))?.derivationData ?? []);
+    const db = join(kms.dataDir, 'kms.db');
+    // The search sees the data where SQLite keeps it before the sweep (kms.db or its WAL).
+    for (const data of deleted) expect(filesHolding(data).some((name) => name.startsWith(db))).toBe(true);
+
+    expect(await sweepInEightDays()).toBe(10);
+
+    for (const data of deleted) expect(filesHolding(data)).toEqual([]);
+    expect(filesHolding(survivor)).toEqual([db]);
+    expect(readdirSync(kms.dataDir)).toEqual(expect.arrayContaining(['kms.db', 'kms.db-wal', 'kms.db-shm']));
   });
 });

@@ -522,6 +522,14 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
         expect(await store.findKey(PROJECT_A, notYet.id)).toEqual(notYet);
         expect(await store.listPendingCreation()).toEqual([pending]);
       });
+
+      it('when purged data is erased, then the store says so, with or without anything purged', async () => {
+        expect(await store.erasePurged()).toBe(true);
+        const key = await keyIn('PendingDeletion', { deletionDate: now });
+        await store.purgeDueKeys([key.id], now);
+
+        expect(await store.erasePurged()).toBe(true);
+      });
     });
 
     describe('tags', () => {
