@@ -90,14 +90,18 @@ export async function startService(
   const credentials = new CredentialService(hsm, store, clock);
 
   let sweeper: NodeJS.Timeout | undefined;
+  // The sweep yields between batches: stop() waits for one under way before closing the store beneath it.
+  let sweeping: Promise<unknown> = Promise.resolve();
   if (role !== 'worker') {
     const reconciled = await keys.reconcilePendingCreation();
     if (reconciled > 0) logger.warn('removed keys left half-created by a crash', { count: reconciled });
-    const sweep = () =>
-      Promise.all([keys.purgeDueDeletions(), nonces.purgeExpired(clock.now())]).then(
+    const sweep = () => {
+      sweeping = Promise.all([keys.purgeDueDeletions(), nonces.purgeExpired(clock.now())]).then(
         ([n]) => n > 0 && logger.info('deleted keys whose deletion date passed', { count: n }),
         (err: unknown) => logger.error('deletion sweep failed', errorFields(err)),
       );
+      return sweeping;
+    };
     await sweep();
     sweeper = setInterval(sweep, DELETION_SWEEP_MS).unref();
   }
@@ -138,6 +142,7 @@ export async function startService(
     url,
     async stop() {
       if (sweeper) clearInterval(sweeper);
+      await sweeping;
       if (server) {
         const s = server;
         await new Promise<void>((resolve) => {

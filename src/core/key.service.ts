@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { KmsError } from './errors.js';
 import {
   type AliasRecord,
@@ -17,6 +18,12 @@ export const DERIVATION_DATA_LENGTH = 32;
 
 /** How often a compare-and-set transition is retried when another process changed the key meanwhile. */
 const MAX_TRANSITION_ATTEMPTS = 5;
+
+/**
+ * Keys deleted per store transaction by the deletion sweep. The store is synchronous (better-sqlite3): a batch holds
+ * the event loop for a few milliseconds, and the sweep yields between batches so requests are served meanwhile.
+ */
+export const PURGE_BATCH_SIZE = 100;
 
 export interface CreateKeyInput {
   readonly projectId: string;
@@ -68,19 +75,39 @@ export class KeyService {
 
   /** Removes keys a crash left in PendingCreation: their creation was never acknowledged to anyone. */
   async reconcilePendingCreation(): Promise<number> {
-    const pending = await this.store.listPendingCreation();
-    for (const key of pending) await this.store.purgeKey(key.id);
-    return pending.length;
+    let purged = 0;
+    for (const key of await this.store.listPendingCreation()) {
+      if (await this.store.purgePendingCreation(key.id)) purged++;
+    }
+    if (purged > 0) await this.store.erasePurged();
+    return purged;
   }
 
-  /** Deletes, for good, the keys whose deletion date has passed: their derivation data goes with them. */
+  /**
+   * Deletes, for good, the keys whose deletion date has passed: their derivation data goes with them, and then every
+   * copy of it in the store's files. Keys are listed and purged in batches; the store purges a listed key only if it
+   * is still due when it deletes it, so a deletion cancelled meanwhile by another process wins. Returns how many
+   * keys were deleted.
+   */
   async purgeDueDeletions(): Promise<number> {
-    const due = await this.store.listKeysDueForDeletion(this.clock.now());
-    for (const key of due) {
-      for (let v = 0; v <= key.currentVersion; v++) this.hsm.forget(key.id, v);
-      await this.store.purgeKey(key.id);
+    const now = this.clock.now();
+    let purged = 0;
+    for (;;) {
+      const due = await this.store.listKeysDueForDeletion(now, PURGE_BATCH_SIZE);
+      if (due.length === 0) break;
+      const ids = due.map((key) => key.id);
+      const gone = new Set(await this.store.purgeDueKeys(ids, now));
+      for (const key of due) {
+        if (!gone.has(key.id)) continue;
+        for (let v = 0; v <= key.currentVersion; v++) this.hsm.forget(key.id, v);
+      }
+      purged += gone.size;
+      if (due.length < PURGE_BATCH_SIZE) break;
+      await nextTurn();
     }
-    return due.length;
+    // Also retried when nothing was purged this time: an earlier erasure may have found the files busy.
+    await this.store.erasePurged();
+    return purged;
   }
 
   /** A key of the project; a foreign or unknown key is KeyNotFound, indistinguishably. */

@@ -61,8 +61,22 @@ export interface MetadataStore {
   activateKey(keyId: string): Promise<void>;
   /** Keys left in PendingCreation by a crash, in every project: reconciled at start-up. */
   listPendingCreation(): Promise<KeyRecord[]>;
-  /** Deletes a key and every version's derivation data for good. */
-  purgeKey(keyId: string): Promise<void>;
+  /**
+   * Deletes the key, with every version's derivation data, its aliases and tags, only if it is still in
+   * PendingCreation (checked in the same transaction); true if it was deleted.
+   */
+  purgePendingCreation(keyId: string): Promise<boolean>;
+  /**
+   * Deletes for good, in one transaction, each of the keys that is still in PendingDeletion with a deletion date at
+   * or before `now` when the transaction runs, with every version's derivation data, its aliases and tags. A key whose
+   * deletion was cancelled (or rescheduled) since it was listed, by any process, stays. Returns the ids deleted.
+   */
+  purgeDueKeys(keyIds: readonly string[], now: number): Promise<string[]>;
+  /**
+   * Makes sure no copy of purged data is left in the store's files (journal, free space). Call after purging; true
+   * when done, false when other processes held the files too long (the next call tries again).
+   */
+  erasePurged(): Promise<boolean>;
 
   /** A key of the project, never one in PendingCreation. */
   findKey(projectId: string, keyId: string): Promise<KeyRecord | undefined>;
@@ -105,8 +119,11 @@ export interface MetadataStore {
   removeTags(keyId: string, tagKeys: readonly string[]): Promise<void>;
   /** The key's tags, by name. */
   listTags(keyId: string): Promise<Tag[]>;
-  /** Keys in PendingDeletion whose deletion date is at or before `now`, in every project. */
-  listKeysDueForDeletion(now: number): Promise<KeyRecord[]>;
+  /**
+   * Keys in PendingDeletion whose deletion date is at or before `now`, in every project, earliest date first, at most
+   * `limit` of them.
+   */
+  listKeysDueForDeletion(now: number, limit: number): Promise<KeyRecord[]>;
   close(): Promise<void>;
 }
 

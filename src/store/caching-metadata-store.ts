@@ -79,10 +79,26 @@ export class CachingMetadataStore implements MetadataStore {
     this.#written();
   }
 
-  async purgeKey(keyId: string): Promise<void> {
-    await this.#inner.purgeKey(keyId);
-    for (const id of this.#versions.keys()) if (id.startsWith(`${keyId}/`)) this.#versions.delete(id);
-    this.#written();
+  async purgePendingCreation(keyId: string): Promise<boolean> {
+    const purged = await this.#inner.purgePendingCreation(keyId);
+    if (purged) {
+      this.#forgetVersions(new Set([keyId]));
+      this.#written();
+    }
+    return purged;
+  }
+
+  async purgeDueKeys(keyIds: readonly string[], now: number): Promise<string[]> {
+    const purged = await this.#inner.purgeDueKeys(keyIds, now);
+    if (purged.length > 0) {
+      this.#forgetVersions(new Set(purged));
+      this.#written();
+    }
+    return purged;
+  }
+
+  erasePurged(): Promise<boolean> {
+    return this.#inner.erasePurged();
   }
 
   async updateKey(
@@ -158,8 +174,8 @@ export class CachingMetadataStore implements MetadataStore {
     return this.#inner.countKeys(projectId);
   }
 
-  listKeysDueForDeletion(now: number): Promise<KeyRecord[]> {
-    return this.#inner.listKeysDueForDeletion(now);
+  listKeysDueForDeletion(now: number, limit: number): Promise<KeyRecord[]> {
+    return this.#inner.listKeysDueForDeletion(now, limit);
   }
 
   close(): Promise<void> {
@@ -180,6 +196,13 @@ export class CachingMetadataStore implements MetadataStore {
     if (found) remember(cache, id, { value: found, at: now }, this.#options.maxEntries);
     else cache.delete(id);
     return found;
+  }
+
+  /** Drops the cached versions of the keys, in one pass over the cache whatever the number of keys. */
+  #forgetVersions(keyIds: ReadonlySet<string>): void {
+    for (const id of this.#versions.keys()) {
+      if (keyIds.has(id.slice(0, id.lastIndexOf('/')))) this.#versions.delete(id);
+    }
   }
 
   #written(): void {

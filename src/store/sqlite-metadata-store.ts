@@ -126,7 +126,9 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #insertVersion: Database.Statement<[KeyVersionRecord]>;
   readonly #activateKey: Database.Statement<[string]>;
   readonly #listPendingCreation: Database.Statement<[], KeyRecord>;
-  readonly #purgeKey: Database.Statement<[string]>;
+  readonly #purgePendingCreation: Database.Statement<[string]>;
+  readonly #purgeDueKey: Database.Statement<[string, number]>;
+  readonly #purgeDueKeysTx: Database.Transaction<(keyIds: readonly string[], now: number) => string[]>;
   readonly #findKey: Database.Statement<[string, string], KeyRecord>;
   readonly #findKeyByAlias: Database.Statement<[string, string], KeyRecord>;
   readonly #findKeyVersion: Database.Statement<[string, number], KeyVersionRecord>;
@@ -135,7 +137,7 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #countKeys: Database.Statement<[string], number>;
   readonly #countKeysInState: Database.Statement<[string, KeyState], number>;
   readonly #updateKey: Database.Statement<[UpdateParams], KeyRecord>;
-  readonly #listKeysDueForDeletion: Database.Statement<[number], KeyRecord>;
+  readonly #listKeysDueForDeletion: Database.Statement<[number, number], KeyRecord>;
   readonly #insertCredential: Database.Statement<[CredentialRecord]>;
   readonly #findCredential: Database.Statement<[string], CredentialRecord>;
   readonly #revokeCredential: Database.Statement<[number, string]>;
@@ -158,6 +160,8 @@ export class SqliteMetadataStore implements MetadataStore {
     (key: KeyRecord, version: KeyVersionRecord, quota: number) => void
   >;
   readonly #listKeysTx: Database.Transaction<(query: ListKeysQuery) => { keys: KeyRecord[]; total: number }>;
+  /** Set when this connection deleted key material that may still have copies in the WAL file. */
+  #unerased = false;
 
   /** Opens (creating if missing, with mode 0600) and migrates the database at `path`. */
   static open(path: string): SqliteMetadataStore {
@@ -174,6 +178,9 @@ export class SqliteMetadataStore implements MetadataStore {
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = FULL');
     db.pragma('foreign_keys = ON');
+    // Deleted rows (a purged key's derivation data) are overwritten with zeros in the pages SQLite writes, and freed
+    // pages are zeroed, instead of lingering in free space; erasePurged() then removes the WAL's older page images.
+    db.pragma('secure_delete = ON');
     migrate(db);
 
     this.#countAllKeys = db.prepare<[string], number>('SELECT count(*) FROM keys WHERE project_id = ?').pluck();
@@ -189,7 +196,15 @@ export class SqliteMetadataStore implements MetadataStore {
     this.#listPendingCreation = db.prepare(
       `SELECT ${KEY_COLUMNS} FROM keys WHERE state = 'PendingCreation' ${KEY_ORDER}`,
     );
-    this.#purgeKey = db.prepare('DELETE FROM keys WHERE id = ?');
+    // Versions, aliases and tags go with the key (ON DELETE CASCADE). The state is checked by the DELETE itself, so
+    // a key another process changed after it was listed is never deleted.
+    this.#purgePendingCreation = db.prepare(`DELETE FROM keys WHERE id = ? AND state = 'PendingCreation'`);
+    this.#purgeDueKey = db.prepare(
+      `DELETE FROM keys WHERE id = ? AND state = 'PendingDeletion' AND deletion_date <= ?`,
+    );
+    this.#purgeDueKeysTx = db.transaction((keyIds: readonly string[], now: number) =>
+      keyIds.filter((id) => this.#purgeDueKey.run(id, now).changes > 0),
+    );
     this.#findKey = db.prepare(`SELECT ${KEY_COLUMNS} FROM keys WHERE id = ? AND project_id = ? AND ${VISIBLE}`);
     this.#findKeyByAlias = db.prepare(
       `SELECT ${KEY_COLUMNS} FROM keys WHERE id = (SELECT key_id FROM aliases WHERE project_id = ? AND alias_name = ?)
@@ -222,7 +237,8 @@ export class SqliteMetadataStore implements MetadataStore {
       WHERE project_id = @projectId AND id = @id AND state = @expectedState
       RETURNING ${KEY_COLUMNS}`);
     this.#listKeysDueForDeletion = db.prepare(
-      `SELECT ${KEY_COLUMNS} FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= ? ORDER BY deletion_date, id`,
+      `SELECT ${KEY_COLUMNS} FROM keys WHERE state = 'PendingDeletion' AND deletion_date <= ?
+        ORDER BY deletion_date, id LIMIT ?`,
     );
     this.#insertCredential = db.prepare(`
       INSERT INTO credentials (access_key_id, project_id, created_at, revoked_at)
@@ -324,9 +340,39 @@ export class SqliteMetadataStore implements MetadataStore {
     }
   }
 
-  async purgeKey(keyId: string): Promise<void> {
+  async purgePendingCreation(keyId: string): Promise<boolean> {
     try {
-      this.#purgeKey.run(keyId);
+      const purged = this.#purgePendingCreation.run(keyId).changes > 0;
+      if (purged) this.#unerased = true;
+      return purged;
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async purgeDueKeys(keyIds: readonly string[], now: number): Promise<string[]> {
+    try {
+      const purged = this.#purgeDueKeysTx.immediate(keyIds, now);
+      if (purged.length > 0) this.#unerased = true;
+      return purged;
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  /**
+   * secure_delete zeroed the deleted rows in the pages the purge wrote, but the WAL still holds older images of those
+   * pages and kms.db the pre-purge pages until a checkpoint. A TRUNCATE checkpoint copies the zeroed pages into the
+   * database and empties the WAL file. It waits (busy_timeout) for other processes' readers and writer; should they
+   * hold on longer, SQLite answers busy and the next call tries again.
+   */
+  async erasePurged(): Promise<boolean> {
+    if (!this.#unerased) return true;
+    try {
+      const [result] = this.#db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
+      if (result?.busy !== 0) return false;
+      this.#unerased = false;
+      return true;
     } catch (error) {
       throw storeError(error);
     }
@@ -541,9 +587,9 @@ export class SqliteMetadataStore implements MetadataStore {
     }
   }
 
-  async listKeysDueForDeletion(now: number): Promise<KeyRecord[]> {
+  async listKeysDueForDeletion(now: number, limit: number): Promise<KeyRecord[]> {
     try {
-      return this.#listKeysDueForDeletion.all(now);
+      return this.#listKeysDueForDeletion.all(now, limit);
     } catch (error) {
       throw storeError(error);
     }

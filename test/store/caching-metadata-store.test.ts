@@ -93,8 +93,25 @@ describe('CachingMetadataStore shared by two processes', () => {
   it('when a key is purged, then its cached versions are gone too', async () => {
     const key = await enabledKey();
     expect(await a.findKeyVersion(key.id, 1)).toBeDefined();
-    await a.purgeKey(key.id);
+    await a.updateKey(PROJECT_A, key.id, 'Enabled', { state: 'PendingDeletion', deletionDate: 0 });
+    expect(await a.purgeDueKeys([key.id], 0)).toEqual([key.id]);
     expect(await a.findKeyVersion(key.id, 1)).toBeUndefined();
     expect(await a.findKey(PROJECT_A, key.id)).toBeUndefined();
+  });
+
+  it('when a batch of keys is purged, then only their cached versions go and the survivors stay cached', async () => {
+    const [gone, kept, cancelled] = [await enabledKey(), await enabledKey(), await enabledKey()];
+    for (const key of [gone, kept, cancelled]) {
+      expect(await a.findKeyVersion(key.id, 1)).toBeDefined();
+      await a.updateKey(PROJECT_A, key.id, 'Enabled', { state: 'PendingDeletion', deletionDate: 0 });
+    }
+    await b.updateKey(PROJECT_A, cancelled.id, 'PendingDeletion', { state: 'Disabled', deletionDate: null });
+
+    expect(await a.purgeDueKeys([gone.id, cancelled.id], 0)).toEqual([gone.id]);
+
+    expect(await a.findKeyVersion(gone.id, 1)).toBeUndefined();
+    expect(await a.findKeyVersion(kept.id, 1)).toBeDefined();
+    expect(await a.findKeyVersion(cancelled.id, 1)).toBeDefined();
+    expect(await a.findKey(PROJECT_A, cancelled.id)).toMatchObject({ state: 'Disabled' });
   });
 });

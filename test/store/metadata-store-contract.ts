@@ -154,7 +154,7 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
       });
     });
 
-    describe('listPendingCreation and purgeKey', () => {
+    describe('listPendingCreation and purgePendingCreation', () => {
       it('when keys are left in PendingCreation, then they are listed from every project, oldest first', async () => {
         const a = pendingKey({ projectId: PROJECT_A });
         const b = pendingKey({ projectId: PROJECT_B });
@@ -165,11 +165,11 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
         expect(await store.listPendingCreation()).toEqual([a, b]);
       });
 
-      it('when a key is purged, then the key and every version are gone and its alias is free', async () => {
+      it('when a pending key is purged, then true, the key and every version are gone and its alias is free', async () => {
         const key = pendingKey({ alias: 'alias/orders' });
         await store.insertPendingKey(key, firstVersion(key), 10);
 
-        await store.purgeKey(key.id);
+        expect(await store.purgePendingCreation(key.id)).toBe(true);
 
         expect(await store.listPendingCreation()).toEqual([]);
         expect(await store.findKeyVersion(key.id, 1)).toBeUndefined();
@@ -177,17 +177,17 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
         await store.insertPendingKey(again, firstVersion(again), 10);
       });
 
-      it('when an enabled key is purged, then it can no longer be found', async () => {
-        const key = await keyIn('PendingDeletion');
+      it('when the key is no longer in PendingCreation, then purgePendingCreation is false and the key stays', async () => {
+        const key = await enabledKey();
 
-        await store.purgeKey(key.id);
+        expect(await store.purgePendingCreation(key.id)).toBe(false);
 
-        expect(await store.findKey(PROJECT_A, key.id)).toBeUndefined();
-        expect(await store.countKeys(PROJECT_A)).toBe(0);
+        expect(await store.findKey(PROJECT_A, key.id)).toEqual(key);
+        expect(await store.findKeyVersion(key.id, 1)).toBeDefined();
       });
 
-      it('when the key does not exist, then purgeKey does nothing', async () => {
-        await expect(store.purgeKey('00000000-0000-0000-0000-000000000000')).resolves.toBeUndefined();
+      it('when the key does not exist, then purgePendingCreation is false', async () => {
+        expect(await store.purgePendingCreation('00000000-0000-0000-0000-000000000000')).toBe(false);
       });
     });
 
@@ -441,16 +441,94 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
         await keyIn('PendingDeletion', { deletionDate: now + 1 });
         await keyIn('Disabled');
 
-        const due = await store.listKeysDueForDeletion(now);
+        const due = await store.listKeysDueForDeletion(now, 10);
 
-        expect(due).toHaveLength(2);
-        expect(due).toEqual(expect.arrayContaining([overdue, dueNow]));
+        expect(due).toEqual([overdue, dueNow]);
+      });
+
+      it('when more keys are due than the limit, then the earliest deletion dates come first, limit of them', async () => {
+        const now = Date.UTC(2025, 6, 1);
+        const second = await keyIn('PendingDeletion', { deletionDate: now - 2 });
+        const first = await keyIn('PendingDeletion', { deletionDate: now - 3 });
+        await keyIn('PendingDeletion', { deletionDate: now - 1 });
+
+        expect(await store.listKeysDueForDeletion(now, 2)).toEqual([first, second]);
       });
 
       it('when no key is pending deletion, then nothing is due', async () => {
         await enabledKey();
 
-        expect(await store.listKeysDueForDeletion(Number.MAX_SAFE_INTEGER)).toEqual([]);
+        expect(await store.listKeysDueForDeletion(Number.MAX_SAFE_INTEGER, 10)).toEqual([]);
+      });
+    });
+
+    describe('purgeDueKeys', () => {
+      const now = Date.UTC(2025, 6, 1);
+
+      it('when due keys are purged, then their ids are returned and the keys and every version are gone', async () => {
+        const a = await keyIn('PendingDeletion', { deletionDate: now - 1 });
+        const b = await keyIn('PendingDeletion', { projectId: PROJECT_B, deletionDate: now });
+
+        expect(await store.purgeDueKeys([a.id, b.id], now)).toEqual([a.id, b.id]);
+
+        expect(await store.findKey(PROJECT_A, a.id)).toBeUndefined();
+        expect(await store.findKey(PROJECT_B, b.id)).toBeUndefined();
+        expect(await store.findKeyVersion(a.id, 1)).toBeUndefined();
+        expect(await store.findKeyVersion(b.id, 1)).toBeUndefined();
+        expect(await store.countKeys(PROJECT_A)).toBe(0);
+        expect(await store.listKeysDueForDeletion(now, 10)).toEqual([]);
+      });
+
+      it('when a listed key had its deletion cancelled before the purge, then it stays with its version', async () => {
+        const cancelled = await keyIn('PendingDeletion', { deletionDate: now - 1 });
+        const due = await keyIn('PendingDeletion', { deletionDate: now - 1 });
+        const listed = (await store.listKeysDueForDeletion(now, 10)).map((key) => key.id);
+        const restored = await store.updateKey(PROJECT_A, cancelled.id, 'PendingDeletion', {
+          state: 'Disabled',
+          deletionDate: null,
+        });
+
+        expect(await store.purgeDueKeys(listed, now)).toEqual([due.id]);
+
+        expect(await store.findKey(PROJECT_A, cancelled.id)).toEqual(restored);
+        expect(await store.findKeyVersion(cancelled.id, 1)).toBeDefined();
+        expect(await store.findKey(PROJECT_A, due.id)).toBeUndefined();
+      });
+
+      it('when a listed key was cancelled and scheduled again for later, then the purge leaves it', async () => {
+        const key = await keyIn('PendingDeletion', { deletionDate: now - 1 });
+        const listed = (await store.listKeysDueForDeletion(now, 10)).map((k) => k.id);
+        await store.updateKey(PROJECT_A, key.id, 'PendingDeletion', { state: 'Disabled', deletionDate: null });
+        const later = await store.updateKey(PROJECT_A, key.id, 'Disabled', {
+          state: 'PendingDeletion',
+          deletionDate: now + 7 * DAY,
+        });
+
+        expect(await store.purgeDueKeys(listed, now)).toEqual([]);
+
+        expect(await store.findKey(PROJECT_A, key.id)).toEqual(later);
+      });
+
+      it('when a key is not pending deletion, is not yet due or does not exist, then the purge leaves it', async () => {
+        const enabled = await enabledKey();
+        const notYet = await keyIn('PendingDeletion', { deletionDate: now + 1 });
+        const pending = pendingKey();
+        await store.insertPendingKey(pending, firstVersion(pending), 10);
+
+        const ids = [enabled.id, notYet.id, pending.id, '00000000-0000-0000-0000-000000000000'];
+        expect(await store.purgeDueKeys(ids, now)).toEqual([]);
+
+        expect(await store.findKey(PROJECT_A, enabled.id)).toEqual(enabled);
+        expect(await store.findKey(PROJECT_A, notYet.id)).toEqual(notYet);
+        expect(await store.listPendingCreation()).toEqual([pending]);
+      });
+
+      it('when purged data is erased, then the store says so, with or without anything purged', async () => {
+        expect(await store.erasePurged()).toBe(true);
+        const key = await keyIn('PendingDeletion', { deletionDate: now });
+        await store.purgeDueKeys([key.id], now);
+
+        expect(await store.erasePurged()).toBe(true);
       });
     });
 
@@ -507,10 +585,10 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
       });
 
       it('when a key is purged, then its tags go with it', async () => {
-        const key = await enabledKey();
+        const key = await keyIn('PendingDeletion', { deletionDate: 0 });
         await store.putTags(key.id, [{ key: 'a', value: '1' }], 50);
 
-        await store.purgeKey(key.id);
+        await store.purgeDueKeys([key.id], 0);
 
         expect(await store.listTags(key.id)).toEqual([]);
       });
@@ -572,8 +650,8 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
       });
 
       it('when a key is purged, then its aliases are free again', async () => {
-        const key = await enabledKey({ alias: 'gone' });
-        await store.purgeKey(key.id);
+        const key = await keyIn('PendingDeletion', { alias: 'gone', deletionDate: 0 });
+        await store.purgeDueKeys([key.id], 0);
         expect(await store.listAliases(PROJECT_A)).toEqual([]);
       });
     });

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -231,5 +231,47 @@ describe('SqliteMetadataStore on a file', () => {
         code: 'AliasAlreadyExists',
       });
     });
+
+    it('then a deletion cancelled through one after the sweep on the other listed the key is not purged', async () => {
+      const sweeper = openStore();
+      const worker = openStore();
+      const key = pendingKey();
+      await sweeper.insertPendingKey(key, firstVersion(key), 10);
+      await sweeper.activateKey(key.id);
+      await sweeper.updateKey(PROJECT_A, key.id, 'Enabled', { state: 'PendingDeletion', deletionDate: 5 });
+      const listed = (await sweeper.listKeysDueForDeletion(10, 100)).map((due) => due.id);
+
+      await worker.updateKey(PROJECT_A, key.id, 'PendingDeletion', { state: 'Disabled', deletionDate: null });
+
+      expect(await sweeper.purgeDueKeys(listed, 10)).toEqual([]);
+      expect(await worker.findKey(PROJECT_A, key.id)).toMatchObject({ state: 'Disabled', deletionDate: null });
+      expect(await worker.findKeyVersion(key.id, 1)).toBeDefined();
+    });
+  });
+
+  describe('erasePurged', () => {
+    const fileBytes = () =>
+      ['', '-wal', '-shm'].map((suffix) => (existsSync(`${path}${suffix}`) ? readFileSync(`${path}${suffix}`) : null));
+
+    it('when another process holds a read transaction on the WAL, then erasePurged answers false, and true once it ends', async () => {
+      const store = openStore();
+      const key = pendingKey();
+      const version = firstVersion(key);
+      await store.insertPendingKey(key, version, 10);
+      await store.activateKey(key.id);
+      await store.updateKey(PROJECT_A, key.id, 'Enabled', { state: 'PendingDeletion', deletionDate: 0 });
+      const reader = new Database(path);
+      reader.exec('BEGIN');
+      reader.prepare('SELECT count(*) FROM keys').get();
+
+      expect(await store.purgeDueKeys([key.id], 0)).toEqual([key.id]);
+      expect(await store.erasePurged()).toBe(false);
+      expect(fileBytes().some((bytes) => bytes?.includes(version.derivationData))).toBe(true);
+
+      reader.exec('COMMIT');
+      reader.close();
+      expect(await store.erasePurged()).toBe(true);
+      expect(fileBytes().some((bytes) => bytes?.includes(version.derivationData))).toBe(false);
+    }, 20_000);
   });
 });
