@@ -242,6 +242,33 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
     });
   });
 
+  describe('what the module enforces (SECURITY.md states it per module)', () => {
+    it('when a sensitive, non-extractable session key is wrapped, then the module answers as its facts say', async () => {
+      const { lib, anchorSession } = hsm.forTesting();
+      const session = anchorSession as Buffer;
+      const aesKey = (extra: pkcs11js.Template) =>
+        lib.C_GenerateKey(session, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, [
+          { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+          { type: pkcs11js.CKA_TOKEN, value: false },
+          ...extra,
+        ]);
+      const kek = aesKey([{ type: pkcs11js.CKA_WRAP, value: true }]);
+      const secret = aesKey([
+        { type: pkcs11js.CKA_SENSITIVE, value: true },
+        { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+      ]);
+      try {
+        const wrap = { mechanism: pkcs11js.CKM_AES_KEY_WRAP };
+        expect(ckrThrownBy(() => lib.C_WrapKey(session, wrap, kek, secret, Buffer.alloc(64)))).toBe(
+          facts.wrapNonExtractable,
+        );
+      } finally {
+        lib.C_DestroyObject(session, secret);
+        lib.C_DestroyObject(session, kek);
+      }
+    });
+  });
+
   describe('derived key cache', () => {
     it('when more versions are used than the cache holds, then the least recently used key object is destroyed', async () => {
       await hsm.close();

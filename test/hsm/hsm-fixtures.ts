@@ -76,14 +76,18 @@ export function ckrThrownBy(call: () => unknown): number | undefined {
  *   not always sensitive, though it is sensitive and non-extractable now.
  * - A key used for a function its attributes forbid: SoftHSM says CKR_KEY_FUNCTION_NOT_PERMITTED, NSS
  *   CKR_KEY_TYPE_INCONSISTENT. Both refuse.
+ * - Wrapping a key marked CKA_EXTRACTABLE=false: SoftHSM refuses with CKR_KEY_UNEXTRACTABLE, a non-FIPS NSS database
+ *   wraps it (undefined: no error). SECURITY.md says so.
  */
 export const MODULE_FACTS = {
   softhsm: {
     derivedKeyHistory: { CKA_NEVER_EXTRACTABLE: true, CKA_ALWAYS_SENSITIVE: true },
     keyFunctionRefused: pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED,
+    wrapNonExtractable: pkcs11js.CKR_KEY_UNEXTRACTABLE as number | undefined,
   },
   nss: {
     derivedKeyHistory: { CKA_NEVER_EXTRACTABLE: false, CKA_ALWAYS_SENSITIVE: false },
     keyFunctionRefused: pkcs11js.CKR_KEY_TYPE_INCONSISTENT,
+    wrapNonExtractable: undefined,
   },
 } as const satisfies Record<TokenProvider, unknown>;
