@@ -14,6 +14,7 @@ const EnvSchema = z.object({
   KMS_PORT: intFrom(0, 65535).default(8080),
   KMS_WORKERS: intFrom(1, 64).default(1),
   KMS_PKCS11_LIBRARY: z.string().min(1).default('/usr/lib/softhsm/libsofthsm2.so'),
+  KMS_PKCS11_INIT_PARAMS: z.string().min(1).optional(),
   KMS_TOKEN_LABEL: z.string().min(1).max(32).default('hsm-kms'),
   KMS_PIN: z.string().min(1).optional(),
   KMS_PIN_FILE: z.string().min(1).optional(),
@@ -67,6 +68,8 @@ export interface Config {
   };
   readonly hsm: {
     readonly library: string;
+    /** Library parameters for C_Initialize (NSS softokn needs them); undefined for SoftHSM. */
+    readonly initParams: string | undefined;
     readonly tokenLabel: string;
     readonly pin: string;
     readonly poolSize: number;
@@ -124,6 +127,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     }),
     hsm: Object.freeze({
       library: e.KMS_PKCS11_LIBRARY,
+      initParams: e.KMS_PKCS11_INIT_PARAMS,
       tokenLabel: e.KMS_TOKEN_LABEL,
       pin: readPin(e.KMS_PIN, e.KMS_PIN_FILE),
       poolSize: e.KMS_HSM_POOL_SIZE,

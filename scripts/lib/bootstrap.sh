@@ -54,6 +54,39 @@ kms_ensure_softhsm() {
   [ -e "$module" ] || kms_die "PKCS#11 module $module still missing after installing softhsm2 (set KMS_PKCS11_LIBRARY?)"
 }
 
+# NSS softokn from Debian's libnss3: the second PKCS#11 module the tests run on (no daemon, no tools needed). Exports
+# KMS_TEST_NSS_LIBRARY, the module's path for this machine's architecture, unless it is set already.
+kms_ensure_nss() {
+  local module="${KMS_TEST_NSS_LIBRARY:-}"
+  if [ -z "$module" ]; then
+    module="$(kms_find_softokn)"
+  fi
+  if [ -z "$module" ] || [ ! -e "$module" ]; then
+    command -v apt-get >/dev/null 2>&1 ||
+      kms_die "NSS softokn (libsoftokn3.so) is missing and this is not a Debian/Ubuntu system: install NSS by hand and set KMS_TEST_NSS_LIBRARY"
+    kms_log "==> installing NSS (apt-get install libnss3)"
+    kms_as_root apt-get update >&2
+    kms_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y libnss3 >&2
+    module="${KMS_TEST_NSS_LIBRARY:-$(kms_find_softokn)}"
+    if [ -z "$module" ] || [ ! -e "$module" ]; then
+      kms_die "libsoftokn3.so still missing after installing libnss3 (set KMS_TEST_NSS_LIBRARY?)"
+    fi
+  fi
+  export KMS_TEST_NSS_LIBRARY="$module"
+}
+
+# Prints the path of libsoftokn3.so in the multiarch library directory, or nothing.
+kms_find_softokn() {
+  local candidate
+  for candidate in /usr/lib/*-linux-gnu/libsoftokn3.so /usr/lib64/libsoftokn3.so /usr/lib/libsoftokn3.so; do
+    if [ -e "$candidate" ]; then
+      printf '%s\n' "$candidate"
+      return 0
+    fi
+  done
+  return 0
+}
+
 # Loads both native addons once: catches an install whose node-gyp build was skipped or broken.
 kms_native_addons_ok() {
   (cd "$KMS_REPO_ROOT" && node -e '

@@ -18,7 +18,14 @@ import {
   HMAC_SHA256_MECHANISM,
   rootKeyTemplate,
 } from './key-templates.js';
-import { ckrOf, isDecryptionFailure, isKeyHandleFailure, isSessionFailure, toKmsError } from './pkcs11-errors.js';
+import {
+  ckrOf,
+  isDecryptionFailure,
+  isKeyHandleFailure,
+  isSessionFailure,
+  needsReinitialize,
+  toKmsError,
+} from './pkcs11-errors.js';
 import { SessionPool } from './session-pool.js';
 
 export type { HsmConfig } from './hsm-config.js';
@@ -34,6 +41,8 @@ export const CREDENTIAL_KEY_LABEL = 'hsm-kms-credentials-1';
 const CKS_RW_USER_FUNCTIONS = 3;
 const SESSION_FLAGS = pkcs11js.CKF_RW_SESSION | pkcs11js.CKF_SERIAL_SESSION;
 const MAX_RANDOM_BYTES = 1024 * 1024;
+/** NSS softokn 3.87 answers CKR_ARGUMENTS_BAD to C_GenerateRandom of more than 64 KiB, so larger draws are split. */
+const RANDOM_BYTES_PER_CALL = 64 * 1024;
 const NO_KEY: Handle = Buffer.alloc(0);
 /** What #run uses in place of a CMK version to run an operation with the credential key. */
 const CREDENTIAL_KEY = 'credential-key';
@@ -160,9 +169,9 @@ export class GrapheneHsm implements Hsm {
     } catch (err) {
       throw new KmsError('HsmUnavailable', `Cannot load the PKCS#11 library ${config.library}.`, { cause: err });
     }
-    initialize(module);
+    initialize(module, config.initParams);
     try {
-      const slot = await findTokenSlot(module, config.tokenLabel, retry);
+      const slot = await findTokenSlot(module, config, retry);
       const hsm = new GrapheneHsm(module, slot, config);
       await hsm.#start(retry);
       return hsm;
@@ -178,7 +187,11 @@ export class GrapheneHsm implements Hsm {
     if (length === 0) return Buffer.alloc(0);
     return this.#run(undefined, (session) => {
       try {
-        return this.#lib.C_GenerateRandom(session, Buffer.alloc(length));
+        const out = Buffer.alloc(length);
+        for (let at = 0; at < length; at += RANDOM_BYTES_PER_CALL) {
+          this.#lib.C_GenerateRandom(session, out.subarray(at, Math.min(at + RANDOM_BYTES_PER_CALL, length)));
+        }
+        return out;
       } catch (err) {
         throw toKmsError(err, 'C_GenerateRandom');
       }
@@ -217,7 +230,7 @@ export class GrapheneHsm implements Hsm {
         // SoftHSM wants room for the whole input, tag included, or it answers CKR_BUFFER_TOO_SMALL.
         return this.#lib.C_Decrypt(session, ciphertextWithTag, Buffer.alloc(ciphertextWithTag.length));
       } catch (err) {
-        // SoftHSM 2.6.1 reports a tag mismatch as CKR_GENERAL_ERROR; either way it ends the operation.
+        // Modules disagree on the code of a tag mismatch (TAG_FAILURE_CODES); any of them ends the operation.
         if (fn === 'C_Decrypt' && isDecryptionFailure(ckrOf(err))) throw invalidCiphertext(err);
         throw toKmsError(err, fn);
       }
@@ -356,7 +369,7 @@ export class GrapheneHsm implements Hsm {
     try {
       session = this.#lib.C_OpenSession(this.#slot, SESSION_FLAGS);
     } catch (err) {
-      if (ckrOf(err) !== pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED) throw toKmsError(err, 'C_OpenSession');
+      if (!needsReinitialize(ckrOf(err))) throw toKmsError(err, 'C_OpenSession');
       this.#reinitialize();
       try {
         session = this.#lib.C_OpenSession(this.#slot, SESSION_FLAGS);
@@ -399,7 +412,7 @@ export class GrapheneHsm implements Hsm {
 
   /** Someone finalized the library under us: start over (new sessions, login, handles). */
   #reinitialize(): void {
-    initialize(this.#module);
+    initialize(this.#module, this.#config.initParams);
     this.#generation++;
     this.#pool.abandonAll();
     this.#anchor = undefined;
@@ -616,10 +629,16 @@ function quietly(action: () => void): void {
   }
 }
 
-/** CKF_OS_LOCKING_OK: without it SoftHSM turns its locking off and concurrent calls crash the process. */
-function initialize(module: Module): void {
+/**
+ * CKF_OS_LOCKING_OK: without it SoftHSM turns its locking off and concurrent calls crash the process. Library
+ * parameters (NSS softokn) go in the same call. pkcs11js 2.1.7 copies them into a buffer one byte too short and so
+ * drops their last character (`…configdir=sql:/db` would open `/d`): a trailing space is dropped instead.
+ */
+function initialize(module: Module, initParams: string | undefined): void {
+  const options: pkcs11js.InitializationOptions = { flags: pkcs11js.CKF_OS_LOCKING_OK };
+  if (initParams !== undefined) options.libraryParameters = `${initParams} `;
   try {
-    module.initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+    module.initialize(options);
   } catch (err) {
     throw toKmsError(err, 'C_Initialize');
   }
@@ -639,14 +658,24 @@ function scanForToken(module: Module, label: string): { slot: Handle | undefined
 }
 
 /**
+ * What decides which tokens the module shows: the library parameters when there are any (named, never printed:
+ * they hold paths), otherwise SoftHSM's config file, whose wrong path makes SoftHSM fall back to its default.
+ */
+function whereTokensComeFrom(config: HsmConfig): string {
+  if (config.initParams !== undefined) return 'check the library parameters (KMS_PKCS11_INIT_PARAMS)';
+  return `SOFTHSM2_CONF=${process.env.SOFTHSM2_CONF ?? '(unset: the library default)'}`;
+}
+
+/**
  * Finds the token by label, never by slot number. A worker started together with others has been seen to miss the
  * token once, so a miss is retried after re-initialising the library (SoftHSM reads its slots at C_Initialize).
  */
 async function findTokenSlot(
   module: Module,
-  label: string,
+  config: HsmConfig,
   retry: { attempts: number; delayMs: number },
 ): Promise<Handle> {
+  const label = config.tokenLabel;
   for (let attempt = 1; ; attempt++) {
     let scan: { slot: Handle | undefined; labels: string[] };
     try {
@@ -656,15 +685,14 @@ async function findTokenSlot(
     }
     if (scan.slot !== undefined) return scan.slot;
     if (attempt >= retry.attempts) {
-      const conf = process.env.SOFTHSM2_CONF ?? '(unset: the library default)';
       throw new KmsError(
         'HsmUnavailable',
         `No PKCS#11 token labelled "${label}" in ${module.libFile}; tokens found: ${JSON.stringify(scan.labels)}; ` +
-          `SOFTHSM2_CONF=${conf}.`,
+          `${whereTokensComeFrom(config)}.`,
       );
     }
     quietly(() => module.finalize());
     await sleep(retry.delayMs);
-    initialize(module);
+    initialize(module, config.initParams);
   }
 }

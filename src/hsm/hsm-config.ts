@@ -6,6 +6,11 @@ export interface HsmConfig {
   readonly tokenLabel: string;
   /** User PIN. */
   readonly pin: string;
+  /**
+   * Library parameters for C_Initialize (the `LibraryParameters` NSS softokn reads: `configdir='sql:DIR' …`);
+   * undefined for modules that take none, such as SoftHSM. Not a secret, but it names paths: never logged.
+   */
+  readonly initParams?: string | undefined;
   /** Number of read-write sessions used for encrypt, decrypt and random. */
   readonly poolSize: number;
   /** Number of derived CMK version keys kept as session objects (least recently used ones are destroyed). */

@@ -1,5 +1,6 @@
 import pkcs11js from 'pkcs11js';
 import { KmsError } from '../core/errors.js';
+import { TAG_FAILURE_CODES } from './tag-failure-codes.js';
 
 /**
  * PKCS#11 failures, mapped once from the numeric CKR_* code that pkcs11js errors carry (`.code`).
@@ -43,6 +44,16 @@ const SESSION_FAILURES: ReadonlySet<number> = new Set([
   pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED,
 ]);
 
+/**
+ * C_OpenSession's answers that mean the library must be initialised again and the token's slot found again:
+ * SoftHSM says CKR_CRYPTOKI_NOT_INITIALIZED after a C_Finalize, NSS softokn 3.87 says CKR_SLOT_ID_INVALID (its
+ * C_GetSlotList still answers). A slot that really went away is found again, or reported gone, the same way.
+ */
+const REINITIALIZE_ON_OPEN: ReadonlySet<number> = new Set([
+  pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED,
+  pkcs11js.CKR_SLOT_ID_INVALID,
+]);
+
 const UNAVAILABLE: ReadonlySet<number> = new Set([
   ...SESSION_FAILURES,
   pkcs11js.CKR_DEVICE_MEMORY,
@@ -56,17 +67,12 @@ const KEY_HANDLE_FAILURES: ReadonlySet<number> = new Set([
   pkcs11js.CKR_OBJECT_HANDLE_INVALID,
 ]);
 
-/**
- * How SoftHSM 2.6.1 reports a GCM tag that does not verify: CKR_GENERAL_ERROR (not the CKR_ENCRYPTED_DATA_INVALID
- * the standard suggests). Only meaningful for C_Decrypt.
- */
-const DECRYPTION_FAILURES: ReadonlySet<number> = new Set([
-  pkcs11js.CKR_GENERAL_ERROR,
-  pkcs11js.CKR_ENCRYPTED_DATA_INVALID,
-  pkcs11js.CKR_ENCRYPTED_DATA_LEN_RANGE,
-]);
+/** Every module's tag-failure codes: only meaningful for C_Decrypt. */
+const DECRYPTION_FAILURES: ReadonlySet<number> = new Set(Object.values(TAG_FAILURE_CODES).flat());
 
 export const isSessionFailure = (code: number | undefined): boolean => code !== undefined && SESSION_FAILURES.has(code);
+export const needsReinitialize = (code: number | undefined): boolean =>
+  code !== undefined && REINITIALIZE_ON_OPEN.has(code);
 export const isKeyHandleFailure = (code: number | undefined): boolean =>
   code !== undefined && KEY_HANDLE_FAILURES.has(code);
 export const isDecryptionFailure = (code: number | undefined): boolean =>

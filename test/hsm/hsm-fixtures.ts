@@ -3,11 +3,12 @@ import pkcs11js from 'pkcs11js';
 import type { CmkVersionRef } from '../../src/core/ports.js';
 import { GrapheneHsm, ROOT_KEY_LABEL } from '../../src/hsm/graphene-hsm.js';
 import type { HsmConfig } from '../../src/hsm/hsm-config.js';
-import type { TestToken } from '../support/softhsm.js';
+import type { AnyTestToken, TokenProvider } from '../support/softhsm.js';
 
-export function configFor(token: TestToken, overrides: Partial<HsmConfig> = {}): HsmConfig {
+export function configFor(token: AnyTestToken, overrides: Partial<HsmConfig> = {}): HsmConfig {
   return {
     library: token.library,
+    initParams: token.initParams,
     tokenLabel: token.tokenLabel,
     pin: token.pin,
     poolSize: 2,
@@ -18,7 +19,7 @@ export function configFor(token: TestToken, overrides: Partial<HsmConfig> = {}):
   };
 }
 
-export function openHsm(token: TestToken, overrides: Partial<HsmConfig> = {}): Promise<GrapheneHsm> {
+export function openHsm(token: AnyTestToken, overrides: Partial<HsmConfig> = {}): Promise<GrapheneHsm> {
   return GrapheneHsm.open(configFor(token, overrides));
 }
 
@@ -67,3 +68,26 @@ export function ckrThrownBy(call: () => unknown): number | undefined {
   }
   return undefined;
 }
+
+/**
+ * Where the modules differ, as observed here (SoftHSM 2.6.1, NSS softokn 3.87), so that tests assert each module's
+ * own answer instead of dropping the assertion.
+ * - SoftHSM carries the root key's history over to a derived key; NSS reports a derived key as extractable-ever and
+ *   not always sensitive, though it is sensitive and non-extractable now.
+ * - A key used for a function its attributes forbid: SoftHSM says CKR_KEY_FUNCTION_NOT_PERMITTED, NSS
+ *   CKR_KEY_TYPE_INCONSISTENT. Both refuse.
+ * - Wrapping a key marked CKA_EXTRACTABLE=false: SoftHSM refuses with CKR_KEY_UNEXTRACTABLE, a non-FIPS NSS database
+ *   wraps it (undefined: no error). SECURITY.md says so.
+ */
+export const MODULE_FACTS = {
+  softhsm: {
+    derivedKeyHistory: { CKA_NEVER_EXTRACTABLE: true, CKA_ALWAYS_SENSITIVE: true },
+    keyFunctionRefused: pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED,
+    wrapNonExtractable: pkcs11js.CKR_KEY_UNEXTRACTABLE as number | undefined,
+  },
+  nss: {
+    derivedKeyHistory: { CKA_NEVER_EXTRACTABLE: false, CKA_ALWAYS_SENSITIVE: false },
+    keyFunctionRefused: pkcs11js.CKR_KEY_TYPE_INCONSISTENT,
+    wrapNonExtractable: undefined,
+  },
+} as const satisfies Record<TokenProvider, unknown>;

@@ -4,25 +4,47 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createNssDatabase, NSS_LIBRARY } from './nss-token.js';
 
 export const SOFTHSM_LIBRARY = process.env.KMS_TEST_PKCS11_LIBRARY ?? '/usr/lib/softhsm/libsofthsm2.so';
 
 const INIT_TOKEN = fileURLToPath(new URL('../../softhsm/init-token.sh', import.meta.url));
 
-export interface TestToken {
-  /** Throw-away directory holding softhsm2.conf and the token files. */
+/** The real PKCS#11 modules tests run on: SoftHSMv2, and NSS softokn as a second, independent implementation. */
+export type TokenProvider = 'softhsm' | 'nss';
+export const TOKEN_PROVIDERS: readonly TokenProvider[] = ['softhsm', 'nss'];
+
+interface TestTokenBase {
+  /** Throw-away directory holding the token's files; removeTestToken deletes it. */
   readonly dir: string;
-  readonly softhsmConf: string;
   readonly tokenLabel: string;
   readonly pin: string;
   readonly library: string;
+  /** Library parameters for C_Initialize; undefined for SoftHSM. */
+  readonly initParams: string | undefined;
+  /** The variables that point the service (or `kms`) at this token. */
+  readonly serviceEnv: Readonly<Record<string, string>>;
 }
+
+/** A SoftHSM token (what createTestToken() makes without a provider). */
+export interface TestToken extends TestTokenBase {
+  readonly provider: 'softhsm';
+  readonly softhsmConf: string;
+}
+
+/** An NSS softokn database. Its token is always labelled "NSS Certificate DB". */
+export interface NssTestToken extends TestTokenBase {
+  readonly provider: 'nss';
+  readonly initParams: string;
+}
+
+export type AnyTestToken = TestToken | NssTestToken;
 
 /**
  * A fresh SoftHSM token in its own temporary directory, with random PINs. Sets SOFTHSM2_CONF for this process:
  * SoftHSM reads it at C_Initialize, and every vitest file runs in its own process (pool 'forks').
  */
-export function createTestToken(): TestToken {
+function createSoftHsmToken(): TestToken {
   const dir = mkdtempSync(path.join(tmpdir(), 'hsm-kms-token-'));
   const tokenLabel = `test-${randomBytes(4).toString('hex')}`;
   const pin = randomBytes(12).toString('hex');
@@ -32,7 +54,52 @@ export function createTestToken(): TestToken {
     stdio: ['ignore', 'pipe', 'pipe'],
   }).trim();
   process.env.SOFTHSM2_CONF = softhsmConf;
-  return { dir, softhsmConf, tokenLabel, pin, library: SOFTHSM_LIBRARY };
+  return {
+    provider: 'softhsm',
+    dir,
+    softhsmConf,
+    tokenLabel,
+    pin,
+    library: SOFTHSM_LIBRARY,
+    initParams: undefined,
+    serviceEnv: {
+      KMS_PKCS11_LIBRARY: SOFTHSM_LIBRARY,
+      KMS_TOKEN_LABEL: tokenLabel,
+      KMS_PIN: pin,
+      SOFTHSM2_CONF: softhsmConf,
+    },
+  };
+}
+
+/** A fresh NSS softokn database in its own temporary directory, with a random user PIN. */
+function createNssToken(): NssTestToken {
+  const { dir, initParams, tokenLabel, pin } = createNssDatabase();
+  return {
+    provider: 'nss',
+    dir,
+    tokenLabel,
+    pin,
+    library: NSS_LIBRARY,
+    initParams,
+    serviceEnv: {
+      KMS_PKCS11_LIBRARY: NSS_LIBRARY,
+      KMS_PKCS11_INIT_PARAMS: initParams,
+      KMS_TOKEN_LABEL: tokenLabel,
+      KMS_PIN: pin,
+    },
+  };
+}
+
+const PROVIDERS: { readonly [P in TokenProvider]: () => Extract<AnyTestToken, { provider: P }> } = {
+  softhsm: createSoftHsmToken,
+  nss: createNssToken,
+};
+
+/** A fresh token of the provider (SoftHSM by default), in its own temporary directory, with random PINs. */
+export function createTestToken(): TestToken;
+export function createTestToken<P extends TokenProvider>(provider: P): Extract<AnyTestToken, { provider: P }>;
+export function createTestToken(provider: TokenProvider = 'softhsm'): AnyTestToken {
+  return PROVIDERS[provider]();
 }
 
 export function removeTestToken(dir: string): void {

@@ -3,7 +3,7 @@ import { loadOrCreateIssuerKeys, signProjectToken } from '../../src/auth/local-i
 import { loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
 import { type RunningService, startService } from '../../src/service.js';
-import { createTestToken, removeTestToken } from './softhsm.js';
+import { createTestToken, removeTestToken, type TokenProvider } from './softhsm.js';
 
 export interface HuaweiResponse {
   readonly status: number;
@@ -43,23 +43,25 @@ export interface TestService {
 export interface TestServiceOptions {
   /** Receives every log line the service writes at KMS_LOG_LEVEL or above (default: stderr, errors only). */
   readonly onLog?: (line: string) => void;
+  /** The PKCS#11 module the token lives in (SoftHSM unless told otherwise). */
+  readonly provider?: TokenProvider;
 }
 
-/** The real service, in this process, on 127.0.0.1 and a free port, with a fresh SoftHSM token and data directory. */
+/**
+ * The real service, in this process, on 127.0.0.1 and a free port, with a fresh token (SoftHSM unless
+ * `options.provider` says otherwise) and data directory.
+ */
 export async function startTestService(
   extraEnv: Record<string, string> = {},
   options: TestServiceOptions = {},
 ): Promise<TestService> {
-  const token = createTestToken();
+  const token = createTestToken(options.provider ?? 'softhsm');
   const env: Record<string, string> = {
     KMS_DATA_DIR: path.join(token.dir, 'data'),
     KMS_PORT: '0',
     KMS_HOST: '127.0.0.1',
-    KMS_PIN: token.pin,
-    KMS_TOKEN_LABEL: token.tokenLabel,
-    KMS_PKCS11_LIBRARY: token.library,
     KMS_LOG_LEVEL: 'error',
-    SOFTHSM2_CONF: token.softhsmConf,
+    ...token.serviceEnv,
     ...extraEnv,
   };
   return boot(env, options, () => removeTestToken(token.dir));

@@ -46,6 +46,15 @@ describe('configuration', () => {
     expect(config.port).toBe(9100);
   });
 
+  it('when KMS_PKCS11_INIT_PARAMS is set, then the HSM gets it verbatim; unset, then there are none', () => {
+    const params = "configdir='sql:/var/lib/nss db' certPrefix='' keyPrefix='' secmod='' flags=";
+    expect(loadConfig({ KMS_PIN: '1234', KMS_PKCS11_INIT_PARAMS: params }).hsm.initParams).toBe(params);
+    expect(loadConfig({ KMS_PIN: '1234' }).hsm.initParams).toBeUndefined();
+    expect(() => loadConfig({ KMS_PIN: '1234', KMS_PKCS11_INIT_PARAMS: '' })).toThrow(
+      /^Invalid configuration: KMS_PKCS11_INIT_PARAMS: /,
+    );
+  });
+
   it('when no PIN is configured, then start-up stops with a message naming the variables', () => {
     expect(() => loadConfig({})).toThrow(/KMS_PIN or KMS_PIN_FILE/);
   });
