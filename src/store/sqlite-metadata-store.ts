@@ -114,6 +114,9 @@ interface UpdateParams {
   deletionDate: number | null;
 }
 
+/** How long a statement waits for another process's write lock before SQLITE_BUSY. */
+const BUSY_TIMEOUT_MS = 5000;
+
 /**
  * The metadata store on one SQLite file, shared by every node:cluster worker. WAL lets readers run beside the single
  * writer; a read-then-write runs in a BEGIN IMMEDIATE transaction so it holds the write lock from its first read,
@@ -160,8 +163,11 @@ export class SqliteMetadataStore implements MetadataStore {
     (key: KeyRecord, version: KeyVersionRecord, quota: number) => void
   >;
   readonly #listKeysTx: Database.Transaction<(query: ListKeysQuery) => { keys: KeyRecord[]; total: number }>;
-  /** Set when this connection deleted key material that may still have copies in the WAL file. */
-  #unerased = false;
+  /**
+   * Set when key material deleted may still have copies in the WAL file. It starts set: a process that stopped
+   * before its erasure went through left the copies behind, and nothing but a checkpoint remembers them.
+   */
+  #unerased = true;
 
   /** Opens (creating if missing, with mode 0600) and migrates the database at `path`. */
   static open(path: string): SqliteMetadataStore {
@@ -174,7 +180,7 @@ export class SqliteMetadataStore implements MetadataStore {
 
   private constructor(db: Database.Database) {
     this.#db = db;
-    db.pragma('busy_timeout = 5000');
+    db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = FULL');
     db.pragma('foreign_keys = ON');
@@ -363,11 +369,14 @@ export class SqliteMetadataStore implements MetadataStore {
   /**
    * secure_delete zeroed the deleted rows in the pages the purge wrote, but the WAL still holds older images of those
    * pages and kms.db the pre-purge pages until a checkpoint. A TRUNCATE checkpoint copies the zeroed pages into the
-   * database and empties the WAL file. It waits (busy_timeout) for other processes' readers and writer; should they
-   * hold on longer, SQLite answers busy and the next call tries again.
+   * database and empties the WAL file. It does not wait for other processes' readers or writer: the synchronous wait
+   * of busy_timeout would hold this process's event loop (in a cluster, the primary's, which hands every connection
+   * to a worker) for seconds while, say, a backup tool holds a read transaction. SQLite then answers busy, and the
+   * next call tries again.
    */
   async erasePurged(): Promise<boolean> {
     if (!this.#unerased) return true;
+    this.#db.pragma('busy_timeout = 0');
     try {
       const [result] = this.#db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
       if (result?.busy !== 0) return false;
@@ -375,6 +384,8 @@ export class SqliteMetadataStore implements MetadataStore {
       return true;
     } catch (error) {
       throw storeError(error);
+    } finally {
+      this.#db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
     }
   }
 
