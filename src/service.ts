@@ -90,16 +90,21 @@ export async function startService(
   const credentials = new CredentialService(hsm, store, clock);
 
   let sweeper: NodeJS.Timeout | undefined;
-  // The sweep yields between batches: stop() waits for one under way before closing the store beneath it.
-  let sweeping: Promise<unknown> = Promise.resolve();
+  // The sweep yields between batches: stop() waits for one under way before closing the store beneath it, and a
+  // tick that comes while one is under way (a backlog longer than the interval) starts no second one beside it.
+  let sweeping: Promise<unknown> | undefined;
   if (role !== 'worker') {
     const reconciled = await keys.reconcilePendingCreation();
     if (reconciled > 0) logger.warn('removed keys left half-created by a crash', { count: reconciled });
     const sweep = () => {
-      sweeping = Promise.all([keys.purgeDueDeletions(), nonces.purgeExpired(clock.now())]).then(
-        ([n]) => n > 0 && logger.info('deleted keys whose deletion date passed', { count: n }),
-        (err: unknown) => logger.error('deletion sweep failed', errorFields(err)),
-      );
+      sweeping ??= Promise.all([keys.purgeDueDeletions(), nonces.purgeExpired(clock.now())])
+        .then(
+          ([n]) => n > 0 && logger.info('deleted keys whose deletion date passed', { count: n }),
+          (err: unknown) => logger.error('deletion sweep failed', errorFields(err)),
+        )
+        .finally(() => {
+          sweeping = undefined;
+        });
       return sweeping;
     };
     await sweep();

@@ -75,10 +75,12 @@ kms_ensure_nss() {
   export KMS_TEST_NSS_LIBRARY="$module"
 }
 
-# Prints the path of libsoftokn3.so in the multiarch library directory, or nothing.
+# Prints the path of libsoftokn3.so in the multiarch library directory, or nothing. This machine's own architecture
+# comes first: with another architecture's libnss3 also installed (i386 on amd64), the glob alone could pick it.
 kms_find_softokn() {
   local candidate
-  for candidate in /usr/lib/*-linux-gnu/libsoftokn3.so /usr/lib64/libsoftokn3.so /usr/lib/libsoftokn3.so; do
+  for candidate in "/usr/lib/$(uname -m)-linux-gnu/libsoftokn3.so" /usr/lib/*-linux-gnu/libsoftokn3.so \
+    /usr/lib64/libsoftokn3.so /usr/lib/libsoftokn3.so; do
     if [ -e "$candidate" ]; then
       printf '%s\n' "$candidate"
       return 0

@@ -2,10 +2,11 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
+import { machine, tmpdir } from 'node:os';
 import path from 'node:path';
 
-export const NSS_LIBRARY = process.env.KMS_TEST_NSS_LIBRARY ?? '/usr/lib/x86_64-linux-gnu/libsoftokn3.so';
+/** scripts/test sets KMS_TEST_NSS_LIBRARY; without it, Debian's multiarch directory of this machine's architecture. */
+export const NSS_LIBRARY = process.env.KMS_TEST_NSS_LIBRARY ?? `/usr/lib/${machine()}-linux-gnu/libsoftokn3.so`;
 
 /** NSS softokn names the token of a database so, whatever the database. */
 export const NSS_TOKEN_LABEL = 'NSS Certificate DB';
