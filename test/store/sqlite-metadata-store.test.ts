@@ -253,7 +253,8 @@ describe('SqliteMetadataStore on a file', () => {
     const fileBytes = () =>
       ['', '-wal', '-shm'].map((suffix) => (existsSync(`${path}${suffix}`) ? readFileSync(`${path}${suffix}`) : null));
 
-    it('when another process holds a read transaction on the WAL, then erasePurged answers false, and true once it ends', async () => {
+    /** A key purged while another connection holds a read transaction open on the WAL. */
+    async function purgedUnderReader() {
       const store = openStore();
       const key = pendingKey();
       const version = firstVersion(key);
@@ -263,8 +264,12 @@ describe('SqliteMetadataStore on a file', () => {
       const reader = new Database(path);
       reader.exec('BEGIN');
       reader.prepare('SELECT count(*) FROM keys').get();
-
       expect(await store.purgeDueKeys([key.id], 0)).toEqual([key.id]);
+      return { store, version, reader };
+    }
+
+    it('when another process holds a read transaction on the WAL, then erasePurged answers false, and true once it ends', async () => {
+      const { store, version, reader } = await purgedUnderReader();
       const started = performance.now();
       expect(await store.erasePurged()).toBe(false);
       // It does not wait out the busy timeout: that wait would stall the sweeping process's event loop.
@@ -278,16 +283,7 @@ describe('SqliteMetadataStore on a file', () => {
     }, 20_000);
 
     it('when the process stops before its erasure went through, then the next process to sweep erases', async () => {
-      const store = openStore();
-      const key = pendingKey();
-      const version = firstVersion(key);
-      await store.insertPendingKey(key, version, 10);
-      await store.activateKey(key.id);
-      await store.updateKey(PROJECT_A, key.id, 'Enabled', { state: 'PendingDeletion', deletionDate: 0 });
-      const reader = new Database(path);
-      reader.exec('BEGIN');
-      reader.prepare('SELECT count(*) FROM keys').get();
-      expect(await store.purgeDueKeys([key.id], 0)).toEqual([key.id]);
+      const { store, version, reader } = await purgedUnderReader();
       expect(await store.erasePurged()).toBe(false);
       await store.close();
       reader.exec('COMMIT');
