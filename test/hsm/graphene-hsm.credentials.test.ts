@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { KmsError } from '../../src/core/errors.js';
 import { CREDENTIAL_KEY_LABEL, type GrapheneHsm } from '../../src/hsm/graphene-hsm.js';
 import { type AnyTestToken, createTestToken, removeTestToken, TOKEN_PROVIDERS } from '../support/softhsm.js';
-import { ckrThrownBy, MODULE_FACTS, openHsm, readBooleans } from './hsm-fixtures.js';
+import { ckrThrownBy, expectBooleans, MODULE_FACTS, openHsm } from './hsm-fixtures.js';
 
 describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
   let token: AnyTestToken;
@@ -85,24 +85,7 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       const hooks = hsm.forTesting();
       const key = hooks.credentialKeyHandle() as Buffer;
       expect(key).toBeDefined();
-      expect(
-        readBooleans(hsm, key, [
-          'CKA_TOKEN',
-          'CKA_PRIVATE',
-          'CKA_SENSITIVE',
-          'CKA_EXTRACTABLE',
-          'CKA_NEVER_EXTRACTABLE',
-          'CKA_ALWAYS_SENSITIVE',
-          'CKA_MODIFIABLE',
-          'CKA_ENCRYPT',
-          'CKA_DECRYPT',
-          'CKA_DERIVE',
-          'CKA_WRAP',
-          'CKA_UNWRAP',
-          'CKA_SIGN',
-          'CKA_VERIFY',
-        ]),
-      ).toEqual({
+      expectBooleans(hsm, key, {
         CKA_TOKEN: true,
         CKA_PRIVATE: true,
         CKA_SENSITIVE: true,

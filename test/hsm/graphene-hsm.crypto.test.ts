@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KmsError } from '../../src/core/errors.js';
 import { type GrapheneHsm, ROOT_KEY_LABEL } from '../../src/hsm/graphene-hsm.js';
 import { type AnyTestToken, createTestToken, removeTestToken, TOKEN_PROVIDERS } from '../support/softhsm.js';
-import { ckrThrownBy, cmkVersion, MODULE_FACTS, openHsm, readBooleans } from './hsm-fixtures.js';
+import { ckrThrownBy, cmkVersion, expectBooleans, MODULE_FACTS, openHsm, readBooleans } from './hsm-fixtures.js';
 
 describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
   const facts = MODULE_FACTS[provider];
@@ -155,23 +155,7 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       await hsm.prepareKey(key);
       const handle = hsm.forTesting().derivedKeys.get(`${key.keyId}:1`) as Buffer;
       expect(handle).toBeDefined();
-      expect(
-        readBooleans(hsm, handle, [
-          'CKA_TOKEN',
-          'CKA_PRIVATE',
-          'CKA_SENSITIVE',
-          'CKA_EXTRACTABLE',
-          'CKA_NEVER_EXTRACTABLE',
-          'CKA_ALWAYS_SENSITIVE',
-          'CKA_ENCRYPT',
-          'CKA_DECRYPT',
-          'CKA_DERIVE',
-          'CKA_WRAP',
-          'CKA_UNWRAP',
-          'CKA_SIGN',
-          'CKA_VERIFY',
-        ]),
-      ).toEqual({
+      expectBooleans(hsm, handle, {
         CKA_TOKEN: false,
         CKA_PRIVATE: true,
         CKA_SENSITIVE: true,
@@ -197,24 +181,7 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       const hooks = hsm.forTesting();
       const root = hooks.rootKeyHandle(ROOT_KEY_LABEL) as Buffer;
       expect(root).toBeDefined();
-      expect(
-        readBooleans(hsm, root, [
-          'CKA_TOKEN',
-          'CKA_PRIVATE',
-          'CKA_SENSITIVE',
-          'CKA_EXTRACTABLE',
-          'CKA_NEVER_EXTRACTABLE',
-          'CKA_ALWAYS_SENSITIVE',
-          'CKA_MODIFIABLE',
-          'CKA_ENCRYPT',
-          'CKA_DECRYPT',
-          'CKA_DERIVE',
-          'CKA_WRAP',
-          'CKA_UNWRAP',
-          'CKA_SIGN',
-          'CKA_VERIFY',
-        ]),
-      ).toEqual({
+      expectBooleans(hsm, root, {
         CKA_TOKEN: true,
         CKA_PRIVATE: true,
         CKA_SENSITIVE: true,

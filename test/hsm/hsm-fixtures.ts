@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
+import { expect } from 'vitest';
 import type { CmkVersionRef } from '../../src/core/ports.js';
 import { GrapheneHsm, ROOT_KEY_LABEL } from '../../src/hsm/graphene-hsm.js';
 import type { HsmConfig } from '../../src/hsm/hsm-config.js';
@@ -40,6 +41,16 @@ export function readBooleans(
     names.map((name) => ({ type: BOOLEAN_ATTRIBUTES[name] })),
   );
   return Object.fromEntries(names.map((name, i) => [name, (attrs[i]?.value as Buffer | undefined)?.[0] === 1]));
+}
+
+/** Reads the boolean attributes `expected` names and asserts they have exactly its values. */
+export function expectBooleans(
+  hsm: GrapheneHsm,
+  handle: Buffer,
+  expected: Readonly<Partial<Record<keyof typeof BOOLEAN_ATTRIBUTES, boolean>>>,
+): void {
+  const names = Object.keys(expected) as (keyof typeof BOOLEAN_ATTRIBUTES)[];
+  expect(readBooleans(hsm, handle, names)).toEqual(expected);
 }
 
 export const BOOLEAN_ATTRIBUTES = {
