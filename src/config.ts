@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
+import { PROFILE_NAMES, type ProfileName } from './hsm/hsm-profiles.js';
 
 /**
  * The service's configuration: read from the environment once, validated, frozen. Secrets (the PIN) come from
@@ -15,6 +16,7 @@ const EnvSchema = z.object({
   KMS_WORKERS: intFrom(1, 64).default(1),
   KMS_PKCS11_LIBRARY: z.string().min(1).default('/usr/lib/softhsm/libsofthsm2.so'),
   KMS_PKCS11_INIT_PARAMS: z.string().min(1).optional(),
+  KMS_HSM_PROFILE: z.enum(PROFILE_NAMES).optional(),
   KMS_TOKEN_LABEL: z.string().min(1).max(32).default('hsm-kms'),
   KMS_PIN: z.string().min(1).optional(),
   KMS_PIN_FILE: z.string().min(1).optional(),
@@ -70,6 +72,8 @@ export interface Config {
     readonly library: string;
     /** Library parameters for C_Initialize (NSS softokn needs them); undefined for SoftHSM. */
     readonly initParams: string | undefined;
+    /** The module's profile (src/hsm/hsm-profiles.ts); undefined: chosen from what the module says it is. */
+    readonly profile: ProfileName | undefined;
     readonly tokenLabel: string;
     readonly pin: string;
     readonly poolSize: number;
@@ -128,6 +132,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     hsm: Object.freeze({
       library: e.KMS_PKCS11_LIBRARY,
       initParams: e.KMS_PKCS11_INIT_PARAMS,
+      profile: e.KMS_HSM_PROFILE,
       tokenLabel: e.KMS_TOKEN_LABEL,
       pin: readPin(e.KMS_PIN, e.KMS_PIN_FILE),
       poolSize: e.KMS_HSM_POOL_SIZE,

@@ -11,6 +11,7 @@ import { KeyService } from './core/key.service.js';
 import { PasswordService } from './core/password.service.js';
 import type { Clock } from './core/ports.js';
 import { RandomService } from './core/random.service.js';
+import { RootKeyService } from './core/root-key.service.js';
 import { GrapheneHsm } from './hsm/graphene-hsm.js';
 import { createBoundedServer } from './http/bounded-server.js';
 import { errorFields, type Logger } from './logger.js';
@@ -69,7 +70,7 @@ export async function startService(
   });
   // Beside the metadata database, in a file of its own (src/store/sqlite-nonce-ledger.ts says why).
   const nonces = SqliteNonceLedger.open(`${config.dbPath}-nonces`);
-  const hsm = await GrapheneHsm.open({ ...config.hsm, createRootKeyIfMissing: role !== 'worker' }).catch(
+  const hsm = await GrapheneHsm.open({ ...config.hsm, createTokenKeysIfMissing: role !== 'worker' }).catch(
     async (err: unknown) => {
       await nonces.close();
       await store.close();
@@ -94,6 +95,7 @@ export async function startService(
   // tick that comes while one is under way (a backlog longer than the interval) starts no second one beside it.
   let sweeping: Promise<unknown> | undefined;
   if (role !== 'worker') {
+    await new RootKeyService(hsm, store, clock).ensureActiveRoot();
     const reconciled = await keys.reconcilePendingCreation();
     if (reconciled > 0) logger.warn('removed keys left half-created by a crash', { count: reconciled });
     const sweep = () => {

@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../auth/local-issuer.js';
 import { loadConfig } from '../config.js';
 import { CredentialService } from '../core/credential.service.js';
+import { RootKeyService } from '../core/root-key.service.js';
 import { GrapheneHsm } from '../hsm/graphene-hsm.js';
 import { SqliteMetadataStore } from '../store/sqlite-metadata-store.js';
 
@@ -24,6 +25,11 @@ Commands:
       Revoke an access key at once. Fails (exit 1) if it is unknown or already revoked.
       Both credentials commands open the HSM and the metadata store with the service's configuration
       (KMS_DATA_DIR, KMS_PIN or KMS_PIN_FILE, KMS_TOKEN_LABEL, KMS_PKCS11_LIBRARY, SOFTHSM2_CONF, ...).
+  root rotate
+      Make a new root key in the HSM, rewrap every key version under it (versions of the legacy derivation
+      scheme are migrated on the way), then destroy the old root keys. The service keeps serving meanwhile.
+      Resumable: after a crash, run it again; it finishes the interrupted rotation first. Run one at a time.
+      Prints the new root key's label; progress goes to stderr.
   help
       Print this text.
 `;
@@ -64,20 +70,42 @@ async function token(args: string[]): Promise<void> {
 }
 
 /** Runs `use` with a credential service over the service's own HSM token and database, closing both after. */
-async function withCredentials<T>(use: (credentials: CredentialService) => Promise<T>): Promise<T> {
+function withCredentials<T>(use: (credentials: CredentialService) => Promise<T>): Promise<T> {
+  return withHsmAndStore((hsm, store) => use(new CredentialService(hsm, store, { now: () => Date.now() })));
+}
+
+/** Runs `use` with the service's own HSM token and database, closing both after. */
+async function withHsmAndStore<T>(use: (hsm: GrapheneHsm, store: SqliteMetadataStore) => Promise<T>): Promise<T> {
   const config = loadConfig();
   const store = SqliteMetadataStore.open(config.dbPath);
   try {
     // The CLI may be the first to use a fresh token: it creates the keys it needs, like the service's primary.
-    const hsm = await GrapheneHsm.open({ ...config.hsm, poolSize: 1, createRootKeyIfMissing: true });
+    const hsm = await GrapheneHsm.open({ ...config.hsm, poolSize: 1, createTokenKeysIfMissing: true });
     try {
-      return await use(new CredentialService(hsm, store, { now: () => Date.now() }));
+      return await use(hsm, store);
     } finally {
       await hsm.close();
     }
   } finally {
     await store.close();
   }
+}
+
+async function root(args: string[]): Promise<void> {
+  const [subcommand, ...rest] = args;
+  if (subcommand !== 'rotate') {
+    fail(subcommand === undefined ? "root needs 'rotate' (try 'kms help')" : `unknown root command '${subcommand}'`);
+  }
+  parseArgs({ args: rest, options: {}, strict: true });
+  const report = await withHsmAndStore((hsm, store) =>
+    new RootKeyService(hsm, store, { now: () => Date.now() }).rotate((n) =>
+      process.stderr.write(`kms: ${n} key versions rewrapped\n`),
+    ),
+  );
+  process.stderr.write(
+    `kms: ${report.rewrapped} key versions rewrapped; destroyed ${JSON.stringify(report.destroyed)}\n`,
+  );
+  process.stdout.write(`${report.rootKeyLabel}\n`);
 }
 
 async function credentials(args: string[]): Promise<void> {
@@ -130,6 +158,8 @@ async function main(argv: string[]): Promise<void> {
       return token(rest);
     case 'credentials':
       return credentials(rest);
+    case 'root':
+      return root(rest);
     case 'help':
     case '--help':
     case '-h':

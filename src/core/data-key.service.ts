@@ -4,7 +4,6 @@ import {
   decodeFrame,
   decodePayload,
   encodeBlob,
-  GCM_IV_LENGTH,
   MAX_PLAINTEXT_LENGTH,
   type PlaintextKind,
 } from './ciphertext-blob.js';
@@ -52,15 +51,13 @@ export class DataKeyService {
   ): Promise<Sealed & { plaintext: Buffer }> {
     needs(Number.isInteger(length) && length >= 1 && length <= MAX_DATA_KEY_LENGTH, 'Invalid data key length.');
     const key = await this.usableKey(projectId, ref);
-    // One C_GenerateRandom call for the data key and the IV: HSM calls are the largest cost of this request.
-    const drawn = await this.hsm.generateRandom(length + GCM_IV_LENGTH);
-    const plaintext = drawn.subarray(0, length);
+    const plaintext = await this.hsm.generateRandom(length);
     try {
-      const ciphertextBlob = await this.seal(key, plaintext, binding, 'bytes', drawn.subarray(length));
+      const ciphertextBlob = await this.seal(key, plaintext, binding, 'bytes');
       return { key, keyVersion: key.currentVersion, plaintext, ciphertextBlob };
     } catch (err) {
       // No one else will ever see this data key: it must not outlive the failure in memory.
-      drawn.fill(0);
+      plaintext.fill(0);
       throw err;
     }
   }
@@ -78,8 +75,7 @@ export class DataKeyService {
   ): Promise<Sealed> {
     needs(plaintext.length >= 1 && plaintext.length <= MAX_PLAINTEXT_LENGTH, 'Invalid plaintext length.');
     const key = await this.usableKey(projectId, ref);
-    const iv = await this.hsm.generateRandom(GCM_IV_LENGTH);
-    return { key, keyVersion: key.currentVersion, ciphertextBlob: await this.seal(key, plaintext, binding, kind, iv) };
+    return { key, keyVersion: key.currentVersion, ciphertextBlob: await this.seal(key, plaintext, binding, kind) };
   }
 
   /**
@@ -99,10 +95,11 @@ export class DataKeyService {
       throw new KmsError('IncorrectKey', 'The cipher_text was not made with the key given in key_id.');
     }
     assertUsableForCrypto(key);
-    const version = await this.version(key.id, frame.keyVersion);
     const payload = decodePayload(frame);
     const aad = blobAad(key.id, frame.keyVersion, payload.plaintextLength, binding, payload.kind);
-    const plaintext = await this.hsm.decrypt(version, payload.iv, payload.ciphertextWithTag, aad);
+    const plaintext = await this.withVersion(key.id, frame.keyVersion, (version) =>
+      this.hsm.decrypt(version, payload.iv, payload.ciphertextWithTag, aad),
+    );
     return { key, keyVersion: frame.keyVersion, plaintext, kind: payload.kind };
   }
 
@@ -112,18 +109,38 @@ export class DataKeyService {
     return key;
   }
 
-  /** `iv`: 96 random bits from the HSM, unique per key across processes without coordination (SP 800-38D §8.2.2). */
+  /** The HSM layer chooses the IV (docs/hsm-profiles.md): 96 bits, unique per key version (SP 800-38D §8.2). */
   private async seal(
     key: KeyRecord,
     plaintext: Buffer,
     binding: CiphertextBinding,
     kind: PlaintextKind,
-    iv: Buffer,
   ): Promise<Buffer> {
-    const version = await this.version(key.id, key.currentVersion);
     const aad = blobAad(key.id, key.currentVersion, plaintext.length, binding, kind);
-    const ciphertextWithTag = await this.hsm.encrypt(version, iv, plaintext, aad);
+    const { iv, ciphertextWithTag } = await this.withVersion(key.id, key.currentVersion, (version) =>
+      this.hsm.encrypt(version, plaintext, aad),
+    );
     return encodeBlob({ keyId: key.id, keyVersion: key.currentVersion, iv, ciphertextWithTag, kind });
+  }
+
+  /**
+   * Runs `use` with the key version. Should it fail because a root rotation rewrapped the version since this process
+   * cached it (and destroyed the old root), it runs once more with the version as the store now has it.
+   */
+  private async withVersion<T>(
+    keyId: string,
+    version: number,
+    use: (found: KeyVersionRecord) => Promise<T>,
+  ): Promise<T> {
+    const cached = await this.version(keyId, version);
+    try {
+      return await use(cached);
+    } catch (err) {
+      if (err instanceof KmsError && err.code === 'InvalidCiphertext') throw err;
+      const fresh = await this.store.findKeyVersion(keyId, version, true);
+      if (fresh === undefined || fresh.rootKeyLabel === cached.rootKeyLabel) throw err;
+      return use(fresh);
+    }
   }
 
   private async version(keyId: string, version: number): Promise<KeyVersionRecord> {

@@ -12,9 +12,10 @@ import {
   transitions,
 } from './keys.js';
 import type { Clock, Hsm, KeyPatch, MetadataStore } from './ports.js';
+import { activeRootKey } from './root-key.service.js';
 
-/** Bytes of per-version derivation data fed, with the root key, to C_DeriveKey (two AES blocks → AES-256). */
-export const DERIVATION_DATA_LENGTH = 32;
+/** Attempts at creating a key when root rotations keep replacing the root key under it. */
+const MAX_ROOT_RACES = 3;
 
 /** How often a compare-and-set transition is retried when another process changed the key meanwhile. */
 const MAX_TRANSITION_ATTEMPTS = 5;
@@ -41,9 +42,10 @@ export class KeyService {
   ) {}
 
   /**
-   * Crash-consistent creation: the key is recorded as PendingCreation together with its derivation data, then
-   * materialised in the HSM, then marked Enabled. A crash in between leaves a PendingCreation record that
-   * `reconcilePendingCreation` removes at the next start; the HSM holds no token object per key, so nothing is orphaned.
+   * Crash-consistent creation: the version's key is generated and wrapped in the HSM (session objects only: a crash
+   * leaves nothing on the token), then the key is recorded as PendingCreation together with it, then marked
+   * Enabled. A crash in between leaves a PendingCreation record that `reconcilePendingCreation` removes at the next
+   * start. Should a root rotation replace the root key meanwhile, the version is made again under the new one.
    */
   async create(input: CreateKeyInput): Promise<KeyRecord> {
     const now = this.clock.now();
@@ -60,15 +62,15 @@ export class KeyService {
       deletionDate: null,
       currentVersion: 0,
     };
-    const version: KeyVersionRecord = {
-      keyId: key.id,
-      version: 0,
-      rootKeyLabel: this.hsm.currentRootKeyLabel,
-      derivationData: await this.hsm.generateRandom(DERIVATION_DATA_LENGTH),
-      createdAt: now,
-    };
-    await this.store.insertPendingKey(key, version, this.cmkQuota);
-    await this.hsm.prepareKey(version);
+    for (let attempt = 1; ; attempt++) {
+      const kept = await this.hsm.createKeyVersion(key.id, 0, await activeRootKey(this.store));
+      const version: KeyVersionRecord = { keyId: key.id, version: 0, ...kept, createdAt: now };
+      if (await this.store.insertPendingKey(key, version, this.cmkQuota)) break;
+      this.hsm.forget(key.id, 0);
+      if (attempt === MAX_ROOT_RACES) {
+        throw new KmsError('HsmUnavailable', 'The root key was replaced repeatedly while the key was created.');
+      }
+    }
     await this.store.activateKey(key.id);
     return { ...key, state: 'Enabled' };
   }

@@ -1,9 +1,8 @@
 import { KmsError } from './errors.js';
 
 /**
- * A customer master key (CMK) as the metadata store holds it. The key itself never leaves the HSM: each key version
- * is materialised inside the HSM from a non-extractable root key and the version's derivation data
- * (see docs/architecture.md).
+ * A customer master key (CMK) as the metadata store holds it. The key itself never leaves the HSM in plaintext: each
+ * key version is kept wrapped under a root key that never leaves the HSM (see docs/architecture.md).
  */
 export type KeyState = 'PendingCreation' | 'Enabled' | 'Disabled' | 'PendingDeletion';
 
@@ -30,14 +29,35 @@ export interface KeyRecord {
   readonly currentVersion: number;
 }
 
-/** One version of a CMK: what the HSM needs to materialise that version's AES-256 key. */
-export interface KeyVersionRecord {
+/**
+ * How a key version is kept. Versions of different schemes live side by side; the HSM adapter dispatches on it.
+ * - `kwp-v1`: the version's AES-256 key, generated in the HSM and wrapped there under the root key (RFC 5649).
+ * - `cbc-encrypt-data-v1`: legacy; 32 bytes of derivation data from which the HSM derives the key under a
+ *   derive-only root key (C_DeriveKey, CKM_AES_CBC_ENCRYPT_DATA). Moved to kwp-v1 by a root rotation.
+ */
+export type KeyScheme = 'kwp-v1' | 'cbc-encrypt-data-v1';
+
+/** How a key version is kept: what the HSM needs to bring its key back, useless without the root key. */
+export interface KeptKeyVersion {
+  readonly scheme: KeyScheme;
+  /** Label of the root key on the token that keyMaterial is kept under. */
+  readonly rootKeyLabel: string;
+  /** The wrapped key (kwp-v1) or the derivation data (cbc-encrypt-data-v1). Deleting it shreds the version. */
+  readonly keyMaterial: Buffer;
+}
+
+/** One version of a CMK: what the HSM needs to bring that version's AES-256 key back. */
+export interface KeyVersionRecord extends KeptKeyVersion {
   readonly keyId: string;
   readonly version: number;
-  /** Label of the non-extractable root key on the token that this version is derived from. */
-  readonly rootKeyLabel: string;
-  /** Derivation data: useless without the root key; deleting it makes the version's ciphertexts undecryptable. */
-  readonly derivationData: Buffer;
+  readonly createdAt: number;
+}
+
+/** A root wrapping key of the token: exactly one is active (new versions are wrapped under it). */
+export interface RootKeyRecord {
+  readonly label: string;
+  /** `retiring`: replaced by a newer root; versions still under it are being rewrapped, then it is destroyed. */
+  readonly state: 'active' | 'retiring';
   readonly createdAt: number;
 }
 

@@ -1,12 +1,16 @@
 import type { CredentialRecord } from './credentials.js';
-import type { AliasRecord, KeyRecord, KeyState, KeyVersionRecord, Tag } from './keys.js';
+import type { AliasRecord, KeptKeyVersion, KeyRecord, KeyState, KeyVersionRecord, RootKeyRecord, Tag } from './keys.js';
 
-/** What the HSM needs to materialise one CMK version inside itself. Carries no key material. */
-export interface CmkVersionRef {
+/** What the HSM needs to bring one CMK version's key back inside itself. Carries no key material in plaintext. */
+export interface CmkVersionRef extends KeptKeyVersion {
   readonly keyId: string;
   readonly version: number;
-  readonly rootKeyLabel: string;
-  readonly derivationData: Buffer;
+}
+
+/** An AES-GCM encryption: the IV the HSM layer chose (12 bytes) and ciphertext ‖ 16-byte tag. */
+export interface GcmSealed {
+  readonly iv: Buffer;
+  readonly ciphertextWithTag: Buffer;
 }
 
 /**
@@ -17,14 +21,26 @@ export interface CmkVersionRef {
  * KmsError('InvalidCiphertext') when the GCM tag does not verify.
  */
 export interface Hsm {
-  /** Label of the root key that new CMK versions are derived from. */
-  readonly currentRootKeyLabel: string;
   /** `length` bytes from C_GenerateRandom. */
   generateRandom(length: number): Promise<Buffer>;
-  /** Materialises the CMK version inside the HSM (and caches its handle), proving it can be used. */
+  /**
+   * Makes the root wrapping key `label` on the token if it is not there yet (checking it if it is). Idempotent, so
+   * that a crash between making it and recording it is harmless.
+   */
+  ensureRootKey(label: string): Promise<void>;
+  /** Destroys the root key `label` on the token; false if there was none. Every version under it is then lost. */
+  destroyRootKey(label: string): Promise<boolean>;
+  /**
+   * A new CMK version: an AES-256 key generated inside the HSM, wrapped there under the root key `rootKeyLabel`,
+   * and kept ready for use. Returns how it is kept; its plaintext never leaves the HSM.
+   */
+  createKeyVersion(keyId: string, version: number, rootKeyLabel: string): Promise<KeptKeyVersion>;
+  /** The version's key, kept again under the root key `rootKeyLabel` (root rotation; migration of legacy schemes). */
+  rewrapKeyVersion(key: CmkVersionRef, rootKeyLabel: string): Promise<KeptKeyVersion>;
+  /** Brings the version's key back inside the HSM (and caches its handle), proving it can be used. */
   prepareKey(key: CmkVersionRef): Promise<void>;
-  /** AES-256-GCM in the HSM under the CMK version; returns ciphertext ‖ 16-byte tag. */
-  encrypt(key: CmkVersionRef, iv: Buffer, plaintext: Buffer, aad: Buffer): Promise<Buffer>;
+  /** AES-256-GCM in the HSM under the CMK version, with an IV the HSM layer chooses (never the caller). */
+  encrypt(key: CmkVersionRef, plaintext: Buffer, aad: Buffer): Promise<GcmSealed>;
   /** Inverse of encrypt; the tag is the last 16 bytes of `ciphertextWithTag`. */
   decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer): Promise<Buffer>;
   /**
@@ -32,7 +48,7 @@ export interface Hsm {
    * access key id. Computed on demand, so no secret is ever stored.
    */
   credentialSecret(accessKeyId: string): Promise<Buffer>;
-  /** Drops the cached materialised key of a version whose derivation data is being deleted. */
+  /** Drops the cached key of a version whose key material is being deleted. */
   forget(keyId: string, version: number): void;
   close(): Promise<void>;
 }
@@ -47,28 +63,29 @@ export interface ListKeysQuery {
 export type KeyPatch = Partial<Pick<KeyRecord, 'alias' | 'description' | 'state' | 'deletionDate'>>;
 
 /**
- * Key metadata. Never holds key material in plaintext: a key version's derivation data is useless without the
+ * Key metadata. Never holds key material in plaintext: a key version's kept material is useless without the
  * HSM's root key. Every read is scoped to a project, so one project can never see another's keys.
  */
 export interface MetadataStore {
   /**
-   * Inserts a key in state PendingCreation together with its first version, atomically. Throws
-   * KmsError('AliasAlreadyExists') when the project already has the alias (compared by aliasName()) and
+   * Inserts a key in state PendingCreation together with its first version, atomically, if the version is kept
+   * under the active root key; false, inserting nothing, if that root has been replaced since (a rotation began).
+   * Throws KmsError('AliasAlreadyExists') when the project already has the alias (compared by aliasName()) and
    * KmsError('KeyQuotaExceeded') when the project already holds `quota` keys.
    */
-  insertPendingKey(key: KeyRecord, version: KeyVersionRecord, quota: number): Promise<void>;
+  insertPendingKey(key: KeyRecord, version: KeyVersionRecord, quota: number): Promise<boolean>;
   /** PendingCreation → Enabled. */
   activateKey(keyId: string): Promise<void>;
   /** Keys left in PendingCreation by a crash, in every project: reconciled at start-up. */
   listPendingCreation(): Promise<KeyRecord[]>;
   /**
-   * Deletes the key, with every version's derivation data, its aliases and tags, only if it is still in
+   * Deletes the key, with every version's key material, its aliases and tags, only if it is still in
    * PendingCreation (checked in the same transaction); true if it was deleted.
    */
   purgePendingCreation(keyId: string): Promise<boolean>;
   /**
    * Deletes for good, in one transaction, each of the keys that is still in PendingDeletion with a deletion date at
-   * or before `now` when the transaction runs, with every version's derivation data, its aliases and tags. A key whose
+   * or before `now` when the transaction runs, with every version's key material, its aliases and tags. A key whose
    * deletion was cancelled (or rescheduled) since it was listed, by any process, stays. Returns the ids deleted.
    */
   purgeDueKeys(keyIds: readonly string[], now: number): Promise<string[]>;
@@ -82,7 +99,21 @@ export interface MetadataStore {
   findKey(projectId: string, keyId: string): Promise<KeyRecord | undefined>;
   /** Look-up by alias, compared by aliasName(). */
   findKeyByAlias(projectId: string, alias: string): Promise<KeyRecord | undefined>;
-  findKeyVersion(keyId: string, version: number): Promise<KeyVersionRecord | undefined>;
+  /** `fresh`: read past any cache (a root rotation may have rewrapped the version meanwhile). */
+  findKeyVersion(keyId: string, version: number, fresh?: boolean): Promise<KeyVersionRecord | undefined>;
+  /** The root keys, active first. */
+  listRootKeys(): Promise<RootKeyRecord[]>;
+  /** Makes `label` the active root key, in one transaction: the previously active one, if any, becomes retiring. */
+  activateRootKey(label: string, at: number): Promise<void>;
+  /** Forgets a retiring root key once no version is kept under it; false if one still is (nothing changes then). */
+  removeRootKey(label: string): Promise<boolean>;
+  /** Versions of any key, in any state, kept under another root key than `rootKeyLabel`; at most `limit`. */
+  listVersionsNotUnder(rootKeyLabel: string, limit: number): Promise<KeyVersionRecord[]>;
+  /**
+   * Replaces how a version is kept, only if it is still kept as `current` says (compare-and-set: a purge or another
+   * rotation may have got there first); true if replaced.
+   */
+  replaceKeptVersion(current: KeyVersionRecord, next: KeptKeyVersion): Promise<boolean>;
   /** Keys of the project in creation order (oldest first), PendingCreation excluded. */
   listKeys(query: ListKeysQuery): Promise<{ keys: KeyRecord[]; total: number }>;
   countKeys(projectId: string): Promise<number>;

@@ -2,38 +2,40 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Module } from 'graphene-pk11';
 import pkcs11js from 'pkcs11js';
 import { KmsError, needs } from '../core/errors.js';
-import type { CmkVersionRef, Hsm } from '../core/ports.js';
-import { DerivedKeyCache } from './derived-key-cache.js';
+import type { KeptKeyVersion } from '../core/keys.js';
+import type { CmkVersionRef, GcmSealed, Hsm } from '../core/ports.js';
+import { gcmEncrypt } from './gcm.js';
 import { DEFAULT_STARTUP_RETRY, type HsmConfig } from './hsm-config.js';
+import { chooseProfile, type HsmProfile } from './hsm-profiles.js';
 import {
+  AES_KEY_GEN_MECHANISM,
   CREDENTIAL_MAC_BYTES,
   credentialKeyTemplate,
   credentialMacInput,
   DERIVATION_DATA_BYTES,
   derivationMechanism,
-  derivedKeyTemplate,
   GCM_IV_BYTES,
   GCM_TAG_BYTES,
   gcmMechanism,
   HMAC_SHA256_MECHANISM,
-  rootKeyTemplate,
+  kwpMechanism,
+  newVersionKeyTemplate,
+  rootWrappingKeyTemplate,
+  type TemplateRules,
+  versionKeyTemplate,
+  WRAPPED_AES_256_BYTES,
 } from './key-templates.js';
-import {
-  ckrOf,
-  isDecryptionFailure,
-  isKeyHandleFailure,
-  isSessionFailure,
-  needsReinitialize,
-  toKmsError,
-} from './pkcs11-errors.js';
+import { ckrOf, isKeyHandleFailure, isSessionFailure, needsReinitialize, toKmsError } from './pkcs11-errors.js';
+import { runSelfTest } from './self-test.js';
 import { SessionPool } from './session-pool.js';
+import { VersionKeyCache } from './version-key-cache.js';
 
 export type { HsmConfig } from './hsm-config.js';
 
 type Handle = Buffer;
 
-/** The label of the token object every new CMK version is derived from. */
-export const ROOT_KEY_LABEL = 'hsm-kms-root-1';
+/** The derive-only root key of the legacy scheme cbc-encrypt-data-v1; a root rotation migrates and destroys it. */
+export const LEGACY_ROOT_KEY_LABEL = 'hsm-kms-root-1';
 /** The label of the token object that computes the secrets of access keys (HMAC-SHA256 over the access key id). */
 export const CREDENTIAL_KEY_LABEL = 'hsm-kms-credentials-1';
 
@@ -41,8 +43,6 @@ export const CREDENTIAL_KEY_LABEL = 'hsm-kms-credentials-1';
 const CKS_RW_USER_FUNCTIONS = 3;
 const SESSION_FLAGS = pkcs11js.CKF_RW_SESSION | pkcs11js.CKF_SERIAL_SESSION;
 const MAX_RANDOM_BYTES = 1024 * 1024;
-/** NSS softokn 3.87 answers CKR_ARGUMENTS_BAD to C_GenerateRandom of more than 64 KiB, so larger draws are split. */
-const RANDOM_BYTES_PER_CALL = 64 * 1024;
 const NO_KEY: Handle = Buffer.alloc(0);
 /** What #run uses in place of a CMK version to run an operation with the credential key. */
 const CREDENTIAL_KEY = 'credential-key';
@@ -58,7 +58,7 @@ interface TokenKeySpec {
   /** Why a duplicate must be resolved by hand, and which object to keep. */
   readonly keepHint: string;
   readonly generate: pkcs11js.Mechanism;
-  readonly template: (label: string) => pkcs11js.Template;
+  readonly template: (label: string, rules: TemplateRules) => pkcs11js.Template;
   readonly keyType: number;
   /** Boolean attributes that must be true (besides CKA_SENSITIVE) and false (besides CKA_EXTRACTABLE). */
   readonly allowed: readonly number[];
@@ -67,17 +67,18 @@ interface TokenKeySpec {
   readonly description: string;
 }
 
-const ROOT_KEY_SPEC: TokenKeySpec = {
-  label: ROOT_KEY_LABEL,
+/** A root wrapping key; its label is chosen by the core (RootKeyService), one per rotation. */
+const rootKeySpec = (label: string): TokenKeySpec => ({
+  label,
   role: 'Root key',
-  keepHint: 'keep the one existing key versions were derived from',
-  generate: { mechanism: pkcs11js.CKM_AES_KEY_GEN },
-  template: rootKeyTemplate,
+  keepHint: 'keep the one existing key versions were wrapped under',
+  generate: AES_KEY_GEN_MECHANISM,
+  template: rootWrappingKeyTemplate,
   keyType: pkcs11js.CKK_AES,
-  allowed: [pkcs11js.CKA_DERIVE],
-  forbidden: [],
-  description: 'AES key that can derive',
-};
+  allowed: [pkcs11js.CKA_WRAP, pkcs11js.CKA_UNWRAP],
+  forbidden: [pkcs11js.CKA_ENCRYPT, pkcs11js.CKA_DECRYPT, pkcs11js.CKA_DERIVE, pkcs11js.CKA_SIGN],
+  description: 'AES key that can only wrap and unwrap',
+});
 
 const CREDENTIAL_KEY_SPEC: TokenKeySpec = {
   label: CREDENTIAL_KEY_LABEL,
@@ -103,12 +104,13 @@ export interface GrapheneHsmTestHooks {
   readonly module: Module;
   readonly lib: pkcs11js.PKCS11;
   readonly slot: Handle;
-  /** The session that logged in and owns the derived keys. */
+  /** The session that logged in and owns the CMK version keys. */
   readonly anchorSession: Handle | undefined;
   /** Pool sessions not in use right now. */
   readonly idleSessions: readonly Handle[];
-  /** Derived key handles by `${keyId}:${version}`, least recently used first. */
-  readonly derivedKeys: ReadonlyMap<string, Handle>;
+  /** CMK version key handles by `${keyId}:${version}`, least recently used first. */
+  readonly versionKeys: ReadonlyMap<string, Handle>;
+  readonly profile: HsmProfile;
   rootKeyHandle(label: string): Handle | undefined;
   /** The cached handle of the credential key. */
   credentialKeyHandle(): Handle | undefined;
@@ -118,36 +120,39 @@ export interface GrapheneHsmTestHooks {
  * The Hsm port over PKCS#11 (graphene-pk11 to load and enumerate, pkcs11js calls on the hot path).
  *
  * - One anchor session logs in once and stays open for the life of the process: login state is per process and
- *   closing the last session logs out. The anchor also owns the derived CMK keys (session objects die with the
+ *   closing the last session logs out. The anchor also owns the CMK version keys (session objects die with the
  *   session that created them).
  * - `poolSize` further sessions run encrypt, decrypt and random with synchronous calls (faster than pkcs11js's
  *   async variants for small data on SoftHSM).
- * - A CMK version is never a token object: it is derived from the root key with C_DeriveKey and its handle cached.
- * - The secret of an access key is never stored: it is an HMAC under the credential key, a second token object.
+ * - A CMK version is never a token object: its key is kept wrapped under a root key (scheme kwp-v1), unwrapped on
+ *   first use into a non-extractable session object, and its handle cached within the profile's session-key budget.
+ * - The secret of an access key is never stored: it is an HMAC under the credential key, a token object.
+ * - What differs between modules comes from the profile (src/hsm/hsm-profiles.ts), checked by a self-test at open.
  * - One instance per process: C_Initialize and login are per process.
  */
 export class GrapheneHsm implements Hsm {
-  readonly currentRootKeyLabel = ROOT_KEY_LABEL;
-
   readonly #module: Module;
   readonly #lib: pkcs11js.PKCS11;
   readonly #config: HsmConfig;
+  readonly #profile: HsmProfile;
   #slot: Handle;
   #anchor: Handle | undefined;
   /** Bumped on every C_Initialize: handles from an older generation mean nothing. */
   #generation = 0;
   readonly #roots = new Map<string, Handle>();
   #credentialKey: Handle | undefined;
-  readonly #keys: DerivedKeyCache;
+  readonly #keys: VersionKeyCache;
   readonly #pool: SessionPool;
   #closed = false;
 
-  private constructor(module: Module, slot: Handle, config: HsmConfig) {
+  private constructor(module: Module, slot: Handle, config: HsmConfig, profile: HsmProfile) {
     this.#module = module;
     this.#lib = module.lib;
     this.#slot = slot;
     this.#config = config;
-    this.#keys = new DerivedKeyCache(config.keyCacheSize, (handle) => this.#destroyQuietly(handle));
+    this.#profile = profile;
+    const budget = Math.min(config.keyCacheSize, profile.sessionKeyBudget);
+    this.#keys = new VersionKeyCache(budget, (handle) => this.#destroyQuietly(handle));
     this.#pool = new SessionPool(
       config.poolSize,
       () => this.#openSession(),
@@ -172,7 +177,12 @@ export class GrapheneHsm implements Hsm {
     initialize(module, config.initParams);
     try {
       const slot = await findTokenSlot(module, config, retry);
-      const hsm = new GrapheneHsm(module, slot, config);
+      const info = module.lib.C_GetInfo();
+      const profile = chooseProfile(
+        { manufacturerId: info.manufacturerID, libraryDescription: info.libraryDescription },
+        config.profile,
+      );
+      const hsm = new GrapheneHsm(module, slot, config, profile);
       await hsm.#start(retry);
       return hsm;
     } catch (err) {
@@ -182,14 +192,20 @@ export class GrapheneHsm implements Hsm {
     }
   }
 
+  /** The profile the adapter runs with: what this module can do and how. */
+  get profile(): HsmProfile {
+    return this.#profile;
+  }
+
   async generateRandom(length: number): Promise<Buffer> {
     needs(Number.isInteger(length) && length >= 0 && length <= MAX_RANDOM_BYTES, 'Invalid random length.');
     if (length === 0) return Buffer.alloc(0);
+    const perCall = this.#profile.randomBytesPerCall;
     return this.#run(undefined, (session) => {
       try {
         const out = Buffer.alloc(length);
-        for (let at = 0; at < length; at += RANDOM_BYTES_PER_CALL) {
-          this.#lib.C_GenerateRandom(session, out.subarray(at, Math.min(at + RANDOM_BYTES_PER_CALL, length)));
+        for (let at = 0; at < length; at += perCall) {
+          this.#lib.C_GenerateRandom(session, out.subarray(at, Math.min(at + perCall, length)));
         }
         return out;
       } catch (err) {
@@ -198,30 +214,78 @@ export class GrapheneHsm implements Hsm {
     });
   }
 
+  async ensureRootKey(label: string): Promise<void> {
+    this.#assertOpen();
+    const handle = await this.#findOrCreate(rootKeySpec(label), { attempts: 1, delayMs: 0 }, true);
+    this.#roots.set(label, handle);
+  }
+
+  async destroyRootKey(label: string): Promise<boolean> {
+    this.#assertOpen();
+    this.#roots.delete(label);
+    const found = this.#onAnchor('C_FindObjects', (anchor) => this.#findByLabel(anchor, label));
+    for (const handle of found)
+      this.#onAnchor('C_DestroyObject', (anchor) => this.#lib.C_DestroyObject(anchor, handle));
+    return found.length > 0;
+  }
+
+  async createKeyVersion(keyId: string, version: number, rootKeyLabel: string): Promise<KeptKeyVersion> {
+    this.#assertOpen();
+    const kept = this.#withRootKey(rootKeyLabel, (anchor, root) => {
+      const fresh = this.#lib.C_GenerateKey(
+        anchor,
+        AES_KEY_GEN_MECHANISM,
+        newVersionKeyTemplate(keyId, version, false),
+      );
+      try {
+        return this.#wrap(anchor, root, fresh, rootKeyLabel);
+      } finally {
+        this.#destroyOn(anchor, fresh);
+      }
+    });
+    // Unwrapped at once into the key that is used: proves the wrapped bytes open, and warms the cache.
+    this.#keyHandle({ keyId, version, ...kept });
+    return kept;
+  }
+
+  async rewrapKeyVersion(key: CmkVersionRef, rootKeyLabel: string): Promise<KeptKeyVersion> {
+    this.#assertOpen();
+    // The version's key, extractable for the one wrap below; destroyed right after it.
+    const movable = this.#materialise(key, false);
+    try {
+      return this.#withRootKey(rootKeyLabel, (anchor, root) => this.#wrap(anchor, root, movable, rootKeyLabel));
+    } finally {
+      this.#onAnchor('C_DestroyObject', (anchor) => this.#destroyOn(anchor, movable));
+    }
+  }
+
   async prepareKey(key: CmkVersionRef): Promise<void> {
     this.#assertOpen();
     this.#keyHandle(key);
   }
 
-  async encrypt(key: CmkVersionRef, iv: Buffer, plaintext: Buffer, aad: Buffer): Promise<Buffer> {
-    needs(iv.length === GCM_IV_BYTES, `The IV must be ${GCM_IV_BYTES} bytes.`);
+  async encrypt(key: CmkVersionRef, plaintext: Buffer, aad: Buffer): Promise<GcmSealed> {
     // pkcs11js passes an empty buffer as NULL: SoftHSM answers CKR_ARGUMENTS_BAD.
     needs(plaintext.length > 0, 'The plaintext must not be empty.');
     return this.#run(key, (session, keyHandle) => {
-      let fn = 'C_EncryptInit';
       try {
-        this.#lib.C_EncryptInit(session, gcmMechanism(iv, aad), keyHandle);
-        fn = 'C_Encrypt';
-        return this.#lib.C_Encrypt(session, plaintext, Buffer.alloc(plaintext.length + GCM_TAG_BYTES));
+        return gcmEncrypt(this.#lib, session, this.#profile, keyHandle, plaintext, aad);
       } catch (err) {
-        throw toKmsError(err, fn);
+        throw toKmsError(err, 'C_Encrypt');
       }
     });
   }
 
   async decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer): Promise<Buffer> {
-    // We never make empty-plaintext ciphertexts, so anything not longer than a tag is not one of ours.
-    if (iv.length !== GCM_IV_BYTES || ciphertextWithTag.length <= GCM_TAG_BYTES) throw invalidCiphertext();
+    // We never make empty-plaintext ciphertexts, so anything not longer than a tag is not one of ours, and nothing
+    // longer than the module takes at once was made here.
+    if (
+      iv.length !== GCM_IV_BYTES ||
+      ciphertextWithTag.length <= GCM_TAG_BYTES ||
+      ciphertextWithTag.length > this.#profile.gcmMaxBytesPerCall + GCM_TAG_BYTES
+    ) {
+      throw invalidCiphertext();
+    }
     return this.#run(key, (session, keyHandle) => {
       let fn = 'C_DecryptInit';
       try {
@@ -230,8 +294,11 @@ export class GrapheneHsm implements Hsm {
         // SoftHSM wants room for the whole input, tag included, or it answers CKR_BUFFER_TOO_SMALL.
         return this.#lib.C_Decrypt(session, ciphertextWithTag, Buffer.alloc(ciphertextWithTag.length));
       } catch (err) {
-        // Modules disagree on the code of a tag mismatch (TAG_FAILURE_CODES); any of them ends the operation.
-        if (fn === 'C_Decrypt' && isDecryptionFailure(ckrOf(err))) throw invalidCiphertext(err);
+        // Modules disagree on the code of a tag mismatch: the profile names this module's (any ends the operation).
+        const code = ckrOf(err);
+        if (fn === 'C_Decrypt' && code !== undefined && this.#profile.tagFailureCodes.includes(code)) {
+          throw invalidCiphertext(err);
+        }
         throw toKmsError(err, fn);
       }
     });
@@ -280,9 +347,10 @@ export class GrapheneHsm implements Hsm {
       get idleSessions() {
         return hsm.#pool.idleSessions;
       },
-      get derivedKeys() {
+      get versionKeys() {
         return hsm.#keys.handles();
       },
+      profile: this.#profile,
       rootKeyHandle: (label) => this.#roots.get(label),
       credentialKeyHandle: () => this.#credentialKey,
     };
@@ -292,15 +360,20 @@ export class GrapheneHsm implements Hsm {
 
   async #start(retry: { attempts: number; delayMs: number }): Promise<void> {
     this.#anchor = this.#openSession();
-    this.#roots.set(ROOT_KEY_LABEL, await this.#findOrCreate(ROOT_KEY_SPEC, retry));
-    this.#credentialKey = await this.#findOrCreate(CREDENTIAL_KEY_SPEC, retry);
+    const anchor = this.#anchor;
+    runSelfTest(this.#lib, anchor, this.#profile, this.#config.library);
+    this.#credentialKey = await this.#findOrCreate(CREDENTIAL_KEY_SPEC, retry, this.#config.createTokenKeysIfMissing);
   }
 
   /**
    * The handle of the one object labelled `spec.label`, after checking its attributes; created if missing and the
    * config allows it, otherwise looked for again until another process (the cluster primary) has created it.
    */
-  async #findOrCreate(spec: TokenKeySpec, retry: { attempts: number; delayMs: number }): Promise<Handle> {
+  async #findOrCreate(
+    spec: TokenKeySpec,
+    retry: { attempts: number; delayMs: number },
+    create: boolean,
+  ): Promise<Handle> {
     const { label } = spec;
     for (let attempt = 1; ; attempt++) {
       const found = this.#onAnchor('C_FindObjects', (anchor) => this.#findByLabel(anchor, label));
@@ -315,16 +388,16 @@ export class GrapheneHsm implements Hsm {
         this.#checkTokenKey(found[0] as Handle, spec);
         return found[0] as Handle;
       }
-      if (this.#config.createRootKeyIfMissing) {
+      if (create) {
         return this.#onAnchor('C_GenerateKey', (anchor) =>
-          this.#lib.C_GenerateKey(anchor, spec.generate, spec.template(label)),
+          this.#lib.C_GenerateKey(anchor, spec.generate, spec.template(label, this.#profile)),
         );
       }
       if (attempt >= retry.attempts) {
         throw new KmsError(
           'HsmUnavailable',
           `${spec.role} "${label}" is not on token "${this.#config.tokenLabel}" (looked ${attempt} times). ` +
-            'Only the process started with createRootKeyIfMissing (the cluster primary) creates it.',
+            'Only the process started with createTokenKeysIfMissing (the cluster primary) creates it.',
         );
       }
       await sleep(retry.delayMs);
@@ -511,49 +584,89 @@ export class GrapheneHsm implements Hsm {
 
   // ---- keys -----------------------------------------------------------------------------------------------------
 
-  /** The cached handle of the CMK version's key, derived on the anchor session on a miss. */
+  /** The cached handle of the CMK version's key, brought back on the anchor session on a miss. */
   #keyHandle(key: CmkVersionRef): Handle {
     const id = cacheId(key.keyId, key.version);
     const cached = this.#keys.get(id);
-    if (
-      cached !== undefined &&
-      cached.rootKeyLabel === key.rootKeyLabel &&
-      cached.derivationData.equals(key.derivationData)
-    ) {
-      return cached.handle;
-    }
-    if (key.derivationData.length !== DERIVATION_DATA_BYTES) {
-      throw new KmsError('InternalError', `Derivation data of key ${id} is not ${DERIVATION_DATA_BYTES} bytes.`);
-    }
-    const handle = this.#derive(key);
-    this.#keys.set(id, {
-      handle,
-      rootKeyLabel: key.rootKeyLabel,
-      derivationData: Buffer.from(key.derivationData),
-    });
+    if (cached !== undefined) return cached;
+    const handle = this.#materialise(key, true);
+    this.#keys.set(id, handle);
     return handle;
   }
 
-  #derive(key: CmkVersionRef): Handle {
-    for (let attempt = 0; ; attempt++) {
-      const root = this.#rootKey(key.rootKeyLabel);
-      try {
-        return this.#onAnchor('C_DeriveKey', (anchor) =>
-          this.#lib.C_DeriveKey(
+  /**
+   * The version's key as a new session object: `forUse`, it can only encrypt and decrypt and is never extractable;
+   * otherwise it can only be wrapped (a rotation moving it to a new root). Dispatches on how the version is kept.
+   */
+  #materialise(key: CmkVersionRef, forUse: boolean): Handle {
+    const id = cacheId(key.keyId, key.version);
+    switch (key.scheme) {
+      case 'kwp-v1':
+        if (key.keyMaterial.length !== WRAPPED_AES_256_BYTES) {
+          throw new KmsError('InternalError', `Wrapped key of version ${id} is not ${WRAPPED_AES_256_BYTES} bytes.`);
+        }
+        return this.#withRootKey(key.rootKeyLabel, (anchor, root) =>
+          this.#lib.C_UnwrapKey(
             anchor,
-            derivationMechanism(key.derivationData),
+            kwpMechanism(this.#profile.kwpMechanism),
             root,
-            derivedKeyTemplate(key.keyId, key.version),
+            key.keyMaterial,
+            versionKeyTemplate(key.keyId, key.version, forUse),
           ),
         );
+      case 'cbc-encrypt-data-v1':
+        if (!this.#profile.derivesCbcEncryptData) {
+          throw new KmsError(
+            'HsmUnavailable',
+            `Version ${id} is kept with the legacy scheme cbc-encrypt-data-v1, which profile ` +
+              `${this.#profile.name} cannot open: migrate it with \`kms root rotate\` on a module that can.`,
+          );
+        }
+        if (key.keyMaterial.length !== DERIVATION_DATA_BYTES) {
+          throw new KmsError(
+            'InternalError',
+            `Derivation data of version ${id} is not ${DERIVATION_DATA_BYTES} bytes.`,
+          );
+        }
+        return this.#withRootKey(key.rootKeyLabel, (anchor, root) =>
+          this.#lib.C_DeriveKey(
+            anchor,
+            derivationMechanism(key.keyMaterial),
+            root,
+            newVersionKeyTemplate(key.keyId, key.version, forUse),
+          ),
+        );
+    }
+  }
+
+  /** RFC 5649 under the root key, with this module's number for it. */
+  #wrap(anchor: Handle, root: Handle, key: Handle, rootKeyLabel: string): KeptKeyVersion {
+    const mechanism = kwpMechanism(this.#profile.kwpMechanism);
+    const keyMaterial = this.#lib.C_WrapKey(anchor, mechanism, root, key, Buffer.alloc(2 * WRAPPED_AES_256_BYTES));
+    return { scheme: 'kwp-v1', rootKeyLabel, keyMaterial: Buffer.from(keyMaterial) };
+  }
+
+  /**
+   * Runs `op` on the anchor with the root key's handle; looks the root up again, once, if the cached handle went
+   * stale (another process may have replaced the object, or a re-login dropped handles).
+   */
+  #withRootKey<T>(label: string, op: (anchor: Handle, root: Handle) => T): T {
+    for (let attempt = 0; ; attempt++) {
+      const root = this.#rootKey(label);
+      try {
+        return this.#onAnchor('C_UnwrapKey', (anchor) => op(anchor, root));
       } catch (err) {
         if (attempt === 0 && isKeyHandleFailure(ckrOf(err))) {
-          this.#roots.delete(key.rootKeyLabel);
+          this.#roots.delete(label);
           continue;
         }
         throw err;
       }
     }
+  }
+
+  #destroyOn(session: Handle, handle: Handle): void {
+    quietly(() => this.#lib.C_DestroyObject(session, handle));
   }
 
   /** Root key handles are looked up once (C_FindObjects costs ~20 µs per token object) and then cached. */

@@ -1,3 +1,5 @@
+import type { ProfileName } from './hsm-profiles.js';
+
 /** How the PKCS#11 adapter reaches its token. The PIN is a secret: it is never logged or put in an error message. */
 export interface HsmConfig {
   /** Path of the PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so. */
@@ -11,15 +13,20 @@ export interface HsmConfig {
    * undefined for modules that take none, such as SoftHSM. Not a secret, but it names paths: never logged.
    */
   readonly initParams?: string | undefined;
+  /** The module's profile; undefined: chosen from C_GetInfo (src/hsm/hsm-profiles.ts). */
+  readonly profile?: ProfileName | undefined;
   /** Number of read-write sessions used for encrypt, decrypt and random. */
   readonly poolSize: number;
-  /** Number of derived CMK version keys kept as session objects (least recently used ones are destroyed). */
+  /**
+   * Number of CMK version keys kept as session objects (least recently used ones are destroyed); capped at the
+   * profile's session-key budget.
+   */
   readonly keyCacheSize: number;
   /**
-   * Create the root key at start-up when it is missing. Only one process may do this (the cluster primary); the
-   * others wait for it to appear and fail if it does not.
+   * Create the credential key at start-up when it is missing. Only one process may do this (the cluster primary);
+   * the others wait for it to appear and fail if it does not. Root keys are made by the core (RootKeyService).
    */
-  readonly createRootKeyIfMissing: boolean;
+  readonly createTokenKeysIfMissing: boolean;
   /** How often, and how far apart, start-up looks again for a token or root key it did not find. */
   readonly startupRetry?: { readonly attempts: number; readonly delayMs: number };
 }

@@ -1,5 +1,13 @@
 import type { CredentialRecord } from '../core/credentials.js';
-import type { AliasRecord, KeyRecord, KeyState, KeyVersionRecord, Tag } from '../core/keys.js';
+import type {
+  AliasRecord,
+  KeptKeyVersion,
+  KeyRecord,
+  KeyState,
+  KeyVersionRecord,
+  RootKeyRecord,
+  Tag,
+} from '../core/keys.js';
 import { aliasName } from '../core/keys.js';
 import type { KeyPatch, ListKeysQuery, MetadataStore } from '../core/ports.js';
 
@@ -22,7 +30,9 @@ interface Cached<T> {
  * Serves the reads of the data-key hot path from memory: a SQLite read takes 15–50 µs (its WAL lock costs system
  * calls), which is a tenth of a create-datakey request (docs/performance.md).
  *
- * - Key versions are immutable once written: cached until their key is purged.
+ * - Key versions change only when a root rotation rewraps them, which keeps their key: a cached version keeps
+ *   working until the rotation destroys the old root, and then the core reads it again with `fresh` (and this cache
+ *   takes the new record). Cached until their key is purged.
  * - Key records change (state, alias): this process's own writes clear the cache at once; other processes' writes
  *   arrive through `invalidate()` (node:cluster messages from main.ts), and `maxAgeMs` bounds the staleness should a
  *   message be lost. A single-process service is therefore never stale.
@@ -60,18 +70,43 @@ export class CachingMetadataStore implements MetadataStore {
     return this.#read(this.#aliases, `${projectId}/${name}`, () => this.#inner.findKeyByAlias(projectId, name));
   }
 
-  async findKeyVersion(keyId: string, version: number): Promise<KeyVersionRecord | undefined> {
+  async findKeyVersion(keyId: string, version: number, fresh = false): Promise<KeyVersionRecord | undefined> {
     const id = `${keyId}/${version}`;
-    const cached = this.#versions.get(id);
+    const cached = fresh ? undefined : this.#versions.get(id);
     if (cached) return cached;
     const found = await this.#inner.findKeyVersion(keyId, version);
     if (found) remember(this.#versions, id, found, this.#options.maxEntries);
+    else this.#versions.delete(id);
     return found;
   }
 
-  async insertPendingKey(key: KeyRecord, version: KeyVersionRecord, quota: number): Promise<void> {
-    await this.#inner.insertPendingKey(key, version, quota);
-    this.#written();
+  async insertPendingKey(key: KeyRecord, version: KeyVersionRecord, quota: number): Promise<boolean> {
+    const inserted = await this.#inner.insertPendingKey(key, version, quota);
+    if (inserted) this.#written();
+    return inserted;
+  }
+
+  // Root keys and the versions a rotation moves are read by the rotation alone: never cached.
+  listRootKeys(): Promise<RootKeyRecord[]> {
+    return this.#inner.listRootKeys();
+  }
+
+  activateRootKey(label: string, at: number): Promise<void> {
+    return this.#inner.activateRootKey(label, at);
+  }
+
+  removeRootKey(label: string): Promise<boolean> {
+    return this.#inner.removeRootKey(label);
+  }
+
+  listVersionsNotUnder(rootKeyLabel: string, limit: number): Promise<KeyVersionRecord[]> {
+    return this.#inner.listVersionsNotUnder(rootKeyLabel, limit);
+  }
+
+  async replaceKeptVersion(current: KeyVersionRecord, next: KeptKeyVersion): Promise<boolean> {
+    const replaced = await this.#inner.replaceKeptVersion(current, next);
+    if (replaced) this.#versions.delete(`${current.keyId}/${current.version}`);
+    return replaced;
   }
 
   async activateKey(keyId: string): Promise<void> {

@@ -4,9 +4,11 @@ import { KmsError } from '../core/errors.js';
 import {
   type AliasRecord,
   aliasName,
+  type KeptKeyVersion,
   type KeyRecord,
   type KeyState,
   type KeyVersionRecord,
+  type RootKeyRecord,
   type Tag,
 } from '../core/keys.js';
 import type { KeyPatch, ListKeysQuery, MetadataStore } from '../core/ports.js';
@@ -84,13 +86,29 @@ const MIGRATIONS: readonly string[] = [
     SELECT project_id, alias_name, id, created_at, created_at FROM keys WHERE alias_name <> '';
   DROP INDEX keys_project_alias_name;
   `,
+  // Wrapped key versions (issue 9): a version names how it is kept. Versions made before keep the derivation scheme,
+  // and the root key they were derived from is retiring: the next root rotation migrates them and destroys it.
+  `
+  ALTER TABLE key_versions RENAME COLUMN derivation_data TO key_material;
+  ALTER TABLE key_versions ADD COLUMN scheme TEXT NOT NULL DEFAULT 'cbc-encrypt-data-v1'
+    CHECK (scheme IN ('kwp-v1', 'cbc-encrypt-data-v1'));
+  CREATE INDEX key_versions_root_key_label ON key_versions (root_key_label);
+  CREATE TABLE root_keys (
+    label TEXT PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('active', 'retiring')),
+    created_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE UNIQUE INDEX root_keys_one_active ON root_keys (state) WHERE state = 'active';
+  INSERT INTO root_keys (label, state, created_at) SELECT DISTINCT root_key_label, 'retiring', 0 FROM key_versions;
+  `,
 ];
 
 /** Columns aliased to KeyRecord's property names, in its order, so a row is a KeyRecord as it comes back. */
 const KEY_COLUMNS = `id, project_id AS projectId, alias, description, state, key_spec AS keySpec, key_usage AS keyUsage,
   origin, created_at AS createdAt, deletion_date AS deletionDate, current_version AS currentVersion`;
-const VERSION_COLUMNS = `key_id AS keyId, version, root_key_label AS rootKeyLabel, derivation_data AS derivationData,
+const VERSION_COLUMNS = `key_id AS keyId, version, scheme, root_key_label AS rootKeyLabel, key_material AS keyMaterial,
   created_at AS createdAt`;
+const ROOT_KEY_COLUMNS = 'label, state, created_at AS createdAt';
 const ALIAS_COLUMNS = `project_id AS projectId, alias_name AS name, key_id AS keyId, created_at AS createdAt,
   updated_at AS updatedAt`;
 const CREDENTIAL_COLUMNS = `access_key_id AS accessKeyId, project_id AS projectId, created_at AS createdAt,
@@ -99,6 +117,13 @@ const VISIBLE = `state <> 'PendingCreation'`;
 const KEY_ORDER = 'ORDER BY created_at, id';
 
 /** Parameters of the compare-and-set update: a `set*` flag of 1 applies the field, so null can be written too. */
+interface ReplaceKeptParams extends KeptKeyVersion {
+  readonly keyId: string;
+  readonly version: number;
+  readonly currentRootKeyLabel: string;
+  readonly currentKeyMaterial: Buffer;
+}
+
 interface UpdateParams {
   projectId: string;
   id: string;
@@ -127,6 +152,14 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #countAllKeys: Database.Statement<[string], number>;
   readonly #insertKey: Database.Statement<[KeyRecord & { aliasName: string }]>;
   readonly #insertVersion: Database.Statement<[KeyVersionRecord]>;
+  readonly #isActiveRootKey: Database.Statement<[string], number>;
+  readonly #listRootKeys: Database.Statement<[], RootKeyRecord>;
+  readonly #retireActiveRootKey: Database.Statement<[]>;
+  readonly #insertRootKey: Database.Statement<[string, number]>;
+  readonly #activateRootKeyTx: Database.Transaction<(label: string, at: number) => void>;
+  readonly #removeRootKey: Database.Statement<[{ label: string }]>;
+  readonly #listVersionsNotUnder: Database.Statement<[string, number], KeyVersionRecord>;
+  readonly #replaceKeptVersion: Database.Statement<[ReplaceKeptParams]>;
   readonly #activateKey: Database.Statement<[string]>;
   readonly #listPendingCreation: Database.Statement<[], KeyRecord>;
   readonly #purgePendingCreation: Database.Statement<[string]>;
@@ -160,7 +193,7 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #listTags: Database.Statement<[string], Tag>;
   readonly #putTagsTx: Database.Transaction<(keyId: string, tags: readonly Tag[], maxTags: number) => void>;
   readonly #insertPendingKeyTx: Database.Transaction<
-    (key: KeyRecord, version: KeyVersionRecord, quota: number) => void
+    (key: KeyRecord, version: KeyVersionRecord, quota: number) => boolean
   >;
   readonly #listKeysTx: Database.Transaction<(query: ListKeysQuery) => { keys: KeyRecord[]; total: number }>;
   /**
@@ -196,8 +229,32 @@ export class SqliteMetadataStore implements MetadataStore {
       VALUES (@id, @projectId, @alias, @aliasName, @description, 'PendingCreation', @keySpec, @keyUsage, @origin,
         @createdAt, @deletionDate, @currentVersion)`);
     this.#insertVersion = db.prepare(`
-      INSERT INTO key_versions (key_id, version, root_key_label, derivation_data, created_at)
-      VALUES (@keyId, @version, @rootKeyLabel, @derivationData, @createdAt)`);
+      INSERT INTO key_versions (key_id, version, scheme, root_key_label, key_material, created_at)
+      VALUES (@keyId, @version, @scheme, @rootKeyLabel, @keyMaterial, @createdAt)`);
+    this.#isActiveRootKey = db
+      .prepare<[string], number>(`SELECT count(*) FROM root_keys WHERE label = ? AND state = 'active'`)
+      .pluck();
+    this.#listRootKeys = db.prepare(`SELECT ${ROOT_KEY_COLUMNS} FROM root_keys ORDER BY state = 'active' DESC, label`);
+    this.#retireActiveRootKey = db.prepare(`UPDATE root_keys SET state = 'retiring' WHERE state = 'active'`);
+    this.#insertRootKey = db.prepare(
+      `INSERT INTO root_keys (label, state, created_at) VALUES (?, 'active', ?)
+        ON CONFLICT (label) DO UPDATE SET state = 'active'`,
+    );
+    this.#activateRootKeyTx = db.transaction((label: string, at: number) => {
+      this.#retireActiveRootKey.run();
+      this.#insertRootKey.run(label, at);
+    });
+    this.#removeRootKey = db.prepare(
+      `DELETE FROM root_keys WHERE label = @label AND state = 'retiring'
+        AND NOT EXISTS (SELECT 1 FROM key_versions WHERE root_key_label = @label)`,
+    );
+    this.#listVersionsNotUnder = db.prepare(
+      `SELECT ${VERSION_COLUMNS} FROM key_versions WHERE root_key_label <> ? ORDER BY key_id, version LIMIT ?`,
+    );
+    this.#replaceKeptVersion = db.prepare(`
+      UPDATE key_versions SET scheme = @scheme, root_key_label = @rootKeyLabel, key_material = @keyMaterial
+      WHERE key_id = @keyId AND version = @version AND root_key_label = @currentRootKeyLabel
+        AND key_material = @currentKeyMaterial`);
     this.#activateKey = db.prepare(`UPDATE keys SET state = 'Enabled' WHERE id = ? AND state = 'PendingCreation'`);
     this.#listPendingCreation = db.prepare(
       `SELECT ${KEY_COLUMNS} FROM keys WHERE state = 'PendingCreation' ${KEY_ORDER}`,
@@ -291,6 +348,8 @@ export class SqliteMetadataStore implements MetadataStore {
     });
 
     this.#insertPendingKeyTx = db.transaction((key: KeyRecord, version: KeyVersionRecord, quota: number) => {
+      // A rotation that began meanwhile would never see a version wrapped under the root it is retiring.
+      if (this.#isActiveRootKey.get(version.rootKeyLabel) === 0) return false;
       // Keys still in PendingCreation count too, or two concurrent creations could both pass the check.
       if ((this.#countAllKeys.get(key.projectId) ?? 0) >= quota) {
         throw new KmsError('KeyQuotaExceeded', 'The number of keys has reached the quota.');
@@ -307,6 +366,7 @@ export class SqliteMetadataStore implements MetadataStore {
           updatedAt: key.createdAt,
         });
       }
+      return true;
     });
     // A read transaction, so the page and the total come from the same snapshot.
     this.#listKeysTx = db.transaction(({ projectId, state, offset, limit }: ListKeysQuery) =>
@@ -319,9 +379,9 @@ export class SqliteMetadataStore implements MetadataStore {
     );
   }
 
-  async insertPendingKey(key: KeyRecord, version: KeyVersionRecord, quota: number): Promise<void> {
+  async insertPendingKey(key: KeyRecord, version: KeyVersionRecord, quota: number): Promise<boolean> {
     try {
-      this.#insertPendingKeyTx.immediate(key, version, quota);
+      return this.#insertPendingKeyTx.immediate(key, version, quota);
     } catch (error) {
       throw storeError(error);
     }
@@ -405,9 +465,61 @@ export class SqliteMetadataStore implements MetadataStore {
     }
   }
 
+  /** Always fresh: nothing here is cached. */
   async findKeyVersion(keyId: string, version: number): Promise<KeyVersionRecord | undefined> {
     try {
       return this.#findKeyVersion.get(keyId, version);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async listRootKeys(): Promise<RootKeyRecord[]> {
+    try {
+      return this.#listRootKeys.all();
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async activateRootKey(label: string, at: number): Promise<void> {
+    try {
+      this.#activateRootKeyTx.immediate(label, at);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async removeRootKey(label: string): Promise<boolean> {
+    try {
+      return this.#removeRootKey.run({ label }).changes > 0;
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async listVersionsNotUnder(rootKeyLabel: string, limit: number): Promise<KeyVersionRecord[]> {
+    try {
+      return this.#listVersionsNotUnder.all(rootKeyLabel, limit);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async replaceKeptVersion(current: KeyVersionRecord, next: KeptKeyVersion): Promise<boolean> {
+    try {
+      const replaced = this.#replaceKeptVersion.run({
+        keyId: current.keyId,
+        version: current.version,
+        scheme: next.scheme,
+        rootKeyLabel: next.rootKeyLabel,
+        keyMaterial: next.keyMaterial,
+        currentRootKeyLabel: current.rootKeyLabel,
+        currentKeyMaterial: current.keyMaterial,
+      });
+      // The old material is overwritten in place (secure_delete), though the WAL may keep its page until a
+      // checkpoint: harmless once its root key is destroyed, which is what rotation is for.
+      return replaced.changes > 0;
     } catch (error) {
       throw storeError(error);
     }

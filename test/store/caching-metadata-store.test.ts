@@ -4,15 +4,14 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CachingMetadataStore } from '../../src/store/caching-metadata-store.js';
 import { SqliteMetadataStore } from '../../src/store/sqlite-metadata-store.js';
-import { firstVersion, PROJECT_A, pendingKey } from './key-fixtures.js';
+import { firstVersion, PROJECT_A, pendingKey, withTestRootKey } from './key-fixtures.js';
 import { describeMetadataStoreContract } from './metadata-store-contract.js';
 
 describeMetadataStoreContract('CachingMetadataStore over SQLite', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'hsm-kms-cache-'));
-  const store = new CachingMetadataStore(SqliteMetadataStore.open(join(dir, 'kms.db')), {
-    maxAgeMs: 60_000,
-    maxEntries: 100,
-  });
+  const store = await withTestRootKey(
+    new CachingMetadataStore(SqliteMetadataStore.open(join(dir, 'kms.db')), { maxAgeMs: 60_000, maxEntries: 100 }),
+  );
   return {
     store,
     cleanup: async () => {
@@ -29,7 +28,7 @@ describe('CachingMetadataStore shared by two processes', () => {
   let a: CachingMetadataStore;
   let b: CachingMetadataStore;
 
-  beforeEach(() => {
+  beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'hsm-kms-cache-'));
     now = 1_000_000;
     writes = 0;
@@ -40,7 +39,7 @@ describe('CachingMetadataStore shared by two processes', () => {
         now: () => now,
         ...(onWrite ? { onWrite } : {}),
       });
-    a = open(() => writes++);
+    a = await withTestRootKey(open(() => writes++));
     b = open();
   });
   afterEach(async () => {

@@ -1,9 +1,9 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { CredentialRecord } from '../../src/core/credentials.js';
 import { KmsError } from '../../src/core/errors.js';
-import type { KeyRecord, KeyState } from '../../src/core/keys.js';
+import type { KeyRecord, KeyState, KeyVersionRecord } from '../../src/core/keys.js';
 import type { MetadataStore } from '../../src/core/ports.js';
-import { firstVersion, PROJECT_A, PROJECT_B, pendingKey } from './key-fixtures.js';
+import { firstVersion, PROJECT_A, PROJECT_B, pendingKey, TEST_ROOT_KEY } from './key-fixtures.js';
 
 export interface StoreUnderTest {
   readonly store: MetadataStore;
@@ -68,15 +68,15 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
         expect(found?.deletionDate).toBeNull();
       });
 
-      it('when a key is inserted, then its first version reads back exactly, derivation data as a Buffer', async () => {
+      it('when a key is inserted, then its first version reads back exactly, key material as a Buffer', async () => {
         const key = pendingKey();
         const version = firstVersion(key);
         await store.insertPendingKey(key, version, 10);
 
         const found = await store.findKeyVersion(key.id, 1);
         expect(found).toEqual(version);
-        expect(Buffer.isBuffer(found?.derivationData)).toBe(true);
-        expect(found?.derivationData.equals(version.derivationData)).toBe(true);
+        expect(Buffer.isBuffer(found?.keyMaterial)).toBe(true);
+        expect(found?.keyMaterial.equals(version.keyMaterial)).toBe(true);
         expect(typeof found?.version).toBe('number');
       });
 
@@ -529,6 +529,65 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
         await store.purgeDueKeys([key.id], now);
 
         expect(await store.erasePurged()).toBe(true);
+      });
+    });
+
+    describe('root keys and rewrapping', () => {
+      it('when a new root key is activated, then the one before is retiring and listed after it', async () => {
+        await store.activateRootKey('hsm-kms-wrap-2', 5);
+
+        expect(await store.listRootKeys()).toEqual([
+          { label: 'hsm-kms-wrap-2', state: 'active', createdAt: 5 },
+          { label: TEST_ROOT_KEY, state: 'retiring', createdAt: 0 },
+        ]);
+      });
+
+      it('when a version is kept under a root key that is no longer active, then insertPendingKey is false and inserts nothing', async () => {
+        await store.activateRootKey('hsm-kms-wrap-2', 5);
+        const key = pendingKey();
+
+        expect(await store.insertPendingKey(key, firstVersion(key), 10)).toBe(false);
+        expect(await store.insertPendingKey(key, firstVersion(key, { rootKeyLabel: 'never-made' }), 10)).toBe(false);
+        expect(await store.listPendingCreation()).toEqual([]);
+        expect(await store.findKeyVersion(key.id, 1)).toBeUndefined();
+        expect(await store.insertPendingKey(key, firstVersion(key, { rootKeyLabel: 'hsm-kms-wrap-2' }), 10)).toBe(true);
+      });
+
+      it('when versions are listed as not under a root key, then those under any other root come, in every key state', async () => {
+        const enabled = await enabledKey();
+        const pending = pendingKey();
+        await store.insertPendingKey(pending, firstVersion(pending), 10);
+        await store.activateRootKey('hsm-kms-wrap-2', 5);
+        const moved = pendingKey();
+        await store.insertPendingKey(moved, firstVersion(moved, { rootKeyLabel: 'hsm-kms-wrap-2' }), 10);
+
+        const listed = await store.listVersionsNotUnder('hsm-kms-wrap-2', 10);
+        expect(listed.map((v) => v.keyId).sort()).toEqual([enabled.id, pending.id].sort());
+        expect(await store.listVersionsNotUnder('hsm-kms-wrap-2', 1)).toHaveLength(1);
+      });
+
+      it('when a version is replaced as it was read, then it reads back rewrapped; a stale replacement changes nothing', async () => {
+        const key = await enabledKey();
+        const before = (await store.findKeyVersion(key.id, 1)) as KeyVersionRecord;
+        await store.activateRootKey('hsm-kms-wrap-2', 5);
+        const next = { scheme: 'kwp-v1' as const, rootKeyLabel: 'hsm-kms-wrap-2', keyMaterial: Buffer.alloc(40, 7) };
+
+        expect(await store.replaceKeptVersion(before, next)).toBe(true);
+        expect(await store.findKeyVersion(key.id, 1, true)).toEqual({ ...before, ...next });
+        expect(await store.replaceKeptVersion(before, { ...next, keyMaterial: Buffer.alloc(40, 9) })).toBe(false);
+        expect(await store.findKeyVersion(key.id, 1, true)).toEqual({ ...before, ...next });
+      });
+
+      it('when a retiring root key still keeps a version, then removeRootKey is false; once none, it is forgotten', async () => {
+        const key = await enabledKey();
+        const before = (await store.findKeyVersion(key.id, 1)) as KeyVersionRecord;
+        await store.activateRootKey('hsm-kms-wrap-2', 5);
+
+        expect(await store.removeRootKey(TEST_ROOT_KEY)).toBe(false);
+        expect(await store.removeRootKey('hsm-kms-wrap-2')).toBe(false);
+        await store.replaceKeptVersion(before, { ...before, rootKeyLabel: 'hsm-kms-wrap-2' });
+        expect(await store.removeRootKey(TEST_ROOT_KEY)).toBe(true);
+        expect(await store.listRootKeys()).toEqual([{ label: 'hsm-kms-wrap-2', state: 'active', createdAt: 5 }]);
       });
     });
 

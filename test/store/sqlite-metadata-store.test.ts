@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -5,7 +6,7 @@ import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { aliasName } from '../../src/core/keys.js';
 import { SqliteMetadataStore } from '../../src/store/sqlite-metadata-store.js';
-import { firstVersion, PROJECT_A, pendingKey } from './key-fixtures.js';
+import { firstVersion, PROJECT_A, pendingKey, TEST_ROOT_KEY, withTestRootKey } from './key-fixtures.js';
 import { describeMetadataStoreContract } from './metadata-store-contract.js';
 
 /** The schema as the first release created it (user_version 1), copied here so later edits cannot change it. */
@@ -43,7 +44,7 @@ function tempDir(): string {
 
 describeMetadataStoreContract('SqliteMetadataStore', async () => {
   const dir = tempDir();
-  const store = SqliteMetadataStore.open(join(dir, 'kms.db'));
+  const store = await withTestRootKey(SqliteMetadataStore.open(join(dir, 'kms.db')));
   return {
     store,
     cleanup: async () => {
@@ -58,9 +59,12 @@ describe('SqliteMetadataStore on a file', () => {
   let path: string;
   const open: SqliteMetadataStore[] = [];
 
-  function openStore(): SqliteMetadataStore {
+  /** Opens the file; with `root`, also makes the fixtures' root key active, so that keys can be inserted. */
+  function openStore(root = true): SqliteMetadataStore {
     const store = SqliteMetadataStore.open(path);
     open.push(store);
+    // SQLite works synchronously: the root key is recorded before this returns.
+    if (root) void store.activateRootKey(TEST_ROOT_KEY, 0);
     return store;
   }
 
@@ -99,7 +103,7 @@ describe('SqliteMetadataStore on a file', () => {
 
     const db = new Database(path, { readonly: true });
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(5);
+      expect(db.pragma('user_version', { simple: true })).toBe(6);
       expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
     } finally {
       db.close();
@@ -123,7 +127,11 @@ describe('SqliteMetadataStore on a file', () => {
     v1.exec(SCHEMA_V1);
     v1.pragma('user_version = 1');
     const key = { ...pendingKey(), state: 'Enabled' as const };
-    const version = firstVersion(key);
+    const version = firstVersion(key, {
+      scheme: 'cbc-encrypt-data-v1',
+      rootKeyLabel: 'hsm-kms-root-1',
+      keyMaterial: randomBytes(32),
+    });
     v1.prepare(
       `INSERT INTO keys (id, project_id, alias, alias_name, description, state, key_spec, key_usage, origin, created_at,
         deletion_date, current_version)
@@ -132,14 +140,16 @@ describe('SqliteMetadataStore on a file', () => {
     ).run({ ...key, aliasName: aliasName(key.alias) });
     v1.prepare(
       `INSERT INTO key_versions (key_id, version, root_key_label, derivation_data, created_at)
-       VALUES (@keyId, @version, @rootKeyLabel, @derivationData, @createdAt)`,
+       VALUES (@keyId, @version, @rootKeyLabel, @keyMaterial, @createdAt)`,
     ).run(version);
     v1.close();
 
-    const store = openStore();
+    const store = openStore(false);
 
     expect(await store.findKey(PROJECT_A, key.id)).toEqual(key);
+    // The version keeps the legacy scheme, and its root key is retiring: the next rotation migrates it.
     expect(await store.findKeyVersion(key.id, 1)).toEqual(version);
+    expect(await store.listRootKeys()).toEqual([{ label: 'hsm-kms-root-1', state: 'retiring', createdAt: 0 }]);
     expect(await store.findKeyByAlias(PROJECT_A, key.alias)).toEqual(key);
     expect(await store.listAliases(PROJECT_A)).toEqual([
       {
@@ -159,7 +169,7 @@ describe('SqliteMetadataStore on a file', () => {
     expect(await store.findCredential('AKIAAAAAAAAAAAAAAAAA')).toMatchObject({ projectId: PROJECT_A });
     const db = new Database(path, { readonly: true });
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(5);
+      expect(db.pragma('user_version', { simple: true })).toBe(6);
       expect(db.prepare(`SELECT sql FROM sqlite_schema WHERE name = 'credentials'`).pluck().get()).toMatch(/STRICT$/);
     } finally {
       db.close();
@@ -274,12 +284,12 @@ describe('SqliteMetadataStore on a file', () => {
       expect(await store.erasePurged()).toBe(false);
       // It does not wait out the busy timeout: that wait would stall the sweeping process's event loop.
       expect(performance.now() - started).toBeLessThan(1000);
-      expect(fileBytes().some((bytes) => bytes?.includes(version.derivationData))).toBe(true);
+      expect(fileBytes().some((bytes) => bytes?.includes(version.keyMaterial))).toBe(true);
 
       reader.exec('COMMIT');
       reader.close();
       expect(await store.erasePurged()).toBe(true);
-      expect(fileBytes().some((bytes) => bytes?.includes(version.derivationData))).toBe(false);
+      expect(fileBytes().some((bytes) => bytes?.includes(version.keyMaterial))).toBe(false);
     }, 20_000);
 
     it('when the process stops before its erasure went through, then the next process to sweep erases', async () => {
@@ -289,10 +299,10 @@ describe('SqliteMetadataStore on a file', () => {
       reader.exec('COMMIT');
 
       const restarted = openStore();
-      expect(fileBytes().some((bytes) => bytes?.includes(version.derivationData))).toBe(true);
+      expect(fileBytes().some((bytes) => bytes?.includes(version.keyMaterial))).toBe(true);
       expect(await restarted.erasePurged()).toBe(true);
       reader.close();
-      expect(fileBytes().some((bytes) => bytes?.includes(version.derivationData))).toBe(false);
+      expect(fileBytes().some((bytes) => bytes?.includes(version.keyMaterial))).toBe(false);
     });
   });
 });

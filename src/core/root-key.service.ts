@@ -1,0 +1,107 @@
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { KmsError } from './errors.js';
+import type { Clock, Hsm, MetadataStore } from './ports.js';
+
+/** Root wrapping keys are labelled `hsm-kms-wrap-<n>`, n counting up from 1 with each rotation. */
+export const ROOT_KEY_LABEL_PREFIX = 'hsm-kms-wrap-';
+/** Versions rewrapped between two turns of the event loop, and listed per store read. */
+export const REWRAP_BATCH_SIZE = 100;
+
+/** The label of the active root key: the one new key versions are wrapped under. */
+export async function activeRootKey(store: MetadataStore): Promise<string> {
+  const [first] = await store.listRootKeys();
+  if (first?.state !== 'active') {
+    throw new KmsError('HsmUnavailable', 'No active root key yet: the service is still starting.');
+  }
+  return first.label;
+}
+
+export interface RotationReport {
+  /** The root key every version is now kept under. */
+  readonly rootKeyLabel: string;
+  /** Versions moved to it, including those of legacy schemes (migrated). */
+  readonly rewrapped: number;
+  /** Root keys destroyed on the token (and legacy derive-only roots), oldest first. */
+  readonly destroyed: readonly string[];
+}
+
+/**
+ * The root keys of the token. One is active: new versions are wrapped under it. Rotation makes a new active root,
+ * rewraps every version under it while the service keeps serving, and then destroys the old roots: from then on
+ * copies of old wrapped material (in database backups, say) can never be opened again.
+ *
+ * Resumable: a rotation cut short leaves its old roots `retiring`; the next rotation finishes them first.
+ */
+export class RootKeyService {
+  constructor(
+    private readonly hsm: Hsm,
+    private readonly store: MetadataStore,
+    private readonly clock: Clock,
+  ) {}
+
+  /** Makes sure there is an active root key (at the first start, or the first start after an upgrade). */
+  async ensureActiveRoot(): Promise<string> {
+    const roots = await this.store.listRootKeys();
+    const active = roots.find((root) => root.state === 'active');
+    if (active !== undefined) {
+      await this.hsm.ensureRootKey(active.label);
+      return active.label;
+    }
+    return this.#activateNewRoot(roots.map((root) => root.label));
+  }
+
+  /**
+   * Finishes any rotation (or migration) left unfinished, then makes a new root key and moves every version to it.
+   * `onProgress` hears of each batch. Safe to run while the service serves; only one rotation may run at a time.
+   */
+  async rotate(onProgress: (rewrapped: number) => void = () => {}): Promise<RotationReport> {
+    const earlier = await this.#drainRetiring(onProgress);
+    const roots = await this.store.listRootKeys();
+    const label = await this.#activateNewRoot(roots.map((root) => root.label));
+    const now = await this.#drainRetiring((n) => onProgress(earlier.rewrapped + n));
+    return {
+      rootKeyLabel: label,
+      rewrapped: earlier.rewrapped + now.rewrapped,
+      destroyed: [...earlier.destroyed, ...now.destroyed],
+    };
+  }
+
+  async #activateNewRoot(existing: readonly string[]): Promise<string> {
+    const numbers = existing
+      .filter((label) => label.startsWith(ROOT_KEY_LABEL_PREFIX))
+      .map((label) => Number(label.slice(ROOT_KEY_LABEL_PREFIX.length)));
+    const label = `${ROOT_KEY_LABEL_PREFIX}${Math.max(0, ...numbers) + 1}`;
+    // On the token first: a crash before the store records it leaves a key the next attempt finds and reuses.
+    await this.hsm.ensureRootKey(label);
+    await this.store.activateRootKey(label, this.clock.now());
+    return label;
+  }
+
+  /** Rewraps every version not under the active root, then destroys the retiring roots. */
+  async #drainRetiring(onProgress: (rewrapped: number) => void): Promise<Omit<RotationReport, 'rootKeyLabel'>> {
+    const target = await activeRootKey(this.store);
+    let rewrapped = 0;
+    for (;;) {
+      const batch = await this.store.listVersionsNotUnder(target, REWRAP_BATCH_SIZE);
+      if (batch.length === 0) break;
+      for (const version of batch) {
+        const kept = await this.hsm.rewrapKeyVersion(version, target);
+        // False when the key was purged meanwhile: nothing to keep then.
+        if (await this.store.replaceKeptVersion(version, kept)) rewrapped++;
+      }
+      onProgress(rewrapped);
+      await nextTurn();
+    }
+    const destroyed: string[] = [];
+    for (const root of await this.store.listRootKeys()) {
+      if (root.state !== 'retiring') continue;
+      // Token first: a crash after it leaves a record whose key is already gone, which the next run just forgets.
+      await this.hsm.destroyRootKey(root.label);
+      if (!(await this.store.removeRootKey(root.label))) {
+        throw new KmsError('InternalError', `Root key "${root.label}" still keeps key versions after rewrapping.`);
+      }
+      destroyed.push(root.label);
+    }
+    return { rewrapped, destroyed };
+  }
+}

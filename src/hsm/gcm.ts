@@ -1,0 +1,36 @@
+import type pkcs11js from 'pkcs11js';
+import { KmsError } from '../core/errors.js';
+import type { GcmSealed } from '../core/ports.js';
+import type { HsmProfile } from './hsm-profiles.js';
+import { GCM_IV_BYTES, GCM_TAG_BYTES, gcmMechanism } from './key-templates.js';
+
+type Handle = Buffer;
+
+/**
+ * AES-256-GCM encryption with the IV made as the profile says:
+ * - `host-random`: 96 bits from the module's own C_GenerateRandom, passed in (SoftHSM, NSS). Random IVs stay unique
+ *   per key version across processes without coordination (SP 800-38D §8.2.2).
+ * - `module-writes-piv`: a zeroed 12-byte pIv that the module fills in at C_Encrypt (CloudHSM's CKM_AES_GCM,
+ *   kmsp11). pkcs11js hands the Buffer's own memory to the module, so the IV is read back from it afterwards.
+ */
+export function gcmEncrypt(
+  lib: pkcs11js.PKCS11,
+  session: Handle,
+  profile: HsmProfile,
+  key: Handle,
+  plaintext: Buffer,
+  aad: Buffer,
+): GcmSealed {
+  if (plaintext.length > profile.gcmMaxBytesPerCall) {
+    throw new KmsError('InvalidParameter', `At most ${profile.gcmMaxBytesPerCall} bytes can be encrypted at once.`);
+  }
+  const iv = Buffer.alloc(GCM_IV_BYTES);
+  if (profile.ivMode === 'host-random') lib.C_GenerateRandom(session, iv);
+  lib.C_EncryptInit(session, gcmMechanism(iv, aad), key);
+  const ciphertextWithTag = lib.C_Encrypt(session, plaintext, Buffer.alloc(plaintext.length + GCM_TAG_BYTES));
+  // A module that leaves the IV zero did not make one: every message would then share it, so refuse the result.
+  if (iv.every((byte) => byte === 0)) {
+    throw new KmsError('InternalError', `The module returned no GCM IV (profile ${profile.name}: ${profile.ivMode}).`);
+  }
+  return { iv, ciphertextWithTag };
+}
