@@ -89,7 +89,7 @@ describe('kms credentials', () => {
 
   /** Runs `use` with the service's view of the CLI's token and database, after the CLI has exited. */
   async function withService<T>(use: (credentials: CredentialService) => Promise<T>): Promise<T> {
-    const hsm = await openHsm(token, { createRootKeyIfMissing: false });
+    const hsm = await openHsm(token, { createTokenKeysIfMissing: false });
     const store = SqliteMetadataStore.open(path.join(hsmDataDir, 'kms.db'));
     try {
       return await use(new CredentialService(hsm, store, { now: () => Date.now() }));

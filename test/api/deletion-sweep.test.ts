@@ -79,20 +79,22 @@ describe('a sweep of thousands of due keys', () => {
     const count = 3_000;
     // Written in one transaction on a connection of the test's own: through the API this would take minutes. The
     // rows are what KeyService.create and scheduleDeletion leave behind.
+    const [{ label: rootKeyLabel } = { label: '' }] = await kms.running.store.listRootKeys();
     const db = new Database(join(kms.dataDir, 'kms.db'));
     const insertKey = db.prepare(`
       INSERT INTO keys (id, project_id, alias, alias_name, description, state, key_spec, key_usage, origin,
         created_at, deletion_date, current_version)
       VALUES (?, ?, '', '', '', 'PendingDeletion', 'AES_256', 'ENCRYPT_DECRYPT', 'kms', ?, ?, 0)`);
     const insertVersion = db.prepare(
-      'INSERT INTO key_versions (key_id, version, root_key_label, derivation_data, created_at) VALUES (?, 0, ?, ?, ?)',
+      `INSERT INTO key_versions (key_id, version, scheme, root_key_label, key_material, created_at)
+        VALUES (?, 0, 'kwp-v1', ?, ?, ?)`,
     );
     const now = Date.now();
     db.transaction(() => {
       for (let i = 0; i < count; i++) {
         const id = randomUUID();
         insertKey.run(id, P, now, now + DAY);
-        insertVersion.run(id, kms.running.hsm.currentRootKeyLabel, randomBytes(32), now);
+        insertVersion.run(id, rootKeyLabel, randomBytes(40), now);
       }
     })();
     db.close();
@@ -155,16 +157,16 @@ describe('deleted key material in the database files', () => {
       .filter((file) => file.bytes.includes(data))
       .map((file) => file.name);
 
-  it('when the sweep has deleted keys, then no file of the data directory holds their derivation data any more', async () => {
+  it('when the sweep has deleted keys, then no file of the data directory holds their wrapped keys any more', async () => {
     const deleted: Buffer[] = [];
     for (let i = 0; i < 10; i++) {
       const { keyId } = await keyPendingDeletion(`shredded-${i}`);
       const version = await kms.running.store.findKeyVersion(keyId, 0);
       if (!version) throw new Error('the new key has no version 0');
-      deleted.push(Buffer.from(version.derivationData));
+      deleted.push(Buffer.from(version.keyMaterial));
     }
     const survivorId = await createKey(kms, P, 'survivor');
-    const survivor = Buffer.from((await kms.running.store.findKeyVersion(survivorId, 0))?.derivationData ?? []);
+    const survivor = Buffer.from((await kms.running.store.findKeyVersion(survivorId, 0))?.keyMaterial ?? []);
     const db = join(kms.dataDir, 'kms.db');
     // The search sees the data where SQLite keeps it before the sweep (kms.db or its WAL).
     for (const data of deleted) expect(filesHolding(data).some((name) => name.startsWith(db))).toBe(true);
