@@ -75,6 +75,20 @@ kms_ensure_nss() {
   export KMS_TEST_NSS_LIBRARY="$module"
 }
 
+# gcc and the C library headers (libc6-dev): the tests compile the CloudHSM-rules shim module
+# (test/support/cloudhsm-shim/cloudhsm-shim.c) with them.
+kms_ensure_gcc() {
+  if command -v gcc >/dev/null 2>&1 && [ -e /usr/include/stdio.h ] && [ -e /usr/include/dlfcn.h ]; then
+    return 0
+  fi
+  command -v apt-get >/dev/null 2>&1 ||
+    kms_die "gcc or the C library headers are missing and this is not a Debian/Ubuntu system: install gcc by hand"
+  kms_log "==> installing gcc (apt-get install gcc libc6-dev)"
+  kms_as_root apt-get update >&2
+  kms_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y gcc libc6-dev >&2
+  command -v gcc >/dev/null 2>&1 || kms_die "gcc still missing after installing gcc"
+}
+
 # Prints the path of libsoftokn3.so in the multiarch library directory, or nothing. This machine's own architecture
 # comes first: with another architecture's libnss3 also installed (i386 on amd64), the glob alone could pick it.
 kms_find_softokn() {

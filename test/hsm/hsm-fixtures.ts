@@ -70,12 +70,17 @@ export const BOOLEAN_ATTRIBUTES = {
   CKA_VERIFY: pkcs11js.CKA_VERIFY,
 } as const;
 
-/** The CKR_* code a PKCS#11 call threw. */
+/**
+ * The CKR_* code a PKCS#11 call threw. pkcs11js 2.1.7 leaves C_CreateObject, C_CopyObject and C_SetAttributeValue
+ * unwrapped: their errors carry no `code`, only a message such as "CKR_ATTRIBUTE_VALUE_INVALID:19".
+ */
 export function ckrThrownBy(call: () => unknown): number | undefined {
   try {
     call();
   } catch (err) {
-    return (err as { code?: number }).code;
+    const { code, message } = err as { code?: number; message?: string };
+    const fromMessage = /^CKR_\w+:(\d+)/.exec(message ?? '')?.[1];
+    return code ?? (fromMessage === undefined ? undefined : Number(fromMessage));
   }
   return undefined;
 }
@@ -100,5 +105,11 @@ export const MODULE_FACTS = {
     derivedKeyHistory: { CKA_NEVER_EXTRACTABLE: false, CKA_ALWAYS_SENSITIVE: false },
     keyFunctionRefused: pkcs11js.CKR_KEY_TYPE_INCONSISTENT,
     wrapNonExtractable: undefined,
+  },
+  // SoftHSM answers underneath; the shim refuses C_DeriveKey(CKM_AES_CBC_ENCRYPT_DATA), so there is no derived key.
+  'cloudhsm-shim': {
+    derivedKeyHistory: { CKA_NEVER_EXTRACTABLE: true, CKA_ALWAYS_SENSITIVE: true },
+    keyFunctionRefused: pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED,
+    wrapNonExtractable: pkcs11js.CKR_KEY_UNEXTRACTABLE as number | undefined,
   },
 } as const satisfies Record<TokenProvider, unknown>;

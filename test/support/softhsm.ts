@@ -4,14 +4,19 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildCloudHsmShim } from './cloudhsm-shim.js';
 import { createNssDatabase, NSS_LIBRARY } from './nss-token.js';
 
 export const SOFTHSM_LIBRARY = process.env.KMS_TEST_PKCS11_LIBRARY ?? '/usr/lib/softhsm/libsofthsm2.so';
 
 const INIT_TOKEN = fileURLToPath(new URL('../../softhsm/init-token.sh', import.meta.url));
 
-/** The real PKCS#11 modules tests run on: SoftHSMv2, and NSS softokn as a second, independent implementation. */
-export type TokenProvider = 'softhsm' | 'nss';
+/**
+ * The real PKCS#11 modules tests run on: SoftHSMv2, NSS softokn as a second, independent implementation, and
+ * SoftHSM behind the CloudHSM-rules shim (test/support/cloudhsm-shim/cloudhsm-shim.c).
+ */
+export type TokenProvider = 'softhsm' | 'nss' | 'cloudhsm-shim';
+/** The providers the adapter suites run on. 'cloudhsm-shim' joins once the adapter follows CloudHSM's rules. */
 export const TOKEN_PROVIDERS: readonly TokenProvider[] = ['softhsm', 'nss'];
 
 interface TestTokenBase {
@@ -38,7 +43,18 @@ export interface NssTestToken extends TestTokenBase {
   readonly initParams: string;
 }
 
-export type AnyTestToken = TestToken | NssTestToken;
+/**
+ * A SoftHSM token seen through the CloudHSM-rules shim: `library` is the shim, which forwards to `targetLibrary`.
+ * The shim reads HSM_KMS_SHIM_TARGET when it is loaded, so createTestToken('cloudhsm-shim') sets it in this
+ * process's environment (for an adapter loaded in-process) as well as in `serviceEnv` (for a child process).
+ */
+export interface CloudHsmShimTestToken extends TestTokenBase {
+  readonly provider: 'cloudhsm-shim';
+  readonly softhsmConf: string;
+  readonly targetLibrary: string;
+}
+
+export type AnyTestToken = TestToken | NssTestToken | CloudHsmShimTestToken;
 
 /**
  * A fresh SoftHSM token in its own temporary directory, with random PINs. Sets SOFTHSM2_CONF for this process:
@@ -90,9 +106,28 @@ function createNssToken(): NssTestToken {
   };
 }
 
+/** A fresh SoftHSM token behind the CloudHSM-rules shim, which is compiled (once per source version) with gcc. */
+function createCloudHsmShimToken(): CloudHsmShimTestToken {
+  const library = buildCloudHsmShim();
+  const { dir, softhsmConf, tokenLabel, pin, serviceEnv } = createSoftHsmToken();
+  process.env.HSM_KMS_SHIM_TARGET = SOFTHSM_LIBRARY;
+  return {
+    provider: 'cloudhsm-shim',
+    dir,
+    softhsmConf,
+    tokenLabel,
+    pin,
+    library,
+    targetLibrary: SOFTHSM_LIBRARY,
+    initParams: undefined,
+    serviceEnv: { ...serviceEnv, KMS_PKCS11_LIBRARY: library, HSM_KMS_SHIM_TARGET: SOFTHSM_LIBRARY },
+  };
+}
+
 const PROVIDERS: { readonly [P in TokenProvider]: () => Extract<AnyTestToken, { provider: P }> } = {
   softhsm: createSoftHsmToken,
   nss: createNssToken,
+  'cloudhsm-shim': createCloudHsmShimToken,
 };
 
 /** A fresh token of the provider (SoftHSM by default), in its own temporary directory, with random PINs. */
