@@ -196,6 +196,7 @@ _Static_assert(sizeof(CK_FUNCTION_LIST) == offsetof(CK_FUNCTION_LIST, C_Initiali
 #define CKR_ARGUMENTS_BAD 0x7UL
 #define CKR_ATTRIBUTE_VALUE_INVALID 0x13UL
 #define CKR_DATA_LEN_RANGE 0x21UL
+#define CKR_ENCRYPTED_DATA_INVALID 0x40UL
 #define CKR_FUNCTION_NOT_SUPPORTED 0x54UL
 #define CKR_MECHANISM_INVALID 0x70UL
 #define CKR_MECHANISM_PARAM_INVALID 0x71UL
@@ -585,7 +586,9 @@ static CK_RV shim_C_Decrypt(CK_SESSION_HANDLE hSession, CK_BYTE *pEncryptedData,
   }
   CK_RV rv = target->C_Decrypt(hSession, pEncryptedData, ulEncryptedDataLen, pData, pulDataLen);
   if (!still_active(rv, pData)) set_decrypting(hSession, 0);
-  return rv;
+  /* SoftHSM reports a tag that does not verify as CKR_GENERAL_ERROR, its own quirk; CloudHSM documents no code, so
+     the shim answers the one PKCS#11 names. A real module that differs fails the service's start-up self-test. */
+  return rv == CKR_GENERAL_ERROR ? CKR_ENCRYPTED_DATA_INVALID : rv;
 }
 
 static CK_RV shim_C_DecryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE *pEncryptedPart, CK_ULONG ulEncryptedPartLen,
