@@ -231,7 +231,7 @@ export class GrapheneHsm implements Hsm {
 
   async createKeyVersion(keyId: string, version: number, rootKeyLabel: string): Promise<KeptKeyVersion> {
     this.#assertOpen();
-    const kept = this.#withRootKey(rootKeyLabel, (anchor, root) => {
+    const kept = this.#withRootKey('C_GenerateKey/C_WrapKey', rootKeyLabel, (anchor, root) => {
       const fresh = this.#lib.C_GenerateKey(
         anchor,
         AES_KEY_GEN_MECHANISM,
@@ -253,7 +253,9 @@ export class GrapheneHsm implements Hsm {
     // The version's key, extractable for the one wrap below; destroyed right after it.
     const movable = this.#materialise(key, false);
     try {
-      return this.#withRootKey(rootKeyLabel, (anchor, root) => this.#wrap(anchor, root, movable, rootKeyLabel));
+      return this.#withRootKey('C_WrapKey', rootKeyLabel, (anchor, root) =>
+        this.#wrap(anchor, root, movable, rootKeyLabel),
+      );
     } finally {
       this.#onAnchor('C_DestroyObject', (anchor) => this.#destroyOn(anchor, movable));
     }
@@ -605,7 +607,7 @@ export class GrapheneHsm implements Hsm {
         if (key.keyMaterial.length !== WRAPPED_AES_256_BYTES) {
           throw new KmsError('InternalError', `Wrapped key of version ${id} is not ${WRAPPED_AES_256_BYTES} bytes.`);
         }
-        return this.#withRootKey(key.rootKeyLabel, (anchor, root) =>
+        return this.#withRootKey('C_UnwrapKey', key.rootKeyLabel, (anchor, root) =>
           this.#lib.C_UnwrapKey(
             anchor,
             kwpMechanism(this.#profile.kwpMechanism),
@@ -628,7 +630,7 @@ export class GrapheneHsm implements Hsm {
             `Derivation data of version ${id} is not ${DERIVATION_DATA_BYTES} bytes.`,
           );
         }
-        return this.#withRootKey(key.rootKeyLabel, (anchor, root) =>
+        return this.#withRootKey('C_DeriveKey', key.rootKeyLabel, (anchor, root) =>
           this.#lib.C_DeriveKey(
             anchor,
             derivationMechanism(key.keyMaterial),
@@ -650,11 +652,11 @@ export class GrapheneHsm implements Hsm {
    * Runs `op` on the anchor with the root key's handle; looks the root up again, once, if the cached handle went
    * stale (another process may have replaced the object, or a re-login dropped handles).
    */
-  #withRootKey<T>(label: string, op: (anchor: Handle, root: Handle) => T): T {
+  #withRootKey<T>(fn: string, label: string, op: (anchor: Handle, root: Handle) => T): T {
     for (let attempt = 0; ; attempt++) {
       const root = this.#rootKey(label);
       try {
-        return this.#onAnchor('C_UnwrapKey', (anchor) => op(anchor, root));
+        return this.#onAnchor(fn, (anchor) => op(anchor, root));
       } catch (err) {
         if (attempt === 0 && isKeyHandleFailure(ckrOf(err))) {
           this.#roots.delete(label);

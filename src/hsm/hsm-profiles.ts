@@ -96,7 +96,8 @@ export const HSM_PROFILES: Readonly<Record<ProfileName, HsmProfile>> = {
     kwpMechanism: CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD,
     derivesCbcEncryptData: false,
     ivMode: 'module-writes-piv',
-    gcmMaxBytesPerCall: 16 * 1024,
+    // The SDK 5 mechanism table's figure for CKM_AES_GCM; its known-issues page rounds it to "16 KB".
+    gcmMaxBytesPerCall: 16_224,
     randomBytesPerCall: 64 * 1024,
     templatesMayFreeze: false,
     tagFailureCodes: STANDARD_TAG_FAILURES,
