@@ -55,6 +55,16 @@ describe('configuration', () => {
     );
   });
 
+  it('when KMS_HSM_PROFILE names a profile, then the HSM gets it; unset, then none; anything else is refused', () => {
+    for (const profile of ['softhsm2', 'nss', 'cloudhsm', 'generic']) {
+      expect(loadConfig({ KMS_PIN: '1234', KMS_HSM_PROFILE: profile }).hsm.profile).toBe(profile);
+    }
+    expect(loadConfig({ KMS_PIN: '1234' }).hsm.profile).toBeUndefined();
+    expect(() => loadConfig({ KMS_PIN: '1234', KMS_HSM_PROFILE: 'luna' })).toThrow(
+      /^Invalid configuration: KMS_HSM_PROFILE: /,
+    );
+  });
+
   it('when no PIN is configured, then start-up stops with a message naming the variables', () => {
     expect(() => loadConfig({})).toThrow(/KMS_PIN or KMS_PIN_FILE/);
   });
