@@ -362,8 +362,7 @@ export class GrapheneHsm implements Hsm {
 
   async #start(retry: { attempts: number; delayMs: number }): Promise<void> {
     this.#anchor = this.#openSession();
-    const anchor = this.#anchor;
-    runSelfTest(this.#lib, anchor, this.#profile, this.#config.library);
+    runSelfTest(this.#lib, this.#anchor, this.#profile, this.#config.library);
     this.#credentialKey = await this.#findOrCreate(CREDENTIAL_KEY_SPEC, retry, this.#config.createTokenKeysIfMissing);
   }
 
