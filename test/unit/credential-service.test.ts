@@ -118,7 +118,7 @@ describe('CredentialService', () => {
   it('when the HSM is reopened, then the same access key resolves to the same secret', async () => {
     const created = await credentials.create('project-a');
     await hsm.close();
-    hsm = await openHsm(token, { createRootKeyIfMissing: false });
+    hsm = await openHsm(token, { createTokenKeysIfMissing: false });
     credentials = new CredentialService(hsm, store, clock);
 
     expect((await credentials.resolve(created.accessKeyId)).secretAccessKey).toBe(created.secretAccessKey);
