@@ -243,7 +243,9 @@ export class GrapheneHsm implements Hsm {
         this.#destroyOn(anchor, fresh);
       }
     });
-    // Unwrapped at once into the key that is used: proves the wrapped bytes open, and warms the cache.
+    // Unwrapped at once into the key that is used: proves the wrapped bytes open, and warms the cache. A handle
+    // cached under the same id and number (a creation retried after a root race) is another key: drop it first.
+    this.#keys.delete(cacheId(keyId, version));
     this.#keyHandle({ keyId, version, ...kept });
     return kept;
   }

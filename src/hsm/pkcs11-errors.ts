@@ -1,6 +1,5 @@
 import pkcs11js from 'pkcs11js';
 import { KmsError } from '../core/errors.js';
-import { TAG_FAILURE_CODES } from './tag-failure-codes.js';
 
 /**
  * PKCS#11 failures, mapped once from the numeric CKR_* code that pkcs11js errors carry (`.code`).
@@ -67,16 +66,11 @@ const KEY_HANDLE_FAILURES: ReadonlySet<number> = new Set([
   pkcs11js.CKR_OBJECT_HANDLE_INVALID,
 ]);
 
-/** Every module's tag-failure codes: only meaningful for C_Decrypt. */
-const DECRYPTION_FAILURES: ReadonlySet<number> = new Set(Object.values(TAG_FAILURE_CODES).flat());
-
 export const isSessionFailure = (code: number | undefined): boolean => code !== undefined && SESSION_FAILURES.has(code);
 export const needsReinitialize = (code: number | undefined): boolean =>
   code !== undefined && REINITIALIZE_ON_OPEN.has(code);
 export const isKeyHandleFailure = (code: number | undefined): boolean =>
   code !== undefined && KEY_HANDLE_FAILURES.has(code);
-export const isDecryptionFailure = (code: number | undefined): boolean =>
-  code !== undefined && DECRYPTION_FAILURES.has(code);
 
 /** Maps anything a PKCS#11 call threw to a KmsError; a KmsError passes through unchanged. */
 export function toKmsError(err: unknown, fn: string): KmsError {

@@ -52,7 +52,7 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       expect((await hsm.credentialSecret('AKIAAAAAAAAAAAAAAAAA')).equals(first)).toBe(true);
       await hsm.close();
 
-      hsm = await openHsm(token, { createRootKeyIfMissing: false });
+      hsm = await openHsm(token, { createTokenKeysIfMissing: false });
       expect((await hsm.credentialSecret('AKIAAAAAAAAAAAAAAAAA')).equals(first)).toBe(true);
     });
 
@@ -160,7 +160,7 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
   });
 
   describe('start-up with the credential key', () => {
-    it('when a token has the root key but no credential key, then open creates the credential key', async () => {
+    it('when a token has no credential key (made by a release before access keys), then open creates it', async () => {
       hsm = await openHsm(token);
       const { lib, anchorSession, credentialKeyHandle } = hsm.forTesting();
       lib.C_DestroyObject(anchorSession as Buffer, credentialKeyHandle() as Buffer);
@@ -178,7 +178,7 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       await hsm.close();
       hsm = undefined;
 
-      const err = await openHsm(token, { createRootKeyIfMissing: false }).then(
+      const err = await openHsm(token, { createTokenKeysIfMissing: false }).then(
         async (opened) => {
           await opened.close();
           return undefined;

@@ -2,9 +2,33 @@ import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KmsError } from '../../src/core/errors.js';
-import { type GrapheneHsm, ROOT_KEY_LABEL } from '../../src/hsm/graphene-hsm.js';
+import type { CmkVersionRef } from '../../src/core/ports.js';
+import { type GrapheneHsm, LEGACY_ROOT_KEY_LABEL } from '../../src/hsm/graphene-hsm.js';
+import {
+  AES_KEY_GEN_MECHANISM,
+  asSessionObject,
+  credentialKeyTemplate,
+  rootWrappingKeyTemplate,
+} from '../../src/hsm/key-templates.js';
+import { ckrName } from '../../src/hsm/pkcs11-errors.js';
 import { type AnyTestToken, createTestToken, removeTestToken, TOKEN_PROVIDERS } from '../support/softhsm.js';
-import { ckrThrownBy, cmkVersion, expectBooleans, MODULE_FACTS, openHsm, readBooleans } from './hsm-fixtures.js';
+import {
+  addLegacyRootKey,
+  allObjects,
+  ckrThrownBy,
+  expectBooleans,
+  legacyVersion,
+  MODULE_FACTS,
+  newVersion,
+  objectsLabelled,
+  openHsm,
+  openHsmWithRoot,
+  readBooleans,
+  rejectionOf,
+  storedCopy,
+  TEST_ROOT_KEY_LABEL,
+  UNWRAPPED_KEY_HISTORY,
+} from './hsm-fixtures.js';
 
 describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
   const facts = MODULE_FACTS[provider];
@@ -13,7 +37,7 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
 
   beforeAll(async () => {
     token = createTestToken(provider);
-    hsm = await openHsm(token);
+    hsm = await openHsmWithRoot(token);
   });
 
   afterAll(async () => {
@@ -21,17 +45,26 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
     if (token) removeTestToken(token.dir);
   });
 
-  const iv = () => randomBytes(12);
   const aad = Buffer.from('encryption context');
 
+  /** Closes the adapter and opens a new one on the same token, as a service restart does. */
+  async function restart(): Promise<void> {
+    await hsm.close();
+    hsm = await openHsm(token, { createTokenKeysIfMissing: false });
+  }
+
   async function expectInvalidCiphertext(promise: Promise<unknown>): Promise<void> {
-    const err = await promise.then(
-      () => undefined,
-      (e: unknown) => e,
-    );
+    const err = await rejectionOf(promise);
     expect(err).toBeInstanceOf(KmsError);
     expect((err as KmsError).code).toBe('InvalidCiphertext');
     expect((err as KmsError).message).toBe('The ciphertext is invalid.');
+  }
+
+  /** A version whose key cannot be brought back must fail as a fault, never pass for a bad ciphertext. */
+  async function expectInternalError(promise: Promise<unknown>, message: string): Promise<void> {
+    const err = await rejectionOf(promise);
+    expect(err).toBeInstanceOf(KmsError);
+    expect(err).toMatchObject({ code: 'InternalError', message });
   }
 
   describe('generateRandom', () => {
@@ -65,99 +98,245 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
   });
 
   describe('encrypt and decrypt', () => {
-    const key = cmkVersion('11111111-1111-1111-1111-111111111111');
+    let key: CmkVersionRef;
 
-    it('when a plaintext is encrypted, then decrypting it with the same IV and AAD gives it back', async () => {
-      const nonce = iv();
+    beforeAll(async () => {
+      key = await newVersion(hsm, '11111111-1111-1111-1111-111111111111');
+    });
+
+    it('when a plaintext is encrypted, then decrypting it with the IV the HSM chose and the same AAD gives it back', async () => {
       const plaintext = Buffer.from('the quick brown fox jumps over the lazy dog');
-      const ct = await hsm.encrypt(key, nonce, plaintext, aad);
-      expect(ct.length).toBe(plaintext.length + 16);
-      expect(ct.subarray(0, plaintext.length).equals(plaintext)).toBe(false);
-      expect((await hsm.decrypt(key, nonce, ct, aad)).equals(plaintext)).toBe(true);
+      const { iv, ciphertextWithTag } = await hsm.encrypt(key, plaintext, aad);
+      expect(ciphertextWithTag.length).toBe(plaintext.length + 16);
+      expect(ciphertextWithTag.subarray(0, plaintext.length).equals(plaintext)).toBe(false);
+      expect((await hsm.decrypt(key, iv, ciphertextWithTag, aad)).equals(plaintext)).toBe(true);
+    });
+
+    it('when plaintexts are encrypted, then each gets its own 12-byte IV, and decrypt needs that one', async () => {
+      const plaintext = Buffer.from('same plaintext every time');
+      const sealed = await Promise.all(Array.from({ length: 50 }, () => hsm.encrypt(key, plaintext, aad)));
+      for (const { iv } of sealed) expect(iv.length).toBe(12);
+      expect(new Set(sealed.map(({ iv }) => iv.toString('hex'))).size).toBe(sealed.length);
+      expect(new Set(sealed.map(({ ciphertextWithTag }) => ciphertextWithTag.toString('hex'))).size).toBe(50);
+
+      const [first, second] = sealed as [(typeof sealed)[0], (typeof sealed)[0]];
+      await expectInvalidCiphertext(hsm.decrypt(key, second.iv, first.ciphertextWithTag, aad));
+      expect((await hsm.decrypt(key, first.iv, first.ciphertextWithTag, aad)).equals(plaintext)).toBe(true);
     });
 
     it('when the AAD is empty, then the round trip still works', async () => {
-      const nonce = iv();
-      const ct = await hsm.encrypt(key, nonce, Buffer.from('x'), Buffer.alloc(0));
-      expect((await hsm.decrypt(key, nonce, ct, Buffer.alloc(0))).toString()).toBe('x');
+      const { iv, ciphertextWithTag } = await hsm.encrypt(key, Buffer.from('x'), Buffer.alloc(0));
+      expect((await hsm.decrypt(key, iv, ciphertextWithTag, Buffer.alloc(0))).toString()).toBe('x');
     });
 
     it('when the AAD differs, then decrypt throws InvalidCiphertext', async () => {
-      const nonce = iv();
-      const ct = await hsm.encrypt(key, nonce, Buffer.from('secret'), aad);
-      await expectInvalidCiphertext(hsm.decrypt(key, nonce, ct, Buffer.from('other context')));
+      const { iv, ciphertextWithTag } = await hsm.encrypt(key, Buffer.from('secret'), aad);
+      await expectInvalidCiphertext(hsm.decrypt(key, iv, ciphertextWithTag, Buffer.from('other context')));
     });
 
-    it('when a ciphertext bit or a tag bit is flipped, then decrypt throws InvalidCiphertext', async () => {
-      const nonce = iv();
-      const ct = await hsm.encrypt(key, nonce, Buffer.from('secret data'), aad);
+    it('when an IV bit, a ciphertext bit or a tag bit is flipped, then decrypt throws InvalidCiphertext', async () => {
+      const { iv, ciphertextWithTag: ct } = await hsm.encrypt(key, Buffer.from('secret data'), aad);
+      const flipped = (buffer: Buffer, index: number) => {
+        const copy = Buffer.from(buffer);
+        copy[index] = (copy[index] as number) ^ 0x01;
+        return copy;
+      };
+      await expectInvalidCiphertext(hsm.decrypt(key, flipped(iv, 0), ct, aad));
       for (const index of [0, ct.length - 1]) {
-        const tampered = Buffer.from(ct);
-        tampered[index] = (tampered[index] as number) ^ 0x01;
-        await expectInvalidCiphertext(hsm.decrypt(key, nonce, tampered, aad));
+        await expectInvalidCiphertext(hsm.decrypt(key, iv, flipped(ct, index), aad));
       }
     });
 
-    it('when the ciphertext is no longer than a tag, then decrypt throws InvalidCiphertext', async () => {
-      await expectInvalidCiphertext(hsm.decrypt(key, iv(), Buffer.alloc(16), aad));
-      await expectInvalidCiphertext(hsm.decrypt(key, iv(), Buffer.alloc(3), aad));
+    it('when the ciphertext is no longer than a tag or the IV is not 12 bytes, then decrypt throws InvalidCiphertext', async () => {
+      const { iv, ciphertextWithTag } = await hsm.encrypt(key, Buffer.from('x'), aad);
+      await expectInvalidCiphertext(hsm.decrypt(key, iv, Buffer.alloc(16), aad));
+      await expectInvalidCiphertext(hsm.decrypt(key, iv, Buffer.alloc(3), aad));
+      await expectInvalidCiphertext(hsm.decrypt(key, Buffer.concat([iv, Buffer.alloc(4)]), ciphertextWithTag, aad));
+      await expectInvalidCiphertext(hsm.decrypt(key, iv.subarray(0, 8), ciphertextWithTag, aad));
     });
 
     it('when decryption has failed, then the next operations still succeed', async () => {
-      const nonce = iv();
-      const ct = await hsm.encrypt(key, nonce, Buffer.from('after failure'), aad);
-      await expectInvalidCiphertext(hsm.decrypt(key, nonce, ct, Buffer.from('wrong')));
-      expect((await hsm.decrypt(key, nonce, ct, aad)).toString()).toBe('after failure');
-      expect((await hsm.encrypt(key, nonce, Buffer.from('y'), aad)).length).toBe(17);
+      const { iv, ciphertextWithTag } = await hsm.encrypt(key, Buffer.from('after failure'), aad);
+      await expectInvalidCiphertext(hsm.decrypt(key, iv, ciphertextWithTag, Buffer.from('wrong')));
+      expect((await hsm.decrypt(key, iv, ciphertextWithTag, aad)).toString()).toBe('after failure');
+      expect((await hsm.encrypt(key, Buffer.from('y'), aad)).ciphertextWithTag.length).toBe(17);
     });
 
-    it('when the IV is not 12 bytes or the plaintext is empty, then encrypt throws InvalidParameter', async () => {
-      await expect(hsm.encrypt(key, Buffer.alloc(16), Buffer.from('x'), aad)).rejects.toMatchObject({
+    it('when the plaintext is empty or more than the profile allows in one call, then encrypt throws InvalidParameter', async () => {
+      await expect(hsm.encrypt(key, Buffer.alloc(0), aad)).rejects.toMatchObject({
         code: 'InvalidParameter',
+        message: 'The plaintext must not be empty.',
       });
-      await expect(hsm.encrypt(key, iv(), Buffer.alloc(0), aad)).rejects.toMatchObject({ code: 'InvalidParameter' });
-    });
-
-    it('when another version has different derivation data, then it cannot decrypt', async () => {
-      const nonce = iv();
-      const ct = await hsm.encrypt(key, nonce, Buffer.from('for v1 only'), aad);
-      const other = cmkVersion(key.keyId, 2);
-      await expectInvalidCiphertext(hsm.decrypt(other, nonce, ct, aad));
-    });
-
-    it('when the service restarts, then the same derivation data gives the same key', async () => {
-      const derivationData = randomBytes(32);
-      const before = cmkVersion('22222222-2222-2222-2222-222222222222', 1, derivationData);
-      const nonce = iv();
-      const ct = await hsm.encrypt(before, nonce, Buffer.from('survives restarts'), aad);
-
-      await hsm.close();
-      hsm = await openHsm(token, { createRootKeyIfMissing: false });
-
-      const after = cmkVersion(before.keyId, 1, Buffer.from(derivationData));
-      expect((await hsm.decrypt(after, nonce, ct, aad)).toString()).toBe('survives restarts');
-    });
-
-    it('when the caller zeroes its derivation data buffer after use, then the cached key is not confused', async () => {
-      const data = randomBytes(32);
-      const key3 = cmkVersion('33333333-3333-3333-3333-333333333333', 1, data);
-      const nonce = iv();
-      const ct = await hsm.encrypt(key3, nonce, Buffer.from('z'), aad);
-      const copy = Buffer.from(data);
-      data.fill(0);
-      expect((await hsm.decrypt(cmkVersion(key3.keyId, 1, copy), nonce, ct, aad)).toString()).toBe('z');
+      const most = hsm.profile.gcmMaxBytesPerCall;
+      await expect(hsm.encrypt(key, Buffer.alloc(most + 1), aad)).rejects.toMatchObject({
+        code: 'InvalidParameter',
+        message: `At most ${most} bytes can be encrypted at once.`,
+      });
+      expect((await hsm.encrypt(key, Buffer.alloc(most), aad)).ciphertextWithTag.length).toBe(most + 16);
     });
   });
 
-  describe('key attributes read through PKCS#11', () => {
-    it('when a CMK version is prepared, then its key is a sensitive, non-extractable session object (history per module)', async () => {
-      const key = cmkVersion('44444444-4444-4444-4444-444444444444');
-      await hsm.prepareKey(key);
-      const handle = hsm.forTesting().derivedKeys.get(`${key.keyId}:1`) as Buffer;
+  describe('key versions (kwp-v1: generated in the HSM, kept wrapped under a root key)', () => {
+    it('when a version is created, then it is kept as 40 bytes of kwp-v1 material under the root, which opens the same key after a restart', async () => {
+      const ref = await newVersion(hsm, '22222222-2222-2222-2222-222222222222');
+      expect(ref.scheme).toBe('kwp-v1');
+      expect(ref.rootKeyLabel).toBe(TEST_ROOT_KEY_LABEL);
+      expect(ref.keyMaterial.length).toBe(40);
+      const stored = storedCopy(ref);
+      const { iv, ciphertextWithTag } = await hsm.encrypt(ref, Buffer.from('survives restarts'), aad);
+
+      await restart();
+
+      // Nothing cached and the root never named since the restart: the version opens from its stored bytes alone.
+      expect(hsm.forTesting().versionKeys.size).toBe(0);
+      expect((await hsm.decrypt(stored, iv, ciphertextWithTag, aad)).toString()).toBe('survives restarts');
+      expect(hsm.forTesting().versionKeys.has(`${ref.keyId}:1`)).toBe(true);
+    });
+
+    it('when two versions are created, then their material differs and one cannot decrypt what the other encrypted', async () => {
+      const v1 = await newVersion(hsm, '33333333-3333-3333-3333-333333333333', 1);
+      const v2 = await newVersion(hsm, v1.keyId, 2);
+      expect(v1.keyMaterial.equals(v2.keyMaterial)).toBe(false);
+      const { iv, ciphertextWithTag } = await hsm.encrypt(v1, Buffer.from('for v1 only'), aad);
+      await expectInvalidCiphertext(hsm.decrypt(v2, iv, ciphertextWithTag, aad));
+      expect((await hsm.decrypt(v1, iv, ciphertextWithTag, aad)).toString()).toBe('for v1 only');
+    });
+
+    it('when a version is created again under the same id and number, then the key kept ready is the new one', async () => {
+      // The core retries a creation whose root was replaced meanwhile with the same id and version number.
+      const keyId = '34343434-3434-3434-3434-343434343434';
+      await newVersion(hsm, keyId);
+      const again = await newVersion(hsm, keyId);
+      const { iv, ciphertextWithTag } = await hsm.encrypt(again, Buffer.from('under the kept key'), aad);
+      hsm.forget(keyId, 1);
+      expect((await hsm.decrypt(storedCopy(again), iv, ciphertextWithTag, aad)).toString()).toBe('under the kept key');
+    });
+
+    it('when the kept material is not the size its scheme gives, then using the version throws InternalError', async () => {
+      const real = await newVersion(hsm, '35353535-3535-3535-3535-353535353535');
+      for (const [i, size] of [39, 41, 0].entries()) {
+        const ref = { ...real, keyId: `35353535-3535-3535-3535-35353535353${i}`, keyMaterial: Buffer.alloc(size, 1) };
+        await expectInternalError(hsm.prepareKey(ref), `Wrapped key of version ${ref.keyId}:1 is not 40 bytes.`);
+        await expectInternalError(
+          hsm.decrypt(ref, Buffer.alloc(12, 1), Buffer.alloc(17), aad),
+          `Wrapped key of version ${ref.keyId}:1 is not 40 bytes.`,
+        );
+      }
+      const legacy = legacyVersion('35353535-3535-3535-3535-35353535353f', 1, randomBytes(31));
+      await expectInternalError(
+        hsm.prepareKey(legacy),
+        `Derivation data of version ${legacy.keyId}:1 is not 32 bytes.`,
+      );
+    });
+
+    it('when the kept material is corrupted, then it fails as an HSM error with the module code, never as an invalid ciphertext', async () => {
+      const ref = await newVersion(hsm, '36363636-3636-3636-3636-363636363636');
+      const { iv, ciphertextWithTag } = await hsm.encrypt(ref, Buffer.from('x'), aad);
+      const corrupted = storedCopy(ref);
+      corrupted.keyMaterial[5] = (corrupted.keyMaterial[5] as number) ^ 0x01;
+      hsm.forget(ref.keyId, 1);
+      const code = facts.corruptWrappedKey;
+      await expectInternalError(
+        hsm.decrypt(corrupted, iv, ciphertextWithTag, aad),
+        `HSM error ${ckrName(code)} (0x${code.toString(16)}) in C_UnwrapKey`,
+      );
+      expect((await hsm.decrypt(ref, iv, ciphertextWithTag, aad)).toString()).toBe('x');
+    });
+
+    it('when the caller zeroes the material it passed, then a stored copy still opens the version and the zeroed one does not', async () => {
+      const ref = await newVersion(hsm, '37373737-3737-3737-3737-373737373737');
+      const stored = storedCopy(ref);
+      const { iv, ciphertextWithTag } = await hsm.encrypt(ref, Buffer.from('z'), aad);
+      ref.keyMaterial.fill(0);
+      hsm.forget(ref.keyId, 1);
+      // A cache miss reads the material it is given: zeroed bytes fail RFC 5649's integrity check.
+      await expect(hsm.decrypt(ref, iv, ciphertextWithTag, aad)).rejects.toMatchObject({ code: 'InternalError' });
+      expect((await hsm.decrypt(stored, iv, ciphertextWithTag, aad)).toString()).toBe('z');
+    });
+
+    it('when a version names a root key the token does not have, then using it fails naming the root', async () => {
+      const message = `Root key "no-such-root": no object with this label on token "${token.tokenLabel}".`;
+      await expectInternalError(
+        hsm.createKeyVersion('38383838-3838-3838-3838-383838383838', 1, 'no-such-root'),
+        message,
+      );
+      const ref = { ...(await newVersion(hsm, '39393939-3939-3939-3939-393939393939')), rootKeyLabel: 'no-such-root' };
+      hsm.forget(ref.keyId, 1);
+      await expectInternalError(hsm.decrypt(ref, Buffer.alloc(12, 1), Buffer.alloc(17), aad), message);
+    });
+  });
+
+  describe('root rotation: rewrapKeyVersion and destroyRootKey', () => {
+    const OLD_ROOT = 'hsm-kms-wrap-rotation-old';
+    const NEW_ROOT = 'hsm-kms-wrap-rotation-new';
+
+    beforeAll(async () => {
+      await hsm.ensureRootKey(OLD_ROOT);
+      await hsm.ensureRootKey(NEW_ROOT);
+    });
+
+    it('when a version is rewrapped under a second root, then its new material opens the same key, and once the first root is destroyed only the new material does', async () => {
+      const ref = await newVersion(hsm, '88888888-8888-8888-8888-888888888888', 1, OLD_ROOT);
+      const old = storedCopy(ref);
+      const { iv, ciphertextWithTag } = await hsm.encrypt(ref, Buffer.from('made before the rotation'), aad);
+
+      const rewrapped = { ...ref, ...(await hsm.rewrapKeyVersion(ref, NEW_ROOT)) };
+      expect(rewrapped.scheme).toBe('kwp-v1');
+      expect(rewrapped.rootKeyLabel).toBe(NEW_ROOT);
+      expect(rewrapped.keyMaterial.length).toBe(40);
+      expect(rewrapped.keyMaterial.equals(ref.keyMaterial)).toBe(false);
+      hsm.forget(ref.keyId, 1);
+      expect((await hsm.decrypt(rewrapped, iv, ciphertextWithTag, aad)).toString()).toBe('made before the rotation');
+
+      expect(await hsm.destroyRootKey(OLD_ROOT)).toBe(true);
+      expect(objectsLabelled(hsm, OLD_ROOT)).toHaveLength(0);
+      expect(await hsm.destroyRootKey(OLD_ROOT)).toBe(false);
+
+      hsm.forget(ref.keyId, 1);
+      await expectInternalError(
+        hsm.decrypt(old, iv, ciphertextWithTag, aad),
+        `Root key "${OLD_ROOT}": no object with this label on token "${token.tokenLabel}".`,
+      );
+      hsm.forget(ref.keyId, 1);
+      expect((await hsm.decrypt(rewrapped, iv, ciphertextWithTag, aad)).toString()).toBe('made before the rotation');
+    });
+
+    it('when a version is rewrapped, then the extractable copy made for the wrap is gone afterwards', async () => {
+      const ref = await newVersion(hsm, '89898989-8989-8989-8989-898989898989', 1, NEW_ROOT);
+      const before = allObjects(hsm).length;
+      await hsm.rewrapKeyVersion(ref, TEST_ROOT_KEY_LABEL);
+      expect(allObjects(hsm).length).toBe(before);
+      hsm.forget(ref.keyId, 1);
+      await hsm.rewrapKeyVersion(ref, TEST_ROOT_KEY_LABEL);
+      expect(allObjects(hsm).length).toBe(before - 1);
+    });
+  });
+
+  describe('legacy versions (cbc-encrypt-data-v1: derived from a derive-only root)', () => {
+    beforeAll(() => {
+      addLegacyRootKey(hsm);
+    });
+
+    it('when a legacy version is used, then the same derivation data gives the same key, also after a restart', async () => {
+      const derivationData = randomBytes(32);
+      const ref = legacyVersion('aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa', 1, derivationData);
+      const { iv, ciphertextWithTag } = await hsm.encrypt(ref, Buffer.from('made by an older release'), aad);
+
+      await restart();
+
+      const after = legacyVersion(ref.keyId, 1, Buffer.from(derivationData));
+      expect((await hsm.decrypt(after, iv, ciphertextWithTag, aad)).toString()).toBe('made by an older release');
+      const other = legacyVersion(ref.keyId, 2);
+      await expectInvalidCiphertext(hsm.decrypt(other, iv, ciphertextWithTag, aad));
+    });
+
+    it('when a legacy version is prepared, then its key is a sensitive, non-extractable encrypt/decrypt-only session object (history per module)', async () => {
+      const ref = legacyVersion('bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb');
+      await hsm.prepareKey(ref);
+      const handle = hsm.forTesting().versionKeys.get(`${ref.keyId}:1`) as Buffer;
       expect(handle).toBeDefined();
       expectBooleans(hsm, handle, {
         CKA_TOKEN: false,
-        CKA_PRIVATE: true,
         CKA_SENSITIVE: true,
         CKA_EXTRACTABLE: false,
         ...facts.derivedKeyHistory,
@@ -167,19 +346,71 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
         CKA_WRAP: false,
         CKA_UNWRAP: false,
         CKA_SIGN: false,
-        CKA_VERIFY: false,
       });
-      const { lib, anchorSession } = hsm.forTesting();
-      expect(
-        ckrThrownBy(() => lib.C_GetAttributeValue(anchorSession as Buffer, handle, [{ type: pkcs11js.CKA_VALUE }])),
-      ).toBe(pkcs11js.CKR_ATTRIBUTE_SENSITIVE);
-      const label = lib.C_GetAttributeValue(anchorSession as Buffer, handle, [{ type: pkcs11js.CKA_LABEL }])[0]?.value;
-      expect(String(label)).toBe(`cmk:${key.keyId}:1`);
     });
 
-    it('when the root key is read, then it is a sensitive, never-extractable, derive-only token object', async () => {
+    it('when a legacy version is rewrapped, then it becomes kwp-v1 under the root with the same key, and still opens once the legacy root is gone', async () => {
+      const legacy = legacyVersion('cccccccc-cccc-cccc-cccc-cccccccccccc');
+      const { iv, ciphertextWithTag } = await hsm.encrypt(legacy, Buffer.from('migrated'), aad);
+
+      const migrated = { ...legacy, ...(await hsm.rewrapKeyVersion(legacy, TEST_ROOT_KEY_LABEL)) };
+      expect(migrated.scheme).toBe('kwp-v1');
+      expect(migrated.rootKeyLabel).toBe(TEST_ROOT_KEY_LABEL);
+      expect(migrated.keyMaterial.length).toBe(40);
+      hsm.forget(legacy.keyId, 1);
+      expect((await hsm.decrypt(migrated, iv, ciphertextWithTag, aad)).toString()).toBe('migrated');
+
+      expect(await hsm.destroyRootKey(LEGACY_ROOT_KEY_LABEL)).toBe(true);
+      hsm.forget(legacy.keyId, 1);
+      await expectInternalError(
+        hsm.decrypt(legacy, iv, ciphertextWithTag, aad),
+        `Root key "${LEGACY_ROOT_KEY_LABEL}": no object with this label on token "${token.tokenLabel}".`,
+      );
+      hsm.forget(legacy.keyId, 1);
+      expect((await hsm.decrypt(migrated, iv, ciphertextWithTag, aad)).toString()).toBe('migrated');
+    });
+  });
+
+  describe('key attributes read through PKCS#11', () => {
+    it('when a CMK version is prepared, then its key is a sensitive, non-extractable session object that can only encrypt and decrypt', async () => {
+      const key = await newVersion(hsm, '44444444-4444-4444-4444-444444444444');
+      hsm.forget(key.keyId, 1);
+      await hsm.prepareKey(key);
       const hooks = hsm.forTesting();
-      const root = hooks.rootKeyHandle(ROOT_KEY_LABEL) as Buffer;
+      const handle = hooks.versionKeys.get(`${key.keyId}:1`) as Buffer;
+      expect(handle).toBeDefined();
+      expectBooleans(hsm, handle, {
+        CKA_TOKEN: false,
+        CKA_PRIVATE: true,
+        CKA_SENSITIVE: true,
+        CKA_EXTRACTABLE: false,
+        ...UNWRAPPED_KEY_HISTORY,
+        CKA_ENCRYPT: true,
+        CKA_DECRYPT: true,
+        CKA_DERIVE: false,
+        CKA_WRAP: false,
+        CKA_UNWRAP: false,
+        CKA_SIGN: false,
+        CKA_VERIFY: false,
+      });
+      const { lib } = hooks;
+      const session = hooks.anchorSession as Buffer;
+      expect(ckrThrownBy(() => lib.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_VALUE }]))).toBe(
+        pkcs11js.CKR_ATTRIBUTE_SENSITIVE,
+      );
+      const label = lib.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_LABEL }])[0]?.value;
+      expect(String(label)).toBe(`cmk:${key.keyId}:1`);
+      // Wrapped out under the very root it came from: refused where the module enforces CKA_EXTRACTABLE.
+      const root = hooks.rootKeyHandle(TEST_ROOT_KEY_LABEL) as Buffer;
+      const kwp = { mechanism: facts.kwpMechanism };
+      expect(ckrThrownBy(() => lib.C_WrapKey(session, kwp, root, handle, Buffer.alloc(64)))).toBe(
+        facts.wrapNonExtractable,
+      );
+    });
+
+    it('when a root key is made, then it is a sensitive, never-extractable token object that can only wrap and unwrap', async () => {
+      const hooks = hsm.forTesting();
+      const root = hooks.rootKeyHandle(TEST_ROOT_KEY_LABEL) as Buffer;
       expect(root).toBeDefined();
       expectBooleans(hsm, root, {
         CKA_TOKEN: true,
@@ -191,9 +422,9 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
         CKA_MODIFIABLE: false,
         CKA_ENCRYPT: false,
         CKA_DECRYPT: false,
-        CKA_DERIVE: true,
-        CKA_WRAP: false,
-        CKA_UNWRAP: false,
+        CKA_DERIVE: false,
+        CKA_WRAP: true,
+        CKA_UNWRAP: true,
         CKA_SIGN: false,
         CKA_VERIFY: false,
       });
@@ -207,6 +438,35 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       };
       expect(ckrThrownBy(() => hooks.lib.C_EncryptInit(session, gcm, root))).toBe(facts.keyFunctionRefused);
     });
+
+    it.each([
+      ['may be frozen (SoftHSM, NSS)', true, false],
+      ['may not be frozen (CloudHSM)', false, true],
+    ])(
+      'when templates are made for a module whose keys %s, then root and credential keys get CKA_MODIFIABLE=%s',
+      (_, templatesMayFreeze, modifiable) => {
+        const { lib, anchorSession } = hsm.forTesting();
+        const session = anchorSession as Buffer;
+        const rules = { templatesMayFreeze };
+        const made = [
+          [AES_KEY_GEN_MECHANISM, rootWrappingKeyTemplate('template-probe', rules)],
+          [{ mechanism: pkcs11js.CKM_GENERIC_SECRET_KEY_GEN }, credentialKeyTemplate('template-probe', rules)],
+        ] as const;
+        for (const [mechanism, template] of made) {
+          // CloudHSM accepts CKA_MODIFIABLE only at its default: the template must not name it at all there.
+          expect(template.some((attribute) => attribute.type === pkcs11js.CKA_MODIFIABLE)).toBe(templatesMayFreeze);
+          const handle = lib.C_GenerateKey(session, mechanism, asSessionObject(template));
+          try {
+            expect(readBooleans(hsm, handle, ['CKA_MODIFIABLE', 'CKA_SENSITIVE'])).toEqual({
+              CKA_MODIFIABLE: modifiable,
+              CKA_SENSITIVE: true,
+            });
+          } finally {
+            lib.C_DestroyObject(session, handle);
+          }
+        }
+      },
+    );
   });
 
   describe('what the module enforces (SECURITY.md states it per module)', () => {
@@ -236,37 +496,37 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
     });
   });
 
-  describe('derived key cache', () => {
+  describe('version key cache', () => {
     it('when more versions are used than the cache holds, then the least recently used key object is destroyed', async () => {
       await hsm.close();
       hsm = await openHsm(token, { keyCacheSize: 2 });
       const hooks = hsm.forTesting();
-      const a = cmkVersion('55555555-5555-5555-5555-55555555555a');
-      const b = cmkVersion('55555555-5555-5555-5555-55555555555b');
-      const c = cmkVersion('55555555-5555-5555-5555-55555555555c');
-      await hsm.prepareKey(a);
-      await hsm.prepareKey(b);
-      const handleA = hooks.derivedKeys.get(`${a.keyId}:1`) as Buffer;
-      const handleB = hooks.derivedKeys.get(`${b.keyId}:1`) as Buffer;
-      await hsm.encrypt(a, iv(), Buffer.from('x'), aad); // b is now the least recently used
+      const a = await newVersion(hsm, '55555555-5555-5555-5555-55555555555a');
+      const b = await newVersion(hsm, '55555555-5555-5555-5555-55555555555b');
+      const handleA = hooks.versionKeys.get(`${a.keyId}:1`) as Buffer;
+      const handleB = hooks.versionKeys.get(`${b.keyId}:1`) as Buffer;
+      await hsm.encrypt(a, Buffer.from('x'), aad); // b is now the least recently used
 
-      await hsm.prepareKey(c);
+      const c = await newVersion(hsm, '55555555-5555-5555-5555-55555555555c');
 
-      expect([...hooks.derivedKeys.keys()]).toEqual([`${a.keyId}:1`, `${c.keyId}:1`]);
+      expect([...hooks.versionKeys.keys()]).toEqual([`${a.keyId}:1`, `${c.keyId}:1`]);
       expect(ckrThrownBy(() => readBooleans(hsm, handleB, ['CKA_SENSITIVE']))).toBe(pkcs11js.CKR_OBJECT_HANDLE_INVALID);
       expect(readBooleans(hsm, handleA, ['CKA_SENSITIVE']).CKA_SENSITIVE).toBe(true);
+      // The evicted version opens again from its material, evicting the next least recently used (a).
+      await hsm.prepareKey(b);
+      expect([...hooks.versionKeys.keys()]).toEqual([`${c.keyId}:1`, `${b.keyId}:1`]);
     });
 
-    it('when a version is forgotten, then its key object is destroyed and it is derived again on next use', async () => {
-      const key = cmkVersion('66666666-6666-6666-6666-666666666666');
-      const nonce = iv();
-      const ct = await hsm.encrypt(key, nonce, Buffer.from('forget me'), aad);
+    it('when a version is forgotten, then its key object is destroyed and it is unwrapped again on next use', async () => {
+      const key = await newVersion(hsm, '66666666-6666-6666-6666-666666666666');
+      const { iv, ciphertextWithTag } = await hsm.encrypt(key, Buffer.from('forget me'), aad);
       const hooks = hsm.forTesting();
-      const handle = hooks.derivedKeys.get(`${key.keyId}:1`) as Buffer;
+      const handle = hooks.versionKeys.get(`${key.keyId}:1`) as Buffer;
       hsm.forget(key.keyId, 1);
-      expect(hooks.derivedKeys.has(`${key.keyId}:1`)).toBe(false);
+      expect(hooks.versionKeys.has(`${key.keyId}:1`)).toBe(false);
       expect(ckrThrownBy(() => readBooleans(hsm, handle, ['CKA_SENSITIVE']))).toBe(pkcs11js.CKR_OBJECT_HANDLE_INVALID);
-      expect((await hsm.decrypt(key, nonce, ct, aad)).toString()).toBe('forget me');
+      expect((await hsm.decrypt(key, iv, ciphertextWithTag, aad)).toString()).toBe('forget me');
+      expect(hooks.versionKeys.has(`${key.keyId}:1`)).toBe(true);
     });
   });
 });

@@ -1,23 +1,23 @@
-import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { CmkVersionRef, GcmSealed } from '../../src/core/ports.js';
 import type { GrapheneHsm } from '../../src/hsm/graphene-hsm.js';
 import { type AnyTestToken, createTestToken, removeTestToken, TOKEN_PROVIDERS } from '../support/softhsm.js';
-import { cmkVersion, openHsm } from './hsm-fixtures.js';
+import { newVersion, openHsmWithRoot, TEST_ROOT_KEY_LABEL } from './hsm-fixtures.js';
 
 /** Faults are injected through the real library, behind the adapter's back. */
 
 describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
   let token: AnyTestToken;
   let hsm: GrapheneHsm;
-  const key = cmkVersion('77777777-7777-7777-7777-777777777777');
+  let key: CmkVersionRef;
   const aad = Buffer.from('ctx');
-  const nonce = randomBytes(12);
-  let ciphertext: Buffer;
+  let sealed: GcmSealed;
 
   beforeAll(async () => {
     token = createTestToken(provider);
-    hsm = await openHsm(token, { poolSize: 2 });
-    ciphertext = await hsm.encrypt(key, nonce, Buffer.from('still here'), aad);
+    hsm = await openHsmWithRoot(token, { poolSize: 2 });
+    key = await newVersion(hsm, '77777777-7777-7777-7777-777777777777');
+    sealed = await hsm.encrypt(key, Buffer.from('still here'), aad);
   });
 
   afterAll(async () => {
@@ -25,9 +25,16 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
     if (token) removeTestToken(token.dir);
   });
 
+  /** Version numbers of the versions expectWorking makes, one each time. */
+  let versions = 0;
+
+  /** Decrypts with the version made at the start, draws random bytes, and makes a new version under the root. */
   async function expectWorking(): Promise<void> {
-    expect((await hsm.decrypt(key, nonce, ciphertext, aad)).toString()).toBe('still here');
+    expect((await hsm.decrypt(key, sealed.iv, sealed.ciphertextWithTag, aad)).toString()).toBe('still here');
     expect((await hsm.generateRandom(32)).length).toBe(32);
+    const fresh = await newVersion(hsm, '78787878-7878-7878-7878-787878787878', ++versions);
+    const roundTrip = await hsm.encrypt(fresh, Buffer.from('new'), aad);
+    expect((await hsm.decrypt(fresh, roundTrip.iv, roundTrip.ciphertextWithTag, aad)).toString()).toBe('new');
   }
 
   describe('session failures', () => {
@@ -43,7 +50,7 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       for (const session of closed) expect(now).not.toContain(session.toString('hex'));
     });
 
-    it('when the anchor session is closed behind the adapter, then keys are derived again and operations succeed', async () => {
+    it('when the anchor session is closed behind the adapter, then keys are unwrapped again and operations succeed', async () => {
       const hooks = hsm.forTesting();
       const oldAnchor = hooks.anchorSession as Buffer;
       hooks.lib.C_CloseSession(oldAnchor);
@@ -51,7 +58,7 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       await expectWorking();
 
       expect((hooks.anchorSession as Buffer).equals(oldAnchor)).toBe(false);
-      expect(hooks.derivedKeys.has(`${key.keyId}:1`)).toBe(true);
+      expect(hooks.versionKeys.has(`${key.keyId}:1`)).toBe(true);
     });
 
     it('when every session is closed (which logs the process out), then it logs in again and operations succeed', async () => {
@@ -59,7 +66,7 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       hooks.lib.C_CloseAllSessions(hooks.slot);
 
       await expectWorking();
-      await expect(hsm.encrypt(key, randomBytes(12), Buffer.from('new'), aad)).resolves.toHaveLength(19);
+      expect((await hsm.encrypt(key, Buffer.from('new'), aad)).ciphertextWithTag).toHaveLength(19);
     });
 
     it('when the library is finalized behind the adapter, then it initializes again and operations succeed', async () => {
@@ -72,10 +79,9 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
     it('when many operations run concurrently, then they all succeed on at most poolSize sessions', async () => {
       const results = await Promise.all(
         Array.from({ length: 50 }, async (_, i) => {
-          const iv = randomBytes(12);
           const pt = Buffer.from(`message ${i}`);
-          const ct = await hsm.encrypt(key, iv, pt, aad);
-          return (await hsm.decrypt(key, iv, ct, aad)).equals(pt);
+          const { iv, ciphertextWithTag } = await hsm.encrypt(key, pt, aad);
+          return (await hsm.decrypt(key, iv, ciphertextWithTag, aad)).equals(pt);
         }),
       );
       expect(results.every(Boolean)).toBe(true);
@@ -85,7 +91,11 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
     it('when the adapter is closed, then operations throw HsmUnavailable', async () => {
       await hsm.close();
       await expect(hsm.generateRandom(8)).rejects.toMatchObject({ code: 'HsmUnavailable' });
-      await expect(hsm.encrypt(key, nonce, Buffer.from('x'), aad)).rejects.toMatchObject({ code: 'HsmUnavailable' });
+      await expect(hsm.encrypt(key, Buffer.from('x'), aad)).rejects.toMatchObject({ code: 'HsmUnavailable' });
+      await expect(hsm.createKeyVersion(key.keyId, 9, TEST_ROOT_KEY_LABEL)).rejects.toMatchObject({
+        code: 'HsmUnavailable',
+      });
+      await expect(hsm.ensureRootKey(TEST_ROOT_KEY_LABEL)).rejects.toMatchObject({ code: 'HsmUnavailable' });
       await hsm.close(); // idempotent
     });
   });
