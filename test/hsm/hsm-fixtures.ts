@@ -192,9 +192,12 @@ export const MODULE_FACTS = {
   },
   // SoftHSM answers underneath; the shim refuses C_DeriveKey(CKM_AES_CBC_ENCRYPT_DATA), so there is no derived key.
   'cloudhsm-shim': {
+    profile: 'cloudhsm',
+    kwpMechanism: 0x8000216f,
     derivedKeyHistory: { CKA_NEVER_EXTRACTABLE: true, CKA_ALWAYS_SENSITIVE: true },
     keyFunctionRefused: pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED,
     wrapNonExtractable: pkcs11js.CKR_KEY_UNEXTRACTABLE as number | undefined,
+    corruptWrappedKey: pkcs11js.CKR_GENERAL_ERROR,
   },
 } as const satisfies Record<TokenProvider, unknown>;
 

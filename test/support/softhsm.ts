@@ -16,8 +16,8 @@ const INIT_TOKEN = fileURLToPath(new URL('../../softhsm/init-token.sh', import.m
  * SoftHSM behind the CloudHSM-rules shim (test/support/cloudhsm-shim/cloudhsm-shim.c).
  */
 export type TokenProvider = 'softhsm' | 'nss' | 'cloudhsm-shim';
-/** The providers the adapter suites run on. 'cloudhsm-shim' joins once the adapter follows CloudHSM's rules. */
-export const TOKEN_PROVIDERS: readonly TokenProvider[] = ['softhsm', 'nss'];
+/** The providers the adapter suites run on: SoftHSM, NSS softokn, and SoftHSM behind the CloudHSM-rules shim. */
+export const TOKEN_PROVIDERS: readonly TokenProvider[] = ['softhsm', 'nss', 'cloudhsm-shim'];
 
 interface TestTokenBase {
   /** Throw-away directory holding the token's files; removeTestToken deletes it. */
