@@ -224,9 +224,33 @@ export class GrapheneHsm implements Hsm {
     this.#assertOpen();
     this.#roots.delete(label);
     const found = this.#onAnchor('C_FindObjects', (anchor) => this.#findByLabel(anchor, label));
-    for (const handle of found)
+    for (const handle of found) {
+      // A wrong label must never cost another key: only an AES key that wraps or derives (a root key of either
+      // scheme) is destroyed here, never the credential key or anything else that happens to carry the label.
+      if (!this.#isRootKey(handle)) {
+        throw new KmsError('InternalError', `Refusing to destroy "${label}": it is not a root key.`);
+      }
+    }
+    for (const handle of found) {
       this.#onAnchor('C_DestroyObject', (anchor) => this.#lib.C_DestroyObject(anchor, handle));
+    }
     return found.length > 0;
+  }
+
+  #isRootKey(handle: Handle): boolean {
+    const [klass, keyType, wrap, derive] = this.#onAnchor('C_GetAttributeValue', (anchor) =>
+      this.#lib.C_GetAttributeValue(anchor, handle, [
+        { type: pkcs11js.CKA_CLASS },
+        { type: pkcs11js.CKA_KEY_TYPE },
+        { type: pkcs11js.CKA_WRAP },
+        { type: pkcs11js.CKA_DERIVE },
+      ]),
+    ).map((attribute) => attribute.value as Buffer | undefined);
+    return (
+      klass?.readUInt32LE(0) === pkcs11js.CKO_SECRET_KEY &&
+      keyType?.readUInt32LE(0) === pkcs11js.CKK_AES &&
+      (wrap?.[0] === 1 || derive?.[0] === 1)
+    );
   }
 
   async createKeyVersion(keyId: string, version: number, rootKeyLabel: string): Promise<KeptKeyVersion> {
