@@ -55,7 +55,10 @@ export class RootKeyService {
    * `onProgress` hears of each batch. Safe to run while the service serves; only one rotation may run at a time.
    */
   async rotate(onProgress: (rewrapped: number) => void = () => {}): Promise<RotationReport> {
-    const earlier = await this.#drainRetiring(onProgress);
+    // A data directory upgraded from the derivation scheme has no active root until the service first starts on it:
+    // then there is no earlier rotation to finish, and the new root takes every version at once.
+    const hasActive = (await this.store.listRootKeys()).some((root) => root.state === 'active');
+    const earlier = hasActive ? await this.#drainRetiring(onProgress) : { rewrapped: 0, destroyed: [] };
     const roots = await this.store.listRootKeys();
     const label = await this.#activateNewRoot(roots.map((root) => root.label));
     const now = await this.#drainRetiring((n) => onProgress(earlier.rewrapped + n));

@@ -103,6 +103,11 @@ const MIGRATIONS: readonly string[] = [
   `,
 ];
 
+/** The entry of MIGRATIONS that brought wrapped key versions and root key records (user_version 5 to 6). */
+const WRAPPED_SCHEME_MIGRATION = 5;
+/** The derive-only root key every release before it derived all key versions from (src/hsm/graphene-hsm.ts). */
+const LEGACY_ROOT_KEY_LABEL = 'hsm-kms-root-1';
+
 /** Columns aliased to KeyRecord's property names, in its order, so a row is a KeyRecord as it comes back. */
 const KEY_COLUMNS = `id, project_id AS projectId, alias, description, state, key_spec AS keySpec, key_usage AS keyUsage,
   origin, created_at AS createdAt, deletion_date AS deletionDate, current_version AS currentVersion`;
@@ -738,6 +743,14 @@ function migrate(db: Database.Database): void {
     }
     for (let version = current; version < MIGRATIONS.length; version++) {
       db.exec(MIGRATIONS[version] as string);
+      // A database of the derivation scheme had the legacy root on its token even when no version is left (every key
+      // purged): record it retiring all the same, so that the next rotation destroys it and old backups of derivation
+      // data can no longer be opened. A fresh database (user_version 0) never had one.
+      if (version === WRAPPED_SCHEME_MIGRATION && current > 0) {
+        db.prepare("INSERT OR IGNORE INTO root_keys (label, state, created_at) VALUES (?, 'retiring', 0)").run(
+          LEGACY_ROOT_KEY_LABEL,
+        );
+      }
     }
     // PRAGMA takes no bound parameters; the value is our own integer.
     if (current !== MIGRATIONS.length) db.pragma(`user_version = ${MIGRATIONS.length}`);
