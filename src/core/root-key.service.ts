@@ -21,7 +21,7 @@ export interface RotationReport {
   readonly rootKeyLabel: string;
   /** Versions moved to it, including those of legacy schemes (migrated). */
   readonly rewrapped: number;
-  /** Root keys destroyed on the token (and legacy derive-only roots), oldest first. */
+  /** Root keys destroyed on the token (legacy derive-only roots included), in label order. */
   readonly destroyed: readonly string[];
 }
 
@@ -99,11 +99,11 @@ export class RootKeyService {
     for (const root of await this.store.listRootKeys()) {
       if (root.state !== 'retiring') continue;
       // Token first: a crash after it leaves a record whose key is already gone, which the next run just forgets.
-      await this.hsm.destroyRootKey(root.label);
+      const wasOnToken = await this.hsm.destroyRootKey(root.label);
       if (!(await this.store.removeRootKey(root.label))) {
         throw new KmsError('InternalError', `Root key "${root.label}" still keeps key versions after rewrapping.`);
       }
-      destroyed.push(root.label);
+      if (wasOnToken) destroyed.push(root.label);
     }
     return { rewrapped, destroyed };
   }
