@@ -76,9 +76,14 @@ function newestMtime(dir: string): number {
  * redone when any file in src/ is newer. A private output directory, so that a `npm run build` or clean by someone
  * else in the same checkout cannot pull dist/ away mid-run, and outside the linted and committed trees. Packages
  * resolve from the repository's node_modules; a package.json there marks the build as ES modules. Returns main.js.
+ *
+ * `outDir` overrides that directory. Git worktrees that share one node_modules (a symlink) also share the default:
+ * a build from another worktree's src/ that is newer than this one's would be run as if it were this one's.
  */
-export function ensureBuilt(log: (line: string) => void): string {
-  const outDir = path.join(REPO, 'node_modules', '.cache', 'hsm-kms-bench', 'dist');
+export function ensureBuilt(
+  log: (line: string) => void,
+  outDir = path.join(REPO, 'node_modules', '.cache', 'hsm-kms-bench', 'dist'),
+): string {
   const main = path.join(outDir, 'main.js');
   let built = 0;
   try {
