@@ -6,6 +6,13 @@ import { GCM_IV_BYTES, GCM_TAG_BYTES, gcmMechanism } from './key-templates.js';
 
 type Handle = Buffer;
 
+/** Refuses more plaintext than one C_Encrypt with AES-GCM may carry on the module (HsmProfile.gcmMaxBytesPerCall). */
+export function checkGcmPlaintextLength(profile: HsmProfile, bytes: number): void {
+  if (bytes > profile.gcmMaxBytesPerCall) {
+    throw new KmsError('InvalidParameter', `At most ${profile.gcmMaxBytesPerCall} bytes can be encrypted at once.`);
+  }
+}
+
 /**
  * AES-256-GCM encryption with the IV made as the profile says:
  * - `host-random`: 96 bits from the module's own C_GenerateRandom, passed in (SoftHSM, NSS). Random IVs stay unique
@@ -21,9 +28,7 @@ export function gcmEncrypt(
   plaintext: Buffer,
   aad: Buffer,
 ): GcmSealed {
-  if (plaintext.length > profile.gcmMaxBytesPerCall) {
-    throw new KmsError('InvalidParameter', `At most ${profile.gcmMaxBytesPerCall} bytes can be encrypted at once.`);
-  }
+  checkGcmPlaintextLength(profile, plaintext.length);
   const iv = Buffer.alloc(GCM_IV_BYTES);
   if (profile.ivMode === 'host-random') lib.C_GenerateRandom(session, iv);
   lib.C_EncryptInit(session, gcmMechanism(iv, aad), key);

@@ -4,7 +4,7 @@ import pkcs11js from 'pkcs11js';
 import { KmsError, needs } from '../core/errors.js';
 import type { KeptKeyVersion } from '../core/keys.js';
 import type { CmkVersionRef, GcmSealed, Hsm } from '../core/ports.js';
-import { gcmEncrypt } from './gcm.js';
+import { checkGcmPlaintextLength, gcmEncrypt } from './gcm.js';
 import { DEFAULT_STARTUP_RETRY, type HsmConfig } from './hsm-config.js';
 import { chooseProfile, type HsmProfile } from './hsm-profiles.js';
 import {
@@ -295,6 +295,8 @@ export class GrapheneHsm implements Hsm {
   async encrypt(key: CmkVersionRef, plaintext: Buffer, aad: Buffer): Promise<GcmSealed> {
     // pkcs11js passes an empty buffer as NULL: SoftHSM answers CKR_ARGUMENTS_BAD.
     needs(plaintext.length > 0, 'The plaintext must not be empty.');
+    // Before #run: a refused plaintext must cost no session and no unwrap of the version's key.
+    checkGcmPlaintextLength(this.#profile, plaintext.length);
     return this.#run(key, (session, keyHandle) => {
       try {
         return gcmEncrypt(this.#lib, session, this.#profile, keyHandle, plaintext, aad);

@@ -8,6 +8,7 @@ import {
   AES_KEY_GEN_MECHANISM,
   asSessionObject,
   credentialKeyTemplate,
+  gcmMechanism,
   rootWrappingKeyTemplate,
 } from '../../src/hsm/key-templates.js';
 import { ckrName } from '../../src/hsm/pkcs11-errors.js';
@@ -176,6 +177,60 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
     });
   });
 
+  // CloudHSM's rules, which only the shim enforces here: the module writes the IV, and GCM takes 16,224 bytes a call.
+  describe('AES-GCM on the CloudHSM shim', { skip: provider !== 'cloudhsm-shim' }, () => {
+    let key: CmkVersionRef;
+
+    beforeAll(async () => {
+      key = await newVersion(hsm, '12121212-1212-1212-1212-121212121212');
+    });
+
+    it('when plaintexts are encrypted, then each IV is one the module wrote: not zero, all distinct, and the one the ciphertext needs', async () => {
+      expect(hsm.profile.ivMode).toBe('module-writes-piv');
+      const plaintext = Buffer.from('under an IV the module chose');
+      const sealed = [];
+      for (let i = 0; i < 20; i++) sealed.push(await hsm.encrypt(key, plaintext, aad));
+      expect(new Set(sealed.map(({ iv }) => iv.toString('hex'))).size).toBe(sealed.length);
+      for (const { iv, ciphertextWithTag } of sealed) {
+        expect(iv.length).toBe(12);
+        expect(iv.equals(Buffer.alloc(12))).toBe(false);
+        expect((await hsm.decrypt(key, iv, ciphertextWithTag, aad)).equals(plaintext)).toBe(true);
+        // The adapter passed 12 zero bytes in: the module did not encrypt under those.
+        await expectInvalidCiphertext(hsm.decrypt(key, Buffer.alloc(12), ciphertextWithTag, aad));
+      }
+    });
+
+    it('when the plaintext is above 16,224 bytes, then the adapter refuses it with InvalidParameter before reaching the module', async () => {
+      expect(hsm.profile.gcmMaxBytesPerCall).toBe(16_224);
+      const hooks = hsm.forTesting();
+      const id = `${key.keyId}:1`;
+      hsm.forget(key.keyId, 1); // reaching the module would unwrap the key again
+      await hsm.generateRandom(1); // leaves a pool session idle: reaching the module would take it (and drop it)
+      const idle = hooks.idleSessions;
+      expect(idle.length).toBeGreaterThan(0);
+      // 16,225 bytes the shim itself would take (up to 16,384); beyond that it answers CKR_DATA_LEN_RANGE.
+      for (const size of [16_225, 16_384, 16_385, 64 * 1024]) {
+        await expect(hsm.encrypt(key, Buffer.alloc(size, 7), aad)).rejects.toMatchObject({
+          code: 'InvalidParameter',
+          message: 'At most 16224 bytes can be encrypted at once.',
+        });
+      }
+      expect(hooks.versionKeys.has(id)).toBe(false);
+      expect(hooks.idleSessions).toEqual(idle);
+
+      // The control: the most the profile allows goes through, and the module would also have taken one byte more.
+      const sealed = await hsm.encrypt(key, Buffer.alloc(16_224, 7), aad);
+      expect(sealed.ciphertextWithTag.length).toBe(16_224 + 16);
+      const session = hooks.anchorSession as Buffer;
+      // Held until after C_Encrypt, which writes the module's IV into it.
+      const pIv = Buffer.alloc(12);
+      hooks.lib.C_EncryptInit(session, gcmMechanism(pIv, aad), hooks.versionKeys.get(id) as Buffer);
+      const direct = hooks.lib.C_Encrypt(session, Buffer.alloc(16_225, 7), Buffer.alloc(16_225 + 16));
+      expect(direct.length).toBe(16_225 + 16);
+      expect(pIv.equals(Buffer.alloc(12))).toBe(false);
+    });
+  });
+
   describe('key versions (kwp-v1: generated in the HSM, kept wrapped under a root key)', () => {
     it('when a version is created, then it is kept as 40 bytes of kwp-v1 material under the root, which opens the same key after a restart', async () => {
       const ref = await newVersion(hsm, '22222222-2222-2222-2222-222222222222');
@@ -222,11 +277,6 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
           `Wrapped key of version ${ref.keyId}:1 is not 40 bytes.`,
         );
       }
-      const legacy = legacyVersion('35353535-3535-3535-3535-35353535353f', 1, randomBytes(31));
-      await expectInternalError(
-        hsm.prepareKey(legacy),
-        `Derivation data of version ${legacy.keyId}:1 is not 32 bytes.`,
-      );
     });
 
     it('when the kept material is corrupted, then it fails as an HSM error with the module code, never as an invalid ciphertext', async () => {
@@ -312,9 +362,20 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
     });
   });
 
-  describe('legacy versions (cbc-encrypt-data-v1: derived from a derive-only root)', () => {
+  // Where the module cannot derive, the legacy root cannot even be made: the refusal is tested there instead.
+  describe('legacy versions (cbc-encrypt-data-v1: derived from a derive-only root)', {
+    skip: !facts.derivesCbcEncryptData,
+  }, () => {
     beforeAll(() => {
       addLegacyRootKey(hsm);
+    });
+
+    it('when the derivation data is not 32 bytes, then using the version throws InternalError', async () => {
+      const legacy = legacyVersion('35353535-3535-3535-3535-35353535353f', 1, randomBytes(31));
+      await expectInternalError(
+        hsm.prepareKey(legacy),
+        `Derivation data of version ${legacy.keyId}:1 is not 32 bytes.`,
+      );
     });
 
     it('when a legacy version is used, then the same derivation data gives the same key, also after a restart', async () => {
@@ -371,6 +432,28 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
     });
   });
 
+  describe('legacy versions on a module that cannot derive them', { skip: facts.derivesCbcEncryptData }, () => {
+    it('when a legacy version is used or rewrapped, then it is refused with HsmUnavailable naming `kms root rotate`, and no object is made', async () => {
+      const legacy = legacyVersion('abababab-abab-abab-abab-abababababab');
+      const message =
+        `Version ${legacy.keyId}:1 is kept with the legacy scheme cbc-encrypt-data-v1, which profile ` +
+        `${facts.profile} cannot open: migrate it with \`kms root rotate\` on a module that can.`;
+      const before = allObjects(hsm).length;
+      for (const attempt of [
+        () => hsm.prepareKey(legacy),
+        () => hsm.encrypt(legacy, Buffer.from('x'), aad),
+        () => hsm.decrypt(legacy, Buffer.alloc(12, 1), Buffer.alloc(17), aad),
+        () => hsm.rewrapKeyVersion(legacy, TEST_ROOT_KEY_LABEL),
+      ]) {
+        const err = await rejectionOf(attempt());
+        expect(err).toBeInstanceOf(KmsError);
+        expect(err).toMatchObject({ code: 'HsmUnavailable', message });
+      }
+      expect(allObjects(hsm).length).toBe(before);
+      expect(hsm.forTesting().versionKeys.has(`${legacy.keyId}:1`)).toBe(false);
+    });
+  });
+
   describe('key attributes read through PKCS#11', () => {
     it('when a CMK version is prepared, then its key is a sensitive, non-extractable session object that can only encrypt and decrypt', async () => {
       const key = await newVersion(hsm, '44444444-4444-4444-4444-444444444444');
@@ -419,7 +502,8 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
         CKA_EXTRACTABLE: false,
         CKA_NEVER_EXTRACTABLE: true,
         CKA_ALWAYS_SENSITIVE: true,
-        CKA_MODIFIABLE: false,
+        // Frozen where the module allows it; CloudHSM keeps CKA_MODIFIABLE at its default.
+        CKA_MODIFIABLE: !facts.templatesMayFreeze,
         CKA_ENCRYPT: false,
         CKA_DECRYPT: false,
         CKA_DERIVE: false,
@@ -439,12 +523,15 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       expect(ckrThrownBy(() => hooks.lib.C_EncryptInit(session, gcm, root))).toBe(facts.keyFunctionRefused);
     });
 
-    it.each([
-      ['may be frozen (SoftHSM, NSS)', true, false],
-      ['may not be frozen (CloudHSM)', false, true],
-    ])(
+    /** [whose keys …, CKA_MODIFIABLE they get, templatesMayFreeze]. */
+    const templateCases: readonly [string, boolean, boolean][] = [
+      ['may be frozen (SoftHSM, NSS)', false, true],
+      ['may not be frozen (CloudHSM)', true, false],
+    ];
+    // A module that refuses frozen templates cannot make the keys of the first case: its refusal is the test below.
+    it.each(templateCases.filter(([, , templatesMayFreeze]) => facts.templatesMayFreeze || !templatesMayFreeze))(
       'when templates are made for a module whose keys %s, then root and credential keys get CKA_MODIFIABLE=%s',
-      (_, templatesMayFreeze, modifiable) => {
+      (_, modifiable, templatesMayFreeze) => {
         const { lib, anchorSession } = hsm.forTesting();
         const session = anchorSession as Buffer;
         const rules = { templatesMayFreeze };
@@ -465,6 +552,17 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
             lib.C_DestroyObject(session, handle);
           }
         }
+      },
+    );
+
+    it.skipIf(facts.templatesMayFreeze)(
+      'when a template freezes a key on a module that keeps CKA_MODIFIABLE at its default, then the module refuses it with CKR_ATTRIBUTE_VALUE_INVALID',
+      () => {
+        const { lib, anchorSession } = hsm.forTesting();
+        const frozen = asSessionObject(rootWrappingKeyTemplate('template-probe', { templatesMayFreeze: true }));
+        expect(ckrThrownBy(() => lib.C_GenerateKey(anchorSession as Buffer, AES_KEY_GEN_MECHANISM, frozen))).toBe(
+          pkcs11js.CKR_ATTRIBUTE_VALUE_INVALID,
+        );
       },
     );
   });

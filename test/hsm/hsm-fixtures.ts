@@ -172,10 +172,17 @@ export function ckrThrownBy(call: () => unknown): number | undefined {
  * - Wrapping a key marked CKA_EXTRACTABLE=false: SoftHSM refuses with CKR_KEY_UNEXTRACTABLE, a non-FIPS NSS database
  *   wraps it (undefined: no error). SECURITY.md says so.
  * - Unwrapping bytes whose RFC 5649 integrity check fails: SoftHSM says CKR_GENERAL_ERROR, NSS CKR_WRAPPED_KEY_INVALID.
+ * - Whether a template may say CKA_MODIFIABLE=false (CloudHSM: only the default, true; the shim refuses anything else
+ *   with CKR_ATTRIBUTE_VALUE_INVALID), and so whether the root and credential keys report CKA_MODIFIABLE=false.
+ * - Whether the module derives with CKM_AES_CBC_ENCRYPT_DATA, which the legacy scheme cbc-encrypt-data-v1 needs (its
+ *   derive-only root is made with CKA_MODIFIABLE=false too, so without derivation there is no legacy root either).
+ * The startup suite checks that the profile the adapter chooses says the same.
  */
 export const MODULE_FACTS = {
   softhsm: {
     profile: 'softhsm2',
+    templatesMayFreeze: true,
+    derivesCbcEncryptData: true,
     kwpMechanism: 0x210a,
     derivedKeyHistory: { CKA_NEVER_EXTRACTABLE: true, CKA_ALWAYS_SENSITIVE: true },
     keyFunctionRefused: pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED,
@@ -184,6 +191,8 @@ export const MODULE_FACTS = {
   },
   nss: {
     profile: 'nss',
+    templatesMayFreeze: true,
+    derivesCbcEncryptData: true,
     kwpMechanism: 0x210b,
     derivedKeyHistory: { CKA_NEVER_EXTRACTABLE: false, CKA_ALWAYS_SENSITIVE: false },
     keyFunctionRefused: pkcs11js.CKR_KEY_TYPE_INCONSISTENT,
@@ -193,6 +202,8 @@ export const MODULE_FACTS = {
   // SoftHSM answers underneath; the shim refuses C_DeriveKey(CKM_AES_CBC_ENCRYPT_DATA), so there is no derived key.
   'cloudhsm-shim': {
     profile: 'cloudhsm',
+    templatesMayFreeze: false,
+    derivesCbcEncryptData: false,
     kwpMechanism: 0x8000216f,
     derivedKeyHistory: { CKA_NEVER_EXTRACTABLE: true, CKA_ALWAYS_SENSITIVE: true },
     keyFunctionRefused: pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED,
