@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createDecipheriv, randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KmsError } from '../../src/core/errors.js';
@@ -590,6 +590,37 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       } finally {
         lib.C_DestroyObject(session, secret);
         lib.C_DestroyObject(session, kek);
+      }
+    });
+    it('when a holder of the user PIN unwraps stored material with a template of their own, then they can read the CMK (SECURITY.md)', async () => {
+      // What SECURITY.md says a PIN holder with the database can do on these modules: the root key enforces no unwrap
+      // template, so the 40 stored bytes open into a readable key, which decrypts what the service sealed.
+      const version = await newVersion(hsm, 'c0ffee00-0000-4000-8000-000000000001');
+      const sealed = await hsm.encrypt(version, Buffer.from('meant to stay in the HSM'), aad);
+      const { lib, anchorSession, rootKeyHandle } = hsm.forTesting();
+      const session = anchorSession as Buffer;
+      const readable = lib.C_UnwrapKey(
+        session,
+        { mechanism: facts.kwpMechanism },
+        rootKeyHandle(TEST_ROOT_KEY_LABEL) as Buffer,
+        version.keyMaterial,
+        [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+          { type: pkcs11js.CKA_TOKEN, value: false },
+          { type: pkcs11js.CKA_SENSITIVE, value: false },
+          { type: pkcs11js.CKA_EXTRACTABLE, value: true },
+        ],
+      );
+      try {
+        const [value] = lib.C_GetAttributeValue(session, readable, [{ type: pkcs11js.CKA_VALUE }]);
+        const decipher = createDecipheriv('aes-256-gcm', value?.value as Buffer, sealed.iv);
+        decipher.setAAD(aad);
+        decipher.setAuthTag(sealed.ciphertextWithTag.subarray(-16));
+        const opened = Buffer.concat([decipher.update(sealed.ciphertextWithTag.subarray(0, -16)), decipher.final()]);
+        expect(opened.toString()).toBe('meant to stay in the HSM');
+      } finally {
+        lib.C_DestroyObject(session, readable);
       }
     });
   });
