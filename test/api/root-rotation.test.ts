@@ -460,7 +460,9 @@ describe('kms root rotate while the service serves', () => {
   it('when the root is rotated a second time, then it is hsm-kms-wrap-3 alone and every ciphertext still decrypts', async () => {
     const run = await rotate(site);
     expect([run.code, run.stdout]).toEqual([0, `${wrap(3)}\n`]);
-    expect(storeRoots(site).roots).toEqual([{ label: wrap(3), state: 'active' }]);
+    const store = storeRoots(site);
+    expect(store.roots).toEqual([{ label: wrap(3), state: 'active' }]);
+    expect(Object.keys(store.versionsByRoot)).toEqual([wrap(3)]);
     expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, wrap(3)));
     expect(await unopened(site, service, sealed)).toEqual([]);
   });
@@ -495,7 +497,7 @@ describe('SIGKILL during a rotation and during key creation', () => {
     if (site) removeTestToken(site.token.dir);
   });
 
-  it('when the rotation is killed half-way, then the service decrypts everything under both roots, and a second run finishes it', async () => {
+  it('when the rotation is killed half-way, then the service decrypts everything under both roots, also after a restart, and a second run finishes it', async () => {
     const killed = await rotate(site, /key versions rewrapped/);
     expect(killed.signal).toBe('SIGKILL');
     const half = storeRoots(site);
@@ -508,6 +510,10 @@ describe('SIGKILL during a rotation and during key creation', () => {
     expect(half.versionsByRoot[wrap(2)]).toBeGreaterThan(0);
     expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, wrap(1), wrap(2)));
     // A key cache of 16 for 1,000 keys: nearly every decryption unwraps its version, under whichever root keeps it.
+    expect(await unopened(site, service, sealed)).toEqual([]);
+    // And after the service, too, is killed and starts again on the half-rotated store and token.
+    await stopService(service, 'SIGKILL');
+    service = await spawnService(site.env);
     expect(await unopened(site, service, sealed)).toEqual([]);
 
     const resumed = await rotate(site);
