@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../../src/auth/local-issuer.js';
 import type { KeptKeyVersion } from '../../src/core/keys.js';
 import { GrapheneHsm } from '../../src/hsm/graphene-hsm.js';
+import { SqliteMetadataStore } from '../../src/store/sqlite-metadata-store.js';
 import { type ChildService, freePort, spawnService, stopService } from '../support/child-service.js';
 import { createTestToken, removeTestToken, type TestToken } from '../support/softhsm.js';
 
@@ -560,7 +561,7 @@ describe('SIGKILL during a rotation and during key creation', () => {
   });
 });
 
-describe('kms root rotate before the service ever ran, and after a kill between making a root and recording it', () => {
+describe('kms root rotate before the service ever ran, and after kills between its steps', () => {
   let site: Site;
 
   beforeAll(async () => {
@@ -587,5 +588,26 @@ describe('kms root rotate before the service ever ran, and after a kill between 
     expect([run.code, run.stdout]).toEqual([0, `${wrap(2)}\n`]);
     expect(storeRoots(site).roots).toEqual([{ label: wrap(2), state: 'active' }]);
     expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, wrap(2)));
+  });
+
+  it('when a rotation was killed after destroying the old root on the token, then the next one forgets it and goes on', async () => {
+    // What a kill leaves between the last two steps of a rotation to hsm-kms-wrap-3 (RootKeyService destroys a
+    // retiring root on the token, and only then forgets it): wrap-3 active, wrap-2 recorded but gone from the token.
+    await withHsm(site, (hsm) => hsm.ensureRootKey(wrap(3)));
+    const store = SqliteMetadataStore.open(path.join(site.dataDir, 'kms.db'));
+    await store.activateRootKey(wrap(3), Date.now());
+    await store.close();
+    expect(await withHsm(site, (hsm) => hsm.destroyRootKey(wrap(2)))).toBe(true);
+    expect(storeRoots(site).roots).toEqual([
+      { label: wrap(2), state: 'retiring' },
+      { label: wrap(3), state: 'active' },
+    ]);
+
+    const run = await rotate(site);
+    expect([run.code, run.stdout]).toEqual([0, `${wrap(4)}\n`]);
+    // It reports only what it found on the token to destroy.
+    expect(run.stderr).toContain(`destroyed ${JSON.stringify([wrap(3)])}`);
+    expect(storeRoots(site).roots).toEqual([{ label: wrap(4), state: 'active' }]);
+    expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, wrap(4)));
   });
 });
