@@ -8,7 +8,7 @@ import * as pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../../src/auth/local-issuer.js';
 import type { KeptKeyVersion } from '../../src/core/keys.js';
-import { GrapheneHsm } from '../../src/hsm/graphene-hsm.js';
+import { CREDENTIAL_KEY_LABEL, GrapheneHsm } from '../../src/hsm/graphene-hsm.js';
 import { SqliteMetadataStore } from '../../src/store/sqlite-metadata-store.js';
 import { type ChildService, freePort, spawnService, stopService } from '../support/child-service.js';
 import { createTestToken, removeTestToken, type TestToken } from '../support/softhsm.js';
@@ -21,7 +21,6 @@ import { createTestToken, removeTestToken, type TestToken } from '../support/sof
 
 const KMS = fileURLToPath(new URL('../../scripts/kms', import.meta.url));
 const P = 'projectrotation';
-const CREDENTIAL_KEY_LABEL = 'hsm-kms-credentials-1';
 const wrap = (n: number) => `hsm-kms-wrap-${n}`;
 
 interface Site {
