@@ -53,11 +53,14 @@ export interface KeyVersionRecord extends KeptKeyVersion {
   readonly createdAt: number;
 }
 
-/** A root wrapping key of the token: exactly one is active (new versions are wrapped under it). */
+/**
+ * A root key of the token: exactly one is active (new versions are wrapped under it, and rewrapped to it).
+ * - `retiring`: replaced by a newer root; the versions still under it are being rewrapped.
+ * - `destroying`: no version is under it any more, nor can one ever be again; it is being destroyed on the token.
+ */
 export interface RootKeyRecord {
   readonly label: string;
-  /** `retiring`: replaced by a newer root; versions still under it are being rewrapped, then it is destroyed. */
-  readonly state: 'active' | 'retiring';
+  readonly state: 'active' | 'retiring' | 'destroying';
   readonly createdAt: number;
 }
 

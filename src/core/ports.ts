@@ -105,13 +105,18 @@ export interface MetadataStore {
   listRootKeys(): Promise<RootKeyRecord[]>;
   /** Makes `label` the active root key, in one transaction: the previously active one, if any, becomes retiring. */
   activateRootKey(label: string, at: number): Promise<void>;
-  /** Forgets a retiring root key once no version is kept under it; false if one still is (nothing changes then). */
-  removeRootKey(label: string): Promise<boolean>;
+  /**
+   * Retiring → destroying, in one transaction, only if no version is kept under the root key; false if one still is
+   * (nothing changes then). From then on no version can be kept under it: it only waits to be destroyed.
+   */
+  markRootKeyDestroying(label: string): Promise<boolean>;
+  /** Forgets a root key in state destroying, once it is gone from the token. */
+  forgetRootKey(label: string): Promise<void>;
   /** Versions of any key, in any state, kept under another root key than `rootKeyLabel`; at most `limit`. */
   listVersionsNotUnder(rootKeyLabel: string, limit: number): Promise<KeyVersionRecord[]>;
   /**
    * Replaces how a version is kept, only if it is still kept as `current` says (compare-and-set: a purge or another
-   * rotation may have got there first); true if replaced.
+   * rotation may have got there first) and `next` is kept under the active root key; true if replaced.
    */
   replaceKeptVersion(current: KeyVersionRecord, next: KeptKeyVersion): Promise<boolean>;
   /** Keys of the project in creation order (oldest first), PendingCreation excluded. */

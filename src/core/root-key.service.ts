@@ -30,7 +30,8 @@ export interface RotationReport {
  * rewraps every version under it while the service keeps serving, and then destroys the old roots: from then on
  * copies of old wrapped material (in database backups, say) can never be opened again.
  *
- * Resumable: a rotation cut short leaves its old roots `retiring`; the next rotation finishes them first.
+ * Resumable: a rotation cut short leaves its old roots `retiring` (or `destroying`); the next rotation finishes
+ * them first. Two rotations at once lose nothing: the older one stops (see #drainRetiring).
  */
 export class RootKeyService {
   constructor(
@@ -80,7 +81,11 @@ export class RootKeyService {
     return label;
   }
 
-  /** Rewraps every version not under the active root, then destroys the retiring roots. */
+  /**
+   * Rewraps every version not under the active root, then destroys the retiring roots. Should another rotation make
+   * a newer root active meanwhile, this one stops and leaves the rest to it (no version is ever moved to a root that
+   * is not active, see MetadataStore.replaceKeptVersion).
+   */
   async #drainRetiring(onProgress: (rewrapped: number) => void): Promise<Omit<RotationReport, 'rootKeyLabel'>> {
     const target = await activeRootKey(this.store);
     let rewrapped = 0;
@@ -89,22 +94,38 @@ export class RootKeyService {
       if (batch.length === 0) break;
       for (const version of batch) {
         const kept = await this.hsm.rewrapKeyVersion(version, target);
-        // False when the key was purged meanwhile: nothing to keep then.
+        // False when the key was purged meanwhile (nothing to keep then) or the target is no longer active.
         if (await this.store.replaceKeptVersion(version, kept)) rewrapped++;
       }
+      await this.#stillActive(target);
       onProgress(rewrapped);
       await nextTurn();
     }
-    const destroyed: string[] = [];
+    // Marked destroying only while no version is under it, after which none can be: destroying it can never lose a
+    // key, whatever another rotation or a key creation does meanwhile.
     for (const root of await this.store.listRootKeys()) {
-      if (root.state !== 'retiring') continue;
-      // Token first: a crash after it leaves a record whose key is already gone, which the next run just forgets.
-      const wasOnToken = await this.hsm.destroyRootKey(root.label);
-      if (!(await this.store.removeRootKey(root.label))) {
+      if (root.state === 'retiring' && !(await this.store.markRootKeyDestroying(root.label))) {
+        await this.#stillActive(target);
         throw new KmsError('InternalError', `Root key "${root.label}" still keeps key versions after rewrapping.`);
       }
-      if (wasOnToken) destroyed.push(root.label);
+    }
+    const destroyed: string[] = [];
+    for (const root of await this.store.listRootKeys()) {
+      if (root.state !== 'destroying') continue;
+      // Token first: a crash in between leaves a record whose key is already gone, which the next run forgets.
+      if (await this.hsm.destroyRootKey(root.label)) destroyed.push(root.label);
+      await this.store.forgetRootKey(root.label);
     }
     return { rewrapped, destroyed };
+  }
+
+  async #stillActive(target: string): Promise<void> {
+    if ((await activeRootKey(this.store)) !== target) {
+      throw new KmsError(
+        'InternalError',
+        `Another root rotation made a newer root key active while this one moved key versions to "${target}": ` +
+          'run `kms root rotate` again once it has finished.',
+      );
+    }
   }
 }

@@ -95,8 +95,12 @@ export class CachingMetadataStore implements MetadataStore {
     return this.#inner.activateRootKey(label, at);
   }
 
-  removeRootKey(label: string): Promise<boolean> {
-    return this.#inner.removeRootKey(label);
+  markRootKeyDestroying(label: string): Promise<boolean> {
+    return this.#inner.markRootKeyDestroying(label);
+  }
+
+  forgetRootKey(label: string): Promise<void> {
+    return this.#inner.forgetRootKey(label);
   }
 
   listVersionsNotUnder(rootKeyLabel: string, limit: number): Promise<KeyVersionRecord[]> {

@@ -95,7 +95,7 @@ const MIGRATIONS: readonly string[] = [
   CREATE INDEX key_versions_root_key_label ON key_versions (root_key_label);
   CREATE TABLE root_keys (
     label TEXT PRIMARY KEY,
-    state TEXT NOT NULL CHECK (state IN ('active', 'retiring')),
+    state TEXT NOT NULL CHECK (state IN ('active', 'retiring', 'destroying')),
     created_at INTEGER NOT NULL
   ) STRICT;
   CREATE UNIQUE INDEX root_keys_one_active ON root_keys (state) WHERE state = 'active';
@@ -162,7 +162,8 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #retireActiveRootKey: Database.Statement<[]>;
   readonly #insertRootKey: Database.Statement<[string, number]>;
   readonly #activateRootKeyTx: Database.Transaction<(label: string, at: number) => void>;
-  readonly #removeRootKey: Database.Statement<[{ label: string }]>;
+  readonly #markRootKeyDestroying: Database.Statement<[{ label: string }]>;
+  readonly #forgetRootKey: Database.Statement<[string]>;
   readonly #listVersionsNotUnder: Database.Statement<[string, number], KeyVersionRecord>;
   readonly #replaceKeptVersion: Database.Statement<[ReplaceKeptParams]>;
   readonly #activateKey: Database.Statement<[string]>;
@@ -249,17 +250,19 @@ export class SqliteMetadataStore implements MetadataStore {
       this.#retireActiveRootKey.run();
       this.#insertRootKey.run(label, at);
     });
-    this.#removeRootKey = db.prepare(
-      `DELETE FROM root_keys WHERE label = @label AND state = 'retiring'
+    this.#markRootKeyDestroying = db.prepare(
+      `UPDATE root_keys SET state = 'destroying' WHERE label = @label AND state = 'retiring'
         AND NOT EXISTS (SELECT 1 FROM key_versions WHERE root_key_label = @label)`,
     );
+    this.#forgetRootKey = db.prepare(`DELETE FROM root_keys WHERE label = ? AND state = 'destroying'`);
     this.#listVersionsNotUnder = db.prepare(
       `SELECT ${VERSION_COLUMNS} FROM key_versions WHERE root_key_label <> ? ORDER BY key_id, version LIMIT ?`,
     );
     this.#replaceKeptVersion = db.prepare(`
       UPDATE key_versions SET scheme = @scheme, root_key_label = @rootKeyLabel, key_material = @keyMaterial
       WHERE key_id = @keyId AND version = @version AND root_key_label = @currentRootKeyLabel
-        AND key_material = @currentKeyMaterial`);
+        AND key_material = @currentKeyMaterial
+        AND EXISTS (SELECT 1 FROM root_keys WHERE label = @rootKeyLabel AND state = 'active')`);
     this.#activateKey = db.prepare(`UPDATE keys SET state = 'Enabled' WHERE id = ? AND state = 'PendingCreation'`);
     this.#listPendingCreation = db.prepare(
       `SELECT ${KEY_COLUMNS} FROM keys WHERE state = 'PendingCreation' ${KEY_ORDER}`,
@@ -495,9 +498,17 @@ export class SqliteMetadataStore implements MetadataStore {
     }
   }
 
-  async removeRootKey(label: string): Promise<boolean> {
+  async markRootKeyDestroying(label: string): Promise<boolean> {
     try {
-      return this.#removeRootKey.run({ label }).changes > 0;
+      return this.#markRootKeyDestroying.run({ label }).changes > 0;
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async forgetRootKey(label: string): Promise<void> {
+    try {
+      this.#forgetRootKey.run(label);
     } catch (error) {
       throw storeError(error);
     }

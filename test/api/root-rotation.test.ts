@@ -8,6 +8,7 @@ import * as pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../../src/auth/local-issuer.js';
 import type { KeptKeyVersion } from '../../src/core/keys.js';
+import { RootKeyService } from '../../src/core/root-key.service.js';
 import { CREDENTIAL_KEY_LABEL, GrapheneHsm } from '../../src/hsm/graphene-hsm.js';
 import { SqliteMetadataStore } from '../../src/store/sqlite-metadata-store.js';
 import { type ChildService, freePort, spawnService, stopService } from '../support/child-service.js';
@@ -590,15 +591,17 @@ describe('kms root rotate before the service ever ran, and after kills between i
   });
 
   it('when a rotation was killed after destroying the old root on the token, then the next one forgets it and goes on', async () => {
-    // What a kill leaves between the last two steps of a rotation to hsm-kms-wrap-3 (RootKeyService destroys a
-    // retiring root on the token, and only then forgets it): wrap-3 active, wrap-2 recorded but gone from the token.
+    // What a kill leaves between the last two steps of a rotation to hsm-kms-wrap-3 (RootKeyService marks a drained
+    // root destroying, destroys it on the token, and only then forgets it): wrap-3 active, wrap-2 destroying and
+    // already gone from the token.
     await withHsm(site, (hsm) => hsm.ensureRootKey(wrap(3)));
     const store = SqliteMetadataStore.open(path.join(site.dataDir, 'kms.db'));
     await store.activateRootKey(wrap(3), Date.now());
+    expect(await store.markRootKeyDestroying(wrap(2))).toBe(true);
     await store.close();
     expect(await withHsm(site, (hsm) => hsm.destroyRootKey(wrap(2)))).toBe(true);
     expect(storeRoots(site).roots).toEqual([
-      { label: wrap(2), state: 'retiring' },
+      { label: wrap(2), state: 'destroying' },
       { label: wrap(3), state: 'active' },
     ]);
 
@@ -608,5 +611,47 @@ describe('kms root rotate before the service ever ran, and after kills between i
     expect(run.stderr).toContain(`destroyed ${JSON.stringify([wrap(3)])}`);
     expect(storeRoots(site).roots).toEqual([{ label: wrap(4), state: 'active' }]);
     expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, wrap(4)));
+  });
+
+  it('when two rotations run at once, then no key version is lost, and a further rotation leaves one root', async () => {
+    await insertKeys(site, 300, wrap(4));
+    const report = await withHsm(site, async (hsm) => {
+      const dbPath = path.join(site.dataDir, 'kms.db');
+      const stores = [SqliteMetadataStore.open(dbPath), SqliteMetadataStore.open(dbPath)];
+      try {
+        const clock = { now: () => Date.now() };
+        const [first, second] = stores.map((store) => new RootKeyService(hsm, store, clock));
+        // Interleaved at every await: each makes its own root active while the other may be moving versions.
+        const outcomes = await Promise.allSettled([first?.rotate(), second?.rotate()]);
+        const versions = await stores[0]?.listVersionsNotUnder('none', 10_000);
+        for (const version of versions ?? []) await hsm.prepareKey({ ...version });
+        return { outcomes, opened: versions?.length };
+      } finally {
+        for (const store of stores) await store.close();
+      }
+    });
+    expect(report.opened).toBe(300);
+    expect(report.outcomes.some((outcome) => outcome.status === 'fulfilled')).toBe(true);
+    for (const outcome of report.outcomes) {
+      if (outcome.status === 'rejected') expect(String(outcome.reason)).toMatch(/Another root rotation|C_UnwrapKey/);
+    }
+
+    const run = await rotate(site);
+    expect(run.code).toBe(0);
+    const label = run.stdout.trim();
+    expect(storeRoots(site)).toEqual({ roots: [{ label, state: 'active' }], versionsByRoot: { [label]: 300 } });
+    expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, label));
+    expect(
+      await withHsm(site, async (hsm) => {
+        const store = SqliteMetadataStore.open(path.join(site.dataDir, 'kms.db'));
+        try {
+          const versions = await store.listVersionsNotUnder('none', 10_000);
+          for (const version of versions) await hsm.prepareKey(version);
+          return versions.length;
+        } finally {
+          await store.close();
+        }
+      }),
+    ).toBe(300);
   });
 });

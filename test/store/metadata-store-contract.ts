@@ -578,16 +578,34 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
         expect(await store.findKeyVersion(key.id, 1, true)).toEqual({ ...before, ...next });
       });
 
-      it('when a retiring root key still keeps a version, then removeRootKey is false; once none, it is forgotten', async () => {
+      it('when a retiring root key still keeps a version, then it cannot be marked destroying; once none, it can, and is forgotten', async () => {
         const key = await enabledKey();
         const before = (await store.findKeyVersion(key.id, 1)) as KeyVersionRecord;
         await store.activateRootKey('hsm-kms-wrap-2', 5);
 
-        expect(await store.removeRootKey(TEST_ROOT_KEY)).toBe(false);
-        expect(await store.removeRootKey('hsm-kms-wrap-2')).toBe(false);
+        expect(await store.markRootKeyDestroying(TEST_ROOT_KEY)).toBe(false);
+        expect(await store.markRootKeyDestroying('hsm-kms-wrap-2')).toBe(false);
         await store.replaceKeptVersion(before, { ...before, rootKeyLabel: 'hsm-kms-wrap-2' });
-        expect(await store.removeRootKey(TEST_ROOT_KEY)).toBe(true);
+        expect(await store.markRootKeyDestroying(TEST_ROOT_KEY)).toBe(true);
+        expect(await store.listRootKeys()).toEqual([
+          { label: 'hsm-kms-wrap-2', state: 'active', createdAt: 5 },
+          { label: TEST_ROOT_KEY, state: 'destroying', createdAt: 0 },
+        ]);
+        await store.forgetRootKey(TEST_ROOT_KEY);
+        await store.forgetRootKey('hsm-kms-wrap-2');
         expect(await store.listRootKeys()).toEqual([{ label: 'hsm-kms-wrap-2', state: 'active', createdAt: 5 }]);
+      });
+
+      it('when a version would move to a root key that is not active, then replaceKeptVersion is false and it stays', async () => {
+        const key = await enabledKey();
+        const before = (await store.findKeyVersion(key.id, 1)) as KeyVersionRecord;
+        await store.activateRootKey('hsm-kms-wrap-2', 5);
+        await store.activateRootKey('hsm-kms-wrap-3', 6);
+        const next = { scheme: 'kwp-v1' as const, rootKeyLabel: 'hsm-kms-wrap-2', keyMaterial: Buffer.alloc(40, 7) };
+
+        expect(await store.replaceKeptVersion(before, next)).toBe(false);
+        expect(await store.replaceKeptVersion(before, { ...next, rootKeyLabel: 'never-made' })).toBe(false);
+        expect(await store.findKeyVersion(key.id, 1, true)).toEqual(before);
       });
     });
 
