@@ -55,12 +55,13 @@ export interface KeyVersionRecord extends KeptKeyVersion {
 
 /**
  * A root key of the token: exactly one is active (new versions are wrapped under it, and rewrapped to it).
+ * - `creating`: reserved by the process making it on the token (at most one); it becomes active next.
  * - `retiring`: replaced by a newer root; the versions still under it are being rewrapped.
  * - `destroying`: no version is under it any more, nor can one ever be again; it is being destroyed on the token.
  */
 export interface RootKeyRecord {
   readonly label: string;
-  readonly state: 'active' | 'retiring' | 'destroying';
+  readonly state: 'creating' | 'active' | 'retiring' | 'destroying';
   readonly createdAt: number;
 }
 

@@ -28,6 +28,11 @@ export interface Hsm {
    * that a crash between making it and recording it is harmless.
    */
   ensureRootKey(label: string): Promise<void>;
+  /**
+   * Checks that the token holds the root key `label`, as a root key should be; never makes it. Throws
+   * KmsError('HsmUnavailable') naming the label and the token when it is missing.
+   */
+  checkRootKey(label: string): Promise<void>;
   /** Destroys the root key `label` on the token; false if there was none. Every version under it is then lost. */
   destroyRootKey(label: string): Promise<boolean>;
   /**
@@ -101,8 +106,14 @@ export interface MetadataStore {
   findKeyByAlias(projectId: string, alias: string): Promise<KeyRecord | undefined>;
   /** `fresh`: read past any cache (a root rotation may have rewrapped the version meanwhile). */
   findKeyVersion(keyId: string, version: number, fresh?: boolean): Promise<KeyVersionRecord | undefined>;
-  /** The root keys, active first. */
+  /** The root keys, active first, then by label (numbers in order). */
   listRootKeys(): Promise<RootKeyRecord[]>;
+  /**
+   * Reserves a root key label (state creating) before the key is made on the token, so that two processes never make
+   * two keys with one label. Returns the label reserved: `label`, or that of a reservation made before `staleBefore`
+   * (abandoned by a process that died), which is taken over. Undefined if a fresher reservation exists.
+   */
+  reserveRootKey(label: string, at: number, staleBefore: number): Promise<string | undefined>;
   /** Makes `label` the active root key, in one transaction: the previously active one, if any, becomes retiring. */
   activateRootKey(label: string, at: number): Promise<void>;
   /**

@@ -1,4 +1,4 @@
-import { setImmediate as nextTurn } from 'node:timers/promises';
+import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises';
 import { KmsError } from './errors.js';
 import type { Clock, Hsm, MetadataStore } from './ports.js';
 
@@ -6,6 +6,13 @@ import type { Clock, Hsm, MetadataStore } from './ports.js';
 export const ROOT_KEY_LABEL_PREFIX = 'hsm-kms-wrap-';
 /** Versions rewrapped between two turns of the event loop, and listed per store read. */
 export const REWRAP_BATCH_SIZE = 100;
+/**
+ * How long a root key may stay reserved (`creating`) before another process takes the reservation over: making a
+ * key on the token takes milliseconds, so a reservation this old was left by a process that died.
+ */
+export const ROOT_RESERVATION_MS = 60_000;
+/** How long a starting service waits for a root key that another process (a rotation) is making. */
+const FIRST_ROOT_WAIT = { attempts: 50, delayMs: 200 } as const;
 
 /** The label of the active root key: the one new key versions are wrapped under. */
 export async function activeRootKey(store: MetadataStore): Promise<string> {
@@ -40,15 +47,26 @@ export class RootKeyService {
     private readonly clock: Clock,
   ) {}
 
-  /** Makes sure there is an active root key (at the first start, or the first start after an upgrade). */
+  /**
+   * Makes sure there is an active root key: makes the first one at the first start (or the first start after an
+   * upgrade), and otherwise checks that the token holds the one the database names. A recorded root is never made
+   * again: a token without it is the wrong token, or lost its keys, and the service must not start on it.
+   */
   async ensureActiveRoot(): Promise<string> {
-    const roots = await this.store.listRootKeys();
-    const active = roots.find((root) => root.state === 'active');
-    if (active !== undefined) {
-      await this.hsm.ensureRootKey(active.label);
-      return active.label;
+    for (let attempt = 1; ; attempt++) {
+      const active = (await this.store.listRootKeys()).find((root) => root.state === 'active');
+      if (active !== undefined) {
+        await this.hsm.checkRootKey(active.label);
+        return active.label;
+      }
+      const made = await this.#activateNewRoot();
+      if (made !== undefined) return made;
+      // A rotation in another process is making the first root: wait for it.
+      if (attempt >= FIRST_ROOT_WAIT.attempts) {
+        throw new KmsError('HsmUnavailable', 'Another process has been making the first root key for too long.');
+      }
+      await sleep(FIRST_ROOT_WAIT.delayMs);
     }
-    return this.#activateNewRoot(roots.map((root) => root.label));
   }
 
   /**
@@ -60,8 +78,14 @@ export class RootKeyService {
     // then there is no earlier rotation to finish, and the new root takes every version at once.
     const hasActive = (await this.store.listRootKeys()).some((root) => root.state === 'active');
     const earlier = hasActive ? await this.#drainRetiring(onProgress) : { rewrapped: 0, destroyed: [] };
-    const roots = await this.store.listRootKeys();
-    const label = await this.#activateNewRoot(roots.map((root) => root.label));
+    const label = await this.#activateNewRoot();
+    if (label === undefined) {
+      const making = (await this.store.listRootKeys()).find((root) => root.state === 'creating')?.label;
+      throw new KmsError(
+        'InternalError',
+        `Another root rotation is making root key "${making ?? '?'}": run \`kms root rotate\` again once it has finished.`,
+      );
+    }
     const now = await this.#drainRetiring((n) => onProgress(earlier.rewrapped + n));
     return {
       rootKeyLabel: label,
@@ -70,12 +94,20 @@ export class RootKeyService {
     };
   }
 
-  async #activateNewRoot(existing: readonly string[]): Promise<string> {
-    const numbers = existing
+  /**
+   * Reserves the next label in the store (so that no other process makes a key with it), makes the key on the token,
+   * then makes it active. Undefined if another process holds a fresh reservation. A crash leaves a reservation that
+   * goes stale and a key on the token: the next attempt takes both over.
+   */
+  async #activateNewRoot(): Promise<string | undefined> {
+    const numbers = (await this.store.listRootKeys())
+      .map((root) => root.label)
       .filter((label) => label.startsWith(ROOT_KEY_LABEL_PREFIX))
       .map((label) => Number(label.slice(ROOT_KEY_LABEL_PREFIX.length)));
-    const label = `${ROOT_KEY_LABEL_PREFIX}${Math.max(0, ...numbers) + 1}`;
-    // On the token first: a crash before the store records it leaves a key the next attempt finds and reuses.
+    const next = `${ROOT_KEY_LABEL_PREFIX}${Math.max(0, ...numbers) + 1}`;
+    const now = this.clock.now();
+    const label = await this.store.reserveRootKey(next, now, now - ROOT_RESERVATION_MS);
+    if (label === undefined) return undefined;
     await this.hsm.ensureRootKey(label);
     await this.store.activateRootKey(label, this.clock.now());
     return label;

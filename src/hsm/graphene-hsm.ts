@@ -220,6 +220,19 @@ export class GrapheneHsm implements Hsm {
     this.#roots.set(label, handle);
   }
 
+  async checkRootKey(label: string): Promise<void> {
+    this.#assertOpen();
+    const found = this.#onAnchor('C_FindObjects', (anchor) => this.#findByLabel(anchor, label));
+    if (found.length === 0) {
+      throw new KmsError(
+        'HsmUnavailable',
+        `Refusing to start: root key "${label}", which the database's key versions are wrapped under, is not on ` +
+          `token "${this.#config.tokenLabel}". Is this the token the database was made with?`,
+      );
+    }
+    this.#roots.set(label, await this.#findOrCreate(rootKeySpec(label), { attempts: 1, delayMs: 0 }, false));
+  }
+
   async destroyRootKey(label: string): Promise<boolean> {
     this.#assertOpen();
     this.#roots.delete(label);

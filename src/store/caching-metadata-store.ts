@@ -91,6 +91,10 @@ export class CachingMetadataStore implements MetadataStore {
     return this.#inner.listRootKeys();
   }
 
+  reserveRootKey(label: string, at: number, staleBefore: number): Promise<string | undefined> {
+    return this.#inner.reserveRootKey(label, at, staleBefore);
+  }
+
   activateRootKey(label: string, at: number): Promise<void> {
     return this.#inner.activateRootKey(label, at);
   }

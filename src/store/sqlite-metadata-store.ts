@@ -95,10 +95,10 @@ const MIGRATIONS: readonly string[] = [
   CREATE INDEX key_versions_root_key_label ON key_versions (root_key_label);
   CREATE TABLE root_keys (
     label TEXT PRIMARY KEY,
-    state TEXT NOT NULL CHECK (state IN ('active', 'retiring', 'destroying')),
+    state TEXT NOT NULL CHECK (state IN ('creating', 'active', 'retiring', 'destroying')),
     created_at INTEGER NOT NULL
   ) STRICT;
-  CREATE UNIQUE INDEX root_keys_one_active ON root_keys (state) WHERE state = 'active';
+  CREATE UNIQUE INDEX root_keys_one_active_one_creating ON root_keys (state) WHERE state IN ('active', 'creating');
   INSERT INTO root_keys (label, state, created_at) SELECT DISTINCT root_key_label, 'retiring', 0 FROM key_versions;
   `,
 ];
@@ -160,6 +160,12 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #isActiveRootKey: Database.Statement<[string], number>;
   readonly #listRootKeys: Database.Statement<[], RootKeyRecord>;
   readonly #retireActiveRootKey: Database.Statement<[]>;
+  readonly #findCreatingRootKey: Database.Statement<[], RootKeyRecord>;
+  readonly #insertCreatingRootKey: Database.Statement<[string, number]>;
+  readonly #renewRootKeyReservation: Database.Statement<[number, string]>;
+  readonly #reserveRootKeyTx: Database.Transaction<
+    (label: string, at: number, staleBefore: number) => string | undefined
+  >;
   readonly #insertRootKey: Database.Statement<[string, number]>;
   readonly #activateRootKeyTx: Database.Transaction<(label: string, at: number) => void>;
   readonly #markRootKeyDestroying: Database.Statement<[{ label: string }]>;
@@ -240,7 +246,24 @@ export class SqliteMetadataStore implements MetadataStore {
     this.#isActiveRootKey = db
       .prepare<[string], number>(`SELECT count(*) FROM root_keys WHERE label = ? AND state = 'active'`)
       .pluck();
-    this.#listRootKeys = db.prepare(`SELECT ${ROOT_KEY_COLUMNS} FROM root_keys ORDER BY state = 'active' DESC, label`);
+    this.#listRootKeys = db.prepare(
+      `SELECT ${ROOT_KEY_COLUMNS} FROM root_keys ORDER BY state = 'active' DESC, length(label), label`,
+    );
+    this.#findCreatingRootKey = db.prepare(`SELECT ${ROOT_KEY_COLUMNS} FROM root_keys WHERE state = 'creating'`);
+    this.#insertCreatingRootKey = db.prepare(
+      `INSERT INTO root_keys (label, state, created_at) VALUES (?, 'creating', ?)`,
+    );
+    this.#renewRootKeyReservation = db.prepare(`UPDATE root_keys SET created_at = ? WHERE label = ?`);
+    this.#reserveRootKeyTx = db.transaction((label: string, at: number, staleBefore: number) => {
+      const reserved = this.#findCreatingRootKey.get();
+      if (reserved === undefined) {
+        this.#insertCreatingRootKey.run(label, at);
+        return label;
+      }
+      if (reserved.createdAt > staleBefore) return undefined;
+      this.#renewRootKeyReservation.run(at, reserved.label);
+      return reserved.label;
+    });
     this.#retireActiveRootKey = db.prepare(`UPDATE root_keys SET state = 'retiring' WHERE state = 'active'`);
     this.#insertRootKey = db.prepare(
       `INSERT INTO root_keys (label, state, created_at) VALUES (?, 'active', ?)
@@ -485,6 +508,14 @@ export class SqliteMetadataStore implements MetadataStore {
   async listRootKeys(): Promise<RootKeyRecord[]> {
     try {
       return this.#listRootKeys.all();
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async reserveRootKey(label: string, at: number, staleBefore: number): Promise<string | undefined> {
+    try {
+      return this.#reserveRootKeyTx.immediate(label, at, staleBefore);
     } catch (error) {
       throw storeError(error);
     }

@@ -45,6 +45,10 @@ class FaultInjectingHsm implements Hsm {
     this.check();
     return this.real.ensureRootKey(label);
   }
+  async checkRootKey(label: string) {
+    this.check();
+    return this.real.checkRootKey(label);
+  }
   async destroyRootKey(label: string) {
     this.check();
     return this.real.destroyRootKey(label);

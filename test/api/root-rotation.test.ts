@@ -1,5 +1,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -211,6 +213,20 @@ async function withHsm<T>(site: Site, use: (hsm: GrapheneHsm) => Promise<T>): Pr
   } finally {
     await hsm.close();
   }
+}
+
+/** Brings every key version of the site's database back in the HSM (in this process); how many there were. */
+async function openEveryVersion(site: Site): Promise<number> {
+  return withHsm(site, async (hsm) => {
+    const store = SqliteMetadataStore.open(path.join(site.dataDir, 'kms.db'));
+    try {
+      const versions = await store.listVersionsNotUnder('none', 100_000);
+      for (const version of versions) await hsm.prepareKey(version);
+      return versions.length;
+    } finally {
+      await store.close();
+    }
+  });
 }
 
 /**
@@ -641,17 +657,45 @@ describe('kms root rotate before the service ever ran, and after kills between i
     const label = run.stdout.trim();
     expect(storeRoots(site)).toEqual({ roots: [{ label, state: 'active' }], versionsByRoot: { [label]: 300 } });
     expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, label));
-    expect(
-      await withHsm(site, async (hsm) => {
-        const store = SqliteMetadataStore.open(path.join(site.dataDir, 'kms.db'));
-        try {
-          const versions = await store.listVersionsNotUnder('none', 10_000);
-          for (const version of versions) await hsm.prepareKey(version);
-          return versions.length;
-        } finally {
-          await store.close();
-        }
-      }),
-    ).toBe(300);
+    expect(await openEveryVersion(site)).toBe(300);
+  });
+
+  it('when two kms root rotate processes run at once, then no label gets two keys, nothing is lost, and one root is left', async () => {
+    const runs = await Promise.all([rotate(site), rotate(site)]);
+    expect(runs.some((run) => run.code === 0)).toBe(true);
+    for (const run of runs) {
+      if (run.code !== 0) expect(run.stderr).toMatch(/Another root rotation|CKR_/);
+    }
+    const objects = tokenObjects(site);
+    expect(new Set(objects).size).toBe(objects.length);
+
+    const last = await rotate(site);
+    expect(last.code).toBe(0);
+    const label = last.stdout.trim();
+    expect(storeRoots(site)).toEqual({ roots: [{ label, state: 'active' }], versionsByRoot: { [label]: 300 } });
+    expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, label));
+    expect(await openEveryVersion(site)).toBe(300);
+  });
+
+  it('when the database names an active root key the token does not hold, then start-up refuses and makes none', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'hsm-kms-other-db-'));
+    const store = SqliteMetadataStore.open(path.join(dir, 'kms.db'));
+    try {
+      await store.activateRootKey(wrap(99), Date.now());
+      const refusal = await withHsm(site, (hsm) =>
+        new RootKeyService(hsm, store, { now: () => Date.now() }).ensureActiveRoot().then(
+          () => 'started',
+          (err: unknown) => (err as Error).message,
+        ),
+      );
+      expect(refusal).toBe(
+        `Refusing to start: root key "${wrap(99)}", which the database's key versions are wrapped under, is not on ` +
+          `token "${site.token.tokenLabel}". Is this the token the database was made with?`,
+      );
+      expect(tokenObjects(site)).not.toContain(`secret:${wrap(99)}`);
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -596,6 +596,39 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
         expect(await store.listRootKeys()).toEqual([{ label: 'hsm-kms-wrap-2', state: 'active', createdAt: 5 }]);
       });
 
+      it('when a root key label is reserved, then no other reservation is given until it goes stale, and then the same label is taken over', async () => {
+        expect(await store.reserveRootKey('hsm-kms-wrap-2', 100, 0)).toBe('hsm-kms-wrap-2');
+        expect(await store.reserveRootKey('hsm-kms-wrap-3', 150, 50)).toBeUndefined();
+        expect(await store.listRootKeys()).toEqual([
+          { label: TEST_ROOT_KEY, state: 'active', createdAt: 0 },
+          { label: 'hsm-kms-wrap-2', state: 'creating', createdAt: 100 },
+        ]);
+        // Made before staleBefore: its process died; the next one takes the same label (and the key, if it was made).
+        expect(await store.reserveRootKey('hsm-kms-wrap-3', 300, 200)).toBe('hsm-kms-wrap-2');
+        const key = pendingKey();
+        expect(await store.insertPendingKey(key, firstVersion(key, { rootKeyLabel: 'hsm-kms-wrap-2' }), 10)).toBe(
+          false,
+        );
+
+        await store.activateRootKey('hsm-kms-wrap-2', 400);
+        expect(await store.listRootKeys()).toEqual([
+          { label: 'hsm-kms-wrap-2', state: 'active', createdAt: 300 },
+          { label: TEST_ROOT_KEY, state: 'retiring', createdAt: 0 },
+        ]);
+        expect(await store.reserveRootKey('hsm-kms-wrap-3', 500, 0)).toBe('hsm-kms-wrap-3');
+      });
+
+      it('when there are ten root keys or more, then they are listed in the order of their numbers', async () => {
+        for (const n of [2, 10, 9, 11]) await store.activateRootKey(`hsm-kms-wrap-${n}`, n);
+        expect((await store.listRootKeys()).map((root) => root.label)).toEqual([
+          'hsm-kms-wrap-11',
+          TEST_ROOT_KEY,
+          'hsm-kms-wrap-2',
+          'hsm-kms-wrap-9',
+          'hsm-kms-wrap-10',
+        ]);
+      });
+
       it('when a version would move to a root key that is not active, then replaceKeptVersion is false and it stays', async () => {
         const key = await enabledKey();
         const before = (await store.findKeyVersion(key.id, 1)) as KeyVersionRecord;
