@@ -63,9 +63,20 @@ export class KeyService {
       currentVersion: 0,
     };
     for (let attempt = 1; ; attempt++) {
-      const kept = await this.hsm.createKeyVersion(key.id, 0, await activeRootKey(this.store));
-      const version: KeyVersionRecord = { keyId: key.id, version: 0, ...kept, createdAt: now };
-      if (await this.store.insertPendingKey(key, version, this.cmkQuota)) break;
+      const root = await activeRootKey(this.store);
+      let inserted: boolean;
+      try {
+        const kept = await this.hsm.createKeyVersion(key.id, 0, root);
+        const version: KeyVersionRecord = { keyId: key.id, version: 0, ...kept, createdAt: now };
+        inserted = await this.store.insertPendingKey(key, version, this.cmkQuota);
+      } catch (err) {
+        // Refused (quota, alias) or failed: the version's key must not stay in the HSM's cache.
+        this.hsm.forget(key.id, 0);
+        // A rotation may have destroyed the root between reading and using it: then try under the new one.
+        if (attempt < MAX_ROOT_RACES && (await activeRootKey(this.store)) !== root) continue;
+        throw err;
+      }
+      if (inserted) break;
       this.hsm.forget(key.id, 0);
       if (attempt === MAX_ROOT_RACES) {
         throw new KmsError('HsmUnavailable', 'The root key was replaced repeatedly while the key was created.');
@@ -86,7 +97,7 @@ export class KeyService {
   }
 
   /**
-   * Deletes, for good, the keys whose deletion date has passed: their derivation data goes with them, and then every
+   * Deletes, for good, the keys whose deletion date has passed: their versions' key material goes with them, and then every
    * copy of it in the store's files. Keys are listed and purged in batches; the store purges a listed key only if it
    * is still due when it deletes it, so a deletion cancelled meanwhile by another process wins. Returns how many
    * keys were deleted.

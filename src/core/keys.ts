@@ -37,6 +37,9 @@ export interface KeyRecord {
  */
 export type KeyScheme = 'kwp-v1' | 'cbc-encrypt-data-v1';
 
+/** The derive-only root key of the legacy scheme cbc-encrypt-data-v1, on every token made before kwp-v1. */
+export const LEGACY_ROOT_KEY_LABEL = 'hsm-kms-root-1';
+
 /** How a key version is kept: what the HSM needs to bring its key back, useless without the root key. */
 export interface KeptKeyVersion {
   readonly scheme: KeyScheme;

@@ -3,6 +3,7 @@ import { KmsError } from '../core/errors.js';
 import type { GcmSealed } from '../core/ports.js';
 import type { HsmProfile } from './hsm-profiles.js';
 import { GCM_IV_BYTES, GCM_TAG_BYTES, gcmMechanism } from './key-templates.js';
+import { toKmsError } from './pkcs11-errors.js';
 
 type Handle = Buffer;
 
@@ -30,9 +31,17 @@ export function gcmEncrypt(
 ): GcmSealed {
   checkGcmPlaintextLength(profile, plaintext.length);
   const iv = Buffer.alloc(GCM_IV_BYTES);
-  if (profile.ivMode === 'host-random') lib.C_GenerateRandom(session, iv);
-  lib.C_EncryptInit(session, gcmMechanism(iv, aad), key);
-  const ciphertextWithTag = lib.C_Encrypt(session, plaintext, Buffer.alloc(plaintext.length + GCM_TAG_BYTES));
+  let fn = 'C_GenerateRandom';
+  let ciphertextWithTag: Buffer;
+  try {
+    if (profile.ivMode === 'host-random') lib.C_GenerateRandom(session, iv);
+    fn = 'C_EncryptInit';
+    lib.C_EncryptInit(session, gcmMechanism(iv, aad), key);
+    fn = 'C_Encrypt';
+    ciphertextWithTag = lib.C_Encrypt(session, plaintext, Buffer.alloc(plaintext.length + GCM_TAG_BYTES));
+  } catch (err) {
+    throw toKmsError(err, fn);
+  }
   // A module that leaves the IV zero did not make one: every message would then share it, so refuse the result.
   if (iv.every((byte) => byte === 0)) {
     throw new KmsError('InternalError', `The module returned no GCM IV (profile ${profile.name}: ${profile.ivMode}).`);

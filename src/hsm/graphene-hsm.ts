@@ -34,8 +34,7 @@ export type { HsmConfig } from './hsm-config.js';
 
 type Handle = Buffer;
 
-/** The derive-only root key of the legacy scheme cbc-encrypt-data-v1; a root rotation migrates and destroys it. */
-export const LEGACY_ROOT_KEY_LABEL = 'hsm-kms-root-1';
+export { LEGACY_ROOT_KEY_LABEL } from '../core/keys.js';
 /** The label of the token object that computes the secrets of access keys (HMAC-SHA256 over the access key id). */
 export const CREDENTIAL_KEY_LABEL = 'hsm-kms-credentials-1';
 
@@ -63,7 +62,7 @@ interface TokenKeySpec {
   /** Boolean attributes that must be true (besides CKA_SENSITIVE) and false (besides CKA_EXTRACTABLE). */
   readonly allowed: readonly number[];
   readonly forbidden: readonly number[];
-  /** "AES key that can derive": completes "is not a sensitive, non-extractable …". */
+  /** "AES key that can only wrap and unwrap": completes "is not a sensitive, non-extractable …". */
   readonly description: string;
 }
 
@@ -277,7 +276,7 @@ export class GrapheneHsm implements Hsm {
       try {
         return this.#wrap(anchor, root, fresh, rootKeyLabel);
       } finally {
-        this.#destroyOn(anchor, fresh);
+        this.#destroyQuietly(fresh);
       }
     });
     // Unwrapped at once into the key that is used: proves the wrapped bytes open, and warms the cache. A handle
@@ -296,7 +295,7 @@ export class GrapheneHsm implements Hsm {
         this.#wrap(anchor, root, movable, rootKeyLabel),
       );
     } finally {
-      this.#onAnchor('C_DestroyObject', (anchor) => this.#destroyOn(anchor, movable));
+      this.#destroyQuietly(movable);
     }
   }
 
@@ -310,13 +309,9 @@ export class GrapheneHsm implements Hsm {
     needs(plaintext.length > 0, 'The plaintext must not be empty.');
     // Before #run: a refused plaintext must cost no session and no unwrap of the version's key.
     checkGcmPlaintextLength(this.#profile, plaintext.length);
-    return this.#run(key, (session, keyHandle) => {
-      try {
-        return gcmEncrypt(this.#lib, session, this.#profile, keyHandle, plaintext, aad);
-      } catch (err) {
-        throw toKmsError(err, 'C_Encrypt');
-      }
-    });
+    return this.#run(key, (session, keyHandle) =>
+      gcmEncrypt(this.#lib, session, this.#profile, keyHandle, plaintext, aad),
+    );
   }
 
   async decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer): Promise<Buffer> {
@@ -555,7 +550,7 @@ export class GrapheneHsm implements Hsm {
     // Open the new session before closing the old one: closing the last session logs the process out.
     const fresh = this.#openSession();
     if (old !== undefined && generation === this.#generation) this.#closeQuietly(old);
-    // The derived keys were session objects of the old anchor.
+    // The CMK version keys were session objects of the old anchor.
     this.#keys.clear({ destroy: false });
     this.#anchor = fresh;
     return fresh;
@@ -586,7 +581,7 @@ export class GrapheneHsm implements Hsm {
   /**
    * Runs `op` on a pool session with the key handle of the CMK version or the credential key (or none). A session
    * that saw an error is never reused (CKR_BUFFER_TOO_SMALL and CKR_ARGUMENTS_BAD leave its operation active).
-   * Retries once after a session failure (on a new session) or a stale key handle (re-derived or looked up again).
+   * Retries once after a session failure (on a new session) or a stale key handle (brought back or looked up again).
    */
   async #run<T>(
     key: CmkVersionRef | typeof CREDENTIAL_KEY | undefined,
@@ -705,10 +700,6 @@ export class GrapheneHsm implements Hsm {
         throw err;
       }
     }
-  }
-
-  #destroyOn(session: Handle, handle: Handle): void {
-    quietly(() => this.#lib.C_DestroyObject(session, handle));
   }
 
   /** Root key handles are looked up once (C_FindObjects costs ~20 µs per token object) and then cached. */

@@ -27,7 +27,7 @@ export interface HsmConfig {
    * the others wait for it to appear and fail if it does not. Root keys are made by the core (RootKeyService).
    */
   readonly createTokenKeysIfMissing: boolean;
-  /** How often, and how far apart, start-up looks again for a token or root key it did not find. */
+  /** How often, and how far apart, start-up looks again for a token or credential key it did not find. */
   readonly startupRetry?: { readonly attempts: number; readonly delayMs: number };
 }
 

@@ -9,15 +9,6 @@ import pkcs11js from 'pkcs11js';
 /** How an AES-GCM IV is made: drawn by the adapter with C_GenerateRandom and passed in, or written by the module. */
 export type IvMode = 'host-random' | 'module-writes-piv';
 
-/** How a CMK version's key is kept in the metadata. Versions of different schemes live side by side. */
-export type KeyScheme =
-  /** The key itself, wrapped under a root wrapping key with RFC 5649 (AES key wrap with padding). */
-  | 'kwp-v1'
-  /** Legacy: 32 bytes of derivation data, C_DeriveKey(CKM_AES_CBC_ENCRYPT_DATA) from a derive-only root key. */
-  | 'cbc-encrypt-data-v1';
-
-export const KEY_SCHEMES: readonly KeyScheme[] = ['kwp-v1', 'cbc-encrypt-data-v1'];
-
 export const PROFILE_NAMES = ['softhsm2', 'nss', 'cloudhsm', 'generic'] as const;
 export type ProfileName = (typeof PROFILE_NAMES)[number];
 
@@ -36,7 +27,10 @@ export interface HsmProfile {
   readonly templatesMayFreeze: boolean;
   /** The codes C_Decrypt returns for an AES-GCM tag that does not verify: an invalid ciphertext, not a fault. */
   readonly tagFailureCodes: readonly number[];
-  /** Most CMK version keys kept unwrapped as session objects at once (KMS_KEY_CACHE_SIZE is capped at this). */
+  /**
+   * Most CMK version keys one process keeps unwrapped as session objects at once (KMS_KEY_CACHE_SIZE is capped at
+   * this). Per process: with KMS_WORKERS=n the service holds up to n times as many.
+   */
   readonly sessionKeyBudget: number;
   /** For operators: what the module needs in C_Initialize and in the PIN (never read by code). */
   readonly notes: string;
@@ -50,7 +44,10 @@ export interface ModuleInfo {
 
 /** CKM_VENDOR_DEFINED | 0x216F: CloudHSM Client SDK 5's RFC 5649 ("AES key wrap with zero padding"). */
 export const CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD = 0x8000216f;
-/** PKCS#11 v2.40's numbers for RFC 5649: modules pick one or the other. */
+/**
+ * The two standard numbers modules use for RFC 5649: v2.40's CKM_AES_KEY_WRAP_PAD, which v2.40 left loosely defined
+ * (SoftHSM does RFC 5649 under it, NSS PKCS#7 padding + RFC 3394), and v3.0's CKM_AES_KEY_WRAP_KWP.
+ */
 export const CKM_AES_KEY_WRAP_PAD = 0x210a;
 export const CKM_AES_KEY_WRAP_KWP = 0x210b;
 
@@ -101,11 +98,12 @@ export const HSM_PROFILES: Readonly<Record<ProfileName, HsmProfile>> = {
     randomBytesPerCall: 64 * 1024,
     templatesMayFreeze: false,
     tagFailureCodes: STANDARD_TAG_FAILURES,
-    // 3,300 keys per hsm1.medium cluster, token keys included, and session keys live on one HSM of the cluster.
-    sessionKeyBudget: 1_000,
+    // 3,300 keys per hsm1.medium cluster, token keys and other applications' keys included, and session keys live
+    // on one HSM of the cluster: 500 per process leaves room for a few workers.
+    sessionKeyBudget: 500,
     notes: 'The PIN is "<crypto user>:<password>".',
   },
-  /** Any other module that follows PKCS#11 v2.40: the standard numbers and codes, nothing assumed. */
+  /** Any other module: PKCS#11 v3.0's number for RFC 5649 and the standard codes, nothing else assumed. */
   generic: {
     name: 'generic',
     kwpMechanism: CKM_AES_KEY_WRAP_KWP,

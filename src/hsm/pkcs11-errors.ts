@@ -3,7 +3,7 @@ import { KmsError } from '../core/errors.js';
 
 /**
  * PKCS#11 failures, mapped once from the numeric CKR_* code that pkcs11js errors carry (`.code`).
- * Messages name the return value and the function, never arguments (PINs, derivation data).
+ * Messages name the return value and the function, never arguments (PINs, key material).
  */
 
 const CKR_NAMES: ReadonlyMap<number, string> = (() => {

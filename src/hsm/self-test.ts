@@ -60,8 +60,11 @@ export function runSelfTest(lib: pkcs11js.PKCS11, session: Handle, profile: HsmP
     );
     const mechanism = `RFC 5649 key wrap (mechanism 0x${profile.kwpMechanism.toString(16)})`;
     const wrapped = step(mechanism, () => {
-      const out = lib.C_WrapKey(session, kwpMechanism(profile.kwpMechanism), wrapping, fresh, Buffer.alloc(64));
-      if (out.length !== WRAPPED_AES_256_BYTES) throw new Error(`it gave ${out.length} bytes, not 40`);
+      const room = Buffer.alloc(2 * WRAPPED_AES_256_BYTES);
+      const out = lib.C_WrapKey(session, kwpMechanism(profile.kwpMechanism), wrapping, fresh, room);
+      if (out.length !== WRAPPED_AES_256_BYTES) {
+        throw new Error(`it gave ${out.length} bytes, not ${WRAPPED_AES_256_BYTES}`);
+      }
       return out;
     });
     const usable = step(`${mechanism} unwrap into a non-extractable key`, () =>

@@ -54,7 +54,7 @@ export class CachingMetadataStore implements MetadataStore {
     this.#now = options.now ?? Date.now;
   }
 
-  /** Forgets every key record (another process changed one). Versions are immutable and stay. */
+  /** Forgets every key record (another process changed one). Versions stay: a rewrap keeps their key. */
   invalidate(): void {
     this.#generation++;
     this.#keys.clear();

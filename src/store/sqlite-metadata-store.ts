@@ -8,6 +8,7 @@ import {
   type KeyRecord,
   type KeyState,
   type KeyVersionRecord,
+  LEGACY_ROOT_KEY_LABEL,
   type RootKeyRecord,
   type Tag,
 } from '../core/keys.js';
@@ -105,8 +106,6 @@ const MIGRATIONS: readonly string[] = [
 
 /** The entry of MIGRATIONS that brought wrapped key versions and root key records (user_version 5 to 6). */
 const WRAPPED_SCHEME_MIGRATION = 5;
-/** The derive-only root key every release before it derived all key versions from (src/hsm/graphene-hsm.ts). */
-const LEGACY_ROOT_KEY_LABEL = 'hsm-kms-root-1';
 
 /** Columns aliased to KeyRecord's property names, in its order, so a row is a KeyRecord as it comes back. */
 const KEY_COLUMNS = `id, project_id AS projectId, alias, description, state, key_spec AS keySpec, key_usage AS keyUsage,
@@ -121,7 +120,7 @@ const CREDENTIAL_COLUMNS = `access_key_id AS accessKeyId, project_id AS projectI
 const VISIBLE = `state <> 'PendingCreation'`;
 const KEY_ORDER = 'ORDER BY created_at, id';
 
-/** Parameters of the compare-and-set update: a `set*` flag of 1 applies the field, so null can be written too. */
+/** Parameters of a rewrap: the version as it was read (compare-and-set) and how it is kept now. */
 interface ReplaceKeptParams extends KeptKeyVersion {
   readonly keyId: string;
   readonly version: number;
@@ -129,6 +128,7 @@ interface ReplaceKeptParams extends KeptKeyVersion {
   readonly currentKeyMaterial: Buffer;
 }
 
+/** Parameters of the compare-and-set update: a `set*` flag of 1 applies the field, so null can be written too. */
 interface UpdateParams {
   projectId: string;
   id: string;
@@ -229,7 +229,7 @@ export class SqliteMetadataStore implements MetadataStore {
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = FULL');
     db.pragma('foreign_keys = ON');
-    // Deleted rows (a purged key's derivation data) are overwritten with zeros in the pages SQLite writes, and freed
+    // Deleted rows (a purged key's wrapped material) are overwritten with zeros in the pages SQLite writes, and freed
     // pages are zeroed, instead of lingering in free space; erasePurged() then removes the WAL's older page images.
     db.pragma('secure_delete = ON');
     migrate(db);
@@ -278,8 +278,11 @@ export class SqliteMetadataStore implements MetadataStore {
         AND NOT EXISTS (SELECT 1 FROM key_versions WHERE root_key_label = @label)`,
     );
     this.#forgetRootKey = db.prepare(`DELETE FROM root_keys WHERE label = ? AND state = 'destroying'`);
+    // Through the root_keys table, so that the index on root_key_label serves it: a rotation's later batches do not
+    // scan again the rows its earlier ones moved.
     this.#listVersionsNotUnder = db.prepare(
-      `SELECT ${VERSION_COLUMNS} FROM key_versions WHERE root_key_label <> ? ORDER BY key_id, version LIMIT ?`,
+      `SELECT ${VERSION_COLUMNS} FROM key_versions
+        WHERE root_key_label IN (SELECT label FROM root_keys WHERE label <> ?) LIMIT ?`,
     );
     this.#replaceKeptVersion = db.prepare(`
       UPDATE key_versions SET scheme = @scheme, root_key_label = @rootKeyLabel, key_material = @keyMaterial
