@@ -65,6 +65,8 @@ export interface KeyVersionRecord extends KeptKeyVersion {
 export interface RootKeyRecord {
   readonly label: string;
   readonly state: 'creating' | 'active' | 'retiring' | 'destroying';
+  /** The key's CKA_ID on the token; null for the legacy root and for keys recorded without one. */
+  readonly tokenId: Buffer | null;
   readonly createdAt: number;
 }
 

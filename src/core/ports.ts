@@ -27,12 +27,13 @@ export interface Hsm {
    * Makes the root wrapping key `label` on the token if it is not there yet (checking it if it is). Idempotent, so
    * that a crash between making it and recording it is harmless.
    */
-  ensureRootKey(label: string): Promise<void>;
+  ensureRootKey(label: string): Promise<Buffer>;
   /**
-   * Checks that the token holds the root key `label`, as a root key should be; never makes it. Throws
-   * KmsError('HsmUnavailable') naming the label and the token when it is missing.
+   * Checks that the token holds the root key `label`, as a root key should be, with the object id `tokenId` the
+   * database recorded (null: none recorded); never makes it. Throws KmsError('HsmUnavailable') naming the label and
+   * the token when it is missing or another object.
    */
-  checkRootKey(label: string): Promise<void>;
+  checkRootKey(label: string, tokenId: Buffer | null): Promise<void>;
   /** Destroys the root key `label` on the token; false if there was none. Every version under it is then lost. */
   destroyRootKey(label: string): Promise<boolean>;
   /**
@@ -114,8 +115,11 @@ export interface MetadataStore {
    * (abandoned by a process that died), which is taken over. Undefined if a fresher reservation exists.
    */
   reserveRootKey(label: string, at: number, staleBefore: number): Promise<string | undefined>;
-  /** Makes `label` the active root key, in one transaction: the previously active one, if any, becomes retiring. */
-  activateRootKey(label: string, at: number): Promise<void>;
+  /**
+   * Makes `label` the active root key, in one transaction: the previously active one, if any, becomes retiring.
+   * `tokenId`: the key's CKA_ID on the token (ensureRootKey's answer), so that start-up can tell its token.
+   */
+  activateRootKey(label: string, at: number, tokenId?: Buffer): Promise<void>;
   /**
    * Retiring → destroying, in one transaction, only if no version is kept under the root key; false if one still is
    * (nothing changes then). From then on no version can be kept under it: it only waits to be destroyed.

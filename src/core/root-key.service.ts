@@ -56,7 +56,7 @@ export class RootKeyService {
     for (let attempt = 1; ; attempt++) {
       const active = (await this.store.listRootKeys()).find((root) => root.state === 'active');
       if (active !== undefined) {
-        await this.hsm.checkRootKey(active.label);
+        await this.hsm.checkRootKey(active.label, active.tokenId);
         return active.label;
       }
       const made = await this.#activateNewRoot();
@@ -76,7 +76,11 @@ export class RootKeyService {
   async rotate(onProgress: (rewrapped: number) => void = () => {}): Promise<RotationReport> {
     // A data directory upgraded from the derivation scheme has no active root until the service first starts on it:
     // then there is no earlier rotation to finish, and the new root takes every version at once.
-    const hasActive = (await this.store.listRootKeys()).some((root) => root.state === 'active');
+    const active = (await this.store.listRootKeys()).find((root) => root.state === 'active');
+    // Before anything is rewrapped: the token must be the database's own (a legacy version derived on another
+    // token's root of the same label would be rewrapped wrong, and lost).
+    if (active !== undefined) await this.hsm.checkRootKey(active.label, active.tokenId);
+    const hasActive = active !== undefined;
     const earlier = hasActive ? await this.#drainRetiring(onProgress) : { rewrapped: 0, destroyed: [] };
     const label = await this.#activateNewRoot();
     if (label === undefined) {
@@ -108,8 +112,8 @@ export class RootKeyService {
     const now = this.clock.now();
     const label = await this.store.reserveRootKey(next, now, now - ROOT_RESERVATION_MS);
     if (label === undefined) return undefined;
-    await this.hsm.ensureRootKey(label);
-    await this.store.activateRootKey(label, this.clock.now());
+    const tokenId = await this.hsm.ensureRootKey(label);
+    await this.store.activateRootKey(label, this.clock.now(), tokenId);
     return label;
   }
 

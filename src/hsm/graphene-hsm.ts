@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Module } from 'graphene-pk11';
 import pkcs11js from 'pkcs11js';
@@ -72,7 +73,12 @@ const rootKeySpec = (label: string): TokenKeySpec => ({
   role: 'Root key',
   keepHint: 'keep the one existing key versions were wrapped under',
   generate: AES_KEY_GEN_MECHANISM,
-  template: rootWrappingKeyTemplate,
+  // A random CKA_ID: the database records it, so that a root of the same label on another token is never taken
+  // for this one (every installation labels its roots alike).
+  template: (keyLabel, rules) => [
+    ...rootWrappingKeyTemplate(keyLabel, rules),
+    { type: pkcs11js.CKA_ID, value: randomBytes(16) },
+  ],
   keyType: pkcs11js.CKK_AES,
   allowed: [pkcs11js.CKA_WRAP, pkcs11js.CKA_UNWRAP],
   forbidden: [pkcs11js.CKA_ENCRYPT, pkcs11js.CKA_DECRYPT, pkcs11js.CKA_DERIVE, pkcs11js.CKA_SIGN],
@@ -213,23 +219,40 @@ export class GrapheneHsm implements Hsm {
     });
   }
 
-  async ensureRootKey(label: string): Promise<void> {
+  async ensureRootKey(label: string): Promise<Buffer> {
     this.#assertOpen();
     const handle = await this.#findOrCreate(rootKeySpec(label), { attempts: 1, delayMs: 0 }, true);
     this.#roots.set(label, handle);
+    return this.#objectId(handle);
   }
 
-  async checkRootKey(label: string): Promise<void> {
+  async checkRootKey(label: string, tokenId: Buffer | null): Promise<void> {
     this.#assertOpen();
     const found = this.#onAnchor('C_FindObjects', (anchor) => this.#findByLabel(anchor, label));
+    const token = `token "${this.#config.tokenLabel}"`;
     if (found.length === 0) {
       throw new KmsError(
         'HsmUnavailable',
-        `Refusing to start: root key "${label}", which the database's key versions are wrapped under, is not on ` +
-          `token "${this.#config.tokenLabel}". Is this the token the database was made with?`,
+        `Refusing to use this token: root key "${label}", which the database's key versions are wrapped under, is not on ` +
+          `${token}. Is this the token the database was made with?`,
       );
     }
-    this.#roots.set(label, await this.#findOrCreate(rootKeySpec(label), { attempts: 1, delayMs: 0 }, false));
+    const handle = await this.#findOrCreate(rootKeySpec(label), { attempts: 1, delayMs: 0 }, false);
+    if (tokenId !== null && !this.#objectId(handle).equals(tokenId)) {
+      throw new KmsError(
+        'HsmUnavailable',
+        `Refusing to use this token: root key "${label}" on ${token} has another CKA_ID than the one the database's key ` +
+          'versions are wrapped under: this is not the token the database was made with.',
+      );
+    }
+    this.#roots.set(label, handle);
+  }
+
+  #objectId(handle: Handle): Buffer {
+    const [id] = this.#onAnchor('C_GetAttributeValue', (anchor) =>
+      this.#lib.C_GetAttributeValue(anchor, handle, [{ type: pkcs11js.CKA_ID }]),
+    );
+    return Buffer.from((id?.value as Buffer | undefined) ?? Buffer.alloc(0));
   }
 
   async destroyRootKey(label: string): Promise<boolean> {

@@ -95,8 +95,8 @@ export class CachingMetadataStore implements MetadataStore {
     return this.#inner.reserveRootKey(label, at, staleBefore);
   }
 
-  activateRootKey(label: string, at: number): Promise<void> {
-    return this.#inner.activateRootKey(label, at);
+  activateRootKey(label: string, at: number, tokenId?: Buffer): Promise<void> {
+    return this.#inner.activateRootKey(label, at, tokenId);
   }
 
   markRootKeyDestroying(label: string): Promise<boolean> {

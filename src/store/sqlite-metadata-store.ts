@@ -97,6 +97,7 @@ const MIGRATIONS: readonly string[] = [
   CREATE TABLE root_keys (
     label TEXT PRIMARY KEY,
     state TEXT NOT NULL CHECK (state IN ('creating', 'active', 'retiring', 'destroying')),
+    token_id BLOB,
     created_at INTEGER NOT NULL
   ) STRICT;
   CREATE UNIQUE INDEX root_keys_one_active_one_creating ON root_keys (state) WHERE state IN ('active', 'creating');
@@ -112,7 +113,7 @@ const KEY_COLUMNS = `id, project_id AS projectId, alias, description, state, key
   origin, created_at AS createdAt, deletion_date AS deletionDate, current_version AS currentVersion`;
 const VERSION_COLUMNS = `key_id AS keyId, version, scheme, root_key_label AS rootKeyLabel, key_material AS keyMaterial,
   created_at AS createdAt`;
-const ROOT_KEY_COLUMNS = 'label, state, created_at AS createdAt';
+const ROOT_KEY_COLUMNS = 'label, state, token_id AS tokenId, created_at AS createdAt';
 const ALIAS_COLUMNS = `project_id AS projectId, alias_name AS name, key_id AS keyId, created_at AS createdAt,
   updated_at AS updatedAt`;
 const CREDENTIAL_COLUMNS = `access_key_id AS accessKeyId, project_id AS projectId, created_at AS createdAt,
@@ -166,8 +167,8 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #reserveRootKeyTx: Database.Transaction<
     (label: string, at: number, staleBefore: number) => string | undefined
   >;
-  readonly #insertRootKey: Database.Statement<[string, number]>;
-  readonly #activateRootKeyTx: Database.Transaction<(label: string, at: number) => void>;
+  readonly #insertRootKey: Database.Statement<[string, Buffer | null, number]>;
+  readonly #activateRootKeyTx: Database.Transaction<(label: string, at: number, tokenId: Buffer | null) => void>;
   readonly #markRootKeyDestroying: Database.Statement<[{ label: string }]>;
   readonly #forgetRootKey: Database.Statement<[string]>;
   readonly #listVersionsNotUnder: Database.Statement<[string, number], KeyVersionRecord>;
@@ -266,12 +267,12 @@ export class SqliteMetadataStore implements MetadataStore {
     });
     this.#retireActiveRootKey = db.prepare(`UPDATE root_keys SET state = 'retiring' WHERE state = 'active'`);
     this.#insertRootKey = db.prepare(
-      `INSERT INTO root_keys (label, state, created_at) VALUES (?, 'active', ?)
-        ON CONFLICT (label) DO UPDATE SET state = 'active'`,
+      `INSERT INTO root_keys (label, state, token_id, created_at) VALUES (?, 'active', ?, ?)
+        ON CONFLICT (label) DO UPDATE SET state = 'active', token_id = excluded.token_id`,
     );
-    this.#activateRootKeyTx = db.transaction((label: string, at: number) => {
+    this.#activateRootKeyTx = db.transaction((label: string, at: number, tokenId: Buffer | null) => {
       this.#retireActiveRootKey.run();
-      this.#insertRootKey.run(label, at);
+      this.#insertRootKey.run(label, tokenId, at);
     });
     this.#markRootKeyDestroying = db.prepare(
       `UPDATE root_keys SET state = 'destroying' WHERE label = @label AND state = 'retiring'
@@ -524,9 +525,9 @@ export class SqliteMetadataStore implements MetadataStore {
     }
   }
 
-  async activateRootKey(label: string, at: number): Promise<void> {
+  async activateRootKey(label: string, at: number, tokenId?: Buffer): Promise<void> {
     try {
-      this.#activateRootKeyTx.immediate(label, at);
+      this.#activateRootKeyTx.immediate(label, at, tokenId ?? null);
     } catch (error) {
       throw storeError(error);
     }

@@ -45,9 +45,9 @@ class FaultInjectingHsm implements Hsm {
     this.check();
     return this.real.ensureRootKey(label);
   }
-  async checkRootKey(label: string) {
+  async checkRootKey(label: string, tokenId: Buffer | null) {
     this.check();
-    return this.real.checkRootKey(label);
+    return this.real.checkRootKey(label, tokenId);
   }
   async destroyRootKey(label: string) {
     this.check();

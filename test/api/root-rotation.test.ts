@@ -689,10 +689,37 @@ describe('kms root rotate before the service ever ran, and after kills between i
         ),
       );
       expect(refusal).toBe(
-        `Refusing to start: root key "${wrap(99)}", which the database's key versions are wrapped under, is not on ` +
+        `Refusing to use this token: root key "${wrap(99)}", which the database's key versions are wrapped under, is not on ` +
           `token "${site.token.tokenLabel}". Is this the token the database was made with?`,
       );
       expect(tokenObjects(site)).not.toContain(`secret:${wrap(99)}`);
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('when the database records another CKA_ID for its active root key, then start-up and rotation refuse the token', async () => {
+    const active = storeRoots(site).roots.find((root) => root.state === 'active')?.label as string;
+    const dir = mkdtempSync(path.join(tmpdir(), 'hsm-kms-other-db-'));
+    const store = SqliteMetadataStore.open(path.join(dir, 'kms.db'));
+    try {
+      // Another installation's database: the same label, another key.
+      await store.activateRootKey(active, Date.now(), Buffer.alloc(16, 7));
+      const refusals = await withHsm(site, (hsm) => {
+        const roots = new RootKeyService(hsm, store, { now: () => Date.now() });
+        const refusal = (promise: Promise<unknown>) =>
+          promise.then(
+            () => 'went ahead',
+            (err: unknown) => (err as Error).message,
+          );
+        return Promise.all([refusal(roots.ensureActiveRoot()), refusal(roots.rotate())]);
+      });
+      const expected =
+        `Refusing to use this token: root key "${active}" on token "${site.token.tokenLabel}" has another CKA_ID than the one ` +
+        "the database's key versions are wrapped under: this is not the token the database was made with.";
+      expect(refusals).toEqual([expected, expected]);
+      expect(storeRoots(site).roots).toEqual([{ label: active, state: 'active' }]);
     } finally {
       await store.close();
       rmSync(dir, { recursive: true, force: true });

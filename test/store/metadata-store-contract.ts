@@ -537,8 +537,8 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
         await store.activateRootKey('hsm-kms-wrap-2', 5);
 
         expect(await store.listRootKeys()).toEqual([
-          { label: 'hsm-kms-wrap-2', state: 'active', createdAt: 5 },
-          { label: TEST_ROOT_KEY, state: 'retiring', createdAt: 0 },
+          { label: 'hsm-kms-wrap-2', state: 'active', tokenId: null, createdAt: 5 },
+          { label: TEST_ROOT_KEY, state: 'retiring', tokenId: null, createdAt: 0 },
         ]);
       });
 
@@ -588,20 +588,22 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
         await store.replaceKeptVersion(before, { ...before, rootKeyLabel: 'hsm-kms-wrap-2' });
         expect(await store.markRootKeyDestroying(TEST_ROOT_KEY)).toBe(true);
         expect(await store.listRootKeys()).toEqual([
-          { label: 'hsm-kms-wrap-2', state: 'active', createdAt: 5 },
-          { label: TEST_ROOT_KEY, state: 'destroying', createdAt: 0 },
+          { label: 'hsm-kms-wrap-2', state: 'active', tokenId: null, createdAt: 5 },
+          { label: TEST_ROOT_KEY, state: 'destroying', tokenId: null, createdAt: 0 },
         ]);
         await store.forgetRootKey(TEST_ROOT_KEY);
         await store.forgetRootKey('hsm-kms-wrap-2');
-        expect(await store.listRootKeys()).toEqual([{ label: 'hsm-kms-wrap-2', state: 'active', createdAt: 5 }]);
+        expect(await store.listRootKeys()).toEqual([
+          { label: 'hsm-kms-wrap-2', state: 'active', tokenId: null, createdAt: 5 },
+        ]);
       });
 
       it('when a root key label is reserved, then no other reservation is given until it goes stale, and then the same label is taken over', async () => {
         expect(await store.reserveRootKey('hsm-kms-wrap-2', 100, 0)).toBe('hsm-kms-wrap-2');
         expect(await store.reserveRootKey('hsm-kms-wrap-3', 150, 50)).toBeUndefined();
         expect(await store.listRootKeys()).toEqual([
-          { label: TEST_ROOT_KEY, state: 'active', createdAt: 0 },
-          { label: 'hsm-kms-wrap-2', state: 'creating', createdAt: 100 },
+          { label: TEST_ROOT_KEY, state: 'active', tokenId: null, createdAt: 0 },
+          { label: 'hsm-kms-wrap-2', state: 'creating', tokenId: null, createdAt: 100 },
         ]);
         // Made before staleBefore: its process died; the next one takes the same label (and the key, if it was made).
         expect(await store.reserveRootKey('hsm-kms-wrap-3', 300, 200)).toBe('hsm-kms-wrap-2');
@@ -610,10 +612,10 @@ export function describeMetadataStoreContract(name: string, makeStore: () => Pro
           false,
         );
 
-        await store.activateRootKey('hsm-kms-wrap-2', 400);
+        await store.activateRootKey('hsm-kms-wrap-2', 400, Buffer.from('c0ffee', 'hex'));
         expect(await store.listRootKeys()).toEqual([
-          { label: 'hsm-kms-wrap-2', state: 'active', createdAt: 300 },
-          { label: TEST_ROOT_KEY, state: 'retiring', createdAt: 0 },
+          { label: 'hsm-kms-wrap-2', state: 'active', tokenId: Buffer.from('c0ffee', 'hex'), createdAt: 300 },
+          { label: TEST_ROOT_KEY, state: 'retiring', tokenId: null, createdAt: 0 },
         ]);
         expect(await store.reserveRootKey('hsm-kms-wrap-3', 500, 0)).toBe('hsm-kms-wrap-3');
       });

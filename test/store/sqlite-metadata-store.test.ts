@@ -149,7 +149,9 @@ describe('SqliteMetadataStore on a file', () => {
     expect(await store.findKey(PROJECT_A, key.id)).toEqual(key);
     // The version keeps the legacy scheme, and its root key is retiring: the next rotation migrates it.
     expect(await store.findKeyVersion(key.id, 1)).toEqual(version);
-    expect(await store.listRootKeys()).toEqual([{ label: 'hsm-kms-root-1', state: 'retiring', createdAt: 0 }]);
+    expect(await store.listRootKeys()).toEqual([
+      { label: 'hsm-kms-root-1', state: 'retiring', tokenId: null, createdAt: 0 },
+    ]);
     expect(await store.findKeyByAlias(PROJECT_A, key.alias)).toEqual(key);
     expect(await store.listAliases(PROJECT_A)).toEqual([
       {
