@@ -97,8 +97,8 @@ export class KeyService {
   }
 
   /**
-   * Deletes, for good, the keys whose deletion date has passed: their versions' key material goes with them, and then every
-   * copy of it in the store's files. Keys are listed and purged in batches; the store purges a listed key only if it
+   * Deletes, for good, the keys whose deletion date has passed: their versions' key material goes with them, and
+   * then every copy of it in the store's files. Keys are listed and purged in batches; the store purges a listed key only if it
    * is still due when it deletes it, so a deletion cancelled meanwhile by another process wins. Returns how many
    * keys were deleted.
    */

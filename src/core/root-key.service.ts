@@ -74,14 +74,13 @@ export class RootKeyService {
    * `onProgress` hears of each batch. Safe to run while the service serves; only one rotation may run at a time.
    */
   async rotate(onProgress: (rewrapped: number) => void = () => {}): Promise<RotationReport> {
-    // A data directory upgraded from the derivation scheme has no active root until the service first starts on it:
-    // then there is no earlier rotation to finish, and the new root takes every version at once.
     const active = (await this.store.listRootKeys()).find((root) => root.state === 'active');
     // Before anything is rewrapped: the token must be the database's own (a legacy version derived on another
     // token's root of the same label would be rewrapped wrong, and lost).
     if (active !== undefined) await this.hsm.checkRootKey(active.label, active.tokenId);
-    const hasActive = active !== undefined;
-    const earlier = hasActive ? await this.#drainRetiring(onProgress) : { rewrapped: 0, destroyed: [] };
+    // A data directory upgraded from the derivation scheme has no active root until the service first starts on it:
+    // then there is no earlier rotation to finish, and the new root takes every version at once.
+    const earlier = active !== undefined ? await this.#drainRetiring(onProgress) : { rewrapped: 0, destroyed: [] };
     const label = await this.#activateNewRoot();
     if (label === undefined) {
       const making = (await this.store.listRootKeys()).find((root) => root.state === 'creating')?.label;
