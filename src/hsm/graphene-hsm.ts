@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Module } from 'graphene-pk11';
+import type { Module } from 'graphene-pk11';
 import pkcs11js from 'pkcs11js';
 import { KmsError, needs } from '../core/errors.js';
 import type { KeptKeyVersion } from '../core/keys.js';
@@ -27,6 +27,7 @@ import {
   WRAPPED_AES_256_BYTES,
 } from './key-templates.js';
 import { ckrOf, isKeyHandleFailure, isSessionFailure, needsReinitialize, toKmsError } from './pkcs11-errors.js';
+import { acquireLibrary, type Pkcs11Library } from './pkcs11-library.js';
 import { runSelfTest } from './self-test.js';
 import { SessionPool } from './session-pool.js';
 import { VersionKeyCache } from './version-key-cache.js';
@@ -133,26 +134,29 @@ export interface GrapheneHsmTestHooks {
  *   first use into a non-extractable session object, and its handle cached within the profile's session-key budget.
  * - The secret of an access key is never stored: it is an HMAC under the credential key, a token object.
  * - What differs between modules comes from the profile (src/hsm/hsm-profiles.ts), checked by a self-test at open.
- * - One instance per process: C_Initialize and login are per process.
+ * - One instance per token: login is per process and token. Instances on tokens of one library share it
+ *   (src/hsm/pkcs11-library.ts): it is initialised once, finalized when the last instance closes, and re-initialised
+ *   once for all of them when it was finalized under one.
  */
 export class GrapheneHsm implements Hsm {
-  readonly #module: Module;
+  readonly #library: Pkcs11Library;
   readonly #lib: pkcs11js.PKCS11;
   readonly #config: HsmConfig;
   readonly #profile: HsmProfile;
   #slot: Handle;
   #anchor: Handle | undefined;
-  /** Bumped on every C_Initialize: handles from an older generation mean nothing. */
-  #generation = 0;
+  /** The library's generation our handles are from: when it moves on, they mean nothing (or another token's). */
+  #generation: number;
   readonly #roots = new Map<string, Handle>();
   #credentialKey: Handle | undefined;
   readonly #keys: VersionKeyCache;
   readonly #pool: SessionPool;
   #closed = false;
 
-  private constructor(module: Module, slot: Handle, config: HsmConfig, profile: HsmProfile) {
-    this.#module = module;
-    this.#lib = module.lib;
+  private constructor(library: Pkcs11Library, slot: Handle, config: HsmConfig, profile: HsmProfile) {
+    this.#library = library;
+    this.#lib = library.lib;
+    this.#generation = library.generation;
     this.#slot = slot;
     this.#config = config;
     this.#profile = profile;
@@ -173,26 +177,23 @@ export class GrapheneHsm implements Hsm {
     );
     const retry = config.startupRetry ?? DEFAULT_STARTUP_RETRY;
 
-    let module: Module;
+    const library = acquireLibrary(config.library, config.initParams);
+    let hsm: GrapheneHsm | undefined;
     try {
-      module = Module.load(config.library, 'hsm-kms');
-    } catch (err) {
-      throw new KmsError('HsmUnavailable', `Cannot load the PKCS#11 library ${config.library}.`, { cause: err });
-    }
-    initialize(module, config.initParams);
-    try {
-      const slot = await findTokenSlot(module, config, retry);
-      const info = module.lib.C_GetInfo();
+      const slot = await findTokenSlot(library, config, retry);
+      const info = library.lib.C_GetInfo();
       const profile = chooseProfile(
         { manufacturerId: info.manufacturerID, libraryDescription: info.libraryDescription },
         config.profile,
       );
-      const hsm = new GrapheneHsm(module, slot, config, profile);
+      hsm = new GrapheneHsm(library, slot, config, profile);
       await hsm.#start(retry);
       return hsm;
     } catch (err) {
-      // The next open() in this process must start from a clean library.
-      quietly(() => module.finalize());
+      // Our sessions go (closing the last one logs this token out); the library is finalized only if no other
+      // instance uses it, so that the next open() in this process starts from a clean library.
+      if (hsm !== undefined) await hsm.close();
+      else library.release();
       throw toKmsError(err, 'open');
     }
   }
@@ -385,19 +386,21 @@ export class GrapheneHsm implements Hsm {
 
   async close(): Promise<void> {
     if (this.#closed) return;
+    // Nothing is destroyed or closed if the library was initialised again since: see #destroyQuietly.
     this.#keys.clear({ destroy: true });
     this.#closed = true;
     this.#pool.closeAll();
     if (this.#anchor !== undefined) this.#closeQuietly(this.#anchor);
     this.#anchor = undefined;
     this.#forgetTokenKeys();
-    quietly(() => this.#module.finalize());
+    // Finalizes the library if no other instance uses it.
+    this.#library.release();
   }
 
   forTesting(): GrapheneHsmTestHooks {
     const hsm = this;
     return {
-      module: this.#module,
+      module: this.#library.module,
       lib: this.#lib,
       get slot() {
         return hsm.#slot;
@@ -543,15 +546,27 @@ export class GrapheneHsm implements Hsm {
     this.#keys.clear({ destroy: false });
   }
 
-  /** Someone finalized the library under us: start over (new sessions, login, handles). */
+  /**
+   * Someone finalized the library under us: initialise it again (once for every instance on it) and start over.
+   */
   #reinitialize(): void {
-    initialize(this.#module, this.#config.initParams);
-    this.#generation++;
+    this.#library.reinitialize(this.#generation);
+    this.#followLibrary();
+  }
+
+  /**
+   * When the library was initialised again since our handles were made (by us or by another instance on it), they
+   * mean nothing, or another token's sessions and objects: forget them and find the slot again. The next session
+   * logs in again.
+   */
+  #followLibrary(): void {
+    if (this.#isCurrent()) return;
+    this.#generation = this.#library.generation;
     this.#pool.abandonAll();
     this.#anchor = undefined;
     this.#forgetTokenKeys();
     this.#keys.clear({ destroy: false });
-    const slot = scanForToken(this.#module, this.#config.tokenLabel).slot;
+    const slot = scanForToken(this.#library.module, this.#config.tokenLabel).slot;
     if (slot === undefined) {
       throw new KmsError('HsmUnavailable', `Token "${this.#config.tokenLabel}" is gone after re-initialising.`);
     }
@@ -588,6 +603,7 @@ export class GrapheneHsm implements Hsm {
   /** Runs `op` on the anchor session; replaces the anchor and retries once if the session failed. */
   #onAnchor<T>(fn: string, op: (anchor: Handle) => T): T {
     for (let attempt = 0; ; attempt++) {
+      this.#followLibrary();
       const anchor = this.#anchor ?? this.#replaceAnchor();
       try {
         return op(anchor);
@@ -612,7 +628,13 @@ export class GrapheneHsm implements Hsm {
   ): Promise<T> {
     this.#assertOpen();
     for (let attempt = 0; ; attempt++) {
+      this.#followLibrary();
       const session = this.#pool.tryAcquire() ?? (await this.#pool.acquire());
+      if (!this.#isCurrent()) {
+        // Another instance initialised the library again while we waited: the session is from before.
+        attempt--;
+        continue;
+      }
       let keyHandle: Handle;
       try {
         keyHandle =
@@ -768,13 +790,18 @@ export class GrapheneHsm implements Hsm {
     }
   }
 
+  /** Handles from an older generation of the library are never passed to it: they may be another token's now. */
   #destroyQuietly(handle: Handle): void {
     const anchor = this.#anchor;
-    if (anchor !== undefined) quietly(() => this.#lib.C_DestroyObject(anchor, handle));
+    if (anchor !== undefined && this.#isCurrent()) quietly(() => this.#lib.C_DestroyObject(anchor, handle));
   }
 
   #closeQuietly(session: Handle): void {
-    quietly(() => this.#lib.C_CloseSession(session));
+    if (this.#isCurrent()) quietly(() => this.#lib.C_CloseSession(session));
+  }
+
+  #isCurrent(): boolean {
+    return this.#library.generation === this.#generation;
   }
 
   #assertOpen(): void {
@@ -795,21 +822,6 @@ function quietly(action: () => void): void {
     action();
   } catch {
     // Best effort: the object or session may already be gone.
-  }
-}
-
-/**
- * CKF_OS_LOCKING_OK: without it SoftHSM turns its locking off and concurrent calls crash the process. Library
- * parameters (NSS softokn) go in the same call. pkcs11js 2.1.7 copies them into a buffer one byte too short and so
- * drops their last character (`…configdir=sql:/db` would open `/d`): a trailing space is dropped instead.
- */
-function initialize(module: Module, initParams: string | undefined): void {
-  const options: pkcs11js.InitializationOptions = { flags: pkcs11js.CKF_OS_LOCKING_OK };
-  if (initParams !== undefined) options.libraryParameters = `${initParams} `;
-  try {
-    module.initialize(options);
-  } catch (err) {
-    throw toKmsError(err, 'C_Initialize');
   }
 }
 
@@ -837,13 +849,16 @@ function whereTokensComeFrom(config: HsmConfig): string {
 
 /**
  * Finds the token by label, never by slot number. A worker started together with others has been seen to miss the
- * token once, so a miss is retried after re-initialising the library (SoftHSM reads its slots at C_Initialize).
+ * token once, so a miss is retried after re-initialising the library (SoftHSM reads its slots at C_Initialize) when
+ * no other instance uses it; with others on it, the slots are only read again: re-initialising would log them out,
+ * and one token missing must not disturb the others.
  */
 async function findTokenSlot(
-  module: Module,
+  library: Pkcs11Library,
   config: HsmConfig,
   retry: { attempts: number; delayMs: number },
 ): Promise<Handle> {
+  const { module } = library;
   const label = config.tokenLabel;
   for (let attempt = 1; ; attempt++) {
     let scan: { slot: Handle | undefined; labels: string[] };
@@ -860,8 +875,7 @@ async function findTokenSlot(
           `${whereTokensComeFrom(config)}.`,
       );
     }
-    quietly(() => module.finalize());
     await sleep(retry.delayMs);
-    initialize(module, config.initParams);
+    if (library.users === 1) library.restart();
   }
 }

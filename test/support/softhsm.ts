@@ -61,7 +61,21 @@ export type AnyTestToken = TestToken | NssTestToken | CloudHsmShimTestToken;
  * SoftHSM reads it at C_Initialize, and every vitest file runs in its own process (pool 'forks').
  */
 function createSoftHsmToken(): TestToken {
-  const dir = mkdtempSync(path.join(tmpdir(), 'hsm-kms-token-'));
+  const token = initSoftHsmToken(mkdtempSync(path.join(tmpdir(), 'hsm-kms-token-')));
+  process.env.SOFTHSM2_CONF = token.softhsmConf;
+  return token;
+}
+
+/**
+ * Another SoftHSM token in the token directory of `token` (one SOFTHSM2_CONF shows both), with its own label and
+ * random PINs. SoftHSM lists the tokens of its directory at C_Initialize: add tokens before the library is opened.
+ */
+export function addSoftHsmToken(token: TestToken): TestToken {
+  return initSoftHsmToken(token.dir);
+}
+
+/** A new token with a random label and random PINs in the token directory of `dir` (made if missing). */
+function initSoftHsmToken(dir: string): TestToken {
   const tokenLabel = `test-${randomBytes(4).toString('hex')}`;
   const pin = randomBytes(12).toString('hex');
   const soPin = randomBytes(12).toString('hex');
@@ -69,7 +83,6 @@ function createSoftHsmToken(): TestToken {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'pipe'],
   }).trim();
-  process.env.SOFTHSM2_CONF = softhsmConf;
   return {
     provider: 'softhsm',
     dir,
