@@ -405,7 +405,7 @@ describe('the connection cap', () => {
   beforeAll(async () => {
     capped = await startTestService(
       { KMS_MAX_CONNECTIONS: '2', KMS_LOG_LEVEL: 'warn' },
-      { onLog: (l) => logs.push(l) },
+      { onLog: (l) => logs.push(l), besides: kms },
     );
     cappedPort = Number(new URL(capped.url).port);
   });
@@ -470,7 +470,7 @@ describe('the connection limit of one client address', () => {
   beforeAll(async () => {
     limited = await startTestService(
       { KMS_MAX_CONNECTIONS: '10', KMS_MAX_CONNECTIONS_PER_CLIENT: '2', KMS_LOG_LEVEL: 'warn' },
-      { onLog: (l) => logs.push(l) },
+      { onLog: (l) => logs.push(l), besides: kms },
     );
     limitedPort = Number(new URL(limited.url).port);
   });

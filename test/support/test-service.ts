@@ -1,3 +1,5 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../../src/auth/local-issuer.js';
 import { loadConfig } from '../../src/config.js';
@@ -45,6 +47,12 @@ export interface TestServiceOptions {
   readonly onLog?: (line: string) => void;
   /** The PKCS#11 module the token lives in (SoftHSM unless told otherwise). */
   readonly provider?: TokenProvider;
+  /**
+   * Another in-process test service whose token this one shares, with a data directory of its own. A library reads
+   * its token list once per process (SoftHSM at C_Initialize), so a second service running beside the first in this
+   * process must use a token the library already knows.
+   */
+  readonly besides?: TestService;
 }
 
 /**
@@ -55,6 +63,11 @@ export async function startTestService(
   extraEnv: Record<string, string> = {},
   options: TestServiceOptions = {},
 ): Promise<TestService> {
+  if (options.besides !== undefined) {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'hsm-kms-besides-'));
+    const env = { ...options.besides.env, KMS_DATA_DIR: dataDir, KMS_PORT: '0', ...extraEnv };
+    return boot(env, options, () => rmSync(dataDir, { recursive: true, force: true }));
+  }
   const token = createTestToken(options.provider ?? 'softhsm');
   const env: Record<string, string> = {
     KMS_DATA_DIR: path.join(token.dir, 'data'),
