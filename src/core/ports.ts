@@ -43,8 +43,6 @@ export interface Hsm {
   createKeyVersion(keyId: string, version: number, rootKeyLabel: string): Promise<KeptKeyVersion>;
   /** The version's key, kept again under the root key `rootKeyLabel` (root rotation; migration of legacy schemes). */
   rewrapKeyVersion(key: CmkVersionRef, rootKeyLabel: string): Promise<KeptKeyVersion>;
-  /** Brings the version's key back inside the HSM (and caches its handle), proving it can be used. */
-  prepareKey(key: CmkVersionRef): Promise<void>;
   /** AES-256-GCM in the HSM under the CMK version, with an IV the HSM layer chooses (never the caller). */
   encrypt(key: CmkVersionRef, plaintext: Buffer, aad: Buffer): Promise<GcmSealed>;
   /** Inverse of encrypt; the tag is the last 16 bytes of `ciphertextWithTag`. */

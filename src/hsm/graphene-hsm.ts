@@ -26,7 +26,14 @@ import {
   versionKeyTemplate,
   WRAPPED_AES_256_BYTES,
 } from './key-templates.js';
-import { ckrOf, isKeyHandleFailure, isSessionFailure, needsReinitialize, toKmsError } from './pkcs11-errors.js';
+import {
+  ckrOf,
+  isKeyHandleFailure,
+  isSessionFailure,
+  needsReinitialize,
+  quietly,
+  toKmsError,
+} from './pkcs11-errors.js';
 import { acquireLibrary, type Pkcs11Library } from './pkcs11-library.js';
 import { runSelfTest } from './self-test.js';
 import { SessionPool } from './session-pool.js';
@@ -323,6 +330,10 @@ export class GrapheneHsm implements Hsm {
     }
   }
 
+  /**
+   * Brings the version's key back inside the HSM and caches its handle, proving it opens. The core never needs it
+   * (encrypt and decrypt do it on a miss); tests and `bench/run micro` use it to warm or probe the cache.
+   */
   async prepareKey(key: CmkVersionRef): Promise<void> {
     this.#assertOpen();
     this.#keyHandle(key);
@@ -815,14 +826,6 @@ function cacheId(keyId: string, version: number): string {
 
 function invalidCiphertext(cause?: unknown): KmsError {
   return new KmsError('InvalidCiphertext', 'The ciphertext is invalid.', cause === undefined ? undefined : { cause });
-}
-
-function quietly(action: () => void): void {
-  try {
-    action();
-  } catch {
-    // Best effort: the object or session may already be gone.
-  }
 }
 
 function scanForToken(module: Module, label: string): { slot: Handle | undefined; labels: string[] } {

@@ -72,6 +72,15 @@ export const needsReinitialize = (code: number | undefined): boolean =>
 export const isKeyHandleFailure = (code: number | undefined): boolean =>
   code !== undefined && KEY_HANDLE_FAILURES.has(code);
 
+/** Runs a clean-up call whose failure changes nothing: the object, session or library may already be gone. */
+export function quietly(action: () => void): void {
+  try {
+    action();
+  } catch {
+    // Best effort.
+  }
+}
+
 /** Maps anything a PKCS#11 call threw to a KmsError; a KmsError passes through unchanged. */
 export function toKmsError(err: unknown, fn: string): KmsError {
   if (err instanceof KmsError) return err;

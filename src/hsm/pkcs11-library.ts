@@ -2,7 +2,7 @@ import { realpathSync } from 'node:fs';
 import { Module } from 'graphene-pk11';
 import pkcs11js from 'pkcs11js';
 import { KmsError, needs } from '../core/errors.js';
-import { ckrOf, toKmsError } from './pkcs11-errors.js';
+import { ckrOf, quietly, toKmsError } from './pkcs11-errors.js';
 
 /**
  * A PKCS#11 library loaded and initialised once per process, shared by every adapter on one of its tokens.
@@ -127,13 +127,5 @@ function initialize(module: Module, initParams: string | undefined): void {
     module.lib.C_Initialize(options);
   } catch (err) {
     if (ckrOf(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw toKmsError(err, 'C_Initialize');
-  }
-}
-
-function quietly(action: () => void): void {
-  try {
-    action();
-  } catch {
-    // Best effort: the library may already be finalized.
   }
 }

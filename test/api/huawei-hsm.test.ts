@@ -61,10 +61,6 @@ class FaultInjectingHsm implements Hsm {
     this.check();
     return this.real.rewrapKeyVersion(key, rootKeyLabel);
   }
-  async prepareKey(key: CmkVersionRef) {
-    this.check();
-    return this.real.prepareKey(key);
-  }
   async encrypt(key: CmkVersionRef, plaintext: Buffer, aad: Buffer) {
     this.check();
     if (this.encryptFault) throw this.encryptFault;

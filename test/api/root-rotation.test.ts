@@ -38,11 +38,8 @@ async function newSite(extraEnv: Record<string, string> = {}): Promise<Site> {
   const token = createTestToken();
   const dataDir = path.join(token.dir, 'data');
   const env = {
+    ...token.serviceEnv,
     KMS_DATA_DIR: dataDir,
-    KMS_PIN: token.pin,
-    KMS_TOKEN_LABEL: token.tokenLabel,
-    KMS_PKCS11_LIBRARY: token.library,
-    SOFTHSM2_CONF: token.softhsmConf,
     KMS_PORT: String(await freePort()),
     ...extraEnv,
   };
