@@ -1,7 +1,9 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
+import { CONNECTION_ID_PATTERN } from './core/key-stores.js';
 import { PROFILE_NAMES, type ProfileName } from './hsm/hsm-profiles.js';
+import type { HsmConnection } from './hsm/key-store-connector.js';
 
 /**
  * The service's configuration: read from the environment once, validated, frozen. Secrets (the PIN) come from
@@ -32,6 +34,7 @@ const EnvSchema = z.object({
     .string()
     .regex(/^\/[A-Za-z0-9._~/-]*$/, 'must be a URL path starting with /')
     .default('/'),
+  KMS_KEY_STORE_CONNECTIONS_FILE: z.string().min(1).optional(),
   KMS_LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
   KMS_HEADERS_TIMEOUT_MS: intFrom(100, 600_000).default(5_000),
   KMS_REQUEST_TIMEOUT_MS: intFrom(100, 600_000).default(10_000),
@@ -79,6 +82,8 @@ export interface Config {
     readonly poolSize: number;
     readonly keyCacheSize: number;
   };
+  /** The HSM connections tenants may create key stores on (KMS_KEY_STORE_CONNECTIONS_FILE); none by default. */
+  readonly keyStoreConnections: readonly HsmConnection[];
   readonly dbPath: string;
   readonly cmkQuota: number;
   readonly auth: {
@@ -138,6 +143,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       poolSize: e.KMS_HSM_POOL_SIZE,
       keyCacheSize: e.KMS_KEY_CACHE_SIZE,
     }),
+    keyStoreConnections: e.KMS_KEY_STORE_CONNECTIONS_FILE
+      ? readConnections(e.KMS_KEY_STORE_CONNECTIONS_FILE, e.KMS_TOKEN_LABEL, e.KMS_PKCS11_LIBRARY)
+      : [],
     dbPath: path.resolve(e.KMS_DB_PATH ?? path.join(dataDir, 'kms.db')),
     cmkQuota: e.KMS_CMK_QUOTA,
     auth: Object.freeze({ jwksUrl: e.KMS_JWKS_URL, issuer: e.KMS_TOKEN_ISSUER, audience: e.KMS_TOKEN_AUDIENCE }),
@@ -160,6 +168,58 @@ function requireTokenClaimsWithJwks(e: z.infer<typeof EnvSchema>): void {
         `(missing: ${missing.join(', ')}); without them a token the JWKS signed for any issuer or audience would be accepted.`,
     );
   }
+}
+
+const ConnectionSchema = z
+  .object({
+    id: z.string().regex(CONNECTION_ID_PATTERN, 'must match cluster-[2-7a-zA-Z]{11,16} (AWS CloudHsmClusterId)'),
+    library: z
+      .string()
+      .min(1)
+      .refine((p) => path.isAbsolute(p), 'must be an absolute path'),
+    tokenLabel: z.string().min(1).max(32),
+    initParams: z.string().min(1).optional(),
+    profile: z.enum(PROFILE_NAMES).optional(),
+    projects: z.array(z.string().min(1)).min(1).optional(),
+    keyScheme: z.enum(['token-object', 'wrapped']),
+    poolSize: z.number().int().min(1).max(64).default(2),
+  })
+  .strict();
+
+/**
+ * The operator's list of HSM connections, a JSON array in the file: the only place module paths for tenants come
+ * from. Refuses duplicate ids and the default token itself (a tenant's PIN would log in to the service's own keys).
+ */
+function readConnections(file: string, defaultTokenLabel: string, defaultLibrary: string): HsmConnection[] {
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(file, 'utf8'));
+  } catch {
+    throw new Error(`Invalid configuration: KMS_KEY_STORE_CONNECTIONS_FILE ${file} cannot be read as JSON.`);
+  }
+  const parsed = z.array(ConnectionSchema).safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new Error(`Invalid configuration: ${file}: ${issue?.path.join('.')}: ${issue?.message}`);
+  }
+  const seen = new Set<string>();
+  for (const c of parsed.data) {
+    if (seen.has(c.id)) throw new Error(`Invalid configuration: ${file}: connection id ${c.id} is listed twice.`);
+    seen.add(c.id);
+    if (c.library === defaultLibrary && c.tokenLabel === defaultTokenLabel) {
+      throw new Error(`Invalid configuration: ${file}: connection ${c.id} is the service's own token.`);
+    }
+  }
+  return parsed.data.map((c) => ({
+    id: c.id,
+    library: c.library,
+    tokenLabel: c.tokenLabel,
+    initParams: c.initParams,
+    profile: c.profile,
+    projects: c.projects,
+    keyScheme: c.keyScheme,
+    poolSize: c.poolSize,
+  }));
 }
 
 function readConfigFile(file: string): Record<string, string> {

@@ -8,11 +8,13 @@ import type { Config } from './config.js';
 import { CredentialService } from './core/credential.service.js';
 import { DataKeyService } from './core/data-key.service.js';
 import { KeyService } from './core/key.service.js';
+import { KeyStoreService } from './core/key-store.service.js';
 import { PasswordService } from './core/password.service.js';
 import type { Clock } from './core/ports.js';
 import { RandomService } from './core/random.service.js';
 import { RootKeyService } from './core/root-key.service.js';
 import { GrapheneHsm } from './hsm/graphene-hsm.js';
+import { GrapheneKeyStoreConnector } from './hsm/key-store-connector.js';
 import { createBoundedServer } from './http/bounded-server.js';
 import { errorFields, type Logger } from './logger.js';
 import { CachingMetadataStore } from './store/caching-metadata-store.js';
@@ -77,13 +79,24 @@ export async function startService(
       throw err;
     },
   );
-  const keys = new KeyService(hsm, store, clock, config.cmkQuota);
-  const random = new RandomService(hsm);
+  const keyStores = new KeyStoreService(
+    hsm,
+    store,
+    new GrapheneKeyStoreConnector(config.keyStoreConnections, config.hsm.keyCacheSize),
+    clock,
+  );
+  const keys = new KeyService(hsm, store, clock, config.cmkQuota, {
+    keyStores,
+    // As AWS labels a CloudHSM key store's keys: a tenant can tell in its own HSM which key is which.
+    tokenObjectLabel: (key) => `arn:aws:kms:${config.region}:${key.projectId}:key/${key.id}`,
+  });
+  const random = new RandomService(hsm, keyStores);
   const services: Services = {
     random,
     passwords: new PasswordService((length) => random.generate(length)),
     keys,
-    dataKeys: new DataKeyService(hsm, store, keys),
+    keyStores,
+    dataKeys: new DataKeyService(store, keys),
     region: config.region,
     cmkQuota: config.cmkQuota,
   };
@@ -96,8 +109,16 @@ export async function startService(
   let sweeping: Promise<unknown> | undefined;
   if (role !== 'worker') {
     await new RootKeyService(hsm, store, clock).ensureActiveRoot();
+    await keyStores.resumeConnections();
     const reconciled = await keys.reconcilePendingCreation();
-    if (reconciled > 0) logger.warn('removed keys left half-created by a crash', { count: reconciled });
+    if (reconciled.purged > 0) logger.warn('removed keys left half-created by a crash', { count: reconciled.purged });
+    if (reconciled.waiting > 0) {
+      // Their records name token objects that may exist in a store that cannot be reached now: the next start
+      // destroys them, so that no object is left that no key knows of.
+      logger.warn('keys left half-created in key stores that cannot be reached wait for the next start', {
+        count: reconciled.waiting,
+      });
+    }
     const sweep = () => {
       sweeping ??= Promise.all([keys.purgeDueDeletions(), nonces.purgeExpired(clock.now())])
         .then(
@@ -157,6 +178,7 @@ export async function startService(
           s.closeIdleConnections();
         });
       }
+      await keyStores.close();
       await hsm.close();
       await nonces.close();
       await store.close();

@@ -10,7 +10,7 @@ import {
 import { KmsError, needs } from './errors.js';
 import type { KeyService } from './key.service.js';
 import { assertUsableForCrypto, type KeyRecord, type KeyRef, type KeyVersionRecord } from './keys.js';
-import type { Hsm, MetadataStore } from './ports.js';
+import type { MetadataStore } from './ports.js';
 
 /** Largest data key the service draws: 8192 bits, Huawei's upper bound. */
 export const MAX_DATA_KEY_LENGTH = 1024;
@@ -37,7 +37,6 @@ export interface Opened {
  */
 export class DataKeyService {
   constructor(
-    private readonly hsm: Hsm,
     private readonly store: MetadataStore,
     private readonly keys: KeyService,
   ) {}
@@ -51,7 +50,8 @@ export class DataKeyService {
   ): Promise<Sealed & { plaintext: Buffer }> {
     needs(Number.isInteger(length) && length >= 1 && length <= MAX_DATA_KEY_LENGTH, 'Invalid data key length.');
     const key = await this.usableKey(projectId, ref);
-    const plaintext = await this.hsm.generateRandom(length);
+    // From the HSM the key lives in: a tenant's data keys come from the tenant's HSM and no other.
+    const plaintext = await (await this.keys.hsmFor(key)).generateRandom(length);
     try {
       const ciphertextBlob = await this.seal(key, plaintext, binding, 'bytes');
       return { key, keyVersion: key.currentVersion, plaintext, ciphertextBlob };
@@ -97,8 +97,9 @@ export class DataKeyService {
     assertUsableForCrypto(key);
     const payload = decodePayload(frame);
     const aad = blobAad(key.id, frame.keyVersion, payload.plaintextLength, binding, payload.kind);
+    const hsm = await this.keys.hsmFor(key);
     const plaintext = await this.withVersion(key.id, frame.keyVersion, (version) =>
-      this.hsm.decrypt(version, payload.iv, payload.ciphertextWithTag, aad),
+      hsm.decrypt(version, payload.iv, payload.ciphertextWithTag, aad),
     );
     return { key, keyVersion: frame.keyVersion, plaintext, kind: payload.kind };
   }
@@ -117,8 +118,9 @@ export class DataKeyService {
     kind: PlaintextKind,
   ): Promise<Buffer> {
     const aad = blobAad(key.id, key.currentVersion, plaintext.length, binding, kind);
+    const hsm = await this.keys.hsmFor(key);
     const { iv, ciphertextWithTag } = await this.withVersion(key.id, key.currentVersion, (version) =>
-      this.hsm.encrypt(version, plaintext, aad),
+      hsm.encrypt(version, plaintext, aad),
     );
     return encodeBlob({ keyId: key.id, keyVersion: key.currentVersion, iv, ciphertextWithTag, kind });
   }

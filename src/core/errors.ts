@@ -46,6 +46,24 @@ export const KMS_ERROR_CODES = [
   'AuthExpired',
   /** The credentials are valid but for another project than the one the request addresses. */
   'ProjectMismatch',
+  /** The key store does not exist in the caller's project. */
+  'KeyStoreNotFound',
+  /** Another key store of the project has the name. */
+  'KeyStoreNameInUse',
+  /** The key store's connection state does not allow the operation (e.g. delete while connected). */
+  'KeyStoreInvalidState',
+  /** The key store still holds keys, in any state. */
+  'KeyStoreHasKeys',
+  /** The project already has as many key stores as allowed. */
+  'KeyStoreLimitExceeded',
+  /** A key's store is not connected: its key cannot be used until the tenant connects it again. */
+  'KeyStoreNotConnected',
+  /** No connection the operator offers to the project has this id. */
+  'ConnectionNotFound',
+  /** Another key store already uses the connection (one token, one store). */
+  'ConnectionInUse',
+  /** A store cannot move to another connection: its keys are on the token of the one it has. */
+  'ConnectionNotRelated',
   /** The HSM did not answer or reported a device failure; the request can be retried. */
   'HsmUnavailable',
   /** Anything unexpected. Logged in full, answered generically. */

@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { KmsError } from './errors.js';
+import type { KeyStoreService } from './key-store.service.js';
+import { STORE_ROOT_KEY_LABEL } from './key-stores.js';
 import {
   type AliasRecord,
   aliasName,
@@ -13,6 +15,9 @@ import {
 } from './keys.js';
 import type { Clock, Hsm, KeyPatch, MetadataStore } from './ports.js';
 import { activeRootKey } from './root-key.service.js';
+
+/** Bytes of the CKA_ID of a token-object-v1 version: drawn in the store's HSM, recorded before the object is made. */
+const TOKEN_OBJECT_ID_BYTES = 16;
 
 /** Attempts at creating a key when root rotations keep replacing the root key under it. */
 const MAX_ROOT_RACES = 3;
@@ -30,6 +35,14 @@ export interface CreateKeyInput {
   readonly projectId: string;
   readonly alias: string;
   readonly description: string;
+  /** Create the key in this key store of the project (which must be connected); omitted: the default HSM. */
+  readonly keyStoreId?: string;
+}
+
+/** Tenants' key stores, for keys made in them; what the key's token object is labelled with (its ARN). */
+export interface KeyStoreAccess {
+  readonly keyStores: KeyStoreService;
+  readonly tokenObjectLabel: (key: KeyRecord) => string;
 }
 
 /** The key lifecycle: creation, look-up, state changes, aliases, and the deletion of keys whose window has passed. */
@@ -39,6 +52,7 @@ export class KeyService {
     private readonly store: MetadataStore,
     private readonly clock: Clock,
     private readonly cmkQuota: number,
+    private readonly stores?: KeyStoreAccess,
   ) {}
 
   /**
@@ -61,7 +75,9 @@ export class KeyService {
       createdAt: now,
       deletionDate: null,
       currentVersion: 0,
+      keyStoreId: input.keyStoreId ?? null,
     };
+    if (input.keyStoreId !== undefined) return this.createInStore(key, input.keyStoreId);
     for (let attempt = 1; ; attempt++) {
       const root = await activeRootKey(this.store);
       let inserted: boolean;
@@ -86,14 +102,103 @@ export class KeyService {
     return { ...key, state: 'Enabled' };
   }
 
-  /** Removes keys a crash left in PendingCreation: their creation was never acknowledged to anyone. */
-  async reconcilePendingCreation(): Promise<number> {
+  /**
+   * A key in a tenant's store, generated in that store's HSM. Token objects are crash-consistent the other way
+   * round from wrapped versions: the record (PendingCreation, with the object's CKA_ID) comes first, then the object,
+   * so that a crash in between leaves a record naming what to destroy, never an object nobody knows about.
+   */
+  private async createInStore(key: KeyRecord, keyStoreId: string): Promise<KeyRecord> {
+    if (!this.stores) throw new KmsError('KeyStoreNotFound', `Custom key store ${keyStoreId} does not exist.`);
+    const { store, hsm } = await this.stores.keyStores.connectedHsm(key.projectId, keyStoreId, 'CreateKey');
+    if (store.keyScheme === 'wrapped') {
+      const kept = await hsm.createKeyVersion(key.id, 0, STORE_ROOT_KEY_LABEL);
+      try {
+        await this.insertPending(key, { keyId: key.id, version: 0, ...kept, createdAt: key.createdAt });
+      } catch (err) {
+        hsm.forget(key.id, 0);
+        throw err;
+      }
+    } else {
+      const objectId = await hsm.generateRandom(TOKEN_OBJECT_ID_BYTES);
+      await this.insertPending(key, {
+        keyId: key.id,
+        version: 0,
+        scheme: 'token-object-v1',
+        rootKeyLabel: '',
+        keyMaterial: objectId,
+        createdAt: key.createdAt,
+      });
+      try {
+        await hsm.createTokenKeyVersion(key.id, 0, this.stores.tokenObjectLabel(key), objectId);
+      } catch (err) {
+        // The record goes only once no object can be left behind; otherwise the next start's reconciliation, which
+        // it names the object for, finishes the job.
+        if (
+          await hsm.destroyTokenKeyVersion(objectId).then(
+            () => true,
+            () => false,
+          )
+        ) {
+          await this.store.purgePendingCreation(key.id);
+        }
+        throw err;
+      }
+    }
+    await this.store.activateKey(key.id);
+    return { ...key, state: 'Enabled' };
+  }
+
+  private async insertPending(key: KeyRecord, version: KeyVersionRecord): Promise<void> {
+    // Keys in a store are never refused for a root rotation of the default HSM: that only concerns its own keys.
+    if (!(await this.store.insertPendingKey(key, version, this.cmkQuota))) {
+      throw new KmsError('InternalError', 'The key store key was refused by the metadata store.');
+    }
+  }
+
+  /**
+   * Removes keys a crash left in PendingCreation: their creation was never acknowledged to anyone. A token object
+   * of a store's key that may have been made is destroyed first; while its store cannot be reached, the record stays
+   * (it names the object) and the next start tries again.
+   */
+  async reconcilePendingCreation(): Promise<{ purged: number; waiting: number }> {
     let purged = 0;
+    let waiting = 0;
     for (const key of await this.store.listPendingCreation()) {
+      if (!(await this.destroyTokenObjects(key))) {
+        waiting++;
+        continue;
+      }
       if (await this.store.purgePendingCreation(key.id)) purged++;
     }
     if (purged > 0) await this.store.erasePurged();
-    return purged;
+    return { purged, waiting };
+  }
+
+  /**
+   * Destroys the token objects of a store key's token-object versions; true when there are none (left), false when
+   * the store's HSM cannot be reached now.
+   */
+  private async destroyTokenObjects(key: KeyRecord, objectIds?: readonly Buffer[]): Promise<boolean> {
+    const ids = objectIds ?? (await this.tokenObjectIds(key));
+    if (ids.length === 0 || !this.stores) return true;
+    try {
+      const hsm = await this.stores.keyStores.hsmFor(key);
+      for (const id of ids) await hsm.destroyTokenKeyVersion(id);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** The CKA_IDs of the key's token-object versions (none for a key of the default HSM or a wrapped store). */
+  private async tokenObjectIds(key: KeyRecord): Promise<Buffer[]> {
+    if (key.keyStoreId === null) return [];
+    const ids: Buffer[] = [];
+    for (let v = 0; v <= key.currentVersion; v++) {
+      const found = await this.store.findKeyVersion(key.id, v, true);
+      if (found?.scheme === 'token-object-v1') ids.push(found.keyMaterial);
+    }
+    return ids;
   }
 
   /**
@@ -109,10 +214,16 @@ export class KeyService {
       const due = await this.store.listKeysDueForDeletion(now, PURGE_BATCH_SIZE);
       if (due.length === 0) break;
       const ids = due.map((key) => key.id);
+      // Read before the purge erases them, used only for the keys it really purged (a deletion cancelled meanwhile
+      // keeps its key, and its objects).
+      const objectIds = new Map<string, Buffer[]>();
+      for (const key of due) objectIds.set(key.id, await this.tokenObjectIds(key));
       const gone = new Set(await this.store.purgeDueKeys(ids, now));
       for (const key of due) {
         if (!gone.has(key.id)) continue;
         for (let v = 0; v <= key.currentVersion; v++) this.hsm.forget(key.id, v);
+        // As on AWS, a best effort: the objects of a store that cannot be reached now stay on its token.
+        await this.destroyTokenObjects(key, objectIds.get(key.id));
       }
       purged += gone.size;
       if (due.length < PURGE_BATCH_SIZE) break;
@@ -121,6 +232,11 @@ export class KeyService {
     // Also retried when nothing was purged this time: an earlier erasure may have found the files busy.
     await this.store.erasePurged();
     return purged;
+  }
+
+  /** The HSM the key lives in: the default one, or its key store's (KeyStoreNotConnected when it is not connected). */
+  hsmFor(key: KeyRecord): Promise<Hsm> {
+    return this.stores && key.keyStoreId !== null ? this.stores.keyStores.hsmFor(key) : Promise.resolve(this.hsm);
   }
 
   /** A key of the project; a foreign or unknown key is KeyNotFound, indistinguishably. */

@@ -27,6 +27,8 @@ export interface KeyRecord {
   readonly deletionDate: number | null;
   /** The version new ciphertexts are made with. */
   readonly currentVersion: number;
+  /** The tenant's key store (src/core/key-stores.ts) the key lives in; null: the default HSM. */
+  readonly keyStoreId: string | null;
 }
 
 /**
@@ -35,7 +37,7 @@ export interface KeyRecord {
  * - `cbc-encrypt-data-v1`: legacy; 32 bytes of derivation data from which the HSM derives the key under a
  *   derive-only root key (C_DeriveKey, CKM_AES_CBC_ENCRYPT_DATA). Moved to kwp-v1 by a root rotation.
  */
-export type KeyScheme = 'kwp-v1' | 'cbc-encrypt-data-v1';
+export type KeyScheme = 'kwp-v1' | 'cbc-encrypt-data-v1' | 'token-object-v1';
 
 /** The derive-only root key of the legacy scheme cbc-encrypt-data-v1, on every token made before kwp-v1. */
 export const LEGACY_ROOT_KEY_LABEL = 'hsm-kms-root-1';

@@ -1,4 +1,5 @@
 import type { CredentialRecord } from './credentials.js';
+import type { ConnectionOffer, ConnectionState, KeyStorePatch, KeyStoreRecord } from './key-stores.js';
 import type { AliasRecord, KeptKeyVersion, KeyRecord, KeyState, KeyVersionRecord, RootKeyRecord, Tag } from './keys.js';
 
 /** What the HSM needs to bring one CMK version's key back inside itself. Carries no key material in plaintext. */
@@ -47,6 +48,22 @@ export interface Hsm {
   encrypt(key: CmkVersionRef, plaintext: Buffer, aad: Buffer): Promise<GcmSealed>;
   /** Inverse of encrypt; the tag is the last 16 bytes of `ciphertextWithTag`. */
   decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer): Promise<Buffer>;
+  /**
+   * A new CMK version kept as a persistent token object (scheme token-object-v1): an AES-256 key generated in the
+   * HSM, sensitive, never extractable, able only to encrypt and decrypt, labelled `label`, with CKA_ID `objectId`.
+   */
+  createTokenKeyVersion(keyId: string, version: number, label: string, objectId: Buffer): Promise<KeptKeyVersion>;
+  /**
+   * Destroys the token object(s) of a token-object-v1 version by CKA_ID; false if there was none. Only AES keys
+   * that encrypt and cannot wrap are ever destroyed here.
+   */
+  destroyTokenKeyVersion(objectId: Buffer): Promise<boolean>;
+  /**
+   * AES-256-GCM under the token's secret-sealing key (a token object of the default HSM, encrypt and decrypt only):
+   * how tenants' PINs are kept. `openSecret` throws KmsError('InvalidCiphertext') when the tag does not verify.
+   */
+  sealSecret(plaintext: Buffer, aad: Buffer): Promise<GcmSealed>;
+  openSecret(sealed: GcmSealed, aad: Buffer): Promise<Buffer>;
   /**
    * The secret of an access key: HMAC-SHA256 inside the HSM under the non-extractable credential key, over the
    * access key id. Computed on demand, so no secret is ever stored.
@@ -135,6 +152,41 @@ export interface MetadataStore {
   /** Keys of the project in creation order (oldest first), PendingCreation excluded. */
   listKeys(query: ListKeysQuery): Promise<{ keys: KeyRecord[]; total: number }>;
   countKeys(projectId: string): Promise<number>;
+  /** Keys in the key store, in any state (PendingCreation included). */
+  countKeysInStore(keyStoreId: string): Promise<number>;
+  /**
+   * Records a key store. Throws KmsError('KeyStoreNameInUse') when the project has a store of that name,
+   * KmsError('ConnectionInUse') when any store uses the connection, KmsError('KeyStoreLimitExceeded') when the
+   * project already has `quota` stores.
+   */
+  insertKeyStore(store: KeyStoreRecord, quota: number): Promise<void>;
+  /** A key store of the project; never cached, so that a disconnection is seen by every process at once. */
+  findKeyStore(projectId: string, keyStoreId: string): Promise<KeyStoreRecord | undefined>;
+  findKeyStoreByName(projectId: string, name: string): Promise<KeyStoreRecord | undefined>;
+  /** Key stores of every project in one of the states (start-up resumes what a crash interrupted). */
+  listKeyStoresIn(states: readonly ConnectionState[]): Promise<KeyStoreRecord[]>;
+  /** The project's key stores, in creation order. */
+  listKeyStores(projectId: string, offset: number, limit: number): Promise<{ stores: KeyStoreRecord[]; total: number }>;
+  /**
+   * Applies the patch only if the store's connection state is one of `expectedStates` (compare-and-set across
+   * processes); the updated store, or undefined when it is gone or in another state. Throws
+   * KmsError('KeyStoreNameInUse') on a name clash.
+   */
+  updateKeyStore(
+    projectId: string,
+    keyStoreId: string,
+    expectedStates: readonly ConnectionState[],
+    patch: KeyStorePatch,
+  ): Promise<KeyStoreRecord | undefined>;
+  /**
+   * Deletes the store only if it is in one of `expectedStates` and holds no key (checked in the same transaction).
+   * 'has-keys' and 'invalid-state' say why it was not deleted.
+   */
+  deleteKeyStore(
+    projectId: string,
+    keyStoreId: string,
+    expectedStates: readonly ConnectionState[],
+  ): Promise<'deleted' | 'not-found' | 'has-keys' | 'invalid-state'>;
   /**
    * Applies the patch only if the key is still in `expectedState` (compare-and-set across processes). Returns the
    * updated key, or undefined if the key is gone or its state changed meanwhile. Throws
@@ -174,6 +226,20 @@ export interface MetadataStore {
    */
   listKeysDueForDeletion(now: number, limit: number): Promise<KeyRecord[]>;
   close(): Promise<void>;
+}
+
+/**
+ * Opens tenants' key stores: an Hsm per store on the token of the connection the operator configured (module path,
+ * token label and profile stay in the HSM layer: a tenant never names a library).
+ */
+export interface KeyStoreConnector {
+  /** The connections the operator offers. */
+  readonly offers: readonly ConnectionOffer[];
+  /**
+   * Logs in to the connection's token with the PIN and passes its profile's self-test. Throws
+   * ConnectionFailure (src/core/key-stores.ts) with the reason.
+   */
+  connect(connectionId: string, pin: Buffer): Promise<Hsm>;
 }
 
 export interface Clock {

@@ -1,4 +1,5 @@
-import { needs } from './errors.js';
+import { KmsError, needs } from './errors.js';
+import type { KeyStoreService } from './key-store.service.js';
 import type { Hsm } from './ports.js';
 
 /** Largest single draw: 1024 bytes (Huawei's 8192 bits, AWS's 1024 bytes). */
@@ -6,10 +7,17 @@ export const MAX_RANDOM_LENGTH = 1024;
 
 /** Random bytes, always from the HSM's C_GenerateRandom, never from the host's RNG. */
 export class RandomService {
-  constructor(private readonly hsm: Hsm) {}
+  constructor(
+    private readonly hsm: Hsm,
+    private readonly keyStores?: KeyStoreService,
+  ) {}
 
-  generate(length: number): Promise<Buffer> {
+  /** From the default HSM, or from a connected key store's HSM of the project when one is named. */
+  async generate(length: number, from?: { projectId: string; keyStoreId: string }): Promise<Buffer> {
     needs(Number.isInteger(length) && length >= 1 && length <= MAX_RANDOM_LENGTH, 'Invalid random data length.');
-    return this.hsm.generateRandom(length);
+    if (from === undefined) return this.hsm.generateRandom(length);
+    if (!this.keyStores) throw new KmsError('KeyStoreNotFound', `Custom key store ${from.keyStoreId} does not exist.`);
+    const { hsm } = await this.keyStores.connectedHsm(from.projectId, from.keyStoreId, 'GenerateRandom');
+    return hsm.generateRandom(length);
   }
 }

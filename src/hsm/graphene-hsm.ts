@@ -22,6 +22,7 @@ import {
   kwpMechanism,
   newVersionKeyTemplate,
   rootWrappingKeyTemplate,
+  secretSealingKeyTemplate,
   type TemplateRules,
   versionKeyTemplate,
   WRAPPED_AES_256_BYTES,
@@ -47,13 +48,18 @@ export { LEGACY_ROOT_KEY_LABEL } from '../core/keys.js';
 /** The label of the token object that computes the secrets of access keys (HMAC-SHA256 over the access key id). */
 export const CREDENTIAL_KEY_LABEL = 'hsm-kms-credentials-1';
 
+/** The label of the token object that seals service secrets, such as tenants' key store PINs (AES-GCM). */
+export const SECRET_SEALING_KEY_LABEL = 'hsm-kms-secrets-1';
+
 /** CK_STATE of a logged-in read-write session (pkcs11js exports no CKS_* constants). */
 const CKS_RW_USER_FUNCTIONS = 3;
 const SESSION_FLAGS = pkcs11js.CKF_RW_SESSION | pkcs11js.CKF_SERIAL_SESSION;
 const MAX_RANDOM_BYTES = 1024 * 1024;
 const NO_KEY: Handle = Buffer.alloc(0);
-/** What #run uses in place of a CMK version to run an operation with the credential key. */
+/** What #run takes in place of a CMK version to run an operation with one of the token keys. */
 const CREDENTIAL_KEY = 'credential-key';
+const SECRET_SEALING_KEY = 'secret-sealing-key';
+type TokenKeyName = typeof CREDENTIAL_KEY | typeof SECRET_SEALING_KEY;
 
 /**
  * A long-lived token key that open() finds, or creates when allowed, checks and caches. Every process relies on
@@ -112,6 +118,18 @@ const CREDENTIAL_KEY_SPEC: TokenKeySpec = {
   description: 'generic secret key that can only sign',
 };
 
+const SECRET_SEALING_KEY_SPEC: TokenKeySpec = {
+  label: SECRET_SEALING_KEY_LABEL,
+  role: 'Secret-sealing key',
+  keepHint: "keep the one the key stores' PINs were sealed under",
+  generate: AES_KEY_GEN_MECHANISM,
+  template: secretSealingKeyTemplate,
+  keyType: pkcs11js.CKK_AES,
+  allowed: [pkcs11js.CKA_ENCRYPT, pkcs11js.CKA_DECRYPT],
+  forbidden: [pkcs11js.CKA_WRAP, pkcs11js.CKA_UNWRAP, pkcs11js.CKA_DERIVE, pkcs11js.CKA_SIGN, pkcs11js.CKA_VERIFY],
+  description: 'AES key that can only encrypt and decrypt',
+};
+
 /** What tests may reach behind the port: live views, read at access time. Not for production code. */
 export interface GrapheneHsmTestHooks {
   readonly module: Module;
@@ -155,7 +173,8 @@ export class GrapheneHsm implements Hsm {
   /** The library's generation our handles are from: when it moves on, they mean nothing (or another token's). */
   #generation: number;
   readonly #roots = new Map<string, Handle>();
-  #credentialKey: Handle | undefined;
+  /** Handles of the credential and secret-sealing keys, found at start-up and again after a re-login. */
+  readonly #tokenKeys = new Map<TokenKeyName, Handle>();
   readonly #keys: VersionKeyCache;
   readonly #pool: SessionPool;
   #closed = false;
@@ -350,6 +369,15 @@ export class GrapheneHsm implements Hsm {
   }
 
   async decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer): Promise<Buffer> {
+    return this.#gcmDecrypt(key, iv, ciphertextWithTag, aad);
+  }
+
+  async #gcmDecrypt(
+    key: CmkVersionRef | TokenKeyName,
+    iv: Buffer,
+    ciphertextWithTag: Buffer,
+    aad: Buffer,
+  ): Promise<Buffer> {
     // We never make empty-plaintext ciphertexts, so anything not longer than a tag is not one of ours, and nothing
     // longer than the module takes at once was made here.
     if (
@@ -391,6 +419,25 @@ export class GrapheneHsm implements Hsm {
     });
   }
 
+  async sealSecret(plaintext: Buffer, aad: Buffer): Promise<GcmSealed> {
+    needs(plaintext.length > 0, 'The secret must not be empty.');
+    return this.#run(SECRET_SEALING_KEY, (session, keyHandle) =>
+      gcmEncrypt(this.#lib, session, this.#profile, keyHandle, plaintext, aad),
+    );
+  }
+
+  async openSecret(sealed: GcmSealed, aad: Buffer): Promise<Buffer> {
+    return this.#gcmDecrypt(SECRET_SEALING_KEY, sealed.iv, sealed.ciphertextWithTag, aad);
+  }
+
+  async createTokenKeyVersion(): Promise<KeptKeyVersion> {
+    throw new KmsError('InternalError', 'token-object-v1 is not implemented yet.');
+  }
+
+  async destroyTokenKeyVersion(): Promise<boolean> {
+    throw new KmsError('InternalError', 'token-object-v1 is not implemented yet.');
+  }
+
   forget(keyId: string, version: number): void {
     this.#keys.delete(cacheId(keyId, version));
   }
@@ -427,7 +474,7 @@ export class GrapheneHsm implements Hsm {
       },
       profile: this.#profile,
       rootKeyHandle: (label) => this.#roots.get(label),
-      credentialKeyHandle: () => this.#credentialKey,
+      credentialKeyHandle: () => this.#tokenKeys.get(CREDENTIAL_KEY),
     };
   }
 
@@ -436,7 +483,10 @@ export class GrapheneHsm implements Hsm {
   async #start(retry: { attempts: number; delayMs: number }): Promise<void> {
     this.#anchor = this.#openSession();
     runSelfTest(this.#lib, this.#anchor, this.#profile, this.#config.library);
-    this.#credentialKey = await this.#findOrCreate(CREDENTIAL_KEY_SPEC, retry, this.#config.createTokenKeysIfMissing);
+    if (this.#config.credentialKey === false) return;
+    const create = this.#config.createTokenKeysIfMissing;
+    this.#tokenKeys.set(CREDENTIAL_KEY, await this.#findOrCreate(CREDENTIAL_KEY_SPEC, retry, create));
+    this.#tokenKeys.set(SECRET_SEALING_KEY, await this.#findOrCreate(SECRET_SEALING_KEY_SPEC, retry, create));
   }
 
   /**
@@ -505,7 +555,7 @@ export class GrapheneHsm implements Hsm {
 
   #forgetTokenKeys(): void {
     this.#roots.clear();
-    this.#credentialKey = undefined;
+    this.#tokenKeys.clear();
   }
 
   // ---- sessions -------------------------------------------------------------------------------------------------
@@ -634,7 +684,7 @@ export class GrapheneHsm implements Hsm {
    * Retries once after a session failure (on a new session) or a stale key handle (brought back or looked up again).
    */
   async #run<T>(
-    key: CmkVersionRef | typeof CREDENTIAL_KEY | undefined,
+    key: CmkVersionRef | TokenKeyName | undefined,
     op: (session: Handle, keyHandle: Handle) => T,
   ): Promise<T> {
     this.#assertOpen();
@@ -649,7 +699,7 @@ export class GrapheneHsm implements Hsm {
       let keyHandle: Handle;
       try {
         keyHandle =
-          key === undefined ? NO_KEY : key === CREDENTIAL_KEY ? this.#credentialKeyHandle() : this.#keyHandle(key);
+          key === undefined ? NO_KEY : typeof key === 'string' ? this.#tokenKeyHandle(key) : this.#keyHandle(key);
       } catch (err) {
         this.#pool.release(session);
         throw err;
@@ -666,7 +716,7 @@ export class GrapheneHsm implements Hsm {
           continue;
         }
         if (attempt === 0 && key !== undefined && isKeyHandleFailure(code)) {
-          if (key === CREDENTIAL_KEY) this.#credentialKey = undefined;
+          if (typeof key === 'string') this.#tokenKeys.delete(key);
           else this.#keys.delete(cacheId(key.keyId, key.version));
           continue;
         }
@@ -729,6 +779,8 @@ export class GrapheneHsm implements Hsm {
             newVersionKeyTemplate(key.keyId, key.version, forUse),
           ),
         );
+      case 'token-object-v1':
+        throw new KmsError('InternalError', 'token-object-v1 is not implemented yet.');
     }
   }
 
@@ -776,19 +828,20 @@ export class GrapheneHsm implements Hsm {
   }
 
   /** Looked up once like the root keys; after a re-login the one object with the label is found again. */
-  #credentialKeyHandle(): Handle {
-    if (this.#credentialKey !== undefined) return this.#credentialKey;
-    const label = CREDENTIAL_KEY_LABEL;
-    const found = this.#onAnchor('C_FindObjects', (anchor) => this.#findByLabel(anchor, label));
+  #tokenKeyHandle(name: TokenKeyName): Handle {
+    const cached = this.#tokenKeys.get(name);
+    if (cached !== undefined) return cached;
+    const spec = name === CREDENTIAL_KEY ? CREDENTIAL_KEY_SPEC : SECRET_SEALING_KEY_SPEC;
+    const found = this.#onAnchor('C_FindObjects', (anchor) => this.#findByLabel(anchor, spec.label));
     if (found.length !== 1) {
       throw new KmsError(
         'InternalError',
-        `Credential key "${label}": ${found.length === 0 ? 'no object' : 'more than one object'} with this label ` +
+        `${spec.role} "${spec.label}": ${found.length === 0 ? 'no object' : 'more than one object'} with this label ` +
           `on token "${this.#config.tokenLabel}".`,
       );
     }
-    this.#credentialKey = found[0] as Handle;
-    return this.#credentialKey;
+    this.#tokenKeys.set(name, found[0] as Handle);
+    return found[0] as Handle;
   }
 
   /** Up to two objects with the label: enough to tell none, one and too many apart. */

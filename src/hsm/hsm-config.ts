@@ -27,6 +27,11 @@ export interface HsmConfig {
    * the others wait for it to appear and fail if it does not. Root keys are made by the core (RootKeyService).
    */
   readonly createTokenKeysIfMissing: boolean;
+  /**
+   * Whether the token carries the service's own token keys (credential and secret-sealing keys): true for the
+   * default HSM (the default), false for a tenant's key store token, which holds only the tenant's keys.
+   */
+  readonly credentialKey?: boolean;
   /** How often, and how far apart, start-up looks again for a token or credential key it did not find. */
   readonly startupRetry?: { readonly attempts: number; readonly delayMs: number };
 }

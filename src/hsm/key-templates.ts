@@ -76,6 +76,11 @@ export function asSessionObject(template: pkcs11js.Template): pkcs11js.Template 
   );
 }
 
+/** Generated with CKM_AES_KEY_GEN; seals service secrets (tenants' PINs) with AES-GCM and does nothing else. */
+export function secretSealingKeyTemplate(label: string, rules: TemplateRules): pkcs11js.Template {
+  return tokenKeyTemplate(label, pkcs11js.CKK_AES, AES_256_BYTES, { encrypt: true }, rules);
+}
+
 /** Generated with CKM_GENERIC_SECRET_KEY_GEN; signs with CKM_SHA256_HMAC and nothing else. */
 export function credentialKeyTemplate(label: string, rules: TemplateRules): pkcs11js.Template {
   return tokenKeyTemplate(label, pkcs11js.CKK_GENERIC_SECRET, CREDENTIAL_KEY_BYTES, { sign: true }, rules);

@@ -1,4 +1,5 @@
 import type { CredentialRecord } from '../core/credentials.js';
+import type { ConnectionState, KeyStorePatch, KeyStoreRecord } from '../core/key-stores.js';
 import type {
   AliasRecord,
   KeptKeyVersion,
@@ -219,6 +220,53 @@ export class CachingMetadataStore implements MetadataStore {
 
   listKeysDueForDeletion(now: number, limit: number): Promise<KeyRecord[]> {
     return this.#inner.listKeysDueForDeletion(now, limit);
+  }
+
+  // Key stores are never cached: a store disconnected by one process must be refused by every other at once.
+
+  countKeysInStore(keyStoreId: string): Promise<number> {
+    return this.#inner.countKeysInStore(keyStoreId);
+  }
+
+  insertKeyStore(store: KeyStoreRecord, quota: number): Promise<void> {
+    return this.#inner.insertKeyStore(store, quota);
+  }
+
+  findKeyStore(projectId: string, keyStoreId: string): Promise<KeyStoreRecord | undefined> {
+    return this.#inner.findKeyStore(projectId, keyStoreId);
+  }
+
+  findKeyStoreByName(projectId: string, name: string): Promise<KeyStoreRecord | undefined> {
+    return this.#inner.findKeyStoreByName(projectId, name);
+  }
+
+  listKeyStoresIn(states: readonly ConnectionState[]): Promise<KeyStoreRecord[]> {
+    return this.#inner.listKeyStoresIn(states);
+  }
+
+  listKeyStores(
+    projectId: string,
+    offset: number,
+    limit: number,
+  ): Promise<{ stores: KeyStoreRecord[]; total: number }> {
+    return this.#inner.listKeyStores(projectId, offset, limit);
+  }
+
+  updateKeyStore(
+    projectId: string,
+    keyStoreId: string,
+    expectedStates: readonly ConnectionState[],
+    patch: KeyStorePatch,
+  ): Promise<KeyStoreRecord | undefined> {
+    return this.#inner.updateKeyStore(projectId, keyStoreId, expectedStates, patch);
+  }
+
+  deleteKeyStore(
+    projectId: string,
+    keyStoreId: string,
+    expectedStates: readonly ConnectionState[],
+  ): Promise<'deleted' | 'not-found' | 'has-keys' | 'invalid-state'> {
+    return this.#inner.deleteKeyStore(projectId, keyStoreId, expectedStates);
   }
 
   close(): Promise<void> {

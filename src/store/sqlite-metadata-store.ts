@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import type { CredentialRecord } from '../core/credentials.js';
 import { KmsError } from '../core/errors.js';
+import type { ConnectionState, KeyStorePatch, KeyStoreRecord } from '../core/key-stores.js';
 import {
   type AliasRecord,
   aliasName,
@@ -14,6 +15,7 @@ import {
 } from '../core/keys.js';
 import type { KeyPatch, ListKeysQuery, MetadataStore } from '../core/ports.js';
 import { openSqliteFile } from './sqlite-file.js';
+import { SqliteKeyStores } from './sqlite-key-stores.js';
 
 /**
  * Forward-only schema migrations. Entry i takes the database from `PRAGMA user_version` i to i + 1; never edit an
@@ -103,6 +105,43 @@ const MIGRATIONS: readonly string[] = [
   CREATE UNIQUE INDEX root_keys_one_active_one_creating ON root_keys (state) WHERE state IN ('active', 'creating');
   INSERT INTO root_keys (label, state, created_at) SELECT DISTINCT root_key_label, 'retiring', 0 FROM key_versions;
   `,
+  // Tenants' key stores (issue 10), and token-object versions, which SQLite can only allow by rebuilding the table
+  // its CHECK is on. One connection, one store; a store's PIN is kept only sealed under the default HSM.
+  `
+  CREATE TABLE key_stores (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    connection_id TEXT NOT NULL UNIQUE,
+    key_scheme TEXT NOT NULL CHECK (key_scheme IN ('token-object', 'wrapped')),
+    trust_anchor_certificate TEXT NOT NULL,
+    pin_iv BLOB NOT NULL,
+    pin_sealed BLOB NOT NULL,
+    connection_state TEXT NOT NULL
+      CHECK (connection_state IN ('CONNECTED', 'CONNECTING', 'FAILED', 'DISCONNECTED', 'DISCONNECTING')),
+    connection_error_code TEXT,
+    root_token_id BLOB,
+    created_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE UNIQUE INDEX key_stores_project_name ON key_stores (project_id, name);
+  CREATE INDEX key_stores_project_created ON key_stores (project_id, created_at, id);
+  ALTER TABLE keys ADD COLUMN key_store_id TEXT REFERENCES key_stores (id);
+  CREATE INDEX keys_key_store ON keys (key_store_id) WHERE key_store_id IS NOT NULL;
+  CREATE TABLE key_versions_new (
+    key_id TEXT NOT NULL REFERENCES keys (id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    root_key_label TEXT NOT NULL,
+    key_material BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    scheme TEXT NOT NULL CHECK (scheme IN ('kwp-v1', 'cbc-encrypt-data-v1', 'token-object-v1')),
+    PRIMARY KEY (key_id, version)
+  ) STRICT, WITHOUT ROWID;
+  INSERT INTO key_versions_new (key_id, version, root_key_label, key_material, created_at, scheme)
+    SELECT key_id, version, root_key_label, key_material, created_at, scheme FROM key_versions;
+  DROP TABLE key_versions;
+  ALTER TABLE key_versions_new RENAME TO key_versions;
+  CREATE INDEX key_versions_root_key_label ON key_versions (root_key_label);
+  `,
 ];
 
 /** The entry of MIGRATIONS that brought wrapped key versions and root key records (user_version 5 to 6). */
@@ -110,7 +149,8 @@ const WRAPPED_SCHEME_MIGRATION = 5;
 
 /** Columns aliased to KeyRecord's property names, in its order, so a row is a KeyRecord as it comes back. */
 const KEY_COLUMNS = `id, project_id AS projectId, alias, description, state, key_spec AS keySpec, key_usage AS keyUsage,
-  origin, created_at AS createdAt, deletion_date AS deletionDate, current_version AS currentVersion`;
+  origin, created_at AS createdAt, deletion_date AS deletionDate, current_version AS currentVersion,
+  key_store_id AS keyStoreId`;
 const VERSION_COLUMNS = `key_id AS keyId, version, scheme, root_key_label AS rootKeyLabel, key_material AS keyMaterial,
   created_at AS createdAt`;
 const ROOT_KEY_COLUMNS = 'label, state, token_id AS tokenId, created_at AS createdAt';
@@ -155,6 +195,7 @@ const BUSY_TIMEOUT_MS = 5000;
  */
 export class SqliteMetadataStore implements MetadataStore {
   readonly #db: Database.Database;
+  readonly #keyStores: SqliteKeyStores;
   readonly #countAllKeys: Database.Statement<[string], number>;
   readonly #insertKey: Database.Statement<[KeyRecord & { aliasName: string }]>;
   readonly #insertVersion: Database.Statement<[KeyVersionRecord]>;
@@ -234,13 +275,14 @@ export class SqliteMetadataStore implements MetadataStore {
     // pages are zeroed, instead of lingering in free space; erasePurged() then removes the WAL's older page images.
     db.pragma('secure_delete = ON');
     migrate(db);
+    this.#keyStores = new SqliteKeyStores(db);
 
     this.#countAllKeys = db.prepare<[string], number>('SELECT count(*) FROM keys WHERE project_id = ?').pluck();
     this.#insertKey = db.prepare(`
       INSERT INTO keys (id, project_id, alias, alias_name, description, state, key_spec, key_usage, origin,
-        created_at, deletion_date, current_version)
+        created_at, deletion_date, current_version, key_store_id)
       VALUES (@id, @projectId, @alias, @aliasName, @description, 'PendingCreation', @keySpec, @keyUsage, @origin,
-        @createdAt, @deletionDate, @currentVersion)`);
+        @createdAt, @deletionDate, @currentVersion, @keyStoreId)`);
     this.#insertVersion = db.prepare(`
       INSERT INTO key_versions (key_id, version, scheme, root_key_label, key_material, created_at)
       VALUES (@keyId, @version, @scheme, @rootKeyLabel, @keyMaterial, @createdAt)`);
@@ -383,8 +425,9 @@ export class SqliteMetadataStore implements MetadataStore {
     });
 
     this.#insertPendingKeyTx = db.transaction((key: KeyRecord, version: KeyVersionRecord, quota: number) => {
-      // A rotation that began meanwhile would never see a version wrapped under the root it is retiring.
-      if (this.#isActiveRootKey.get(version.rootKeyLabel) === 0) return false;
+      // A rotation that began meanwhile would never see a version wrapped under the root it is retiring. Keys in a
+      // tenant's store are not under the default HSM's roots.
+      if (key.keyStoreId === null && this.#isActiveRootKey.get(version.rootKeyLabel) === 0) return false;
       // Keys still in PendingCreation count too, or two concurrent creations could both pass the check.
       if ((this.#countAllKeys.get(key.projectId) ?? 0) >= quota) {
         throw new KmsError('KeyQuotaExceeded', 'The number of keys has reached the quota.');
@@ -766,6 +809,61 @@ export class SqliteMetadataStore implements MetadataStore {
       return this.#listKeysDueForDeletion.all(now, limit);
     } catch (error) {
       throw storeError(error);
+    }
+  }
+
+  async countKeysInStore(keyStoreId: string): Promise<number> {
+    return this.#keyStoreCall(() => this.#keyStores.countKeys(keyStoreId));
+  }
+
+  async insertKeyStore(store: KeyStoreRecord, quota: number): Promise<void> {
+    this.#keyStoreCall(() => this.#keyStores.insert(store, quota));
+  }
+
+  async findKeyStore(projectId: string, keyStoreId: string): Promise<KeyStoreRecord | undefined> {
+    return this.#keyStoreCall(() => this.#keyStores.find(projectId, keyStoreId));
+  }
+
+  async findKeyStoreByName(projectId: string, name: string): Promise<KeyStoreRecord | undefined> {
+    return this.#keyStoreCall(() => this.#keyStores.findByName(projectId, name));
+  }
+
+  async listKeyStoresIn(states: readonly ConnectionState[]): Promise<KeyStoreRecord[]> {
+    return this.#keyStoreCall(() => this.#keyStores.listIn(states));
+  }
+
+  async listKeyStores(
+    projectId: string,
+    offset: number,
+    limit: number,
+  ): Promise<{ stores: KeyStoreRecord[]; total: number }> {
+    return this.#keyStoreCall(() => this.#keyStores.list(projectId, offset, limit));
+  }
+
+  async updateKeyStore(
+    projectId: string,
+    keyStoreId: string,
+    expectedStates: readonly ConnectionState[],
+    patch: KeyStorePatch,
+  ): Promise<KeyStoreRecord | undefined> {
+    return this.#keyStoreCall(() => this.#keyStores.update(projectId, keyStoreId, expectedStates, patch));
+  }
+
+  async deleteKeyStore(
+    projectId: string,
+    keyStoreId: string,
+    expectedStates: readonly ConnectionState[],
+  ): Promise<'deleted' | 'not-found' | 'has-keys' | 'invalid-state'> {
+    return this.#keyStoreCall(() => this.#keyStores.delete(projectId, keyStoreId, expectedStates));
+  }
+
+  /** Key store calls raise their own KmsErrors; anything else the driver throws is the store failing. */
+  #keyStoreCall<T>(call: () => T): T {
+    try {
+      return call();
+    } catch (error) {
+      if (error instanceof KmsError) throw error;
+      throw new KmsError('InternalError', 'The metadata store failed.', { cause: error });
     }
   }
 

@@ -10,7 +10,7 @@ import { DataKeyService } from '../../src/core/data-key.service.js';
 import { KmsError } from '../../src/core/errors.js';
 import { KeyService } from '../../src/core/key.service.js';
 import { PasswordService } from '../../src/core/password.service.js';
-import type { CmkVersionRef, Hsm } from '../../src/core/ports.js';
+import type { CmkVersionRef, GcmSealed, Hsm } from '../../src/core/ports.js';
 import { RandomService } from '../../src/core/random.service.js';
 import { createLogger } from '../../src/logger.js';
 import { createKey, huaweiErrorBody, startTestService, type TestService } from '../support/test-service.js';
@@ -69,6 +69,22 @@ class FaultInjectingHsm implements Hsm {
   async decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer) {
     this.check();
     return this.real.decrypt(key, iv, ciphertextWithTag, aad);
+  }
+  async createTokenKeyVersion(keyId: string, version: number, label: string, objectId: Buffer) {
+    this.check();
+    return this.real.createTokenKeyVersion(keyId, version, label, objectId);
+  }
+  async destroyTokenKeyVersion(objectId: Buffer) {
+    this.check();
+    return this.real.destroyTokenKeyVersion(objectId);
+  }
+  async sealSecret(plaintext: Buffer, aad: Buffer) {
+    this.check();
+    return this.real.sealSecret(plaintext, aad);
+  }
+  async openSecret(sealed: GcmSealed, aad: Buffer) {
+    this.check();
+    return this.real.openSecret(sealed, aad);
   }
   async credentialSecret(accessKeyId: string) {
     this.check();
@@ -144,7 +160,8 @@ describe('failures inside the service', () => {
       random,
       passwords: new PasswordService((n) => random.generate(n)),
       keys,
-      dataKeys: new DataKeyService(faulty, store, keys),
+      keyStores: kms.running.services.keyStores,
+      dataKeys: new DataKeyService(store, keys),
       region: 'local-1',
       cmkQuota: 100,
     };

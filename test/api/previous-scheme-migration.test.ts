@@ -22,6 +22,10 @@ const KMS = fileURLToPath(new URL('../../scripts/kms', import.meta.url));
 const LEGACY_ROOT = 'hsm-kms-root-1';
 const FIRST_WRAPPING_ROOT = 'hsm-kms-wrap-1';
 const CREDENTIAL_KEY = 'hsm-kms-credentials-1';
+/** Made by the first service or `kms` run of this release (it seals tenants' key store PINs). */
+const SECRETS_KEY = 'hsm-kms-secrets-1';
+/** The schema this release migrates to. */
+const CURRENT_SCHEMA = 7;
 /** `scripts/kms` builds dist/ first when it is stale, which takes a while on a busy machine. */
 const ROTATION_TEST_TIMEOUT_MS = 180_000;
 
@@ -296,10 +300,10 @@ async function expectUnusableKeysRefuse(): Promise<void> {
 }
 
 describe('a data directory made by the previous release (derived key versions), under the current service', () => {
-  it('when the current service starts on it, then kms.db goes from user_version 5 to 6 and the derived versions stay as they were, under the retiring legacy root', async () => {
+  it('when the current service starts on it, then kms.db goes from user_version 5 to the current schema and the derived versions stay as they were, under the retiring legacy root', async () => {
     expect(readDb((db) => db.pragma('user_version', { simple: true }))).toBe(5);
     service = await spawnService(data.env);
-    expect(readDb((db) => db.pragma('user_version', { simple: true }))).toBe(6);
+    expect(readDb((db) => db.pragma('user_version', { simple: true }))).toBe(CURRENT_SCHEMA);
     const versions = keyVersions();
     expect(versions).toHaveLength(Object.keys(expected.keys).length);
     for (const version of versions) {
@@ -309,7 +313,7 @@ describe('a data directory made by the previous release (derived key versions), 
       { label: LEGACY_ROOT, state: 'retiring' },
       { label: FIRST_WRAPPING_ROOT, state: 'active' },
     ]);
-    expect(tokenObjectLabels()).toEqual([CREDENTIAL_KEY, LEGACY_ROOT, FIRST_WRAPPING_ROOT]);
+    expect(tokenObjectLabels()).toEqual([CREDENTIAL_KEY, LEGACY_ROOT, SECRETS_KEY, FIRST_WRAPPING_ROOT]);
   });
 
   it('then every ciphertext of a usable key decrypts to its plaintext, and key states, aliases and lists are as before', async () => {
@@ -355,7 +359,7 @@ describe('a data directory made by the previous release (derived key versions), 
       expect(versions).toHaveLength(legacy + NEW_KEYS);
       for (const version of versions) expect([version.scheme, version.root_key_label]).toEqual(['kwp-v1', newRoot]);
       expect(rootKeys()).toEqual([{ label: newRoot, state: 'active' }]);
-      expect(tokenObjectLabels()).toEqual([CREDENTIAL_KEY, newRoot]);
+      expect(tokenObjectLabels()).toEqual([CREDENTIAL_KEY, SECRETS_KEY, newRoot]);
 
       // The service still holds the legacy records of some versions; the evicted ones must be read again.
       const { got, want } = await openCiphertexts(usable);
@@ -405,12 +409,12 @@ describe('a data directory made by the previous release, migrated before the cur
       expect(run.stdout.trim()).toBe(FIRST_WRAPPING_ROOT);
       const legacy = Object.keys(expected.keys).length;
       expect(run.stderr).toContain(`kms: ${legacy} key versions rewrapped; destroyed ["${LEGACY_ROOT}"]`);
-      expect(readDb((db) => db.pragma('user_version', { simple: true }), copy)).toBe(6);
+      expect(readDb((db) => db.pragma('user_version', { simple: true }), copy)).toBe(CURRENT_SCHEMA);
       for (const version of keyVersions(copy)) {
         expect([version.scheme, version.root_key_label]).toEqual(['kwp-v1', FIRST_WRAPPING_ROOT]);
       }
       expect(rootKeys(copy)).toEqual([{ label: FIRST_WRAPPING_ROOT, state: 'active' }]);
-      expect(tokenObjectLabels(copy)).toEqual([CREDENTIAL_KEY, FIRST_WRAPPING_ROOT]);
+      expect(tokenObjectLabels(copy)).toEqual([CREDENTIAL_KEY, SECRETS_KEY, FIRST_WRAPPING_ROOT]);
 
       const started = await spawnService(copy.env);
       try {
@@ -445,7 +449,7 @@ describe('a data directory made by the previous release whose keys were all purg
       expect(run.stdout.trim()).toBe(FIRST_WRAPPING_ROOT);
       expect(run.stderr).toContain(`kms: 0 key versions rewrapped; destroyed ["${LEGACY_ROOT}"]`);
       expect(rootKeys(copy)).toEqual([{ label: FIRST_WRAPPING_ROOT, state: 'active' }]);
-      expect(tokenObjectLabels(copy)).toEqual([CREDENTIAL_KEY, FIRST_WRAPPING_ROOT]);
+      expect(tokenObjectLabels(copy)).toEqual([CREDENTIAL_KEY, SECRETS_KEY, FIRST_WRAPPING_ROOT]);
     },
     ROTATION_TEST_TIMEOUT_MS,
   );

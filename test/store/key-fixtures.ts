@@ -23,6 +23,7 @@ export function pendingKey(overrides: Partial<KeyRecord> = {}): KeyRecord {
     createdAt: clock,
     deletionDate: null,
     currentVersion: 1,
+    keyStoreId: null,
     ...overrides,
   };
 }

@@ -132,6 +132,31 @@ export const ALIBABA_ERROR_TABLE = {
     status: 403,
     message: 'This operation is forbidden by permission system.',
   },
+  KeyStoreNotFound: {
+    code: 'Forbidden.ResourceNotFound',
+    status: 404,
+    message: 'The specified KMS instance is not found.',
+  },
+  KeyStoreNameInUse: { code: 'Rejected.ResourceExist', status: 409, message: 'The KMS instance name is in use.' },
+  KeyStoreInvalidState: {
+    code: 'Rejected.InvalidStatus',
+    status: 400,
+    message: 'The KMS instance is not in a state that allows this operation.',
+  },
+  KeyStoreHasKeys: { code: 'Rejected.InvalidStatus', status: 400, message: 'The KMS instance still holds keys.' },
+  KeyStoreLimitExceeded: { code: 'Rejected.LimitExceeded', status: 400, message: 'Too many KMS instances.' },
+  KeyStoreNotConnected: {
+    code: 'Rejected.InvalidStatus',
+    status: 400,
+    message: 'The KMS instance of the key is not connected.',
+  },
+  ConnectionNotFound: { code: 'InvalidParameter', status: 400, message: 'The specified HSM cluster is not offered.' },
+  ConnectionInUse: { code: 'Rejected.ResourceExist', status: 409, message: 'The HSM cluster is in use.' },
+  ConnectionNotRelated: {
+    code: 'InvalidParameter',
+    status: 400,
+    message: 'The HSM cluster does not hold the keys of the instance.',
+  },
   HsmUnavailable: { code: 'ServiceUnavailableTemporary', status: 503, message: 'Service Unavailable Temporary.' },
   InternalError: { code: 'InternalFailure', status: 500, message: 'Internal Failure' },
 } as const satisfies Record<KmsErrorCode, Mapping>;

@@ -1,5 +1,6 @@
 import type { DataKeyService } from '../../core/data-key.service.js';
 import type { KeyService } from '../../core/key.service.js';
+import type { KeyStoreService } from '../../core/key-store.service.js';
 import type { PasswordService } from '../../core/password.service.js';
 import type { RandomService } from '../../core/random.service.js';
 
@@ -8,6 +9,7 @@ export interface Services {
   readonly random: RandomService;
   readonly passwords: PasswordService;
   readonly keys: KeyService;
+  readonly keyStores: KeyStoreService;
   readonly dataKeys: DataKeyService;
   readonly region: string;
   readonly cmkQuota: number;
