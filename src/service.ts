@@ -10,7 +10,7 @@ import { DataKeyService } from './core/data-key.service.js';
 import { KeyService } from './core/key.service.js';
 import { KeyStoreService } from './core/key-store.service.js';
 import { PasswordService } from './core/password.service.js';
-import type { Clock } from './core/ports.js';
+import type { Clock, Hsm } from './core/ports.js';
 import { RandomService } from './core/random.service.js';
 import { RootKeyService } from './core/root-key.service.js';
 import { GrapheneHsm } from './hsm/graphene-hsm.js';
@@ -54,6 +54,8 @@ export interface StartOptions {
   readonly clock?: Clock;
   /** Called after this process writes metadata: main.ts tells the other cluster processes to invalidate. */
   readonly onMetadataWrite?: () => void;
+  /** Wraps each key store's HSM adapter as it is opened: tests count its calls or inject faults there. */
+  readonly wrapKeyStoreHsm?: (connectionId: string, hsm: Hsm) => Hsm;
 }
 
 const systemClock: Clock = { now: () => Date.now() };
@@ -82,7 +84,7 @@ export async function startService(
   const keyStores = new KeyStoreService(
     hsm,
     store,
-    new GrapheneKeyStoreConnector(config.keyStoreConnections, config.hsm.keyCacheSize),
+    new GrapheneKeyStoreConnector(config.keyStoreConnections, config.hsm.keyCacheSize, options.wrapKeyStoreHsm),
     clock,
   );
   const keys = new KeyService(hsm, store, clock, config.cmkQuota, {

@@ -26,9 +26,11 @@ export class GrapheneKeyStoreConnector implements KeyStoreConnector {
   readonly offers: readonly ConnectionOffer[];
   readonly #connections: ReadonlyMap<string, HsmConnection>;
 
+  /** `wrap`: what tests put around each store's adapter (to count calls or inject faults); none in production. */
   constructor(
     connections: readonly HsmConnection[],
     private readonly keyCacheSize: number,
+    private readonly wrap: (connectionId: string, hsm: Hsm) => Hsm = (_, hsm) => hsm,
   ) {
     this.#connections = new Map(connections.map((c) => [c.id, c]));
     this.offers = connections.map(({ id, projects, keyScheme }) => ({ id, projects, keyScheme }));
@@ -37,8 +39,9 @@ export class GrapheneKeyStoreConnector implements KeyStoreConnector {
   async connect(connectionId: string, pin: Buffer): Promise<Hsm> {
     const connection = this.#connections.get(connectionId);
     if (!connection) throw new KmsError('ConnectionNotFound', `No HSM connection with id ${connectionId} is offered.`);
+    let hsm: GrapheneHsm;
     try {
-      return await GrapheneHsm.open({
+      hsm = await GrapheneHsm.open({
         library: connection.library,
         tokenLabel: connection.tokenLabel,
         initParams: connection.initParams,
@@ -55,5 +58,6 @@ export class GrapheneKeyStoreConnector implements KeyStoreConnector {
       const code = connectionErrorCodeOf(err);
       throw new ConnectionFailure(code, `Connection ${connectionId} failed: ${code}.`, { cause: err });
     }
+    return this.wrap(connectionId, hsm);
   }
 }

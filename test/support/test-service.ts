@@ -4,8 +4,8 @@ import path from 'node:path';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../../src/auth/local-issuer.js';
 import { loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
-import { type RunningService, startService } from '../../src/service.js';
-import { createTestToken, removeTestToken, type TokenProvider } from './softhsm.js';
+import { type RunningService, type StartOptions, startService } from '../../src/service.js';
+import { type AnyTestToken, createTestToken, removeTestToken, type TokenProvider } from './softhsm.js';
 
 export interface HuaweiResponse {
   readonly status: number;
@@ -53,6 +53,13 @@ export interface TestServiceOptions {
    * process must use a token the library already knows.
    */
   readonly besides?: TestService;
+  /**
+   * Called with the fresh default token before the service starts; returns more environment. Tests of key stores
+   * add tenants' tokens here (in the same SoftHSM token directory, before the library lists its tokens).
+   */
+  readonly prepare?: (token: AnyTestToken) => Record<string, string>;
+  /** Passed to startService: wraps each key store's HSM adapter as it is opened. */
+  readonly wrapKeyStoreHsm?: StartOptions['wrapKeyStoreHsm'];
 }
 
 /**
@@ -75,6 +82,7 @@ export async function startTestService(
     KMS_HOST: '127.0.0.1',
     KMS_LOG_LEVEL: 'error',
     ...token.serviceEnv,
+    ...options.prepare?.(token),
     ...extraEnv,
   };
   return boot(env, options, () => removeTestToken(token.dir));
@@ -92,7 +100,12 @@ async function boot(
     if (options.onLog) options.onLog(line);
     else process.stderr.write(line);
   });
-  const running = await startService(config, logger, 'single');
+  const running = await startService(
+    config,
+    logger,
+    'single',
+    options.wrapKeyStoreHsm ? { wrapKeyStoreHsm: options.wrapKeyStoreHsm } : {},
+  );
   const url = running.url as string;
   const issuer = loadOrCreateIssuerKeys(config.dataDir);
   const tokens = new Map<string, string>();
