@@ -27,7 +27,15 @@ export interface HsmConfig {
    * the others wait for it to appear and fail if it does not. Root keys are made by the core (RootKeyService).
    */
   readonly createTokenKeysIfMissing: boolean;
-  /** How often, and how far apart, start-up looks again for a token or credential key it did not find. */
+  /**
+   * Whether this token holds the credential key (default true). False for a tenant's key store: open() neither looks
+   * for nor creates it, and credentialSecret() is refused.
+   */
+  readonly credentialKey?: boolean | undefined;
+  /**
+   * How often, and how far apart, start-up looks again for a token or credential key it did not find.
+   * `{ attempts: 1, delayMs: 0 }`: fail at once (connecting a tenant's key store, where the caller reports it).
+   */
   readonly startupRetry?: { readonly attempts: number; readonly delayMs: number };
 }
 
