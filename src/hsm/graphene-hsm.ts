@@ -56,6 +56,15 @@ const SESSION_FLAGS = pkcs11js.CKF_RW_SESSION | pkcs11js.CKF_SERIAL_SESSION;
 const MAX_RANDOM_BYTES = 1024 * 1024;
 /** More objects with one CKA_ID than destroyTokenKeyVersion looks at in one go (there should be one). */
 const MAX_OBJECTS_PER_ID = 64;
+/** The boolean attributes a token-object-v1 version's key must have true, and those it must have false. */
+const TOKEN_VERSION_KEY_IS = [pkcs11js.CKA_TOKEN, pkcs11js.CKA_SENSITIVE, pkcs11js.CKA_ENCRYPT, pkcs11js.CKA_DECRYPT];
+const TOKEN_VERSION_KEY_IS_NOT = [
+  pkcs11js.CKA_EXTRACTABLE,
+  pkcs11js.CKA_WRAP,
+  pkcs11js.CKA_UNWRAP,
+  pkcs11js.CKA_DERIVE,
+  pkcs11js.CKA_SIGN,
+];
 const NO_KEY: Handle = Buffer.alloc(0);
 /** What #run uses in place of a CMK version to run an operation with the credential key. */
 const CREDENTIAL_KEY = 'credential-key';
@@ -392,21 +401,10 @@ export class GrapheneHsm implements Hsm {
     // The class first: asking an object of another class (a certificate, say) for key attributes is an error.
     const [klass] = read([pkcs11js.CKA_CLASS]);
     if (klass?.readUInt32LE(0) !== pkcs11js.CKO_SECRET_KEY) return false;
-    const [keyType, ...flags] = read([
-      pkcs11js.CKA_KEY_TYPE,
-      pkcs11js.CKA_TOKEN,
-      pkcs11js.CKA_SENSITIVE,
-      pkcs11js.CKA_ENCRYPT,
-      pkcs11js.CKA_DECRYPT,
-      pkcs11js.CKA_EXTRACTABLE,
-      pkcs11js.CKA_WRAP,
-      pkcs11js.CKA_UNWRAP,
-      pkcs11js.CKA_DERIVE,
-      pkcs11js.CKA_SIGN,
-    ]);
-    const mustBeTrue = 4;
+    const [keyType, ...flags] = read([pkcs11js.CKA_KEY_TYPE, ...TOKEN_VERSION_KEY_IS, ...TOKEN_VERSION_KEY_IS_NOT]);
     return (
-      keyType?.readUInt32LE(0) === pkcs11js.CKK_AES && flags.every((flag, i) => flag?.[0] === (i < mustBeTrue ? 1 : 0))
+      keyType?.readUInt32LE(0) === pkcs11js.CKK_AES &&
+      flags.every((flag, i) => flag?.[0] === (i < TOKEN_VERSION_KEY_IS.length ? 1 : 0))
     );
   }
 
