@@ -1,4 +1,7 @@
+import type { ConnectionErrorCode } from './connection-error-code.js';
 import type { GcmSealed } from './ports.js';
+
+export type { ConnectionErrorCode } from './connection-error-code.js';
 
 /**
  * Custom key stores: a tenant's own PKCS#11 token, on one of the connections the operator offers. AWS calls it a
@@ -8,15 +11,6 @@ import type { GcmSealed } from './ports.js';
 
 /** AWS's ConnectionState: CONNECTING and DISCONNECTING while the service opens or closes the token. */
 export type ConnectionState = 'CONNECTED' | 'CONNECTING' | 'FAILED' | 'DISCONNECTED' | 'DISCONNECTING';
-
-/** Why a connection failed, in AWS's ConnectionErrorCode names (the ones a PKCS#11 token can give). */
-export type ConnectionErrorCode =
-  | 'INVALID_CREDENTIALS'
-  | 'CLUSTER_NOT_FOUND'
-  | 'NETWORK_ERRORS'
-  | 'INTERNAL_ERROR'
-  | 'USER_LOCKED_OUT'
-  | 'USER_LOGGED_IN';
 
 /**
  * How CMK versions of a store's keys are kept; the operator chooses it per connection.

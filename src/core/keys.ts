@@ -36,6 +36,9 @@ export interface KeyRecord {
  * - `kwp-v1`: the version's AES-256 key, generated in the HSM and wrapped there under the root key (RFC 5649).
  * - `cbc-encrypt-data-v1`: legacy; 32 bytes of derivation data from which the HSM derives the key under a
  *   derive-only root key (C_DeriveKey, CKM_AES_CBC_ENCRYPT_DATA). Moved to kwp-v1 by a root rotation.
+ * - `token-object-v1`: the version's AES-256 key is a persistent object on a tenant's token (custom key store), as
+ *   AWS keeps the keys of CloudHSM key stores. keyMaterial holds the object's CKA_ID (16 random bytes the caller
+ *   chose), rootKeyLabel is '' (no root). Never rewrapped: destroying the object, not deleting keyMaterial, shreds it.
  */
 export type KeyScheme = 'kwp-v1' | 'cbc-encrypt-data-v1' | 'token-object-v1';
 

@@ -42,6 +42,14 @@ export interface Hsm {
    * and kept ready for use. Returns how it is kept; its plaintext never leaves the HSM.
    */
   createKeyVersion(keyId: string, version: number, rootKeyLabel: string): Promise<KeptKeyVersion>;
+  /**
+   * A new CMK version kept as a persistent token object (scheme token-object-v1): an AES-256 key generated in the
+   * HSM, sensitive, never extractable, able only to encrypt and decrypt, labelled `label`, with CKA_ID `objectId`.
+   */
+  createTokenKeyVersion(keyId: string, version: number, label: string, objectId: Buffer): Promise<KeptKeyVersion>;
+  /** Destroys the token object(s) of a token-object-v1 version by CKA_ID; false if there was none. Only AES keys
+   *  that encrypt and cannot wrap are ever destroyed here. */
+  destroyTokenKeyVersion(objectId: Buffer): Promise<boolean>;
   /** The version's key, kept again under the root key `rootKeyLabel` (root rotation; migration of legacy schemes). */
   rewrapKeyVersion(key: CmkVersionRef, rootKeyLabel: string): Promise<KeptKeyVersion>;
   /** AES-256-GCM in the HSM under the CMK version, with an IV the HSM layer chooses (never the caller). */

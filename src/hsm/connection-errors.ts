@@ -1,6 +1,55 @@
-import type { ConnectionErrorCode } from '../core/key-stores.js';
+import pkcs11js from 'pkcs11js';
+import type { ConnectionErrorCode } from '../core/connection-error-code.js';
+import { KmsError } from '../core/errors.js';
+import { ckrOf } from './pkcs11-errors.js';
 
-/** Placeholder until the HSM layer classifies open() failures. */
-export function connectionErrorCodeOf(_err: unknown): ConnectionErrorCode {
+export type { ConnectionErrorCode } from '../core/connection-error-code.js';
+
+/**
+ * The cause GrapheneHsm.open attaches to a failure that no CKR_* code describes (the module is called, or the token
+ * looked for, before any PKCS#11 call can fail), so that connectionErrorCodeOf can still tell what went wrong.
+ */
+export class TokenNotReached extends Error {
+  override readonly name = 'TokenNotReached';
+  readonly reason: 'no-such-token' | 'library-not-loaded';
+
+  constructor(reason: TokenNotReached['reason'], options?: { cause?: unknown }) {
+    super(reason === 'no-such-token' ? 'No token has the label.' : 'The PKCS#11 library did not load.', options);
+    this.reason = reason;
+  }
+}
+
+/** CKR_* codes of a failed open, by the ConnectionErrorCode AWS reports for a CloudHSM key store that fails so. */
+const BY_CKR: ReadonlyMap<number, ConnectionErrorCode> = new Map([
+  [pkcs11js.CKR_PIN_INCORRECT, 'INVALID_CREDENTIALS'],
+  [pkcs11js.CKR_PIN_INVALID, 'INVALID_CREDENTIALS'],
+  [pkcs11js.CKR_PIN_LEN_RANGE, 'INVALID_CREDENTIALS'],
+  [pkcs11js.CKR_PIN_LOCKED, 'USER_LOCKED_OUT'],
+  [pkcs11js.CKR_USER_ALREADY_LOGGED_IN, 'USER_LOGGED_IN'],
+  [pkcs11js.CKR_USER_ANOTHER_ALREADY_LOGGED_IN, 'USER_LOGGED_IN'],
+  [pkcs11js.CKR_DEVICE_ERROR, 'NETWORK_ERRORS'],
+  [pkcs11js.CKR_DEVICE_MEMORY, 'NETWORK_ERRORS'],
+  [pkcs11js.CKR_DEVICE_REMOVED, 'NETWORK_ERRORS'],
+  [pkcs11js.CKR_TOKEN_NOT_PRESENT, 'NETWORK_ERRORS'],
+]);
+
+/** Causes are followed this deep at most: a chain is a few links long, and a cycle must not hang the caller. */
+const MAX_CAUSES = 8;
+
+/**
+ * Why GrapheneHsm.open failed, as the ConnectionErrorCode of a custom key store: the first TokenNotReached or CKR_*
+ * code found along the error's causes decides; a failed self-test, a missing key and anything else is INTERNAL_ERROR.
+ */
+export function connectionErrorCodeOf(err: unknown): ConnectionErrorCode {
+  let cause: unknown = err;
+  for (let depth = 0; depth < MAX_CAUSES && cause !== undefined && cause !== null; depth++) {
+    if (cause instanceof TokenNotReached) {
+      return cause.reason === 'no-such-token' ? 'CLUSTER_NOT_FOUND' : 'NETWORK_ERRORS';
+    }
+    // A KmsError's own code is a string; ckrOf would read its cause, which the next step looks at anyway.
+    const code = cause instanceof KmsError ? undefined : ckrOf(cause);
+    if (code !== undefined) return BY_CKR.get(code) ?? 'INTERNAL_ERROR';
+    cause = cause instanceof Error ? cause.cause : undefined;
+  }
   return 'INTERNAL_ERROR';
 }

@@ -5,6 +5,7 @@ import pkcs11js from 'pkcs11js';
 import { KmsError, needs } from '../core/errors.js';
 import type { KeptKeyVersion } from '../core/keys.js';
 import type { CmkVersionRef, GcmSealed, Hsm } from '../core/ports.js';
+import { TokenNotReached } from './connection-errors.js';
 import { checkGcmPlaintextLength, gcmEncrypt } from './gcm.js';
 import { DEFAULT_STARTUP_RETRY, type HsmConfig } from './hsm-config.js';
 import { chooseProfile, type HsmProfile } from './hsm-profiles.js';
@@ -24,6 +25,8 @@ import {
   rootWrappingKeyTemplate,
   secretSealingKeyTemplate,
   type TemplateRules,
+  TOKEN_OBJECT_ID_BYTES,
+  tokenVersionKeyTemplate,
   versionKeyTemplate,
   WRAPPED_AES_256_BYTES,
 } from './key-templates.js';
@@ -55,6 +58,17 @@ export const SECRET_SEALING_KEY_LABEL = 'hsm-kms-secrets-1';
 const CKS_RW_USER_FUNCTIONS = 3;
 const SESSION_FLAGS = pkcs11js.CKF_RW_SESSION | pkcs11js.CKF_SERIAL_SESSION;
 const MAX_RANDOM_BYTES = 1024 * 1024;
+/** More objects with one CKA_ID than destroyTokenKeyVersion looks at in one go (there should be one). */
+const MAX_OBJECTS_PER_ID = 64;
+/** The boolean attributes a token-object-v1 version's key must have true, and those it must have false. */
+const TOKEN_VERSION_KEY_IS = [pkcs11js.CKA_TOKEN, pkcs11js.CKA_SENSITIVE, pkcs11js.CKA_ENCRYPT, pkcs11js.CKA_DECRYPT];
+const TOKEN_VERSION_KEY_IS_NOT = [
+  pkcs11js.CKA_EXTRACTABLE,
+  pkcs11js.CKA_WRAP,
+  pkcs11js.CKA_UNWRAP,
+  pkcs11js.CKA_DERIVE,
+  pkcs11js.CKA_SIGN,
+];
 const NO_KEY: Handle = Buffer.alloc(0);
 /** What #run takes in place of a CMK version to run an operation with one of the token keys. */
 const CREDENTIAL_KEY = 'credential-key';
@@ -157,7 +171,10 @@ export interface GrapheneHsmTestHooks {
  *   async variants for small data on SoftHSM).
  * - A CMK version is never a token object: its key is kept wrapped under a root key (scheme kwp-v1), unwrapped on
  *   first use into a non-extractable session object, and its handle cached within the profile's session-key budget.
- * - The secret of an access key is never stored: it is an HMAC under the credential key, a token object.
+ * - On a tenant's key store (a token of its own), a CMK version may instead be a token object (scheme
+ *   token-object-v1), found by its CKA_ID; its handle is cached like the others, but never destroyed with the cache.
+ * - The secret of an access key is never stored: it is an HMAC under the credential key, a token object (absent on
+ *   a key store, opened with `credentialKey: false`).
  * - What differs between modules comes from the profile (src/hsm/hsm-profiles.ts), checked by a self-test at open.
  * - One instance per token: login is per process and token. Instances on tokens of one library share it
  *   (src/hsm/pkcs11-library.ts): it is initialised once, finalized when the last instance closes, and re-initialised
@@ -336,6 +353,80 @@ export class GrapheneHsm implements Hsm {
     return kept;
   }
 
+  async createTokenKeyVersion(
+    keyId: string,
+    version: number,
+    label: string,
+    objectId: Buffer,
+  ): Promise<KeptKeyVersion> {
+    this.#assertOpen();
+    needs(objectId.length === TOKEN_OBJECT_ID_BYTES, `The object id must be ${TOKEN_OBJECT_ID_BYTES} bytes.`);
+    const handle = this.#onAnchor('C_GenerateKey', (anchor) => {
+      // Never a second object with the CKA_ID: the version would be ambiguous and unusable, and NSS softokn would
+      // even replace the existing secret key with the new one in place (it keeps one per CKA_ID).
+      if (this.#find(anchor, [{ type: pkcs11js.CKA_ID, value: objectId }], 1).length > 0) {
+        throw new KmsError(
+          'InternalError',
+          `Refusing to create key ${keyId} version ${version}: an object with CKA_ID ${objectId.toString('hex')} is ` +
+            `already on token "${this.#config.tokenLabel}".`,
+        );
+      }
+      return this.#lib.C_GenerateKey(
+        anchor,
+        AES_KEY_GEN_MECHANISM,
+        tokenVersionKeyTemplate(label, objectId, this.#profile),
+      );
+    });
+    this.#keys.set(cacheId(keyId, version), handle, 'token-object');
+    return { scheme: 'token-object-v1', rootKeyLabel: '', keyMaterial: Buffer.from(objectId) };
+  }
+
+  async destroyTokenKeyVersion(objectId: Buffer): Promise<boolean> {
+    this.#assertOpen();
+    needs(objectId.length === TOKEN_OBJECT_ID_BYTES, `The object id must be ${TOKEN_OBJECT_ID_BYTES} bytes.`);
+    // Every object carrying the CKA_ID, whatever its kind: a wrong id must never cost a root key or a tenant's own.
+    const found = this.#onAnchor('C_FindObjects', (anchor) =>
+      this.#find(anchor, [{ type: pkcs11js.CKA_ID, value: objectId }], MAX_OBJECTS_PER_ID),
+    );
+    for (const handle of found) {
+      if (!this.#isTokenVersionKey(handle)) {
+        throw new KmsError(
+          'InternalError',
+          `Refusing to destroy the objects with CKA_ID ${objectId.toString('hex')} on token ` +
+            `"${this.#config.tokenLabel}": one is not a key version kept as a token object.`,
+        );
+      }
+    }
+    for (const handle of found) {
+      this.#keys.forgetHandle(handle);
+      this.#onAnchor('C_DestroyObject', (anchor) => this.#lib.C_DestroyObject(anchor, handle));
+    }
+    return found.length > 0;
+  }
+
+  /**
+   * What a token-object-v1 version must be, and the only kind of object destroyTokenKeyVersion destroys: a token
+   * AES key, sensitive and never extractable, that encrypts and decrypts and can do nothing else.
+   */
+  #isTokenVersionKey(handle: Handle): boolean {
+    const read = (types: readonly number[]) =>
+      this.#onAnchor('C_GetAttributeValue', (anchor) =>
+        this.#lib.C_GetAttributeValue(
+          anchor,
+          handle,
+          types.map((type) => ({ type })),
+        ),
+      ).map((attribute) => attribute.value as Buffer | undefined);
+    // The class first: asking an object of another class (a certificate, say) for key attributes is an error.
+    const [klass] = read([pkcs11js.CKA_CLASS]);
+    if (klass?.readUInt32LE(0) !== pkcs11js.CKO_SECRET_KEY) return false;
+    const [keyType, ...flags] = read([pkcs11js.CKA_KEY_TYPE, ...TOKEN_VERSION_KEY_IS, ...TOKEN_VERSION_KEY_IS_NOT]);
+    return (
+      keyType?.readUInt32LE(0) === pkcs11js.CKK_AES &&
+      flags.every((flag, i) => flag?.[0] === (i < TOKEN_VERSION_KEY_IS.length ? 1 : 0))
+    );
+  }
+
   async rewrapKeyVersion(key: CmkVersionRef, rootKeyLabel: string): Promise<KeptKeyVersion> {
     this.#assertOpen();
     // The version's key, extractable for the one wrap below; destroyed right after it.
@@ -406,6 +497,12 @@ export class GrapheneHsm implements Hsm {
   }
 
   async credentialSecret(accessKeyId: string): Promise<Buffer> {
+    if (this.#config.credentialKey === false) {
+      throw new KmsError(
+        'InternalError',
+        `Token "${this.#config.tokenLabel}" was opened without a credential key: it issues no access key secrets.`,
+      );
+    }
     const data = credentialMacInput(accessKeyId);
     return this.#run(CREDENTIAL_KEY, (session, keyHandle) => {
       let fn = 'C_SignInit';
@@ -428,14 +525,6 @@ export class GrapheneHsm implements Hsm {
 
   async openSecret(sealed: GcmSealed, aad: Buffer): Promise<Buffer> {
     return this.#gcmDecrypt(SECRET_SEALING_KEY, sealed.iv, sealed.ciphertextWithTag, aad);
-  }
-
-  async createTokenKeyVersion(): Promise<KeptKeyVersion> {
-    throw new KmsError('InternalError', 'token-object-v1 is not implemented yet.');
-  }
-
-  async destroyTokenKeyVersion(): Promise<boolean> {
-    throw new KmsError('InternalError', 'token-object-v1 is not implemented yet.');
   }
 
   forget(keyId: string, version: number): void {
@@ -483,6 +572,7 @@ export class GrapheneHsm implements Hsm {
   async #start(retry: { attempts: number; delayMs: number }): Promise<void> {
     this.#anchor = this.#openSession();
     runSelfTest(this.#lib, this.#anchor, this.#profile, this.#config.library);
+    // A tenant's key store holds only its CMK versions (and roots): the service's own keys are not its business.
     if (this.#config.credentialKey === false) return;
     const create = this.#config.createTokenKeysIfMissing;
     this.#tokenKeys.set(CREDENTIAL_KEY, await this.#findOrCreate(CREDENTIAL_KEY_SPEC, retry, create));
@@ -629,7 +719,9 @@ export class GrapheneHsm implements Hsm {
     this.#keys.clear({ destroy: false });
     const slot = scanForToken(this.#library.module, this.#config.tokenLabel).slot;
     if (slot === undefined) {
-      throw new KmsError('HsmUnavailable', `Token "${this.#config.tokenLabel}" is gone after re-initialising.`);
+      throw new KmsError('HsmUnavailable', `Token "${this.#config.tokenLabel}" is gone after re-initialising.`, {
+        cause: new TokenNotReached('no-such-token'),
+      });
     }
     this.#slot = slot;
   }
@@ -727,13 +819,52 @@ export class GrapheneHsm implements Hsm {
 
   // ---- keys -----------------------------------------------------------------------------------------------------
 
-  /** The cached handle of the CMK version's key, brought back on the anchor session on a miss. */
+  /**
+   * The cached handle of the CMK version's key; on a miss, brought back on the anchor session, or, for a token
+   * object, looked up by its CKA_ID.
+   */
   #keyHandle(key: CmkVersionRef): Handle {
     const id = cacheId(key.keyId, key.version);
     const cached = this.#keys.get(id);
     if (cached !== undefined) return cached;
+    if (key.scheme === 'token-object-v1') {
+      const found = this.#tokenVersionKey(key);
+      this.#keys.set(id, found, 'token-object');
+      return found;
+    }
     const handle = this.#materialise(key, true);
-    this.#keys.set(id, handle);
+    this.#keys.set(id, handle, 'session-object');
+    return handle;
+  }
+
+  /** The one token object of a token-object-v1 version, checked to be what such a version must be. */
+  #tokenVersionKey(key: CmkVersionRef): Handle {
+    const what = `key ${key.keyId} version ${key.version}`;
+    const token = `token "${this.#config.tokenLabel}"`;
+    if (key.keyMaterial.length !== TOKEN_OBJECT_ID_BYTES) {
+      throw new KmsError('InternalError', `The object id of ${what} is not ${TOKEN_OBJECT_ID_BYTES} bytes.`);
+    }
+    const found = this.#onAnchor('C_FindObjects', (anchor) =>
+      this.#find(anchor, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_ID, value: key.keyMaterial },
+      ]),
+    );
+    if (found.length !== 1) {
+      throw new KmsError(
+        'HsmUnavailable',
+        `The token object of ${what} is ${found.length === 0 ? 'not' : 'more than once'} on ${token}.`,
+      );
+    }
+    const handle = found[0] as Handle;
+    if (!this.#isTokenVersionKey(handle)) {
+      throw new KmsError(
+        'InternalError',
+        `Refusing to use ${what}: its object on ${token} is not a sensitive, non-extractable AES key that can only ` +
+          'encrypt and decrypt.',
+      );
+    }
     return handle;
   }
 
@@ -780,7 +911,11 @@ export class GrapheneHsm implements Hsm {
           ),
         );
       case 'token-object-v1':
-        throw new KmsError('InternalError', 'token-object-v1 is not implemented yet.');
+        // Reached only by a rewrap: #keyHandle looks token objects up.
+        throw new KmsError(
+          'InternalError',
+          `Version ${id} is a token object (scheme token-object-v1): it is under no root key and is never rewrapped.`,
+        );
     }
   }
 
@@ -846,9 +981,14 @@ export class GrapheneHsm implements Hsm {
 
   /** Up to two objects with the label: enough to tell none, one and too many apart. */
   #findByLabel(session: Handle, label: string): Handle[] {
-    this.#lib.C_FindObjectsInit(session, [{ type: pkcs11js.CKA_LABEL, value: label }]);
+    return this.#find(session, [{ type: pkcs11js.CKA_LABEL, value: label }]);
+  }
+
+  /** Up to `max` objects matching the template (two: enough to tell none, one and too many apart). */
+  #find(session: Handle, template: pkcs11js.Template, max = 2): Handle[] {
+    this.#lib.C_FindObjectsInit(session, template);
     try {
-      return this.#lib.C_FindObjects(session, 2);
+      return this.#lib.C_FindObjects(session, max);
     } finally {
       this.#lib.C_FindObjectsFinal(session);
     }
@@ -929,6 +1069,7 @@ async function findTokenSlot(
         'HsmUnavailable',
         `No PKCS#11 token labelled "${label}" in ${module.libFile}; tokens found: ${JSON.stringify(scan.labels)}; ` +
           `${whereTokensComeFrom(config)}.`,
+        { cause: new TokenNotReached('no-such-token') },
       );
     }
     await sleep(retry.delayMs);

@@ -28,11 +28,14 @@ export interface HsmConfig {
    */
   readonly createTokenKeysIfMissing: boolean;
   /**
-   * Whether the token carries the service's own token keys (credential and secret-sealing keys): true for the
-   * default HSM (the default), false for a tenant's key store token, which holds only the tenant's keys.
+   * Whether this token holds the service's own token keys, the credential and secret-sealing keys (default true).
+   * False for a tenant's key store: open() neither looks for nor creates them, and credentialSecret() is refused.
    */
-  readonly credentialKey?: boolean;
-  /** How often, and how far apart, start-up looks again for a token or credential key it did not find. */
+  readonly credentialKey?: boolean | undefined;
+  /**
+   * How often, and how far apart, start-up looks again for a token or credential key it did not find.
+   * `{ attempts: 1, delayMs: 0 }`: fail at once (connecting a tenant's key store, where the caller reports it).
+   */
   readonly startupRetry?: { readonly attempts: number; readonly delayMs: number };
 }
 

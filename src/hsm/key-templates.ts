@@ -8,6 +8,8 @@ import pkcs11js from 'pkcs11js';
  *   object that can only encrypt and decrypt.
  * - Legacy root key (scheme cbc-encrypt-data-v1): a token object that can only derive; no longer created.
  * - Credential key: a token object that can only sign (HMAC-SHA256), from which the secrets of access keys come.
+ * - Token version key (scheme token-object-v1, tenants' key stores): a CMK version kept as a token object that can
+ *   only encrypt and decrypt, found by its CKA_ID.
  * All are sensitive; only a version key on its way to being wrapped, and never beyond the call that wraps it, is
  * extractable.
  */
@@ -17,6 +19,8 @@ export const DERIVATION_DATA_BYTES = 32;
 /** RFC 5649 output for a 32-byte key: the key plus one 8-byte integrity block. */
 export const WRAPPED_AES_256_BYTES = 40;
 export const CREDENTIAL_KEY_BYTES = 32;
+/** CKA_ID of a token-object-v1 version: random, chosen by the core. */
+export const TOKEN_OBJECT_ID_BYTES = 16;
 /** HMAC-SHA256 output. */
 export const CREDENTIAL_MAC_BYTES = 32;
 
@@ -84,6 +88,17 @@ export function secretSealingKeyTemplate(label: string, rules: TemplateRules): p
 /** Generated with CKM_GENERIC_SECRET_KEY_GEN; signs with CKM_SHA256_HMAC and nothing else. */
 export function credentialKeyTemplate(label: string, rules: TemplateRules): pkcs11js.Template {
   return tokenKeyTemplate(label, pkcs11js.CKK_GENERIC_SECRET, CREDENTIAL_KEY_BYTES, { sign: true }, rules);
+}
+
+/**
+ * Generated with CKM_AES_KEY_GEN on a tenant's token: a CMK version (scheme token-object-v1) that encrypts and
+ * decrypts and does nothing else; `objectId` (CKA_ID) is how it is found again.
+ */
+export function tokenVersionKeyTemplate(label: string, objectId: Buffer, rules: TemplateRules): pkcs11js.Template {
+  return [
+    ...tokenKeyTemplate(label, pkcs11js.CKK_AES, AES_256_BYTES, { encrypt: true }, rules),
+    { type: pkcs11js.CKA_ID, value: objectId },
+  ];
 }
 
 /**

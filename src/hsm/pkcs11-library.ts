@@ -2,6 +2,7 @@ import { realpathSync } from 'node:fs';
 import { Module } from 'graphene-pk11';
 import pkcs11js from 'pkcs11js';
 import { KmsError, needs } from '../core/errors.js';
+import { TokenNotReached } from './connection-errors.js';
 import { ckrOf, quietly, toKmsError } from './pkcs11-errors.js';
 
 /**
@@ -55,7 +56,9 @@ export function acquireLibrary(path: string, initParams: string | undefined): Pk
     try {
       module = Module.load(path, 'hsm-kms');
     } catch (err) {
-      throw new KmsError('HsmUnavailable', `Cannot load the PKCS#11 library ${path}.`, { cause: err });
+      throw new KmsError('HsmUnavailable', `Cannot load the PKCS#11 library ${path}.`, {
+        cause: new TokenNotReached('library-not-loaded', { cause: err }),
+      });
     }
     initialize(module, initParams);
     library = { key, module, initParams, generation: 0, users: 0 };

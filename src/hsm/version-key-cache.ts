@@ -1,15 +1,26 @@
 type Handle = Buffer;
 
 /**
- * Handles of CMK version keys brought back into the HSM (session objects), least recently used first, by
- * `${keyId}:${version}`. A version's key never changes (a root rotation rewraps the same key), so an entry stays
- * good until its key is purged. Evicting or deleting an entry destroys its object in the HSM;
- * `clear({ destroy: false })` is for objects that are already gone with their session.
+ * What a cached handle points at. A session object was brought back into the HSM for the cache and is destroyed when
+ * it leaves it; a token object (scheme token-object-v1) is the version's only copy and is never destroyed here.
+ */
+export type CachedKeyKind = 'session-object' | 'token-object';
+
+interface Entry {
+  readonly handle: Handle;
+  readonly kind: CachedKeyKind;
+}
+
+/**
+ * Handles of CMK version keys, least recently used first, by `${keyId}:${version}`. A version's key never changes
+ * (a root rotation rewraps the same key), so an entry stays good until its key is purged. Evicting or deleting an
+ * entry destroys its object in the HSM if it is a session object; `clear({ destroy: false })` is for objects that
+ * are already gone with their session (or handles that no longer mean anything).
  */
 export class VersionKeyCache {
   readonly #capacity: number;
   readonly #destroy: (handle: Handle) => void;
-  readonly #entries = new Map<string, Handle>();
+  readonly #entries = new Map<string, Entry>();
 
   constructor(capacity: number, destroy: (handle: Handle) => void) {
     this.#capacity = capacity;
@@ -22,22 +33,22 @@ export class VersionKeyCache {
 
   /** Handles, least recently used first. */
   handles(): ReadonlyMap<string, Handle> {
-    return new Map(this.#entries);
+    return new Map([...this.#entries].map(([id, entry]) => [id, entry.handle]));
   }
 
   get(id: string): Handle | undefined {
-    const handle = this.#entries.get(id);
-    if (handle !== undefined) {
+    const entry = this.#entries.get(id);
+    if (entry !== undefined) {
       // Map keeps insertion order: re-inserting makes this the most recently used.
       this.#entries.delete(id);
-      this.#entries.set(id, handle);
+      this.#entries.set(id, entry);
     }
-    return handle;
+    return entry?.handle;
   }
 
-  set(id: string, handle: Handle): void {
+  set(id: string, handle: Handle, kind: CachedKeyKind): void {
     this.delete(id);
-    this.#entries.set(id, handle);
+    this.#entries.set(id, { handle, kind });
     while (this.#entries.size > this.#capacity) {
       const oldest = this.#entries.keys().next().value as string;
       this.delete(oldest);
@@ -45,15 +56,24 @@ export class VersionKeyCache {
   }
 
   delete(id: string): void {
-    const handle = this.#entries.get(id);
-    if (handle === undefined) return;
+    const entry = this.#entries.get(id);
+    if (entry === undefined) return;
     this.#entries.delete(id);
-    this.#destroy(handle);
+    this.#release(entry);
+  }
+
+  /** Drops every entry holding `handle`, destroying nothing: the object was destroyed by other means. */
+  forgetHandle(handle: Handle): void {
+    for (const [id, entry] of this.#entries) if (entry.handle.equals(handle)) this.#entries.delete(id);
   }
 
   clear(options: { destroy: boolean }): void {
-    const handles = [...this.#entries.values()];
+    const entries = [...this.#entries.values()];
     this.#entries.clear();
-    if (options.destroy) for (const handle of handles) this.#destroy(handle);
+    if (options.destroy) for (const entry of entries) this.#release(entry);
+  }
+
+  #release(entry: Entry): void {
+    if (entry.kind === 'session-object') this.#destroy(entry.handle);
   }
 }

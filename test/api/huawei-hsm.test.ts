@@ -57,6 +57,14 @@ class FaultInjectingHsm implements Hsm {
     this.check();
     return this.real.createKeyVersion(keyId, version, rootKeyLabel);
   }
+  async createTokenKeyVersion(keyId: string, version: number, label: string, objectId: Buffer) {
+    this.check();
+    return this.real.createTokenKeyVersion(keyId, version, label, objectId);
+  }
+  async destroyTokenKeyVersion(objectId: Buffer) {
+    this.check();
+    return this.real.destroyTokenKeyVersion(objectId);
+  }
   async rewrapKeyVersion(key: CmkVersionRef, rootKeyLabel: string) {
     this.check();
     return this.real.rewrapKeyVersion(key, rootKeyLabel);
@@ -69,14 +77,6 @@ class FaultInjectingHsm implements Hsm {
   async decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer) {
     this.check();
     return this.real.decrypt(key, iv, ciphertextWithTag, aad);
-  }
-  async createTokenKeyVersion(keyId: string, version: number, label: string, objectId: Buffer) {
-    this.check();
-    return this.real.createTokenKeyVersion(keyId, version, label, objectId);
-  }
-  async destroyTokenKeyVersion(objectId: Buffer) {
-    this.check();
-    return this.real.destroyTokenKeyVersion(objectId);
   }
   async sealSecret(plaintext: Buffer, aad: Buffer) {
     this.check();
