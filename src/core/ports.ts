@@ -57,16 +57,6 @@ export interface Hsm {
   /** Inverse of encrypt; the tag is the last 16 bytes of `ciphertextWithTag`. */
   decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer): Promise<Buffer>;
   /**
-   * A new CMK version kept as a persistent token object (scheme token-object-v1): an AES-256 key generated in the
-   * HSM, sensitive, never extractable, able only to encrypt and decrypt, labelled `label`, with CKA_ID `objectId`.
-   */
-  createTokenKeyVersion(keyId: string, version: number, label: string, objectId: Buffer): Promise<KeptKeyVersion>;
-  /**
-   * Destroys the token object(s) of a token-object-v1 version by CKA_ID; false if there was none. Only AES keys
-   * that encrypt and cannot wrap are ever destroyed here.
-   */
-  destroyTokenKeyVersion(objectId: Buffer): Promise<boolean>;
-  /**
    * AES-256-GCM under the token's secret-sealing key (a token object of the default HSM, encrypt and decrypt only):
    * how tenants' PINs are kept. `openSecret` throws KmsError('InvalidCiphertext') when the tag does not verify.
    */
