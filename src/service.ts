@@ -111,7 +111,9 @@ export async function startService(
   let sweeping: Promise<unknown> | undefined;
   if (role !== 'worker') {
     await new RootKeyService(hsm, store, clock).ensureActiveRoot();
+    // Connections a crash interrupted are finished first: keys half-made in those stores can then be cleaned up.
     await keyStores.resumeConnections();
+    await keyStores.settled();
     const reconciled = await keys.reconcilePendingCreation();
     if (reconciled.purged > 0) logger.warn('removed keys left half-created by a crash', { count: reconciled.purged });
     if (reconciled.waiting > 0) {

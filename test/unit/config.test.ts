@@ -136,4 +136,60 @@ describe('configuration', () => {
     expect(() => loadConfig({ KMS_PIN_FILE: path.join(dir, 'missing') })).toThrow(/cannot be read/);
     expect(() => loadConfig({ KMS_CONFIG_FILE: file('bad.env', 'not a line\n') })).toThrow(/line 1/);
   });
+
+  describe('key store connections (KMS_KEY_STORE_CONNECTIONS_FILE)', () => {
+    const connection = {
+      id: 'cluster-tenantsoftstore',
+      library: '/usr/lib/softhsm/libsofthsm2.so',
+      tokenLabel: 'tenant-a',
+      keyScheme: 'token-object',
+    };
+    const withConnections = (list: unknown) =>
+      loadConfig({ KMS_PIN: '1234', KMS_KEY_STORE_CONNECTIONS_FILE: file('connections.json', JSON.stringify(list)) });
+
+    it('when none is configured, then tenants are offered no connection', () => {
+      expect(loadConfig({ KMS_PIN: '1234' }).keyStoreConnections).toEqual([]);
+    });
+
+    it('when connections are listed, then each is read with its defaults, restricted to its projects if it names any', () => {
+      const config = withConnections([
+        connection,
+        {
+          id: 'cluster-nsstenantstore',
+          library: '/usr/lib/x86_64-linux-gnu/libsoftokn3.so',
+          tokenLabel: 'NSS Certificate DB',
+          initParams: "configdir='sql:/srv/nss'",
+          profile: 'nss',
+          projects: ['p1'],
+          keyScheme: 'wrapped',
+          poolSize: 3,
+        },
+      ]);
+      expect(config.keyStoreConnections).toEqual([
+        { ...connection, initParams: undefined, profile: undefined, projects: undefined, poolSize: 2 },
+        {
+          id: 'cluster-nsstenantstore',
+          library: '/usr/lib/x86_64-linux-gnu/libsoftokn3.so',
+          tokenLabel: 'NSS Certificate DB',
+          initParams: "configdir='sql:/srv/nss'",
+          profile: 'nss',
+          projects: ['p1'],
+          keyScheme: 'wrapped',
+          poolSize: 3,
+        },
+      ]);
+    });
+
+    it("when an entry is malformed, unknown, repeated or names the service's own token, then the service refuses to start", () => {
+      expect(() => withConnections([{ ...connection, id: 'tenant-a' }])).toThrow(/0\.id: must match cluster-/);
+      expect(() => withConnections([{ ...connection, library: 'libsofthsm2.so' }])).toThrow(/absolute path/);
+      expect(() => withConnections([{ ...connection, keyScheme: 'derived' }])).toThrow(/keyScheme/);
+      expect(() => withConnections([{ ...connection, pin: '1234' }])).toThrow(/Unrecognized key/);
+      expect(() => withConnections([connection, { ...connection, tokenLabel: 'b' }])).toThrow(/listed twice/);
+      expect(() => withConnections([{ ...connection, tokenLabel: 'hsm-kms' }])).toThrow(/service's own token/);
+      expect(() => loadConfig({ KMS_PIN: '1234', KMS_KEY_STORE_CONNECTIONS_FILE: file('bad.json', '[{') })).toThrow(
+        /cannot be read as JSON/,
+      );
+    });
+  });
 });
