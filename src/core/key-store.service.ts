@@ -39,8 +39,20 @@ export interface UpdateKeyStoreInput {
   readonly pin?: Buffer;
 }
 
-/** An open store token in this process, or the failure of the last attempt to open it (and when). */
-type OpenStore = { readonly hsm: Promise<Hsm> } | { readonly failedAt: number; readonly error: unknown };
+/**
+ * How often a process looks whether the stores it holds open are still connected, and closes those that are not:
+ * a store disconnected through another process is logged out of here within this time even if no request uses it.
+ */
+const OPEN_STORES_CHECK_MS = 2_000;
+
+/**
+ * This process's session to a store's token (or the failure of the last attempt to open it, and when), for the
+ * connection that began at `connectedAt`.
+ */
+type OpenStore = { readonly projectId: string; readonly connectedAt: number | null } & (
+  | { readonly hsm: Promise<Hsm> }
+  | { readonly failedAt: number; readonly error: unknown }
+);
 
 /**
  * Tenants' key stores (src/core/key-stores.ts): their records, their connection state machine (AWS's: connect is
@@ -57,13 +69,16 @@ export class KeyStoreService {
   /** Connection attempts under way in this process, so that tests and shutdown can wait for them. */
   readonly #connecting = new Set<Promise<void>>();
   #closed = false;
+  readonly #checker: NodeJS.Timeout;
 
   constructor(
     private readonly defaultHsm: Hsm,
     private readonly store: MetadataStore,
     private readonly connector: KeyStoreConnector,
     private readonly clock: Clock,
-  ) {}
+  ) {
+    this.#checker = setInterval(() => void this.closeDisconnected(), OPEN_STORES_CHECK_MS).unref();
+  }
 
   /** The connections offered to the project, by id. */
   offersFor(projectId: string): ConnectionOffer[] {
@@ -103,6 +118,7 @@ export class KeyStoreService {
       connectionState: 'DISCONNECTED',
       connectionErrorCode: null,
       rootTokenId: null,
+      connectedAt: null,
       createdAt: this.clock.now(),
     };
     await this.store.insertKeyStore(record, MAX_KEY_STORES_PER_PROJECT);
@@ -256,7 +272,16 @@ export class KeyStoreService {
     while (this.#connecting.size > 0) await Promise.allSettled([...this.#connecting]);
   }
 
+  /** Closes this process's sessions to stores that are no longer connected, or were connected again since. */
+  async closeDisconnected(): Promise<void> {
+    for (const [id, open] of [...this.#open]) {
+      const current = await this.store.findKeyStore(open.projectId, id).catch(() => undefined);
+      if (current?.connectionState !== 'CONNECTED' || current.connectedAt !== open.connectedAt) await this.#close(id);
+    }
+  }
+
   async close(): Promise<void> {
+    clearInterval(this.#checker);
     this.#closed = true;
     await this.settled();
     await Promise.all([...this.#open.keys()].map((id) => this.#close(id)));
@@ -286,9 +311,14 @@ export class KeyStoreService {
         connectionState: 'CONNECTED',
         connectionErrorCode: null,
         rootTokenId,
+        connectedAt: this.clock.now(),
       });
       if (connected && !this.#closed) {
-        this.#open.set(store.id, { hsm: Promise.resolve(hsm) });
+        this.#open.set(store.id, {
+          projectId: store.projectId,
+          connectedAt: connected.connectedAt,
+          hsm: Promise.resolve(hsm),
+        });
         return;
       }
       await hsm.close();
@@ -321,15 +351,21 @@ export class KeyStoreService {
 
   /** This process's session to a connected store's token, opened on first use. */
   async #hsmOf(store: KeyStoreRecord): Promise<Hsm> {
-    const open = this.#open.get(store.id);
+    let open = this.#open.get(store.id);
+    if (open && open.connectedAt !== store.connectedAt) {
+      // Opened for an earlier connection: the tenant may have changed the PIN in between.
+      await this.#close(store.id);
+      open = undefined;
+    }
     if (open && 'hsm' in open) return open.hsm;
     if (open && this.clock.now() - open.failedAt < REOPEN_BACKOFF_MS) throw unavailable(store, open.error);
+    const which = { projectId: store.projectId, connectedAt: store.connectedAt };
     const hsm = this.#openToken(store);
-    this.#open.set(store.id, { hsm });
+    this.#open.set(store.id, { ...which, hsm });
     try {
       return await hsm;
     } catch (err) {
-      this.#open.set(store.id, { failedAt: this.clock.now(), error: err });
+      this.#open.set(store.id, { ...which, failedAt: this.clock.now(), error: err });
       throw unavailable(store, err);
     }
   }

@@ -56,11 +56,16 @@ export interface KeyStoreRecord {
   readonly connectionErrorCode: ConnectionErrorCode | null;
   /** CKA_ID of the store's root key on its token (scheme `wrapped`), once made at the first connection. */
   readonly rootTokenId: Buffer | null;
+  /**
+   * When the store last became CONNECTED; null before. A process holding the token open from an earlier connection
+   * (before a disconnection and a change of PIN, say) sees it differ and opens the token again.
+   */
+  readonly connectedAt: number | null;
   readonly createdAt: number;
 }
 
 export type KeyStorePatch = Partial<
-  Pick<KeyStoreRecord, 'name' | 'sealedPin' | 'connectionState' | 'connectionErrorCode' | 'rootTokenId'>
+  Pick<KeyStoreRecord, 'name' | 'sealedPin' | 'connectionState' | 'connectionErrorCode' | 'rootTokenId' | 'connectedAt'>
 >;
 
 /** The AAD binding a sealed PIN to its store: a PIN copied to another store's record does not open. */

@@ -8,7 +8,7 @@ type KeyStoreRow = Omit<KeyStoreRecord, 'sealedPin'> & { pinIv: Buffer; pinSeale
 const KEY_STORE_COLUMNS = `id, project_id AS projectId, name, connection_id AS connectionId, key_scheme AS keyScheme,
   trust_anchor_certificate AS trustAnchorCertificate, pin_iv AS pinIv, pin_sealed AS pinSealed,
   connection_state AS connectionState, connection_error_code AS connectionErrorCode, root_token_id AS rootTokenId,
-  created_at AS createdAt`;
+  connected_at AS connectedAt, created_at AS createdAt`;
 
 /** Parameters of the compare-and-set update: a `set*` flag of 1 applies the field, so null can be written too. */
 interface UpdateParams {
@@ -26,6 +26,8 @@ interface UpdateParams {
   connectionErrorCode: string | null;
   setRootTokenId: 0 | 1;
   rootTokenId: Buffer | null;
+  setConnectedAt: 0 | 1;
+  connectedAt: number | null;
 }
 
 /** The key_stores table (schema in sqlite-metadata-store.ts), on the metadata store's connection. */
@@ -53,9 +55,9 @@ export class SqliteKeyStores {
       .pluck();
     const insert = db.prepare(`
       INSERT INTO key_stores (id, project_id, name, connection_id, key_scheme, trust_anchor_certificate, pin_iv,
-        pin_sealed, connection_state, connection_error_code, root_token_id, created_at)
+        pin_sealed, connection_state, connection_error_code, root_token_id, connected_at, created_at)
       VALUES (@id, @projectId, @name, @connectionId, @keyScheme, @trustAnchorCertificate, @pinIv, @pinSealed,
-        @connectionState, @connectionErrorCode, @rootTokenId, @createdAt)`);
+        @connectionState, @connectionErrorCode, @rootTokenId, @connectedAt, @createdAt)`);
     this.#insertTx = db.transaction((store: KeyStoreRecord, quota: number) => {
       if ((nameTaken.get(store.projectId, store.name) ?? 0) > 0) throw nameInUse(store.name);
       if ((connectionTaken.get(store.connectionId) ?? 0) > 0) {
@@ -91,7 +93,8 @@ export class SqliteKeyStores {
         pin_sealed = CASE WHEN @setPin THEN @pinSealed ELSE pin_sealed END,
         connection_state = CASE WHEN @setState THEN @connectionState ELSE connection_state END,
         connection_error_code = CASE WHEN @setErrorCode THEN @connectionErrorCode ELSE connection_error_code END,
-        root_token_id = CASE WHEN @setRootTokenId THEN @rootTokenId ELSE root_token_id END
+        root_token_id = CASE WHEN @setRootTokenId THEN @rootTokenId ELSE root_token_id END,
+        connected_at = CASE WHEN @setConnectedAt THEN @connectedAt ELSE connected_at END
       WHERE project_id = @projectId AND id = @id
         AND connection_state IN (SELECT value FROM json_each(@expectedStates))
       RETURNING ${KEY_STORE_COLUMNS}`);
@@ -154,6 +157,8 @@ export class SqliteKeyStores {
         connectionErrorCode: patch.connectionErrorCode ?? null,
         setRootTokenId: patch.rootTokenId === undefined ? 0 : 1,
         rootTokenId: patch.rootTokenId ?? null,
+        setConnectedAt: patch.connectedAt === undefined ? 0 : 1,
+        connectedAt: patch.connectedAt ?? null,
       });
       return row && toRecord(row);
     } catch (error) {

@@ -121,6 +121,7 @@ const MIGRATIONS: readonly string[] = [
       CHECK (connection_state IN ('CONNECTED', 'CONNECTING', 'FAILED', 'DISCONNECTED', 'DISCONNECTING')),
     connection_error_code TEXT,
     root_token_id BLOB,
+    connected_at INTEGER,
     created_at INTEGER NOT NULL
   ) STRICT;
   CREATE UNIQUE INDEX key_stores_project_name ON key_stores (project_id, name);

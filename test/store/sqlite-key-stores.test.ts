@@ -27,6 +27,7 @@ function keyStore(overrides: Partial<KeyStoreRecord> = {}): KeyStoreRecord {
     connectionState: 'DISCONNECTED',
     connectionErrorCode: null,
     rootTokenId: null,
+    connectedAt: null,
     createdAt: created,
     ...overrides,
   };
@@ -54,7 +55,7 @@ describe.each(stores)('key stores in %s', (_, open) => {
   });
 
   it('when a store is inserted, then every field reads back as inserted, by id and by name, in its project only', async () => {
-    const record = keyStore({ rootTokenId: randomBytes(16), connectionState: 'CONNECTED' });
+    const record = keyStore({ rootTokenId: randomBytes(16), connectionState: 'CONNECTED', connectedAt: created + 5 });
     await store.insertKeyStore(record, 10);
     expect(await store.findKeyStore(PROJECT_A, record.id)).toEqual(record);
     expect(await store.findKeyStoreByName(PROJECT_A, record.name)).toEqual(record);
