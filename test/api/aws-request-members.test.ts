@@ -171,7 +171,7 @@ describe('Recipient, GrantTokens and the CreateKey members of absent features', 
     expect(Buffer.from(opened.Plaintext as Uint8Array).toString()).toBe('g');
   });
 
-  it('when CreateKey names a policy, a custom key store or an external key, then it is refused and no key is made', async () => {
+  it('when CreateKey names a policy, an unknown custom key store or an external key, then it is refused and no key is made', async () => {
     const before = (await aws.send(new ListKeysCommand({}))).Keys?.length;
     await expectFailure(
       aws.send(new CreateKeyCommand({ Policy: '{"Version":"2012-10-17","Statement":[]}' })),
@@ -184,9 +184,9 @@ describe('Recipient, GrantTokens and the CreateKey members of absent features', 
       "Key policies are not offered: access to a key is by its project's access keys.",
     );
     await expectFailure(
-      aws.send(new CreateKeyCommand({ CustomKeyStoreId: 'cks-1234567890abcdef0' })),
+      aws.send(new CreateKeyCommand({ CustomKeyStoreId: 'cks-1234567890abcdef0', Origin: 'AWS_CLOUDHSM' })),
       'CustomKeyStoreNotFoundException',
-      "Custom key store 'cks-1234567890abcdef0' does not exist.",
+      'Custom key store cks-1234567890abcdef0 does not exist.',
     );
     await expectFailure(
       aws.send(new CreateKeyCommand({ XksKeyId: 'external-1' })),

@@ -70,6 +70,8 @@ export const AWS_ERROR_TABLE = {
   KeyStoreInvalidState: { exception: 'CustomKeyStoreInvalidStateException', status: 400 },
   KeyStoreHasKeys: { exception: 'CustomKeyStoreHasCMKsException', status: 400 },
   KeyStoreLimitExceeded: { exception: 'LimitExceededException', status: 400 },
+  // AWS answers every cryptographic operation on a key whose store cannot serve it with KMSInvalidStateException
+  // (developer guide, "Troubleshooting a custom key store"); management operations get the CustomKeyStore* ones.
   KeyStoreNotConnected: { exception: 'KMSInvalidStateException', status: 400 },
   ConnectionNotFound: { exception: 'CloudHsmClusterNotFoundException', status: 400 },
   ConnectionInUse: { exception: 'CloudHsmClusterInUseException', status: 400 },

@@ -3,6 +3,7 @@ import { KmsError } from '../../core/errors.js';
 import { type KeyRecord, MAX_TAGS_PER_KEY, type Tag } from '../../core/keys.js';
 import type { Services } from '../huawei/context.js';
 import { ownEntry } from '../own-entry.js';
+import { CUSTOM_KEY_STORE_OPERATIONS, customKeyStoreId, keyStoreOf } from './custom-key-stores.js';
 import { AwsApiError, validationError } from './errors.js';
 import {
   aliasArn,
@@ -77,17 +78,13 @@ const GenerateRandom = z
   .object({ NumberOfBytes: z.number().optional(), CustomKeyStoreId: z.string().optional(), Recipient: recipient })
   .strict();
 
-const generateRandom: AwsOperation = async (services, _caller, body) => {
+const generateRandom: AwsOperation = async (services, caller, body) => {
   const req = parseBody(GenerateRandom, body);
   refuseRecipient(req.Recipient);
-  if (req.CustomKeyStoreId !== undefined) {
-    throw new AwsApiError(
-      'CustomKeyStoreNotFoundException',
-      `Custom key store '${req.CustomKeyStoreId}' does not exist.`,
-    );
-  }
+  const keyStoreId = customKeyStoreId(req.CustomKeyStoreId);
   const length = integerInRange(req.NumberOfBytes, 'numberOfBytes', 1, 1024);
-  return { Plaintext: (await services.random.generate(length)).toString('base64') };
+  const from = keyStoreId === undefined ? undefined : { projectId: caller.projectId, keyStoreId };
+  return { Plaintext: (await services.random.generate(length, from)).toString('base64') };
 };
 
 const TagList = z.array(z.object({ TagKey: z.string(), TagValue: z.string() }).strict());
@@ -128,20 +125,14 @@ const CreateKey = z
 
 /**
  * CreateKey members that name what this service does not have: key policies (access is by the project's access
- * keys), custom key stores and external keys. Refused, never ignored: a policy that is silently dropped is a policy
- * the caller believes protects the key.
+ * keys) and external keys. Refused, never ignored: a policy that is silently dropped is a policy the caller believes
+ * protects the key.
  */
 function refuseUnofferedKeyOptions(req: z.infer<typeof CreateKey>): void {
   if (req.Policy !== undefined || req.BypassPolicyLockoutSafetyCheck === true) {
     throw new AwsApiError(
       'UnsupportedOperationException',
       "Key policies are not offered: access to a key is by its project's access keys.",
-    );
-  }
-  if (req.CustomKeyStoreId !== undefined) {
-    throw new AwsApiError(
-      'CustomKeyStoreNotFoundException',
-      `Custom key store '${req.CustomKeyStoreId}' does not exist.`,
     );
   }
   if (req.XksKeyId !== undefined) {
@@ -203,19 +194,58 @@ const createKey: AwsOperation = async (services, caller, body) => {
       `The operation failed because the KeyUsage value of the CMK is ${req.KeyUsage}. To perform this operation, the KeyUsage value must be ENCRYPT_DECRYPT.`,
     );
   }
+  const keyStoreId = customKeyStoreId(req.CustomKeyStoreId);
   refuseUnofferedKeyOptions(req);
+  refuseUnsupportedOrigin(req.Origin ?? 'AWS_KMS', keyStoreId);
   if (spec !== 'SYMMETRIC_DEFAULT') {
-    throw new AwsApiError('UnsupportedOperationException', `KeySpec ${spec} is not offered by this service.`);
+    throw new AwsApiError(
+      'UnsupportedOperationException',
+      keyStoreId === undefined
+        ? `KeySpec ${spec} is not offered by this service.`
+        : `KeySpec ${spec} is not supported in a custom key store: only SYMMETRIC_DEFAULT keys can be created there.`,
+    );
   }
-  if (req.Origin !== undefined && req.Origin !== 'AWS_KMS') {
-    throw new AwsApiError('UnsupportedOperationException', `Origin ${req.Origin} is not offered by this service.`);
+  if (req.MultiRegion) {
+    throw new AwsApiError(
+      'UnsupportedOperationException',
+      keyStoreId === undefined
+        ? 'Multi-Region keys are not offered.'
+        : 'Multi-Region keys cannot be created in a custom key store.',
+    );
   }
-  if (req.MultiRegion) throw new AwsApiError('UnsupportedOperationException', 'Multi-Region keys are not offered.');
   const tags = validTags(req.Tags ?? []);
-  const key = await services.keys.create({ projectId: caller.projectId, alias: '', description });
+  const key = await services.keys.create({
+    projectId: caller.projectId,
+    alias: '',
+    description,
+    ...(keyStoreId === undefined ? {} : { keyStoreId }),
+  });
   if (tags.length > 0) await services.keys.tag(caller.projectId, { kind: 'id', id: key.id }, tags);
-  return { KeyMetadata: keyMetadata(key, caller) };
+  return { KeyMetadata: keyMetadata(key, caller, await keyStoreOf(services, key)) };
 };
+
+/**
+ * AWS makes a key in a CloudHSM key store only when both CustomKeyStoreId and Origin AWS_CLOUDHSM are given (one
+ * without the other names no valid request), and has UnsupportedOperationException for "a specified parameter is
+ * not supported or a specified resource is not valid for this operation".
+ */
+function refuseUnsupportedOrigin(origin: string, keyStoreId: string | undefined): void {
+  if (keyStoreId !== undefined && origin !== 'AWS_CLOUDHSM') {
+    throw new AwsApiError(
+      'UnsupportedOperationException',
+      `A key in custom key store ${keyStoreId} must have Origin AWS_CLOUDHSM, not ${origin}.`,
+    );
+  }
+  if (keyStoreId === undefined && origin === 'AWS_CLOUDHSM') {
+    throw new AwsApiError(
+      'UnsupportedOperationException',
+      'Origin AWS_CLOUDHSM needs the CustomKeyStoreId of the CloudHSM key store to create the key in.',
+    );
+  }
+  if (origin !== 'AWS_KMS' && origin !== 'AWS_CLOUDHSM') {
+    throw new AwsApiError('UnsupportedOperationException', `Origin ${origin} is not offered by this service.`);
+  }
+}
 
 const KeyOnly = z.object({ KeyId: z.string() }).strict();
 
@@ -228,7 +258,7 @@ const DescribeKey = z.object({ KeyId: z.string(), GrantTokens: grantTokens }).st
 const describeKey: AwsOperation = async (services, caller, body) => {
   const req = parseBody(DescribeKey, body);
   const key = await services.keys.get(caller.projectId, keyRef(req.KeyId, caller));
-  return { KeyMetadata: keyMetadata(key, caller) };
+  return { KeyMetadata: keyMetadata(key, caller, await keyStoreOf(services, key)) };
 };
 
 const ListKeys = z.object({ Limit: z.number().optional(), Marker: z.string().optional() }).strict();
@@ -648,4 +678,5 @@ export const AWS_OPERATIONS: Readonly<Record<string, AwsOperation>> = {
   TagResource: tagResource,
   UntagResource: untagResource,
   ListResourceTags: listResourceTags,
+  ...CUSTOM_KEY_STORE_OPERATIONS,
 };

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { KmsError } from '../../core/errors.js';
+import type { KeyStoreRecord } from '../../core/key-stores.js';
 import { aliasName, type KeyRecord, type KeyRef } from '../../core/keys.js';
 import { decodeBase64 } from '../base64.js';
 import { encryptionContextSchema } from '../encryption-context.js';
@@ -124,23 +125,39 @@ export function inAwsWords(caller: Caller) {
 
 const toSeconds = (ms: number) => ms / 1000;
 
-/** DescribeKey's KeyMetadata. Dates are epoch seconds, as the JSON protocol sends timestamps. */
-export function keyMetadata(key: KeyRecord, caller: Caller) {
+/**
+ * DescribeKey's KeyMetadata, with the key's store when it is in one. Dates are epoch seconds, as the JSON protocol
+ * sends timestamps.
+ */
+export function keyMetadata(key: KeyRecord, caller: Caller, store?: KeyStoreRecord) {
+  const state = keyState(key, store);
   return {
     AWSAccountId: key.projectId,
     KeyId: key.id,
     Arn: keyArn(key, caller),
     CreationDate: toSeconds(key.createdAt),
-    Enabled: key.state === 'Enabled',
+    Enabled: state === 'Enabled',
     Description: key.description,
     KeyUsage: key.keyUsage,
-    KeyState: key.state,
+    KeyState: state,
     ...(key.deletionDate !== null ? { DeletionDate: toSeconds(key.deletionDate) } : {}),
-    Origin: 'AWS_KMS',
+    ...(store === undefined
+      ? { Origin: 'AWS_KMS' }
+      : { Origin: 'AWS_CLOUDHSM', CustomKeyStoreId: store.id, CloudHsmClusterId: store.connectionId }),
     KeyManager: 'CUSTOMER',
     CustomerMasterKeySpec: 'SYMMETRIC_DEFAULT',
     KeySpec: 'SYMMETRIC_DEFAULT',
     EncryptionAlgorithms: ['SYMMETRIC_DEFAULT'],
     MultiRegion: false,
   };
+}
+
+/**
+ * AWS's KeyState of a key whose custom key store is not connected is Unavailable, except while it is pending
+ * deletion (so the deletion can be cancelled without connecting); its own state comes back on reconnection
+ * (AWS KMS developer guide, "Troubleshooting a custom key store").
+ */
+function keyState(key: KeyRecord, store: KeyStoreRecord | undefined): string {
+  if (store === undefined || store.connectionState === 'CONNECTED' || key.state === 'PendingDeletion') return key.state;
+  return 'Unavailable';
 }
