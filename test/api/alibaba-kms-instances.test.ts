@@ -134,6 +134,21 @@ describe('ListKmsInstances and GetKmsInstance', () => {
     expect((await call('GetKmsInstance', { KmsInstanceId: idle.id })).KmsInstance.Status).toBe('Disconnected');
   });
 
+  it('when an instance failed to connect, then its Status is Error, and Disconnected once it is disconnected', async () => {
+    const keyStores = ks.kms.running.services.keyStores;
+    const wrongPin = Buffer.from('not-the-pin-0', 'utf8');
+    await keyStores.update(A, idle.id, { pin: wrongPin });
+    await keyStores.connect(A, idle.id);
+    await keyStores.settled();
+    expect((await keyStores.get(A, idle.id)).connectionState).toBe('FAILED');
+    expect((await call('GetKmsInstance', { KmsInstanceId: idle.id })).KmsInstance.Status).toBe('Error');
+    await keyStores.disconnect(A, idle.id);
+    const pin = Buffer.from(ks.softhsm.pin, 'utf8');
+    await keyStores.update(A, idle.id, { pin });
+    pin.fill(0);
+    expect((await call('GetKmsInstance', { KmsInstanceId: idle.id })).KmsInstance.Status).toBe('Disconnected');
+  });
+
   it('when ListKmsInstances is given Filters, whose syntax is undocumented, then it is refused, not ignored', async () => {
     await expectError(call('ListKmsInstances', { Filters: '[]' }), 'UnsupportedOperation', 400);
   });
