@@ -87,6 +87,10 @@ const NAMES = [
   'ProtectionLevel',
   'EnableAutomaticRotation',
   'Filters',
+  'DKMSInstanceId',
+  'KeyStorageMechanism',
+  'KmsInstanceId',
+  'ResourceType',
 ];
 
 describe('properties of the Alibaba API', () => {

@@ -10,6 +10,7 @@ import {
 import type { Services } from '../huawei/context.js';
 import { ownEntry } from '../own-entry.js';
 import { aliasNotFound, invalidParameter, missingParameter, unsupportedOperation as unsupported } from './errors.js';
+import { KMS_INSTANCE_OPERATIONS, keyStoreForNewKey } from './kms-instances.js';
 import {
   aliasArn,
   base64Param,
@@ -162,7 +163,10 @@ const decrypt: AlibabaOperation = async (services, caller, params) => {
   }
 };
 
-/** Only what this service makes: symmetric AES-256 keys, generated in the HSM, without automatic rotation. */
+/**
+ * Only what this service makes: symmetric AES-256 keys, generated in the HSM, without automatic rotation; with
+ * DKMSInstanceId, in that KMS instance (a tenant's key store), which must be connected.
+ */
 const createKey: AlibabaOperation = async (services, caller, params) => {
   const description = params.optional('Description') ?? '';
   if (description.length > MAX_DESCRIPTION) {
@@ -185,8 +189,13 @@ const createKey: AlibabaOperation = async (services, caller, params) => {
   if (params.optional('Policy') !== undefined)
     throw unsupported("key policies: access is by the project's access keys.");
   if (params.optional('Tags') !== undefined) throw unsupported('tags.');
-  if (params.optional('DKMSInstanceId') !== undefined) throw unsupported('KMS instances (DKMSInstanceId).');
-  const key = await services.keys.create({ projectId: caller.projectId, alias: '', description });
+  const keyStoreId = await keyStoreForNewKey(services, caller, params);
+  const key = await services.keys.create({
+    projectId: caller.projectId,
+    alias: '',
+    description,
+    ...(keyStoreId === undefined ? {} : { keyStoreId }),
+  });
   return { KeyMetadata: keyMetadata(key, caller) };
 };
 
@@ -207,8 +216,8 @@ const LISTED_STATES: readonly ListedState[] = ['Enabled', 'Disabled', 'PendingDe
 
 /**
  * What each ListKeys filter value means for this service's keys: the states it admits. Every key here is a
- * symmetric Aliyun_AES_256 ENCRYPT/DECRYPT key in the HSM, made by a user and in no KMS instance, so the other
- * filters admit all of them or none.
+ * symmetric Aliyun_AES_256 ENCRYPT/DECRYPT key in an HSM (KMS instances' keys too), made by a user, so the other
+ * filters admit all of them or none. DKMSInstanceId names instances, not states: see `listFilters`.
  */
 const FILTER_VALUES: Readonly<Record<string, Readonly<Record<string, readonly ListedState[]>>>> = {
   KeyState: { Enabled: ['Enabled'], Disabled: ['Disabled'], PendingDeletion: ['PendingDeletion'], PendingImport: [] },
@@ -216,21 +225,27 @@ const FILTER_VALUES: Readonly<Record<string, Readonly<Record<string, readonly Li
   KeyUsage: { 'ENCRYPT/DECRYPT': LISTED_STATES, 'SIGN/VERIFY': [] },
   ProtectionLevel: { HSM: LISTED_STATES, SOFTWARE: [] },
   CreatorType: { User: LISTED_STATES, Service: [] },
-  DKMSInstanceId: {},
 };
+const INSTANCE_FILTER = 'DKMSInstanceId';
+
+/** The keys a ListKeys call asks for: in these states and, if `instanceIds` is set, in one of those KMS instances. */
+interface ListFilters {
+  readonly states: readonly ListedState[];
+  readonly instanceIds: ReadonlySet<string> | undefined;
+}
 
 /**
  * ListKeys' Filters, `[{"Key":"KeyState","Values":["Enabled","Disabled"]}, ...]` (at most 10 filters of at most 10
- * values): the values of one filter are alternatives, the filters all apply. Returns the key states that pass.
+ * values): the values of one filter are alternatives, the filters all apply.
  */
-function filteredStates(params: RpcParams): readonly ListedState[] {
+function listFilters(params: RpcParams): ListFilters {
   const json = params.optional('Filters');
-  if (json === undefined) return LISTED_STATES;
+  if (json === undefined) return { states: LISTED_STATES, instanceIds: undefined };
   const invalid = () =>
     invalidParameter(
       'Filters',
       'a JSON array of at most 10 {"Key": ..., "Values": [...]} objects, Key one of ' +
-        `${Object.keys(FILTER_VALUES).join(', ')}, at most 10 string Values each.`,
+        `${[...Object.keys(FILTER_VALUES), INSTANCE_FILTER].join(', ')}, at most 10 string Values each.`,
     );
   let filters: unknown;
   try {
@@ -240,31 +255,41 @@ function filteredStates(params: RpcParams): readonly ListedState[] {
   }
   if (!Array.isArray(filters) || filters.length > 10) throw invalid();
   let states = LISTED_STATES;
+  let instanceIds: Set<string> | undefined;
   for (const filter of filters as unknown[]) {
     const { Key: key, Values: values } = (filter ?? {}) as { Key?: unknown; Values?: unknown };
-    const meanings = typeof key === 'string' ? ownEntry(FILTER_VALUES, key) : undefined;
-    if (!meanings || !Array.isArray(values) || values.length > 10 || values.some((v) => typeof v !== 'string')) {
-      throw invalid();
+    if (!Array.isArray(values) || values.length > 10 || values.some((v) => typeof v !== 'string')) throw invalid();
+    if (key === INSTANCE_FILTER) {
+      const named = new Set(values as string[]);
+      instanceIds = instanceIds ? new Set([...instanceIds].filter((id) => named.has(id))) : named;
+      continue;
     }
+    const meanings = typeof key === 'string' ? ownEntry(FILTER_VALUES, key) : undefined;
+    if (!meanings) throw invalid();
     const admitted = new Set((values as string[]).flatMap((v) => ownEntry(meanings, v) ?? []));
     states = states.filter((state) => admitted.has(state));
   }
-  return states;
+  return { states, instanceIds };
 }
 
 const listKeys: AlibabaOperation = async (services, caller, params) => {
   const { pageNumber, pageSize, offset } = page(params);
-  const states = filteredStates(params);
+  const { states, instanceIds } = listFilters(params);
   let listed: { keys: KeyRecord[]; total: number };
-  if (states.length === 0) {
+  if (states.length === 0 || instanceIds?.size === 0) {
     listed = { keys: [], total: 0 };
-  } else if (states.length === 1 || states.length === LISTED_STATES.length) {
+  } else if (instanceIds === undefined && (states.length === 1 || states.length === LISTED_STATES.length)) {
     const state = states.length === 1 ? states[0] : undefined;
     listed = await services.keys.list(caller.projectId, { ...(state ? { state } : {}), offset, limit: pageSize });
   } else {
-    // Two states of three: the store filters by one state only, so the page is cut from the whole list here.
+    // Two states of three, or KMS instances: the store filters by one state only, so the page is cut from the whole
+    // list here (at most the key quota).
     const all = await services.keys.list(caller.projectId, { offset: 0, limit: services.cmkQuota });
-    const matching = all.keys.filter((k) => (states as readonly string[]).includes(k.state));
+    const matching = all.keys.filter(
+      (k) =>
+        (states as readonly string[]).includes(k.state) &&
+        (instanceIds === undefined || (k.keyStoreId !== null && instanceIds.has(k.keyStoreId))),
+    );
     listed = { keys: matching.slice(offset, offset + pageSize), total: matching.length };
   }
   return {
@@ -416,6 +441,7 @@ export const ALIBABA_OPERATIONS: Readonly<Record<string, { run: AlibabaOperation
       'RotationInterval',
       'KeySpec',
       'DKMSInstanceId',
+      'KeyStorageMechanism',
       'Tags',
       'Policy',
     ],
@@ -433,4 +459,5 @@ export const ALIBABA_OPERATIONS: Readonly<Record<string, { run: AlibabaOperation
   ListAliases: { run: listAliases, parameters: ['PageNumber', 'PageSize'] },
   ListAliasesByKeyId: { run: listAliasesByKeyId, parameters: ['KeyId', 'PageNumber', 'PageSize'] },
   DescribeRegions: { run: describeRegions, parameters: [] },
+  ...KMS_INSTANCE_OPERATIONS,
 };

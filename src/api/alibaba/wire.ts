@@ -159,12 +159,18 @@ export function keyVersionId(keyId: string, version: number): string {
 /** Alibaba's dates: ISO 8601 UTC to the second, `2026-01-01T12:00:00Z`. */
 export const isoDate = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
 
-/** DescribeKey's KeyMetadata. Keys are symmetric AES-256 kept in the HSM; rotation is not offered. */
+/**
+ * DescribeKey's KeyMetadata. Keys are symmetric AES-256 kept in an HSM; rotation is not offered. ProtectionLevel is
+ * HSM for every key: Alibaba gives default keys HSM where a managed HSM serves the region, as the default HSM does
+ * here, and a hardware instance's keys HSM. DKMSInstanceId names the KMS instance (key store) of a key made in one,
+ * and is absent for default keys, as Alibaba leaves it.
+ */
 export function keyMetadata(key: KeyRecord, caller: Caller) {
   return {
     KeyId: key.id,
     Arn: keyArn(key, caller),
     Creator: key.projectId,
+    ...(key.keyStoreId !== null ? { DKMSInstanceId: key.keyStoreId } : {}),
     CreationDate: isoDate(key.createdAt),
     Description: key.description,
     KeyState: key.state,
