@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sdkRequest, send } from '../support/huawei-sdk.js';
+import { huaweiKeystoreClient, sdkRequest, send } from '../support/huawei-sdk.js';
 import {
   callCount,
   type KeyStoreTestService,
@@ -429,6 +429,20 @@ describe('Huawei dedicated keystores', () => {
       sdkRequest('python', { url: `${kms.url}/v1.0/${OTHER}/keystores`, method: 'GET', credentials }),
     );
     expect(foreign.status).toBe(403);
+  });
+
+  it("when Huawei's own Node SDK client creates, lists, enables, disables and deletes a keystore, then each call succeeds", async () => {
+    const call = huaweiKeystoreClient(kms.url, { ...(await kms.running.credentials.create(P)), projectId: P });
+    const created = await call('POST', '', { body: createBody('by-node-sdk', env.softhsm) });
+    const id = created.keystore.keystore_id;
+    expect(created.keystore.domain_id).toBe(P);
+    const listed = await call('GET', '', { query: { limit: '10', offset: '0' } });
+    expect(listed.keystores.map((k: { keystore_id: string }) => k.keystore_id)).toContain(id);
+    expect((await call('GET', `/${id}`)).keystore.keystore_alias).toBe('by-node-sdk');
+    expect((await call('POST', `/${id}/enable`)).keystore.keystore_state).toBe('ENABLED');
+    expect((await call('POST', `/${id}/disable`)).keystore.keystore_state).toBe('DISABLED');
+    await call('DELETE', `/${id}`);
+    await expect(call('GET', `/${id}`)).rejects.toMatchObject({ httpStatusCode: 404, errorCode: 'KMS.0207' });
   });
 
   it('when a keystore path gets no credentials, the wrong method or a stray body field, then it is refused', async () => {
