@@ -301,7 +301,7 @@ describe('the other fields of the SDK body models', () => {
       ],
       [
         { keystore_id: '1' },
-        'Invalid parameter: keystore_id must be 0, the default key store (dedicated HSM key stores are not offered).',
+        'Invalid parameter: keystore_id 1 names a CDMS cluster, which is not offered; use 0 (the default key store) or the keystore_id of a dedicated keystore.',
       ],
       [{ vm_id: 'vm-1' }, 'Invalid parameter: vm_id is not supported: HSM-cluster VMs are not offered.'],
     ];

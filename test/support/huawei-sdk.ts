@@ -94,6 +94,29 @@ export function huaweiKmsClient(endpoint: string, credentials?: HuaweiCredential
     });
 }
 
+/**
+ * The same client for the keystore paths (`/v1.0/{project_id}/keystores…`), which take the keystore id in the path and
+ * list's limit and offset in the query, as Huawei's generated KmsClient sends them.
+ */
+export function huaweiKeystoreClient(endpoint: string, credentials: HuaweiCredentials) {
+  const client = new ClientBuilder((c) => c).withCredential(sdkCredential(credentials)).withEndpoint(endpoint).build();
+  return (
+    method: 'GET' | 'POST' | 'DELETE',
+    path: string,
+    options: { query?: Record<string, string>; body?: object } = {},
+    // biome-ignore lint/suspicious/noExplicitAny: response bodies are asserted field by field
+  ): Promise<any> =>
+    client.sendRequest({
+      method,
+      url: `/v1.0/{project_id}/keystores${path}`,
+      contentType: 'application/json',
+      queryParams: options.query ?? {},
+      pathParams: {},
+      headers: {},
+      ...(options.body ? { data: options.body } : {}),
+    });
+}
+
 /** A request as it goes on the wire: headers in order, a repeated name repeated. */
 export interface WireRequest {
   readonly method: string;

@@ -61,6 +61,8 @@ export const HUAWEI_ERROR_TABLE = {
   AuthUnknownCredential: { errorCode: 'KMS.0302', status: 403 },
   AuthExpired: { errorCode: 'KMS.0303', status: 403 },
   ProjectMismatch: { errorCode: 'KMS.0321', status: 403 },
+  // Huawei documents no keystore codes but KMS.0338-0340 (docs/custom-key-stores.md, Huawei): a missing keystore is
+  // its one not-found code, refusals are its "Invalid parameter", and a key whose keystore is disabled is KMS.0340.
   KeyStoreNotFound: { errorCode: 'KMS.0207', status: 404 },
   KeyStoreNameInUse: { errorCode: 'KMS.0308', status: 400 },
   KeyStoreInvalidState: { errorCode: 'KMS.0308', status: 400 },

@@ -1,9 +1,10 @@
 import { z } from 'zod';
+import { KmsError } from '../../core/errors.js';
 import { KEY_ID_PATTERN } from '../../core/keys.js';
 import type { HuaweiAction } from './context.js';
-import { invalid } from './errors.js';
+import { HuaweiApiError, invalid } from './errors.js';
 import { KEY_STATE_CODES, keyInfo, stateForCode } from './key-info.js';
-import { integerString, keyRef, parseBody, sequence, validAlias, validDescription } from './wire.js';
+import { integerString, keyRef, parseBody, sequence, validAlias, validDescription, validKeystoreId } from './wire.js';
 
 /** Key management: create-key, describe-key, list-keys, state changes, alias and description. */
 
@@ -23,8 +24,21 @@ const CreateKey = z
 
 /** Huawei's default enterprise project, the only one here: every key of a project belongs to it. */
 const DEFAULT_ENTERPRISE_PROJECT = '0';
-/** Huawei's default key store ("0", KMS's own); "1", "2" and created ones are dedicated HSM clusters (CDMS). */
+/** Huawei's default key store ("0", KMS's own); "1" and "2" name its CDMS clusters, which are not offered here. */
 const DEFAULT_KEYSTORE = '0';
+const CDMS_KEYSTORES: readonly string[] = ['1', '2'];
+
+/** The key store create-key names: undefined for the default one, or the id of one of the project's keystores. */
+function keyStoreOf(keystoreId: string | undefined): string | undefined {
+  if (keystoreId === undefined || keystoreId === DEFAULT_KEYSTORE) return undefined;
+  if (CDMS_KEYSTORES.includes(keystoreId)) {
+    throw invalid(
+      'KMS.0308',
+      `Invalid parameter: keystore_id ${keystoreId} names a CDMS cluster, which is not offered; use 0 (the default key store) or the keystore_id of a dedicated keystore.`,
+    );
+  }
+  return validKeystoreId(keystoreId);
+}
 
 export const createKey: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(CreateKey, body);
@@ -34,12 +48,7 @@ export const createKey: HuaweiAction = async (services, projectId, body) => {
       'Invalid parameter: enterprise_project_id must be 0, the default enterprise project (the only one this service has).',
     );
   }
-  if (req.keystore_id !== undefined && req.keystore_id !== DEFAULT_KEYSTORE) {
-    throw invalid(
-      'KMS.0308',
-      'Invalid parameter: keystore_id must be 0, the default key store (dedicated HSM key stores are not offered).',
-    );
-  }
+  const keyStoreId = keyStoreOf(req.keystore_id);
   if (req.vm_id !== undefined) {
     throw invalid('KMS.0308', 'Invalid parameter: vm_id is not supported: HSM-cluster VMs are not offered.');
   }
@@ -52,11 +61,20 @@ export const createKey: HuaweiAction = async (services, projectId, body) => {
   if (req.origin !== undefined && req.origin !== 'kms') {
     throw invalid('KMS.0308', 'Invalid parameter: origin must be kms (importing key material is not supported).');
   }
-  const key = await services.keys.create({
-    projectId,
-    alias: validAlias(req.key_alias),
-    description: validDescription(req.key_description ?? ''),
-  });
+  const key = await services.keys
+    .create({
+      projectId,
+      alias: validAlias(req.key_alias),
+      description: validDescription(req.key_description ?? ''),
+      ...(keyStoreId === undefined ? {} : { keyStoreId }),
+    })
+    .catch((err: unknown) => {
+      // The core names the state in AWS's terms; the Huawei caller enables a keystore.
+      if (err instanceof KmsError && err.code === 'KeyStoreInvalidState') {
+        throw new HuaweiApiError('KMS.0340', 400, `The keystore ${keyStoreId} is not enabled: enable it first.`);
+      }
+      throw err;
+    });
   return { key_info: { key_id: key.id, domain_id: key.projectId } };
 };
 

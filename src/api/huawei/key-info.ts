@@ -37,8 +37,9 @@ export function keyInfo(key: KeyRecord, realm: string) {
     key_type: '1',
     expiration_time: '',
     origin: key.origin,
-    // Every key is in the default key store and the default enterprise project (create-key refuses any other).
-    keystore_id: '0',
+    // "0" is Huawei's default key store; a key made in a dedicated keystore names it.
+    keystore_id: key.keyStoreId ?? '0',
+    // Every key is in the default enterprise project (create-key refuses any other).
     sys_enterprise_project_id: '0',
   };
 }

@@ -28,6 +28,15 @@ import {
   userInstances,
   userQuotas,
 } from './key-actions.js';
+import {
+  createKeyStore,
+  deleteKeyStore,
+  disableKeyStore,
+  enableKeyStore,
+  type KeystoreAction,
+  listKeyStores,
+  showKeyStore,
+} from './keystore-actions.js';
 import { versionDocument, versionsDocument } from './versions.js';
 
 /** Every Huawei action this service offers: `/v1.0/{project_id}/kms/<action>`, with the method Huawei uses. */
@@ -50,6 +59,19 @@ const ACTIONS: Readonly<Record<string, { method: 'GET' | 'POST'; run: HuaweiActi
   'decrypt-data': { method: 'POST', run: decryptData },
   'user-instances': { method: 'GET', run: userInstances },
   'user-quotas': { method: 'GET', run: userQuotas },
+};
+
+type KeystoreMethod = 'GET' | 'POST' | 'DELETE';
+
+/**
+ * The keystore routes, by what follows `/v1.0/{project_id}/keystores`: nothing (the collection), `{id}`, or
+ * `{id}/enable|disable`; then by method, as Huawei's SDKs call them.
+ */
+const KEYSTORE_ROUTES: Readonly<Record<string, Partial<Record<KeystoreMethod, KeystoreAction>>>> = {
+  collection: { GET: listKeyStores, POST: createKeyStore },
+  keystore: { GET: showKeyStore, DELETE: deleteKeyStore },
+  enable: { POST: enableKeyStore },
+  disable: { POST: disableKeyStore },
 };
 
 const PROJECT_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
@@ -95,9 +117,12 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
 /** `/v1.0/{project_id}/kms/{action}`, matched as Express would: any case, optional trailing slash. */
 const ACTION_PATH = /^\/v1\.0\/([^/]*)\/kms\/([^/]*)\/?$/i;
 
+/** `/v1.0/{project_id}/keystores[/{keystore_id}[/enable|/disable]]`, matched the same way. */
+const KEYSTORE_PATH = /^\/v1\.0\/([^/]*)\/keystores(?:\/([^/]+)(?:\/(enable|disable))?)?\/?$/i;
+
 /**
- * Serves `/v1.0/{project_id}/kms/{action}` on plain node:http and returns true, or returns false for any other path
- * (left to the Express app: version documents, unknown routes). The actions are the hot path of the service and
+ * Serves `/v1.0/{project_id}/kms/{action}` and the keystore paths on plain node:http and returns true, or returns
+ * false for any other path (left to the Express app: version documents, unknown routes). The actions are the hot path of the service and
  * JSON-in, JSON-out: Express's per-request work (router, request and response decoration) cost as much CPU as a
  * create-datakey's own cryptography (docs/performance.md).
  */
@@ -125,16 +150,57 @@ export function huaweiActionListener(services: Services, auth: HuaweiAuthOptions
     const body = action.method === 'POST' ? parseJsonBody(signedBody ?? (await readRawBody(req))) : undefined;
     sendJson(res, 200, await action.run(services, projectId, body));
   };
+  const serveKeystore = async (
+    req: IncomingMessage,
+    res: ServerResponse,
+    projectId: string,
+    route: string,
+    keystoreId: string,
+    query: string,
+  ) => {
+    if (!PROJECT_ID_PATTERN.test(projectId)) throw invalid('KMS.0201', 'Invalid request URL.');
+    const signedBody = await authenticate(req, projectId, auth, () => readRawBody(req));
+    const methods = KEYSTORE_ROUTES[route] as Partial<Record<string, KeystoreAction>>;
+    const run = ownEntry(methods, req.method ?? '');
+    if (!run) {
+      res.setHeader('Allow', Object.keys(methods).join(', '));
+      throw new HuaweiApiError('KMS.0215', 405, 'Request method not supported.');
+    }
+    // Only list takes query parameters; it checks its own. Elsewhere one sent is refused, never ignored.
+    if (run !== listKeyStores && query.split('&').some((parameter) => parameter !== '')) {
+      throw invalid('KMS.0201', 'Invalid request URL: this path takes no query parameters.');
+    }
+    const body = req.method === 'POST' ? parseJsonBody(signedBody ?? (await readRawBody(req))) : undefined;
+    const answer = await run(services, projectId, { keystoreId, query: new URLSearchParams(query), body });
+    if (answer === undefined) {
+      res.writeHead(200, { 'Content-Length': 0 });
+      res.end();
+    } else {
+      sendJson(res, 200, answer);
+    }
+  };
   return (req: IncomingMessage, res: ServerResponse): boolean => {
     const url = req.url ?? '';
     const queryAt = url.indexOf('?');
-    const match = ACTION_PATH.exec(queryAt === -1 ? url : url.slice(0, queryAt));
-    if (!match) return false;
+    const path = queryAt === -1 ? url : url.slice(0, queryAt);
     const query = queryAt === -1 ? '' : url.slice(queryAt + 1);
-    serve(req, res, match[1] as string, (match[2] as string).toLowerCase(), query).catch((err: unknown) =>
-      fail(err, req, res),
-    );
-    return true;
+    const action = ACTION_PATH.exec(path);
+    if (action) {
+      serve(req, res, action[1] as string, (action[2] as string).toLowerCase(), query).catch((err: unknown) =>
+        fail(err, req, res),
+      );
+      return true;
+    }
+    const keystore = KEYSTORE_PATH.exec(path);
+    if (keystore) {
+      const [, projectId, keystoreId, verb] = keystore;
+      const route = verb !== undefined ? verb.toLowerCase() : keystoreId !== undefined ? 'keystore' : 'collection';
+      serveKeystore(req, res, projectId as string, route, keystoreId ?? '', query).catch((err: unknown) =>
+        fail(err, req, res),
+      );
+      return true;
+    }
+    return false;
   };
 }
 

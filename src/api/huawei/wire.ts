@@ -96,6 +96,15 @@ export function keyRef(value: string, aliases: AliasScope | false): KeyRef {
   throw invalid('KMS.0205', 'Invalid key ID.');
 }
 
+/** Room for a keystore id (`cks-` and 17 hex digits) without echoing arbitrary text in a not-found message. */
+const KEYSTORE_ID_PATTERN = /^[A-Za-z0-9-]{1,64}$/;
+
+/** A keystore_id, in a keystore path or create-key's body; whether the project has it is the core's to say. */
+export function validKeystoreId(id: string): string {
+  if (!KEYSTORE_ID_PATTERN.test(id)) throw invalid('KMS.0308', 'Invalid parameter: keystore_id.');
+  return id;
+}
+
 /** A key alias as create-key and update-key-alias take it. */
 export function validAlias(alias: string): string {
   if (!ALIAS_PATTERN.test(alias) || alias.endsWith('/default') || alias === 'alias/') {
