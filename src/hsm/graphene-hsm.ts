@@ -159,6 +159,8 @@ export interface GrapheneHsmTestHooks {
   rootKeyHandle(label: string): Handle | undefined;
   /** The cached handle of the credential key. */
   credentialKeyHandle(): Handle | undefined;
+  /** The cached handle of the secret-sealing key. */
+  secretSealingKeyHandle(): Handle | undefined;
 }
 
 /**
@@ -564,6 +566,7 @@ export class GrapheneHsm implements Hsm {
       profile: this.#profile,
       rootKeyHandle: (label) => this.#roots.get(label),
       credentialKeyHandle: () => this.#tokenKeys.get(CREDENTIAL_KEY),
+      secretSealingKeyHandle: () => this.#tokenKeys.get(SECRET_SEALING_KEY),
     };
   }
 

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../../src/auth/local-issuer.js';
 import type { KeptKeyVersion } from '../../src/core/keys.js';
 import { RootKeyService } from '../../src/core/root-key.service.js';
-import { CREDENTIAL_KEY_LABEL, GrapheneHsm } from '../../src/hsm/graphene-hsm.js';
+import { CREDENTIAL_KEY_LABEL, GrapheneHsm, SECRET_SEALING_KEY_LABEL } from '../../src/hsm/graphene-hsm.js';
 import { SqliteMetadataStore } from '../../src/store/sqlite-metadata-store.js';
 import { type ChildService, freePort, spawnService, stopService } from '../support/child-service.js';
 import { createTestToken, removeTestToken, type TestToken } from '../support/softhsm.js';
@@ -348,6 +348,8 @@ function tokenObjects(site: Site): string[] {
   }
 }
 
+/** The service's own token keys, on the token whatever the roots. */
+const SERVICE_KEYS = [CREDENTIAL_KEY_LABEL, SECRET_SEALING_KEY_LABEL];
 const secretKeys = (...labels: string[]) => labels.map((label) => `secret:${label}`).sort();
 
 // scripts/kms builds dist/ when src/ changed: done here, so that no rotation below is timed with a build in it.
@@ -460,7 +462,7 @@ describe('kms root rotate while the service serves', () => {
     const store = storeRoots(site);
     expect(store.roots).toEqual([{ label: wrap(2), state: 'active' }]);
     expect(Object.keys(store.versionsByRoot)).toEqual([wrap(2)]);
-    expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, wrap(2)));
+    expect(tokenObjects(site)).toEqual(secretKeys(...SERVICE_KEYS, wrap(2)));
     sealed.push(...made);
     expect(await unopened(site, service, sealed)).toEqual([]);
   });
@@ -477,7 +479,7 @@ describe('kms root rotate while the service serves', () => {
     const store = storeRoots(site);
     expect(store.roots).toEqual([{ label: wrap(3), state: 'active' }]);
     expect(Object.keys(store.versionsByRoot)).toEqual([wrap(3)]);
-    expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, wrap(3)));
+    expect(tokenObjects(site)).toEqual(secretKeys(...SERVICE_KEYS, wrap(3)));
     expect(await unopened(site, service, sealed)).toEqual([]);
   });
 });
@@ -522,7 +524,7 @@ describe('SIGKILL during a rotation and during key creation', () => {
     ]);
     expect(half.versionsByRoot[wrap(1)]).toBeGreaterThan(0);
     expect(half.versionsByRoot[wrap(2)]).toBeGreaterThan(0);
-    expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, wrap(1), wrap(2)));
+    expect(tokenObjects(site)).toEqual(secretKeys(...SERVICE_KEYS, wrap(1), wrap(2)));
     // A key cache of 16 for 1,000 keys: nearly every decryption unwraps its version, under whichever root keeps it.
     expect(await unopened(site, service, sealed)).toEqual([]);
     // And after the service, too, is killed and starts again on the half-rotated store and token.
@@ -539,7 +541,7 @@ describe('SIGKILL during a rotation and during key creation', () => {
       roots: [{ label: wrap(3), state: 'active' }],
       versionsByRoot: { [wrap(3)]: KEYS },
     });
-    expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, wrap(3)));
+    expect(tokenObjects(site)).toEqual(secretKeys(...SERVICE_KEYS, wrap(3)));
     expect(await unopened(site, service, sealed)).toEqual([]);
   });
 
@@ -569,7 +571,7 @@ describe('SIGKILL during a rotation and during key creation', () => {
       if (res.sealed) sealed.push(res.sealed);
     }
     // CMK versions are session objects only: a crash can leave nothing behind on the token.
-    expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, active as string));
+    expect(tokenObjects(site)).toEqual(secretKeys(...SERVICE_KEYS, active as string));
     expect(await unopened(site, service, sealed)).toEqual([]);
   });
 });
@@ -588,19 +590,19 @@ describe('kms root rotate before the service ever ran, and after kills between i
     const run = await rotate(site);
     expect([run.code, run.stdout]).toEqual([0, `${wrap(1)}\n`]);
     expect(storeRoots(site).roots).toEqual([{ label: wrap(1), state: 'active' }]);
-    expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, wrap(1)));
+    expect(tokenObjects(site)).toEqual(secretKeys(...SERVICE_KEYS, wrap(1)));
   });
 
   it('when a rotation was killed after making its root on the token, then the next one adopts that root and leaves no orphan', async () => {
     // What a kill leaves after the first step of a rotation (RootKeyService makes the root on the token, and only
     // then records it): hsm-kms-wrap-2 on the token, unknown to the store.
     await withHsm(site, (hsm) => hsm.ensureRootKey(wrap(2)));
-    expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, wrap(1), wrap(2)));
+    expect(tokenObjects(site)).toEqual(secretKeys(...SERVICE_KEYS, wrap(1), wrap(2)));
 
     const run = await rotate(site);
     expect([run.code, run.stdout]).toEqual([0, `${wrap(2)}\n`]);
     expect(storeRoots(site).roots).toEqual([{ label: wrap(2), state: 'active' }]);
-    expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, wrap(2)));
+    expect(tokenObjects(site)).toEqual(secretKeys(...SERVICE_KEYS, wrap(2)));
   });
 
   it('when a rotation was killed after destroying the old root on the token, then the next one forgets it and goes on', async () => {
@@ -623,7 +625,7 @@ describe('kms root rotate before the service ever ran, and after kills between i
     // It reports only what it found on the token to destroy.
     expect(run.stderr).toContain(`destroyed ${JSON.stringify([wrap(3)])}`);
     expect(storeRoots(site).roots).toEqual([{ label: wrap(4), state: 'active' }]);
-    expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, wrap(4)));
+    expect(tokenObjects(site)).toEqual(secretKeys(...SERVICE_KEYS, wrap(4)));
   });
 
   it('when two rotations run at once, then no key version is lost, and a further rotation leaves one root', async () => {
@@ -653,7 +655,7 @@ describe('kms root rotate before the service ever ran, and after kills between i
     expect(run.code).toBe(0);
     const label = run.stdout.trim();
     expect(storeRoots(site)).toEqual({ roots: [{ label, state: 'active' }], versionsByRoot: { [label]: 300 } });
-    expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, label));
+    expect(tokenObjects(site)).toEqual(secretKeys(...SERVICE_KEYS, label));
     expect(await openEveryVersion(site)).toBe(300);
   });
 
@@ -671,7 +673,7 @@ describe('kms root rotate before the service ever ran, and after kills between i
     expect(last.code).toBe(0);
     const label = last.stdout.trim();
     expect(storeRoots(site)).toEqual({ roots: [{ label, state: 'active' }], versionsByRoot: { [label]: 300 } });
-    expect(tokenObjects(site)).toEqual(secretKeys(CREDENTIAL_KEY_LABEL, label));
+    expect(tokenObjects(site)).toEqual(secretKeys(...SERVICE_KEYS, label));
     expect(await openEveryVersion(site)).toBe(300);
   });
 

@@ -78,12 +78,16 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       expect(everythingIn(err)).not.toContain(token.pin); // also covers wrongPin, which starts with it
     });
 
-    it('when the adapter opens, then it makes the credential key and no root key, and its self-test leaves no object behind', async () => {
+    it('when the adapter opens, then it makes the credential and secret-sealing keys and no root key, and its self-test leaves no object behind', async () => {
       for (const createTokenKeysIfMissing of [true, false]) {
         const hsm = await openHsm(token, { createTokenKeysIfMissing });
         try {
-          const credential = hsm.forTesting().credentialKeyHandle() as Buffer;
-          expect(allObjects(hsm).map((handle) => handle.toString('hex'))).toEqual([credential.toString('hex')]);
+          const serviceKeys = [hsm.forTesting().credentialKeyHandle(), hsm.forTesting().secretSealingKeyHandle()];
+          expect(
+            allObjects(hsm)
+              .map((handle) => handle.toString('hex'))
+              .sort(),
+          ).toEqual(serviceKeys.map((handle) => (handle as Buffer).toString('hex')).sort());
         } finally {
           await hsm.close();
         }
