@@ -163,12 +163,21 @@ export class KeyService {
   async reconcilePendingCreation(): Promise<{ purged: number; waiting: number }> {
     let purged = 0;
     let waiting = 0;
+    const interruptedStores = new Map<string, KeyRecord>();
     for (const key of await this.store.listPendingCreation()) {
       if (!(await this.destroyTokenObjects(key))) {
         waiting++;
         continue;
       }
+      if (key.keyStoreId !== null) interruptedStores.set(key.keyStoreId, key);
       if (await this.store.purgePendingCreation(key.id)) purged++;
+    }
+    // A creation killed inside C_GenerateKey can leave a stub without the CKA_ID the record names.
+    for (const key of interruptedStores.values()) {
+      await this.stores?.keyStores
+        .hsmFor(key)
+        .then((hsm) => hsm.destroyIncompleteTokenKeys())
+        .catch(() => 0);
     }
     if (purged > 0) await this.store.erasePurged();
     return { purged, waiting };

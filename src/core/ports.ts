@@ -50,6 +50,12 @@ export interface Hsm {
   /** Destroys the token object(s) of a token-object-v1 version by CKA_ID; false if there was none. Only AES keys
    *  that encrypt and cannot wrap are ever destroyed here. */
   destroyTokenKeyVersion(objectId: Buffer): Promise<boolean>;
+  /**
+   * Destroys what a crash during createTokenKeyVersion may have left of a key on some modules (SoftHSM): an object
+   * without label, CKA_ID or value, which holds no key. Only run when no creation can be under way (start-up).
+   * Returns how many were destroyed.
+   */
+  destroyIncompleteTokenKeys(): Promise<number>;
   /** The version's key, kept again under the root key `rootKeyLabel` (root rotation; migration of legacy schemes). */
   rewrapKeyVersion(key: CmkVersionRef, rootKeyLabel: string): Promise<KeptKeyVersion>;
   /** AES-256-GCM in the HSM under the CMK version, with an IV the HSM layer chooses (never the caller). */

@@ -58,6 +58,8 @@ export const SECRET_SEALING_KEY_LABEL = 'hsm-kms-secrets-1';
 const CKS_RW_USER_FUNCTIONS = 3;
 const SESSION_FLAGS = pkcs11js.CKF_RW_SESSION | pkcs11js.CKF_SERIAL_SESSION;
 const MAX_RANDOM_BYTES = 1024 * 1024;
+/** Most secret keys destroyIncompleteTokenKeys looks at on a tenant's token (one per CMK version kept there). */
+const MAX_OBJECTS_SCANNED = 1_000_000;
 /** More objects with one CKA_ID than destroyTokenKeyVersion looks at in one go (there should be one). */
 const MAX_OBJECTS_PER_ID = 64;
 /** The boolean attributes a token-object-v1 version's key must have true, and those it must have false. */
@@ -404,6 +406,48 @@ export class GrapheneHsm implements Hsm {
       this.#onAnchor('C_DestroyObject', (anchor) => this.#lib.C_DestroyObject(anchor, handle));
     }
     return found.length > 0;
+  }
+
+  async destroyIncompleteTokenKeys(): Promise<number> {
+    this.#assertOpen();
+    const secretKeys = this.#onAnchor('C_FindObjects', (anchor) =>
+      this.#find(anchor, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY }], MAX_OBJECTS_SCANNED),
+    );
+    let destroyed = 0;
+    for (const handle of secretKeys) {
+      if (!this.#isIncompleteKey(handle)) continue;
+      this.#onAnchor('C_DestroyObject', (anchor) => this.#lib.C_DestroyObject(anchor, handle));
+      destroyed++;
+    }
+    return destroyed;
+  }
+
+  /**
+   * The stub SoftHSM leaves of a key whose C_GenerateKey was killed: it writes the object before its attributes, so
+   * what remains has no label, no CKA_ID and a value of length 0. It holds no key: destroying it loses nothing. A
+   * module whose objects cannot be read so (an attribute it refuses) has no such stubs, and nothing is destroyed.
+   */
+  #isIncompleteKey(handle: Handle): boolean {
+    let attributes: pkcs11js.Attribute[];
+    try {
+      attributes = this.#onAnchor('C_GetAttributeValue', (anchor) =>
+        this.#lib.C_GetAttributeValue(anchor, handle, [
+          { type: pkcs11js.CKA_VALUE_LEN },
+          { type: pkcs11js.CKA_LABEL },
+          { type: pkcs11js.CKA_ID },
+        ]),
+      );
+    } catch {
+      return false;
+    }
+    const [valueLength, label, id] = attributes.map((attribute) => attribute.value as Buffer | undefined);
+    return (
+      valueLength !== undefined &&
+      valueLength.length > 0 &&
+      valueLength.every((byte) => byte === 0) &&
+      (label?.length ?? 0) === 0 &&
+      (id?.length ?? 0) === 0
+    );
   }
 
   /**

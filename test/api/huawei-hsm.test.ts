@@ -78,6 +78,10 @@ class FaultInjectingHsm implements Hsm {
     this.check();
     return this.real.decrypt(key, iv, ciphertextWithTag, aad);
   }
+  async destroyIncompleteTokenKeys() {
+    this.check();
+    return this.real.destroyIncompleteTokenKeys();
+  }
   async sealSecret(plaintext: Buffer, aad: Buffer) {
     this.check();
     return this.real.sealSecret(plaintext, aad);
