@@ -154,12 +154,6 @@ describe('key stores under real service processes', () => {
     await stopService(victim, 'SIGKILL');
     await Promise.all(creators);
     expect(acknowledged.length).toBeGreaterThan(0);
-    console.log(
-      'BEFORE',
-      keysInDatabase().filter((k) => k.state === 'PendingCreation').length,
-      tenantKeyLabels().length,
-      keysInDatabase().filter((k) => k.state === 'Enabled').length,
-    );
 
     const restarted = await spawnService({ ...env, KMS_PORT: String(await freePort()) });
     try {
