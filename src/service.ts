@@ -86,12 +86,12 @@ export async function startService(
     store,
     new GrapheneKeyStoreConnector(config.keyStoreConnections, config.hsm.keyCacheSize, options.wrapKeyStoreHsm),
     clock,
-  );
-  const keys = new KeyService(hsm, store, clock, config.cmkQuota, {
-    keyStores,
     // As AWS labels a CloudHSM key store's keys: a tenant can tell in its own HSM which key is which.
-    tokenObjectLabel: (key) => `arn:aws:kms:${config.region}:${key.projectId}:key/${key.id}`,
-  });
+    (key) => `arn:aws:kms:${config.region}:${key.projectId}:key/${key.id}`,
+  );
+  const keys = new KeyService(hsm, store, clock, config.cmkQuota, keyStores);
+  keyStores.onBeforeConnected((connecting, tokenHsm) => keys.reconcileStore(connecting, tokenHsm));
+  keyStores.watchOpenStores();
   const random = new RandomService(hsm, keyStores);
   const services: Services = {
     random,

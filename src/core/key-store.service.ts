@@ -5,24 +5,37 @@ import {
   type ConnectionOffer,
   type ConnectionState,
   type KeyStoreRecord,
+  MAX_KEY_STORE_NAME_LENGTH,
   MAX_KEY_STORES_PER_PROJECT,
+  MAX_PIN_LENGTH,
+  MAX_TRUST_ANCHOR_LENGTH,
+  MIN_PIN_LENGTH,
   pinAad,
   STORE_ROOT_KEY_LABEL,
 } from './key-stores.js';
 import type { KeyRecord } from './keys.js';
 import type { Clock, Hsm, KeyStoreConnector, MetadataStore } from './ports.js';
 
-/** AWS's bounds on KeyStorePassword (the token user's PIN). */
-const MIN_PIN_LENGTH = 7;
-const MAX_PIN_LENGTH = 32;
-/** AWS's bound on TrustAnchorCertificate. */
-export const MAX_TRUST_ANCHOR_LENGTH = 5000;
-export const MAX_KEY_STORE_NAME_LENGTH = 256;
 /**
  * How long a process waits before trying again to open a connected store's token after it failed to: a token that
  * is down is not asked again on every request.
  */
 const REOPEN_BACKOFF_MS = 1_000;
+/**
+ * How long a connection may stay CONNECTING before a new connect takes it over (its process died, say). Opening a
+ * token takes well under a second.
+ */
+export const STALE_CONNECTING_MS = 60_000;
+/**
+ * How often a process looks whether the stores it holds open are still connected, and closes those that are not:
+ * a store disconnected through another process is logged out of here within this time even if no request uses it.
+ */
+const OPEN_STORES_CHECK_MS = 2_000;
+
+/** The login failures that retrying would only repeat, and that could lock the tenant's HSM user out. */
+const CREDENTIAL_FAILURES: ReadonlySet<string> = new Set(['INVALID_CREDENTIALS', 'USER_LOCKED_OUT']);
+
+const ALL_STATES: readonly ConnectionState[] = ['CONNECTED', 'CONNECTING', 'FAILED', 'DISCONNECTED', 'DISCONNECTING'];
 
 export interface CreateKeyStoreInput {
   readonly projectId: string;
@@ -40,16 +53,16 @@ export interface UpdateKeyStoreInput {
 }
 
 /**
- * How often a process looks whether the stores it holds open are still connected, and closes those that are not:
- * a store disconnected through another process is logged out of here within this time even if no request uses it.
+ * Run in the connecting process once the store's token is open, before the store is recorded CONNECTED: cleans up
+ * keys whose creation in the store was interrupted (KeyService.reconcileStore).
  */
-const OPEN_STORES_CHECK_MS = 2_000;
+export type BeforeConnected = (store: KeyStoreRecord, hsm: Hsm) => Promise<void>;
 
 /**
  * This process's session to a store's token (or the failure of the last attempt to open it, and when), for the
- * connection that began at `connectedAt`.
+ * connection numbered `epoch`.
  */
-type OpenStore = { readonly projectId: string; readonly connectedAt: number | null } & (
+type OpenStore = { readonly projectId: string; readonly epoch: number } & (
   | { readonly hsm: Promise<Hsm> }
   | { readonly failedAt: number; readonly error: unknown }
 );
@@ -62,22 +75,33 @@ type OpenStore = { readonly projectId: string; readonly connectedAt: number | nu
  *
  * The record in the metadata store is the truth every process follows: the process that connects a store opens its
  * token and records CONNECTED; the others open their own session to it on first use, and close it when they see the
- * store is no longer connected.
+ * store is no longer connected, or connected again since (a new epoch).
  */
 export class KeyStoreService {
   readonly #open = new Map<string, OpenStore>();
   /** Connection attempts under way in this process, so that tests and shutdown can wait for them. */
   readonly #connecting = new Set<Promise<void>>();
   #closed = false;
-  readonly #checker: NodeJS.Timeout;
+  #checker: NodeJS.Timeout | undefined;
+  #beforeConnected: BeforeConnected = async () => undefined;
 
+  /** `tokenObjectLabel`: what a key's token object is labelled with in a `token-object` store (its ARN). */
   constructor(
     private readonly defaultHsm: Hsm,
     private readonly store: MetadataStore,
     private readonly connector: KeyStoreConnector,
     private readonly clock: Clock,
-  ) {
-    this.#checker = setInterval(() => void this.closeDisconnected(), OPEN_STORES_CHECK_MS).unref();
+    readonly tokenObjectLabel: (key: KeyRecord) => string,
+  ) {}
+
+  /** Starts closing, every few seconds, this process's sessions to stores disconnected elsewhere. */
+  watchOpenStores(): void {
+    this.#checker ??= setInterval(() => void this.closeDisconnected(), OPEN_STORES_CHECK_MS).unref();
+  }
+
+  /** What the connecting process runs before it records a store CONNECTED. */
+  onBeforeConnected(hook: BeforeConnected): void {
+    this.#beforeConnected = hook;
   }
 
   /** The connections offered to the project, by id. */
@@ -107,6 +131,7 @@ export class KeyStoreService {
       return existing;
     }
     const id = `cks-${randomBytes(9).toString('hex').slice(0, 17)}`;
+    const now = this.clock.now();
     const record: KeyStoreRecord = {
       id,
       projectId: input.projectId,
@@ -118,8 +143,9 @@ export class KeyStoreService {
       connectionState: 'DISCONNECTED',
       connectionErrorCode: null,
       rootTokenId: null,
-      connectedAt: null,
-      createdAt: this.clock.now(),
+      connectionEpoch: 0,
+      stateChangedAt: now,
+      createdAt: now,
     };
     await this.store.insertKeyStore(record, MAX_KEY_STORES_PER_PROJECT);
     return record;
@@ -150,32 +176,37 @@ export class KeyStoreService {
   /**
    * Starts connecting the store and returns at once, as AWS does: the state is CONNECTING until the token is open
    * and has passed its self-test (CONNECTED), or FAILED with the reason. Connecting a store that is connected or
-   * connecting changes nothing; one that is FAILED must be disconnected first.
+   * connecting changes nothing (unless that connection was abandoned: then this one takes over); one that is FAILED
+   * must be disconnected first.
    */
   async connect(projectId: string, keyStoreId: string): Promise<void> {
-    const current = await this.get(projectId, keyStoreId);
-    if (current.connectionState === 'CONNECTED' || current.connectionState === 'CONNECTING') return;
-    if (current.connectionState !== 'DISCONNECTED') throw invalidState(current, 'ConnectCustomKeyStore');
-    const connecting = await this.store.updateKeyStore(projectId, keyStoreId, ['DISCONNECTED'], {
-      connectionState: 'CONNECTING',
-      connectionErrorCode: null,
-    });
-    // Another process moved it meanwhile: answer as if this request had come after that.
-    if (!connecting) return this.connect(projectId, keyStoreId);
-    this.#startConnecting(connecting);
+    for (;;) {
+      const current = await this.get(projectId, keyStoreId);
+      if (current.connectionState === 'CONNECTED') return;
+      if (current.connectionState === 'CONNECTING' && !this.#abandoned(current)) return;
+      if (current.connectionState === 'FAILED' || current.connectionState === 'DISCONNECTING') {
+        throw invalidState(current, 'ConnectCustomKeyStore');
+      }
+      // False when another process moved it meanwhile: answer as if this request had come after that.
+      if (await this.#beginConnecting(current)) return;
+    }
   }
 
-  /** Closes the store's token in this process and records it DISCONNECTED; the other processes follow on next use. */
+  /** Closes the store's token in this process and records it DISCONNECTED; the other processes follow shortly. */
   async disconnect(projectId: string, keyStoreId: string): Promise<void> {
-    const current = await this.get(projectId, keyStoreId);
-    if (current.connectionState === 'DISCONNECTED' || current.connectionState === 'DISCONNECTING') {
-      throw invalidState(current, 'DisconnectCustomKeyStore');
+    for (;;) {
+      const current = await this.get(projectId, keyStoreId);
+      if (current.connectionState === 'DISCONNECTED' || current.connectionState === 'DISCONNECTING') {
+        throw invalidState(current, 'DisconnectCustomKeyStore');
+      }
+      const updated = await this.store.updateKeyStore(
+        projectId,
+        keyStoreId,
+        { states: [current.connectionState], epoch: current.connectionEpoch },
+        { connectionState: 'DISCONNECTED', connectionErrorCode: null, stateChangedAt: this.clock.now() },
+      );
+      if (updated) break;
     }
-    const updated = await this.store.updateKeyStore(projectId, keyStoreId, [current.connectionState], {
-      connectionState: 'DISCONNECTED',
-      connectionErrorCode: null,
-    });
-    if (!updated) return this.disconnect(projectId, keyStoreId);
     await this.#close(keyStoreId);
   }
 
@@ -195,16 +226,19 @@ export class KeyStoreService {
       );
     }
     const onlyName = change.pin === undefined && change.connectionId === undefined;
-    const states: readonly ConnectionState[] = onlyName
-      ? ['CONNECTED', 'CONNECTING', 'FAILED', 'DISCONNECTED', 'DISCONNECTING']
-      : ['DISCONNECTED'];
+    const states = onlyName ? ALL_STATES : (['DISCONNECTED'] as const);
     if (!states.includes(current.connectionState)) throw invalidState(current, 'UpdateCustomKeyStore');
-    const updated = await this.store.updateKeyStore(projectId, keyStoreId, states, {
-      ...(change.name === undefined ? {} : { name: change.name }),
-      ...(change.pin === undefined
-        ? {}
-        : { sealedPin: await this.defaultHsm.sealSecret(change.pin, pinAad(keyStoreId)) }),
-    });
+    const sealedPin =
+      change.pin === undefined ? undefined : await this.defaultHsm.sealSecret(change.pin, pinAad(keyStoreId));
+    const updated = await this.store.updateKeyStore(
+      projectId,
+      keyStoreId,
+      { states },
+      {
+        ...(change.name === undefined ? {} : { name: change.name }),
+        ...(sealedPin === undefined ? {} : { sealedPin }),
+      },
+    );
     if (!updated) throw invalidState(await this.get(projectId, keyStoreId), 'UpdateCustomKeyStore');
     return updated;
   }
@@ -239,31 +273,36 @@ export class KeyStoreService {
     return { store, hsm: await this.#hsmOf(store) };
   }
 
-  /** The HSM a key lives in: the default one, or its store's, which must be connected. */
-  async hsmFor(key: KeyRecord): Promise<Hsm> {
-    if (key.keyStoreId === null) return this.defaultHsm;
+  /** The HSM a key of a store lives in: its store's, which must be connected. */
+  async hsmFor(key: KeyRecord & { keyStoreId: string }): Promise<Hsm> {
     const store = await this.store.findKeyStore(key.projectId, key.keyStoreId);
     if (store?.connectionState !== 'CONNECTED') {
       if (store) await this.#close(store.id);
       throw new KmsError(
         'KeyStoreNotConnected',
         `${key.id} is unavailable because its custom key store ${key.keyStoreId} is not connected.`,
+        { subject: { kind: 'id', id: key.id } },
       );
     }
     return this.#hsmOf(store);
   }
 
   /**
-   * What a process does at start-up (primary or single): finishes connections a crash left CONNECTING and records
-   * stores left DISCONNECTING as DISCONNECTED.
+   * What a process does at start-up (primary or single): connections a crash left CONNECTING start again, and stores
+   * left DISCONNECTING are recorded DISCONNECTED.
    */
   async resumeConnections(): Promise<void> {
     for (const store of await this.store.listKeyStoresIn(['CONNECTING', 'DISCONNECTING'])) {
-      if (store.connectionState === 'CONNECTING') this.#startConnecting(store);
-      else
-        await this.store.updateKeyStore(store.projectId, store.id, ['DISCONNECTING'], {
-          connectionState: 'DISCONNECTED',
-        });
+      if (store.connectionState === 'CONNECTING') {
+        await this.#beginConnecting(store);
+      } else {
+        await this.store.updateKeyStore(
+          store.projectId,
+          store.id,
+          { states: ['DISCONNECTING'], epoch: store.connectionEpoch },
+          { connectionState: 'DISCONNECTED', stateChangedAt: this.clock.now() },
+        );
+      }
     }
   }
 
@@ -276,12 +315,12 @@ export class KeyStoreService {
   async closeDisconnected(): Promise<void> {
     for (const [id, open] of [...this.#open]) {
       const current = await this.store.findKeyStore(open.projectId, id).catch(() => undefined);
-      if (current?.connectionState !== 'CONNECTED' || current.connectedAt !== open.connectedAt) await this.#close(id);
+      if (current?.connectionState !== 'CONNECTED' || current.connectionEpoch !== open.epoch) await this.#close(id);
     }
   }
 
   async close(): Promise<void> {
-    clearInterval(this.#checker);
+    if (this.#checker) clearInterval(this.#checker);
     this.#closed = true;
     await this.settled();
     await Promise.all([...this.#open.keys()].map((id) => this.#close(id)));
@@ -295,28 +334,54 @@ export class KeyStoreService {
     return offer;
   }
 
-  #startConnecting(store: KeyStoreRecord): void {
-    const attempt = this.#establish(store).finally(() => this.#connecting.delete(attempt));
-    this.#connecting.add(attempt);
+  #abandoned(store: KeyStoreRecord): boolean {
+    return this.clock.now() - store.stateChangedAt > STALE_CONNECTING_MS;
   }
 
-  /** Opens the token, makes or checks the store's root key, and records how it went. Never throws. */
+  /** Moves the store to CONNECTING under the next epoch and starts the attempt; false if the store changed first. */
+  async #beginConnecting(current: KeyStoreRecord): Promise<boolean> {
+    const connecting = await this.store.updateKeyStore(
+      current.projectId,
+      current.id,
+      { states: [current.connectionState], epoch: current.connectionEpoch },
+      {
+        connectionState: 'CONNECTING',
+        connectionErrorCode: null,
+        connectionEpoch: current.connectionEpoch + 1,
+        stateChangedAt: this.clock.now(),
+      },
+    );
+    if (!connecting) return false;
+    const attempt = this.#establish(connecting).finally(() => this.#connecting.delete(attempt));
+    this.#connecting.add(attempt);
+    return true;
+  }
+
+  /**
+   * Opens the token, makes or checks the store's root key, cleans up interrupted creations, and records how it went,
+   * only if the store is still in this attempt's epoch. Never throws.
+   */
   async #establish(store: KeyStoreRecord): Promise<void> {
     await this.#close(store.id);
+    const mine = { states: ['CONNECTING'] as const, epoch: store.connectionEpoch };
     let hsm: Hsm | undefined;
     try {
       hsm = await this.#openToken(store);
-      const rootTokenId = store.keyScheme === 'wrapped' ? await this.#checkRoot(hsm, store) : store.rootTokenId;
-      const connected = await this.store.updateKeyStore(store.projectId, store.id, ['CONNECTING'], {
+      const rootTokenId =
+        store.keyScheme === 'wrapped' && store.rootTokenId === null
+          ? await hsm.ensureRootKey(STORE_ROOT_KEY_LABEL)
+          : store.rootTokenId;
+      await this.#beforeConnected(store, hsm);
+      const connected = await this.store.updateKeyStore(store.projectId, store.id, mine, {
         connectionState: 'CONNECTED',
         connectionErrorCode: null,
         rootTokenId,
-        connectedAt: this.clock.now(),
+        stateChangedAt: this.clock.now(),
       });
       if (connected && !this.#closed) {
         this.#open.set(store.id, {
           projectId: store.projectId,
-          connectedAt: connected.connectedAt,
+          epoch: store.connectionEpoch,
           hsm: Promise.resolve(hsm),
         });
         return;
@@ -326,46 +391,67 @@ export class KeyStoreService {
       await hsm?.close().catch(() => undefined);
       const code = err instanceof ConnectionFailure ? err.code : 'INTERNAL_ERROR';
       await this.store
-        .updateKeyStore(store.projectId, store.id, ['CONNECTING'], {
+        .updateKeyStore(store.projectId, store.id, mine, {
           connectionState: 'FAILED',
           connectionErrorCode: code,
+          stateChangedAt: this.clock.now(),
         })
         .catch(() => undefined);
     }
   }
 
-  async #checkRoot(hsm: Hsm, store: KeyStoreRecord): Promise<Buffer> {
-    if (store.rootTokenId === null) return hsm.ensureRootKey(STORE_ROOT_KEY_LABEL);
-    await hsm.checkRootKey(STORE_ROOT_KEY_LABEL, store.rootTokenId);
-    return store.rootTokenId;
-  }
-
+  /**
+   * Logs in to the store's token with its PIN (unsealed for the call, zeroed after). A wrapped store's root key, once
+   * recorded, is checked in every process: a token whose root is missing or another is refused.
+   */
   async #openToken(store: KeyStoreRecord): Promise<Hsm> {
     const pin = await this.defaultHsm.openSecret(store.sealedPin, pinAad(store.id));
+    let hsm: Hsm;
     try {
-      return await this.connector.connect(store.connectionId, pin);
+      hsm = await this.connector.connect(store.connectionId, pin);
     } finally {
       pin.fill(0);
     }
+    if (store.keyScheme === 'wrapped' && store.rootTokenId !== null) {
+      try {
+        await hsm.checkRootKey(STORE_ROOT_KEY_LABEL, store.rootTokenId);
+      } catch (err) {
+        await hsm.close();
+        throw new ConnectionFailure('INTERNAL_ERROR', `Custom key store ${store.id}: its root key is not right.`, {
+          cause: err,
+        });
+      }
+    }
+    return hsm;
   }
 
   /** This process's session to a connected store's token, opened on first use. */
   async #hsmOf(store: KeyStoreRecord): Promise<Hsm> {
     let open = this.#open.get(store.id);
-    if (open && open.connectedAt !== store.connectedAt) {
+    if (open && open.epoch !== store.connectionEpoch) {
       // Opened for an earlier connection: the tenant may have changed the PIN in between.
       await this.#close(store.id);
       open = undefined;
     }
-    if (open && 'hsm' in open) return open.hsm;
+    if (open && 'hsm' in open) return open.hsm.catch((err: unknown) => Promise.reject(unavailable(store, err)));
     if (open && this.clock.now() - open.failedAt < REOPEN_BACKOFF_MS) throw unavailable(store, open.error);
-    const which = { projectId: store.projectId, connectedAt: store.connectedAt };
+    const which = { projectId: store.projectId, epoch: store.connectionEpoch };
     const hsm = this.#openToken(store);
     this.#open.set(store.id, { ...which, hsm });
     try {
       return await hsm;
     } catch (err) {
       this.#open.set(store.id, { ...which, failedAt: this.clock.now(), error: err });
+      if (err instanceof ConnectionFailure && CREDENTIAL_FAILURES.has(err.code)) {
+        // The PIN no longer opens the token (changed on the HSM by its owner): asking again every second could lock
+        // the user out. The store fails, as AWS reports it, until the tenant disconnects and connects it again.
+        await this.store.updateKeyStore(
+          store.projectId,
+          store.id,
+          { states: ['CONNECTED'], epoch: store.connectionEpoch },
+          { connectionState: 'FAILED', connectionErrorCode: err.code, stateChangedAt: this.clock.now() },
+        );
+      }
       throw unavailable(store, err);
     }
   }
@@ -387,7 +473,7 @@ function checkName(name: string): void {
 function checkPin(pin: Buffer): void {
   needs(
     pin.length >= MIN_PIN_LENGTH && pin.length <= MAX_PIN_LENGTH,
-    `The key store password must be ${MIN_PIN_LENGTH} to ${MAX_PIN_LENGTH} characters.`,
+    `The key store password must be ${MIN_PIN_LENGTH} to ${MAX_PIN_LENGTH} bytes.`,
   );
 }
 

@@ -36,6 +36,13 @@ export const CONNECTION_ID_PATTERN = /^cluster-[2-7a-zA-Z]{11,16}$/;
 /** The label of a store's root key on its token (scheme `wrapped`). Stores' roots are not rotated yet. */
 export const STORE_ROOT_KEY_LABEL = 'hsm-kms-store-wrap-1';
 
+/** AWS's bounds on KeyStorePassword, the token user's PIN, in bytes of its UTF-8 form. */
+export const MIN_PIN_LENGTH = 7;
+export const MAX_PIN_LENGTH = 32;
+/** AWS's bound on TrustAnchorCertificate. */
+export const MAX_TRUST_ANCHOR_LENGTH = 5000;
+export const MAX_KEY_STORE_NAME_LENGTH = 256;
+
 /** AWS's limit of custom key stores per account and region, applied per project. */
 export const MAX_KEY_STORES_PER_PROJECT = 10;
 
@@ -57,15 +64,33 @@ export interface KeyStoreRecord {
   /** CKA_ID of the store's root key on its token (scheme `wrapped`), once made at the first connection. */
   readonly rootTokenId: Buffer | null;
   /**
-   * When the store last became CONNECTED; null before. A process holding the token open from an earlier connection
-   * (before a disconnection and a change of PIN, say) sees it differ and opens the token again.
+   * Counts the connections begun: each move to CONNECTING takes the next number, and an attempt records its outcome
+   * only if the number is still its own (a later attempt, or a disconnection, overrides it). A process holding the
+   * token open for an earlier number (before a disconnection and a change of PIN, say) opens it again.
    */
-  readonly connectedAt: number | null;
+  readonly connectionEpoch: number;
+  /** When connectionState last changed: a CONNECTING left by a process that died is taken over after a while. */
+  readonly stateChangedAt: number;
   readonly createdAt: number;
 }
 
+/** What an update of a store expects to find, compare-and-set: one of the states, and the epoch if given. */
+export interface KeyStoreExpectation {
+  readonly states: readonly ConnectionState[];
+  readonly epoch?: number;
+}
+
 export type KeyStorePatch = Partial<
-  Pick<KeyStoreRecord, 'name' | 'sealedPin' | 'connectionState' | 'connectionErrorCode' | 'rootTokenId' | 'connectedAt'>
+  Pick<
+    KeyStoreRecord,
+    | 'name'
+    | 'sealedPin'
+    | 'connectionState'
+    | 'connectionErrorCode'
+    | 'rootTokenId'
+    | 'connectionEpoch'
+    | 'stateChangedAt'
+  >
 >;
 
 /** The AAD binding a sealed PIN to its store: a PIN copied to another store's record does not open. */

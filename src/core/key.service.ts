@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { KmsError } from './errors.js';
 import type { KeyStoreService } from './key-store.service.js';
-import { STORE_ROOT_KEY_LABEL } from './key-stores.js';
+import { type KeyStoreRecord, STORE_ROOT_KEY_LABEL } from './key-stores.js';
 import {
   type AliasRecord,
   aliasName,
@@ -11,13 +11,17 @@ import {
   type KeyVersionRecord,
   MAX_TAGS_PER_KEY,
   type Tag,
+  TOKEN_OBJECT_ID_BYTES,
   transitions,
 } from './keys.js';
 import type { Clock, Hsm, KeyPatch, MetadataStore } from './ports.js';
 import { activeRootKey } from './root-key.service.js';
 
-/** Bytes of the CKA_ID of a token-object-v1 version: drawn in the store's HSM, recorded before the object is made. */
-const TOKEN_OBJECT_ID_BYTES = 16;
+/**
+ * How old a PendingCreation key in a store must be before a connection of the store cleans it up: a creation under
+ * way in another process takes milliseconds, and must never lose its record under it.
+ */
+const INTERRUPTED_CREATION_AGE_MS = 60_000;
 
 /** Attempts at creating a key when root rotations keep replacing the root key under it. */
 const MAX_ROOT_RACES = 3;
@@ -39,12 +43,6 @@ export interface CreateKeyInput {
   readonly keyStoreId?: string;
 }
 
-/** Tenants' key stores, for keys made in them; what the key's token object is labelled with (its ARN). */
-export interface KeyStoreAccess {
-  readonly keyStores: KeyStoreService;
-  readonly tokenObjectLabel: (key: KeyRecord) => string;
-}
-
 /** The key lifecycle: creation, look-up, state changes, aliases, and the deletion of keys whose window has passed. */
 export class KeyService {
   constructor(
@@ -52,7 +50,7 @@ export class KeyService {
     private readonly store: MetadataStore,
     private readonly clock: Clock,
     private readonly cmkQuota: number,
-    private readonly stores?: KeyStoreAccess,
+    private readonly keyStores: KeyStoreService,
   ) {}
 
   /**
@@ -108,73 +106,81 @@ export class KeyService {
    * so that a crash in between leaves a record naming what to destroy, never an object nobody knows about.
    */
   private async createInStore(key: KeyRecord, keyStoreId: string): Promise<KeyRecord> {
-    if (!this.stores) throw new KmsError('KeyStoreNotFound', `Custom key store ${keyStoreId} does not exist.`);
-    const { store, hsm } = await this.stores.keyStores.connectedHsm(key.projectId, keyStoreId, 'CreateKey');
+    const { store, hsm } = await this.keyStores.connectedHsm(key.projectId, keyStoreId, 'CreateKey');
     if (store.keyScheme === 'wrapped') {
       const kept = await hsm.createKeyVersion(key.id, 0, STORE_ROOT_KEY_LABEL);
       try {
-        await this.insertPending(key, { keyId: key.id, version: 0, ...kept, createdAt: key.createdAt });
+        await this.insertPendingInStore(key, store, { keyId: key.id, version: 0, ...kept, createdAt: key.createdAt });
+        await this.store.activateKey(key.id);
       } catch (err) {
         hsm.forget(key.id, 0);
         throw err;
       }
-    } else {
-      const objectId = await hsm.generateRandom(TOKEN_OBJECT_ID_BYTES);
-      await this.insertPending(key, {
-        keyId: key.id,
-        version: 0,
-        scheme: 'token-object-v1',
-        rootKeyLabel: '',
-        keyMaterial: objectId,
-        createdAt: key.createdAt,
-      });
-      try {
-        await hsm.createTokenKeyVersion(key.id, 0, this.stores.tokenObjectLabel(key), objectId);
-      } catch (err) {
-        // The record goes only once no object can be left behind; otherwise the next start's reconciliation, which
-        // it names the object for, finishes the job.
-        if (
-          await hsm.destroyTokenKeyVersion(objectId).then(
-            () => true,
-            () => false,
-          )
-        ) {
-          await this.store.purgePendingCreation(key.id);
-        }
-        throw err;
-      }
+      return { ...key, state: 'Enabled' };
     }
-    await this.store.activateKey(key.id);
+    const objectId = await hsm.generateRandom(TOKEN_OBJECT_ID_BYTES);
+    const version: KeyVersionRecord = {
+      keyId: key.id,
+      version: 0,
+      scheme: 'token-object-v1',
+      rootKeyLabel: '',
+      keyMaterial: objectId,
+      createdAt: key.createdAt,
+    };
+    await this.insertPendingInStore(key, store, version);
+    try {
+      await hsm.createTokenKeyVersion(key.id, 0, this.keyStores.tokenObjectLabel(key), objectId);
+      await this.store.activateKey(key.id);
+    } catch (err) {
+      // The record goes only once its object is gone (a reconnection may have cleaned the record up meanwhile, so
+      // the object is destroyed whatever the record's fate); otherwise the next clean-up, which the record names the
+      // object for, finishes the job.
+      const destroyed = await hsm.destroyTokenKeyVersion(objectId).then(
+        () => true,
+        () => false,
+      );
+      if (destroyed) await this.store.purgePendingCreation(key.id);
+      throw err;
+    }
     return { ...key, state: 'Enabled' };
   }
 
-  private async insertPending(key: KeyRecord, version: KeyVersionRecord): Promise<void> {
-    // Keys in a store are never refused for a root rotation of the default HSM: that only concerns its own keys.
+  /** The store checks, in the insert's transaction, that the store is still connected and the project's. */
+  private async insertPendingInStore(key: KeyRecord, store: KeyStoreRecord, version: KeyVersionRecord): Promise<void> {
     if (!(await this.store.insertPendingKey(key, version, this.cmkQuota))) {
-      throw new KmsError('InternalError', 'The key store key was refused by the metadata store.');
+      throw new KmsError(
+        'KeyStoreInvalidState',
+        `CreateKey is not valid for custom key store ${store.id}, which is no longer connected.`,
+      );
     }
   }
 
   /**
    * Removes keys a crash left in PendingCreation: their creation was never acknowledged to anyone. A token object
    * of a store's key that may have been made is destroyed first; while its store cannot be reached, the record stays
-   * (it names the object) and the next start tries again.
+   * (it names the object) and the store's next connection, or the next start, tries again. Runs at start-up only,
+   * when no creation can be under way.
    */
   async reconcilePendingCreation(): Promise<{ purged: number; waiting: number }> {
     let purged = 0;
     let waiting = 0;
-    const interruptedStores = new Map<string, KeyRecord>();
+    const interrupted = new Map<string, KeyRecord & { keyStoreId: string }>();
     for (const key of await this.store.listPendingCreation()) {
-      if (!(await this.destroyTokenObjects(key))) {
+      const hsm = key.keyStoreId === null ? undefined : await this.hsmFor(key).catch(() => undefined);
+      if (key.keyStoreId !== null && !hsm) {
         waiting++;
         continue;
       }
-      if (key.keyStoreId !== null) interruptedStores.set(key.keyStoreId, key);
+      if (hsm && !(await this.destroyTokenObjects(key, hsm))) {
+        waiting++;
+        continue;
+      }
+      if (key.keyStoreId !== null) interrupted.set(key.keyStoreId, { ...key, keyStoreId: key.keyStoreId });
       if (await this.store.purgePendingCreation(key.id)) purged++;
     }
-    // A creation killed inside C_GenerateKey can leave a stub without the CKA_ID the record names.
-    for (const key of interruptedStores.values()) {
-      await this.stores?.keyStores
+    // A creation killed inside C_GenerateKey can leave a stub without the CKA_ID the record names (SoftHSM).
+    for (const key of interrupted.values()) {
+      await this.keyStores
         .hsmFor(key)
         .then((hsm) => hsm.destroyIncompleteTokenKeys())
         .catch(() => 0);
@@ -184,15 +190,25 @@ export class KeyService {
   }
 
   /**
-   * Destroys the token objects of a store key's token-object versions; true when there are none (left), false when
-   * the store's HSM cannot be reached now.
+   * Run by the process connecting a store, with its token open: removes the store's keys whose creation was
+   * interrupted long enough ago that it cannot be under way (a failure whose clean-up failed too, a crash while the
+   * store could not be reached at start-up), so that they neither linger unseen nor block the store's deletion.
    */
-  private async destroyTokenObjects(key: KeyRecord, objectIds?: readonly Buffer[]): Promise<boolean> {
-    const ids = objectIds ?? (await this.tokenObjectIds(key));
-    if (ids.length === 0 || !this.stores) return true;
+  async reconcileStore(store: KeyStoreRecord, hsm: Hsm): Promise<void> {
+    const before = this.clock.now() - INTERRUPTED_CREATION_AGE_MS;
+    let purged = 0;
+    for (const key of await this.store.listPendingCreation()) {
+      if (key.keyStoreId !== store.id || key.createdAt > before) continue;
+      if (!(await this.destroyTokenObjects(key, hsm))) continue;
+      if (await this.store.purgePendingCreation(key.id)) purged++;
+    }
+    if (purged > 0) await this.store.erasePurged();
+  }
+
+  /** Destroys the token objects of a store key's token-object versions; false if one could not be destroyed. */
+  private async destroyTokenObjects(key: KeyRecord, hsm: Hsm, objectIds?: readonly Buffer[]): Promise<boolean> {
     try {
-      const hsm = await this.stores.keyStores.hsmFor(key);
-      for (const id of ids) await hsm.destroyTokenKeyVersion(id);
+      for (const id of objectIds ?? (await this.tokenObjectIds(key))) await hsm.destroyTokenKeyVersion(id);
       return true;
     } catch {
       return false;
@@ -230,9 +246,12 @@ export class KeyService {
       const gone = new Set(await this.store.purgeDueKeys(ids, now));
       for (const key of due) {
         if (!gone.has(key.id)) continue;
-        for (let v = 0; v <= key.currentVersion; v++) this.hsm.forget(key.id, v);
-        // As on AWS, a best effort: the objects of a store that cannot be reached now stay on its token.
-        await this.destroyTokenObjects(key, objectIds.get(key.id));
+        // As on AWS, a best effort for a store's key: the objects of a store that cannot be reached now stay on its
+        // token (and its versions in that process's cache until it closes the store).
+        const hsm = await this.hsmFor(key).catch(() => undefined);
+        if (!hsm) continue;
+        for (let v = 0; v <= key.currentVersion; v++) hsm.forget(key.id, v);
+        await this.destroyTokenObjects(key, hsm, objectIds.get(key.id));
       }
       purged += gone.size;
       if (due.length < PURGE_BATCH_SIZE) break;
@@ -245,7 +264,8 @@ export class KeyService {
 
   /** The HSM the key lives in: the default one, or its key store's (KeyStoreNotConnected when it is not connected). */
   hsmFor(key: KeyRecord): Promise<Hsm> {
-    return this.stores && key.keyStoreId !== null ? this.stores.keyStores.hsmFor(key) : Promise.resolve(this.hsm);
+    const { keyStoreId } = key;
+    return keyStoreId === null ? Promise.resolve(this.hsm) : this.keyStores.hsmFor({ ...key, keyStoreId });
   }
 
   /** A key of the project; a foreign or unknown key is KeyNotFound, indistinguishably. */

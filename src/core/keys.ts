@@ -42,6 +42,9 @@ export interface KeyRecord {
  */
 export type KeyScheme = 'kwp-v1' | 'cbc-encrypt-data-v1' | 'token-object-v1';
 
+/** Bytes of the CKA_ID of a token-object-v1 version: drawn in the store's HSM, recorded before the object is made. */
+export const TOKEN_OBJECT_ID_BYTES = 16;
+
 /** The derive-only root key of the legacy scheme cbc-encrypt-data-v1, on every token made before kwp-v1. */
 export const LEGACY_ROOT_KEY_LABEL = 'hsm-kms-root-1';
 

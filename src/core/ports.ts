@@ -1,5 +1,11 @@
 import type { CredentialRecord } from './credentials.js';
-import type { ConnectionOffer, ConnectionState, KeyStorePatch, KeyStoreRecord } from './key-stores.js';
+import type {
+  ConnectionOffer,
+  ConnectionState,
+  KeyStoreExpectation,
+  KeyStorePatch,
+  KeyStoreRecord,
+} from './key-stores.js';
 import type { AliasRecord, KeptKeyVersion, KeyRecord, KeyState, KeyVersionRecord, RootKeyRecord, Tag } from './keys.js';
 
 /** What the HSM needs to bring one CMK version's key back inside itself. Carries no key material in plaintext. */
@@ -95,6 +101,8 @@ export interface MetadataStore {
   /**
    * Inserts a key in state PendingCreation together with its first version, atomically, if the version is kept
    * under the active root key; false, inserting nothing, if that root has been replaced since (a rotation began).
+   * A key of a tenant's store (keyStoreId) is under none of those roots: it is inserted only if its store is still
+   * CONNECTED and the key's project's (false otherwise).
    * Throws KmsError('AliasAlreadyExists') when the project already has the alias (compared by aliasName()) and
    * KmsError('KeyQuotaExceeded') when the project already holds `quota` keys.
    */
@@ -172,14 +180,13 @@ export interface MetadataStore {
   /** The project's key stores, in creation order. */
   listKeyStores(projectId: string, offset: number, limit: number): Promise<{ stores: KeyStoreRecord[]; total: number }>;
   /**
-   * Applies the patch only if the store's connection state is one of `expectedStates` (compare-and-set across
-   * processes); the updated store, or undefined when it is gone or in another state. Throws
-   * KmsError('KeyStoreNameInUse') on a name clash.
+   * Applies the patch only if the store is as `expected` says (compare-and-set across processes); the updated store,
+   * or undefined when it is gone or not as expected. Throws KmsError('KeyStoreNameInUse') on a name clash.
    */
   updateKeyStore(
     projectId: string,
     keyStoreId: string,
-    expectedStates: readonly ConnectionState[],
+    expected: KeyStoreExpectation,
     patch: KeyStorePatch,
   ): Promise<KeyStoreRecord | undefined>;
   /**

@@ -1,4 +1,4 @@
-import { KmsError, needs } from './errors.js';
+import { needs } from './errors.js';
 import type { KeyStoreService } from './key-store.service.js';
 import type { Hsm } from './ports.js';
 
@@ -9,14 +9,13 @@ export const MAX_RANDOM_LENGTH = 1024;
 export class RandomService {
   constructor(
     private readonly hsm: Hsm,
-    private readonly keyStores?: KeyStoreService,
+    private readonly keyStores: KeyStoreService,
   ) {}
 
   /** From the default HSM, or from a connected key store's HSM of the project when one is named. */
   async generate(length: number, from?: { projectId: string; keyStoreId: string }): Promise<Buffer> {
     needs(Number.isInteger(length) && length >= 1 && length <= MAX_RANDOM_LENGTH, 'Invalid random data length.');
     if (from === undefined) return this.hsm.generateRandom(length);
-    if (!this.keyStores) throw new KmsError('KeyStoreNotFound', `Custom key store ${from.keyStoreId} does not exist.`);
     const { hsm } = await this.keyStores.connectedHsm(from.projectId, from.keyStoreId, 'GenerateRandom');
     return hsm.generateRandom(length);
   }

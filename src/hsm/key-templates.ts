@@ -19,8 +19,7 @@ export const DERIVATION_DATA_BYTES = 32;
 /** RFC 5649 output for a 32-byte key: the key plus one 8-byte integrity block. */
 export const WRAPPED_AES_256_BYTES = 40;
 export const CREDENTIAL_KEY_BYTES = 32;
-/** CKA_ID of a token-object-v1 version: random, chosen by the core. */
-export const TOKEN_OBJECT_ID_BYTES = 16;
+export { TOKEN_OBJECT_ID_BYTES } from '../core/keys.js';
 /** HMAC-SHA256 output. */
 export const CREDENTIAL_MAC_BYTES = 32;
 

@@ -1,5 +1,5 @@
 import type { CredentialRecord } from '../core/credentials.js';
-import type { ConnectionState, KeyStorePatch, KeyStoreRecord } from '../core/key-stores.js';
+import type { ConnectionState, KeyStoreExpectation, KeyStorePatch, KeyStoreRecord } from '../core/key-stores.js';
 import type {
   AliasRecord,
   KeptKeyVersion,
@@ -255,10 +255,10 @@ export class CachingMetadataStore implements MetadataStore {
   updateKeyStore(
     projectId: string,
     keyStoreId: string,
-    expectedStates: readonly ConnectionState[],
+    expected: KeyStoreExpectation,
     patch: KeyStorePatch,
   ): Promise<KeyStoreRecord | undefined> {
-    return this.#inner.updateKeyStore(projectId, keyStoreId, expectedStates, patch);
+    return this.#inner.updateKeyStore(projectId, keyStoreId, expected, patch);
   }
 
   deleteKeyStore(

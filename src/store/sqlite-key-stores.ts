@@ -1,6 +1,6 @@
 import Database from 'better-sqlite3';
 import { KmsError } from '../core/errors.js';
-import type { ConnectionState, KeyStorePatch, KeyStoreRecord } from '../core/key-stores.js';
+import type { ConnectionState, KeyStoreExpectation, KeyStorePatch, KeyStoreRecord } from '../core/key-stores.js';
 
 /** A key_stores row as selected: the record with its sealed PIN in two columns. */
 type KeyStoreRow = Omit<KeyStoreRecord, 'sealedPin'> & { pinIv: Buffer; pinSealed: Buffer };
@@ -8,13 +8,14 @@ type KeyStoreRow = Omit<KeyStoreRecord, 'sealedPin'> & { pinIv: Buffer; pinSeale
 const KEY_STORE_COLUMNS = `id, project_id AS projectId, name, connection_id AS connectionId, key_scheme AS keyScheme,
   trust_anchor_certificate AS trustAnchorCertificate, pin_iv AS pinIv, pin_sealed AS pinSealed,
   connection_state AS connectionState, connection_error_code AS connectionErrorCode, root_token_id AS rootTokenId,
-  connected_at AS connectedAt, created_at AS createdAt`;
+  connection_epoch AS connectionEpoch, state_changed_at AS stateChangedAt, created_at AS createdAt`;
 
 /** Parameters of the compare-and-set update: a `set*` flag of 1 applies the field, so null can be written too. */
 interface UpdateParams {
   projectId: string;
   id: string;
   expectedStates: string;
+  expectedEpoch: number | null;
   setName: 0 | 1;
   name: string | null;
   setPin: 0 | 1;
@@ -26,8 +27,10 @@ interface UpdateParams {
   connectionErrorCode: string | null;
   setRootTokenId: 0 | 1;
   rootTokenId: Buffer | null;
-  setConnectedAt: 0 | 1;
-  connectedAt: number | null;
+  setEpoch: 0 | 1;
+  connectionEpoch: number | null;
+  setStateChangedAt: 0 | 1;
+  stateChangedAt: number | null;
 }
 
 /** The key_stores table (schema in sqlite-metadata-store.ts), on the metadata store's connection. */
@@ -55,9 +58,9 @@ export class SqliteKeyStores {
       .pluck();
     const insert = db.prepare(`
       INSERT INTO key_stores (id, project_id, name, connection_id, key_scheme, trust_anchor_certificate, pin_iv,
-        pin_sealed, connection_state, connection_error_code, root_token_id, connected_at, created_at)
+        pin_sealed, connection_state, connection_error_code, root_token_id, connection_epoch, state_changed_at, created_at)
       VALUES (@id, @projectId, @name, @connectionId, @keyScheme, @trustAnchorCertificate, @pinIv, @pinSealed,
-        @connectionState, @connectionErrorCode, @rootTokenId, @connectedAt, @createdAt)`);
+        @connectionState, @connectionErrorCode, @rootTokenId, @connectionEpoch, @stateChangedAt, @createdAt)`);
     this.#insertTx = db.transaction((store: KeyStoreRecord, quota: number) => {
       if ((nameTaken.get(store.projectId, store.name) ?? 0) > 0) throw nameInUse(store.name);
       if ((connectionTaken.get(store.connectionId) ?? 0) > 0) {
@@ -94,9 +97,11 @@ export class SqliteKeyStores {
         connection_state = CASE WHEN @setState THEN @connectionState ELSE connection_state END,
         connection_error_code = CASE WHEN @setErrorCode THEN @connectionErrorCode ELSE connection_error_code END,
         root_token_id = CASE WHEN @setRootTokenId THEN @rootTokenId ELSE root_token_id END,
-        connected_at = CASE WHEN @setConnectedAt THEN @connectedAt ELSE connected_at END
+        connection_epoch = CASE WHEN @setEpoch THEN @connectionEpoch ELSE connection_epoch END,
+        state_changed_at = CASE WHEN @setStateChangedAt THEN @stateChangedAt ELSE state_changed_at END
       WHERE project_id = @projectId AND id = @id
         AND connection_state IN (SELECT value FROM json_each(@expectedStates))
+        AND (@expectedEpoch IS NULL OR connection_epoch = @expectedEpoch)
       RETURNING ${KEY_STORE_COLUMNS}`);
     this.#countKeys = db.prepare<[string], number>('SELECT count(*) FROM keys WHERE key_store_id = ?').pluck();
     const stateOf = db
@@ -138,14 +143,15 @@ export class SqliteKeyStores {
   update(
     projectId: string,
     id: string,
-    expectedStates: readonly ConnectionState[],
+    expected: KeyStoreExpectation,
     patch: KeyStorePatch,
   ): KeyStoreRecord | undefined {
     try {
       const row = this.#update.get({
         projectId,
         id,
-        expectedStates: JSON.stringify(expectedStates),
+        expectedStates: JSON.stringify(expected.states),
+        expectedEpoch: expected.epoch ?? null,
         setName: patch.name === undefined ? 0 : 1,
         name: patch.name ?? null,
         setPin: patch.sealedPin === undefined ? 0 : 1,
@@ -157,8 +163,10 @@ export class SqliteKeyStores {
         connectionErrorCode: patch.connectionErrorCode ?? null,
         setRootTokenId: patch.rootTokenId === undefined ? 0 : 1,
         rootTokenId: patch.rootTokenId ?? null,
-        setConnectedAt: patch.connectedAt === undefined ? 0 : 1,
-        connectedAt: patch.connectedAt ?? null,
+        setEpoch: patch.connectionEpoch === undefined ? 0 : 1,
+        connectionEpoch: patch.connectionEpoch ?? null,
+        setStateChangedAt: patch.stateChangedAt === undefined ? 0 : 1,
+        stateChangedAt: patch.stateChangedAt ?? null,
       });
       return row && toRecord(row);
     } catch (error) {

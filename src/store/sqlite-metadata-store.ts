@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import type { CredentialRecord } from '../core/credentials.js';
 import { KmsError } from '../core/errors.js';
-import type { ConnectionState, KeyStorePatch, KeyStoreRecord } from '../core/key-stores.js';
+import type { ConnectionState, KeyStoreExpectation, KeyStorePatch, KeyStoreRecord } from '../core/key-stores.js';
 import {
   type AliasRecord,
   aliasName,
@@ -121,7 +121,8 @@ const MIGRATIONS: readonly string[] = [
       CHECK (connection_state IN ('CONNECTED', 'CONNECTING', 'FAILED', 'DISCONNECTED', 'DISCONNECTING')),
     connection_error_code TEXT,
     root_token_id BLOB,
-    connected_at INTEGER,
+    connection_epoch INTEGER NOT NULL,
+    state_changed_at INTEGER NOT NULL,
     created_at INTEGER NOT NULL
   ) STRICT;
   CREATE UNIQUE INDEX key_stores_project_name ON key_stores (project_id, name);
@@ -201,6 +202,7 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #insertKey: Database.Statement<[KeyRecord & { aliasName: string }]>;
   readonly #insertVersion: Database.Statement<[KeyVersionRecord]>;
   readonly #isActiveRootKey: Database.Statement<[string], number>;
+  readonly #isConnectedStoreOf: Database.Statement<[string, string], number>;
   readonly #listRootKeys: Database.Statement<[], RootKeyRecord>;
   readonly #retireActiveRootKey: Database.Statement<[]>;
   readonly #findCreatingRootKey: Database.Statement<[], RootKeyRecord>;
@@ -289,6 +291,11 @@ export class SqliteMetadataStore implements MetadataStore {
       VALUES (@keyId, @version, @scheme, @rootKeyLabel, @keyMaterial, @createdAt)`);
     this.#isActiveRootKey = db
       .prepare<[string], number>(`SELECT count(*) FROM root_keys WHERE label = ? AND state = 'active'`)
+      .pluck();
+    this.#isConnectedStoreOf = db
+      .prepare<[string, string], number>(
+        `SELECT count(*) FROM key_stores WHERE id = ? AND project_id = ? AND connection_state = 'CONNECTED'`,
+      )
       .pluck();
     this.#listRootKeys = db.prepare(
       `SELECT ${ROOT_KEY_COLUMNS} FROM root_keys ORDER BY state = 'active' DESC, length(label), label`,
@@ -426,9 +433,14 @@ export class SqliteMetadataStore implements MetadataStore {
     });
 
     this.#insertPendingKeyTx = db.transaction((key: KeyRecord, version: KeyVersionRecord, quota: number) => {
-      // A rotation that began meanwhile would never see a version wrapped under the root it is retiring. Keys in a
-      // tenant's store are not under the default HSM's roots.
-      if (key.keyStoreId === null && this.#isActiveRootKey.get(version.rootKeyLabel) === 0) return false;
+      if (key.keyStoreId === null) {
+        // A rotation that began meanwhile would never see a version wrapped under the root it is retiring.
+        if (this.#isActiveRootKey.get(version.rootKeyLabel) === 0) return false;
+      } else if (this.#isConnectedStoreOf.get(key.keyStoreId, key.projectId) === 0) {
+        // A tenant's store must still be connected, and the project's, when its key is recorded: a disconnection
+        // (or a deletion) since the caller looked wins.
+        return false;
+      }
       // Keys still in PendingCreation count too, or two concurrent creations could both pass the check.
       if ((this.#countAllKeys.get(key.projectId) ?? 0) >= quota) {
         throw new KmsError('KeyQuotaExceeded', 'The number of keys has reached the quota.');
@@ -844,10 +856,10 @@ export class SqliteMetadataStore implements MetadataStore {
   async updateKeyStore(
     projectId: string,
     keyStoreId: string,
-    expectedStates: readonly ConnectionState[],
+    expected: KeyStoreExpectation,
     patch: KeyStorePatch,
   ): Promise<KeyStoreRecord | undefined> {
-    return this.#keyStoreCall(() => this.#keyStores.update(projectId, keyStoreId, expectedStates, patch));
+    return this.#keyStoreCall(() => this.#keyStores.update(projectId, keyStoreId, expected, patch));
   }
 
   async deleteKeyStore(

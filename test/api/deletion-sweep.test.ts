@@ -21,7 +21,8 @@ afterAll(async () => {
 
 /** The real sweep (KeyService.purgeDueDeletions, as src/service.ts runs it) seen from eight days ahead. */
 function sweepInEightDays(store: MetadataStore = kms.running.store): Promise<number> {
-  return new KeyService(kms.running.hsm, store, { now: () => Date.now() + 8 * DAY }, 100).purgeDueDeletions();
+  const inEightDays = { now: () => Date.now() + 8 * DAY };
+  return new KeyService(kms.running.hsm, store, inEightDays, 100, kms.running.services.keyStores).purgeDueDeletions();
 }
 
 /** A key of project P with one data key made under it, scheduled for deletion in 7 days. */

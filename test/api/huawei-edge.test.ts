@@ -175,9 +175,10 @@ describe('scheduled deletion', () => {
     await kms.call(A, 'schedule-key-deletion', { key_id: keyId, pending_days: '7' });
 
     const { hsm, store } = kms.running;
-    const inSixDays = new KeyService(hsm, store, { now: () => Date.now() + 6 * 86_400_000 }, 100);
+    const { keyStores } = kms.running.services;
+    const inSixDays = new KeyService(hsm, store, { now: () => Date.now() + 6 * 86_400_000 }, 100, keyStores);
     expect(await inSixDays.purgeDueDeletions()).toBe(0);
-    const inEightDays = new KeyService(hsm, store, { now: () => Date.now() + 8 * 86_400_000 }, 100);
+    const inEightDays = new KeyService(hsm, store, { now: () => Date.now() + 8 * 86_400_000 }, 100, keyStores);
     expect(await inEightDays.purgeDueDeletions()).toBe(1);
 
     expect(await store.findKeyVersion(keyId, 0)).toBeUndefined();

@@ -158,13 +158,14 @@ describe('failures inside the service', () => {
   beforeAll(async () => {
     const { hsm, store } = kms.running;
     faulty = new FaultInjectingHsm(hsm);
-    const keys = new KeyService(faulty, store, { now: () => Date.now() }, 100);
-    const random = new RandomService(faulty);
+    const { keyStores } = kms.running.services;
+    const keys = new KeyService(faulty, store, { now: () => Date.now() }, 100, keyStores);
+    const random = new RandomService(faulty, keyStores);
     const services: Services = {
       random,
       passwords: new PasswordService((n) => random.generate(n)),
       keys,
-      keyStores: kms.running.services.keyStores,
+      keyStores,
       dataKeys: new DataKeyService(store, keys),
       region: 'local-1',
       cmkQuota: 100,

@@ -3,6 +3,7 @@ import path from 'node:path';
 import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HUAWEI_ERROR_TABLE } from '../../src/api/huawei/errors.js';
+import { STALE_CONNECTING_MS } from '../../src/core/key-store.service.js';
 import type { KeyStoreRecord } from '../../src/core/key-stores.js';
 import { acquireLibrary } from '../../src/hsm/pkcs11-library.js';
 import {
@@ -238,5 +239,45 @@ describe('failures and isolation', () => {
       }
       expect(t.kms.log()).not.toContain(connection.pin);
     }
+  });
+});
+
+describe('connections a process abandoned', () => {
+  it('when a store has been CONNECTING for longer than a connection takes, then connecting again takes over; a fresh CONNECTING is left alone', async () => {
+    // The connection's store from the tests above goes first: a connection serves one store.
+    const earlier = await keyStores().getByName(RESTRICTED_PROJECT, 'wrong-pin');
+    await keyStores().delete(RESTRICTED_PROJECT, earlier.id);
+    const store = await keyStores().create({
+      projectId: RESTRICTED_PROJECT,
+      name: 'abandoned',
+      connectionId: t.restricted.id,
+      trustAnchorCertificate: '',
+      pin: Buffer.from(t.restricted.pin),
+    });
+    const { store: metadata } = t.kms.running;
+    // What a process that died while connecting leaves: CONNECTING, under an epoch no one will finish.
+    const connectingSince = (at: number) =>
+      metadata.updateKeyStore(
+        RESTRICTED_PROJECT,
+        store.id,
+        { states: ['DISCONNECTED', 'CONNECTING'] },
+        { connectionState: 'CONNECTING', connectionEpoch: 7, stateChangedAt: at },
+      );
+    await connectingSince(Date.now());
+    await keyStores().connect(RESTRICTED_PROJECT, store.id);
+    await keyStores().settled();
+    expect(await keyStores().get(RESTRICTED_PROJECT, store.id)).toMatchObject({
+      connectionState: 'CONNECTING',
+      connectionEpoch: 7,
+    });
+    await connectingSince(Date.now() - STALE_CONNECTING_MS - 1);
+    await keyStores().connect(RESTRICTED_PROJECT, store.id);
+    await keyStores().settled();
+    expect(await keyStores().get(RESTRICTED_PROJECT, store.id)).toMatchObject({
+      connectionState: 'CONNECTED',
+      connectionEpoch: 8,
+    });
+    await keyStores().disconnect(RESTRICTED_PROJECT, store.id);
+    await keyStores().delete(RESTRICTED_PROJECT, store.id);
   });
 });

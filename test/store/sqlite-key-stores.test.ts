@@ -5,6 +5,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { KmsError } from '../../src/core/errors.js';
 import type { KeyStoreRecord } from '../../src/core/key-stores.js';
+import type { KeyRecord } from '../../src/core/keys.js';
 import type { MetadataStore } from '../../src/core/ports.js';
 import { CachingMetadataStore } from '../../src/store/caching-metadata-store.js';
 import { SqliteMetadataStore } from '../../src/store/sqlite-metadata-store.js';
@@ -27,7 +28,8 @@ function keyStore(overrides: Partial<KeyStoreRecord> = {}): KeyStoreRecord {
     connectionState: 'DISCONNECTED',
     connectionErrorCode: null,
     rootTokenId: null,
-    connectedAt: null,
+    connectionEpoch: 0,
+    stateChangedAt: created,
     createdAt: created,
     ...overrides,
   };
@@ -55,7 +57,7 @@ describe.each(stores)('key stores in %s', (_, open) => {
   });
 
   it('when a store is inserted, then every field reads back as inserted, by id and by name, in its project only', async () => {
-    const record = keyStore({ rootTokenId: randomBytes(16), connectionState: 'CONNECTED', connectedAt: created + 5 });
+    const record = keyStore({ rootTokenId: randomBytes(16), connectionState: 'CONNECTED', connectionEpoch: 3 });
     await store.insertKeyStore(record, 10);
     expect(await store.findKeyStore(PROJECT_A, record.id)).toEqual(record);
     expect(await store.findKeyStoreByName(PROJECT_A, record.name)).toEqual(record);
@@ -97,37 +99,60 @@ describe.each(stores)('key stores in %s', (_, open) => {
     const record = keyStore();
     await store.insertKeyStore(record, 10);
     expect(
-      await store.updateKeyStore(PROJECT_A, record.id, ['CONNECTED'], { connectionState: 'DISCONNECTING' }),
+      await store.updateKeyStore(PROJECT_A, record.id, { states: ['CONNECTED'] }, { connectionState: 'DISCONNECTING' }),
     ).toBeUndefined();
-    const failed = await store.updateKeyStore(PROJECT_A, record.id, ['DISCONNECTED'], {
-      connectionState: 'FAILED',
-      connectionErrorCode: 'INVALID_CREDENTIALS',
-    });
+    const failed = await store.updateKeyStore(
+      PROJECT_A,
+      record.id,
+      { states: ['DISCONNECTED'] },
+      {
+        connectionState: 'FAILED',
+        connectionErrorCode: 'INVALID_CREDENTIALS',
+      },
+    );
     expect(failed).toEqual({ ...record, connectionState: 'FAILED', connectionErrorCode: 'INVALID_CREDENTIALS' });
     const sealedPin = { iv: randomBytes(12), ciphertextWithTag: randomBytes(30) };
-    const renamed = await store.updateKeyStore(PROJECT_A, record.id, ['FAILED'], {
-      name: 'renamed',
-      sealedPin,
-      connectionErrorCode: null,
-    });
+    const renamed = await store.updateKeyStore(
+      PROJECT_A,
+      record.id,
+      { states: ['FAILED'] },
+      {
+        name: 'renamed',
+        sealedPin,
+        connectionErrorCode: null,
+      },
+    );
     expect(renamed).toEqual({ ...failed, name: 'renamed', sealedPin, connectionErrorCode: null });
-    expect(await store.updateKeyStore(PROJECT_B, record.id, ['FAILED'], { name: 'x' })).toBeUndefined();
+    expect(await store.updateKeyStore(PROJECT_B, record.id, { states: ['FAILED'] }, { name: 'x' })).toBeUndefined();
     const other = keyStore();
     await store.insertKeyStore(other, 10);
-    await expect(store.updateKeyStore(PROJECT_A, other.id, ['DISCONNECTED'], { name: 'renamed' })).rejects.toThrow(
-      KmsError,
-    );
+    await expect(
+      store.updateKeyStore(PROJECT_A, other.id, { states: ['DISCONNECTED'] }, { name: 'renamed' }),
+    ).rejects.toThrow(KmsError);
+  });
+
+  it("when a key of a store is recorded, then the store must be connected and the key project's, in the same transaction", async () => {
+    const record = keyStore();
+    await store.insertKeyStore(record, 10);
+    const tokenObject = (key: KeyRecord) => firstVersion(key, { scheme: 'token-object-v1', rootKeyLabel: '' });
+    const whileDisconnected = pendingKey({ keyStoreId: record.id });
+    expect(await store.insertPendingKey(whileDisconnected, tokenObject(whileDisconnected), 10)).toBe(false);
+    await store.updateKeyStore(PROJECT_A, record.id, { states: ['DISCONNECTED'] }, { connectionState: 'CONNECTED' });
+    const foreign = pendingKey({ projectId: PROJECT_B, keyStoreId: record.id });
+    expect(await store.insertPendingKey(foreign, tokenObject(foreign), 10)).toBe(false);
+    // A store's key is never under the default HSM's roots: no active root is needed for it.
+    const key = pendingKey({ keyStoreId: record.id });
+    expect(await store.insertPendingKey(key, tokenObject(key), 10)).toBe(true);
+    expect(await store.countKeysInStore(record.id)).toBe(1);
+    expect(await store.listPendingCreation()).toEqual([key]);
   });
 
   it('when a store is deleted, then it must be in an expected state and hold no key, PendingCreation included', async () => {
-    const record = keyStore();
+    const record = keyStore({ connectionState: 'CONNECTED' });
     await store.insertKeyStore(record, 10);
     const key = pendingKey({ keyStoreId: record.id });
-    // A store's key is never under the default HSM's roots: no active root is needed for it.
-    expect(
-      await store.insertPendingKey(key, firstVersion(key, { scheme: 'token-object-v1', rootKeyLabel: '' }), 10),
-    ).toBe(true);
-    expect(await store.countKeysInStore(record.id)).toBe(1);
+    await store.insertPendingKey(key, firstVersion(key, { scheme: 'token-object-v1', rootKeyLabel: '' }), 10);
+    await store.updateKeyStore(PROJECT_A, record.id, { states: ['CONNECTED'] }, { connectionState: 'DISCONNECTED' });
     expect(await store.deleteKeyStore(PROJECT_B, record.id, ['DISCONNECTED'])).toBe('not-found');
     expect(await store.deleteKeyStore(PROJECT_A, record.id, ['CONNECTED'])).toBe('invalid-state');
     expect(await store.deleteKeyStore(PROJECT_A, record.id, ['DISCONNECTED'])).toBe('has-keys');
@@ -136,8 +161,25 @@ describe.each(stores)('key stores in %s', (_, open) => {
     expect(await store.findKeyStore(PROJECT_A, record.id)).toBeUndefined();
   });
 
+  it('when an update names an epoch, then it applies only while the store is still in that epoch', async () => {
+    const record = keyStore({ connectionState: 'CONNECTING', connectionEpoch: 4 });
+    await store.insertKeyStore(record, 10);
+    const connected = { connectionState: 'CONNECTED' } as const;
+    expect(await store.updateKeyStore(PROJECT_A, record.id, { states: ['CONNECTING'], epoch: 3 }, connected)).toBe(
+      undefined,
+    );
+    expect(
+      await store.updateKeyStore(
+        PROJECT_A,
+        record.id,
+        { states: ['CONNECTING'], epoch: 4 },
+        { ...connected, connectionEpoch: 5 },
+      ),
+    ).toMatchObject({ connectionState: 'CONNECTED', connectionEpoch: 5 });
+  });
+
   it("when the default HSM's root rotates, then versions of keys in stores are not among those to rewrap", async () => {
-    const record = keyStore({ keyScheme: 'wrapped' });
+    const record = keyStore({ keyScheme: 'wrapped', connectionState: 'CONNECTED' });
     await store.insertKeyStore(record, 10);
     const inStore = pendingKey({ keyStoreId: record.id });
     await store.insertPendingKey(inStore, firstVersion(inStore, { rootKeyLabel: 'hsm-kms-store-wrap-1' }), 10);

@@ -1,5 +1,12 @@
 import { z } from 'zod';
-import { CONNECTION_ID_PATTERN, type KeyStoreRecord } from '../../core/key-stores.js';
+import {
+  CONNECTION_ID_PATTERN,
+  type KeyStoreRecord,
+  MAX_KEY_STORE_NAME_LENGTH,
+  MAX_PIN_LENGTH,
+  MAX_TRUST_ANCHOR_LENGTH,
+  MIN_PIN_LENGTH,
+} from '../../core/key-stores.js';
 import type { KeyRecord } from '../../core/keys.js';
 import type { Services } from '../huawei/context.js';
 import { AwsApiError, validationError } from './errors.js';
@@ -67,8 +74,11 @@ function clusterId(value: string): string {
  * its validation messages too). Returned as bytes, which the caller zeroes.
  */
 function password(value: string): Buffer {
-  if (value.length < 7 || value.length > 32) {
-    const bound = value.length < 7 ? 'greater than or equal to 7' : 'less than or equal to 32';
+  if (value.length < MIN_PIN_LENGTH || value.length > MAX_PIN_LENGTH) {
+    const bound =
+      value.length < MIN_PIN_LENGTH
+        ? `greater than or equal to ${MIN_PIN_LENGTH}`
+        : `less than or equal to ${MAX_PIN_LENGTH}`;
     throw new AwsApiError(
       'ValidationException',
       `1 validation error detected: Value at 'keyStorePassword' failed to satisfy constraint: Member must have length ${bound}`,
@@ -120,7 +130,7 @@ const CreateCustomKeyStore = z
 
 const createCustomKeyStore: AwsOperation = async (services, caller, body) => {
   const req = parseBody(CreateCustomKeyStore, body);
-  const name = lengthIn(req.CustomKeyStoreName, 'customKeyStoreName', 1, 256);
+  const name = lengthIn(req.CustomKeyStoreName, 'customKeyStoreName', 1, MAX_KEY_STORE_NAME_LENGTH);
   const type = req.CustomKeyStoreType ?? 'AWS_CLOUDHSM';
   if (type !== 'AWS_CLOUDHSM' && type !== 'EXTERNAL_KEY_STORE') {
     throw validationError(
@@ -141,7 +151,7 @@ const createCustomKeyStore: AwsOperation = async (services, caller, body) => {
     required(req.TrustAnchorCertificate, 'trustAnchorCertificate'),
     'trustAnchorCertificate',
     1,
-    5000,
+    MAX_TRUST_ANCHOR_LENGTH,
   );
   const pin = password(required(req.KeyStorePassword, 'keyStorePassword'));
   try {
@@ -179,7 +189,7 @@ const describeCustomKeyStores: AwsOperation = async (services, caller, body) => 
     return one(await services.keyStores.get(caller.projectId, keyStoreId(req.CustomKeyStoreId)));
   }
   if (req.CustomKeyStoreName !== undefined) {
-    const name = lengthIn(req.CustomKeyStoreName, 'customKeyStoreName', 1, 256);
+    const name = lengthIn(req.CustomKeyStoreName, 'customKeyStoreName', 1, MAX_KEY_STORE_NAME_LENGTH);
     return one(await services.keyStores.getByName(caller.projectId, name));
   }
   const { stores, total } = await services.keyStores.list(caller.projectId, offset, limit);
@@ -230,7 +240,7 @@ const updateCustomKeyStore: AwsOperation = async (services, caller, body) => {
   const name =
     req.NewCustomKeyStoreName === undefined
       ? undefined
-      : lengthIn(req.NewCustomKeyStoreName, 'newCustomKeyStoreName', 1, 256);
+      : lengthIn(req.NewCustomKeyStoreName, 'newCustomKeyStoreName', 1, MAX_KEY_STORE_NAME_LENGTH);
   const connectionId = req.CloudHsmClusterId === undefined ? undefined : clusterId(req.CloudHsmClusterId);
   const pin = req.KeyStorePassword === undefined ? undefined : password(req.KeyStorePassword);
   try {

@@ -1,11 +1,13 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
-import { MAX_TRUST_ANCHOR_LENGTH } from '../../core/key-store.service.js';
 import {
   CONNECTION_ID_PATTERN,
   type ConnectionErrorCode,
   type ConnectionState,
   type KeyStoreRecord,
+  MAX_PIN_LENGTH,
+  MAX_TRUST_ANCHOR_LENGTH,
+  MIN_PIN_LENGTH,
 } from '../../core/key-stores.js';
 import { ownEntry } from '../own-entry.js';
 import type { Services } from './context.js';
@@ -52,9 +54,6 @@ const KEYSTORE_TYPE_NAMES: Readonly<Record<string, string>> = { '0': 'DEFAULT', 
 
 const ALIAS_PATTERN = /^[a-zA-Z0-9:/_-]{1,255}$/;
 const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]+-----END CERTIFICATE-----/;
-/** AWS's bounds on the token user's password, which the core enforces. */
-const MIN_PIN_LENGTH = 7;
-const MAX_PIN_LENGTH = 32;
 
 const CreateKeyStore = z
   .object({
