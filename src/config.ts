@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { CONNECTION_ID_PATTERN } from './core/key-stores.js';
@@ -144,7 +144,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       keyCacheSize: e.KMS_KEY_CACHE_SIZE,
     }),
     keyStoreConnections: e.KMS_KEY_STORE_CONNECTIONS_FILE
-      ? readConnections(e.KMS_KEY_STORE_CONNECTIONS_FILE, e.KMS_TOKEN_LABEL, e.KMS_PKCS11_LIBRARY)
+      ? readConnections(e.KMS_KEY_STORE_CONNECTIONS_FILE, {
+          library: e.KMS_PKCS11_LIBRARY,
+          initParams: e.KMS_PKCS11_INIT_PARAMS,
+          tokenLabel: e.KMS_TOKEN_LABEL,
+        })
       : [],
     dbPath: path.resolve(e.KMS_DB_PATH ?? path.join(dataDir, 'kms.db')),
     cmkQuota: e.KMS_CMK_QUOTA,
@@ -186,11 +190,20 @@ const ConnectionSchema = z
   })
   .strict();
 
+/** A token as PKCS#11 names it to this process: the module it is reached through, its parameters and its label. */
+interface TokenAddress {
+  readonly library: string;
+  readonly initParams: string | undefined;
+  readonly tokenLabel: string;
+}
+
 /**
  * The operator's list of HSM connections, a JSON array in the file: the only place module paths for tenants come
- * from. Refuses duplicate ids and the default token itself (a tenant's PIN would log in to the service's own keys).
+ * from. Refuses duplicate ids, an entry on the default token, and two entries on one token: PKCS#11 login state is
+ * per process and token, so a store on a token already logged in would never have its PIN checked (and one on the
+ * default token would use the service's own keys).
  */
-function readConnections(file: string, defaultTokenLabel: string, defaultLibrary: string): HsmConnection[] {
+function readConnections(file: string, defaultToken: TokenAddress): HsmConnection[] {
   let json: unknown;
   try {
     json = JSON.parse(readFileSync(file, 'utf8'));
@@ -206,11 +219,8 @@ function readConnections(file: string, defaultTokenLabel: string, defaultLibrary
   for (const c of parsed.data) {
     if (seen.has(c.id)) throw new Error(`Invalid configuration: ${file}: connection id ${c.id} is listed twice.`);
     seen.add(c.id);
-    if (c.library === defaultLibrary && c.tokenLabel === defaultTokenLabel) {
-      throw new Error(`Invalid configuration: ${file}: connection ${c.id} is the service's own token.`);
-    }
   }
-  return parsed.data.map((c) => ({
+  const connections = parsed.data.map((c) => ({
     id: c.id,
     library: c.library,
     tokenLabel: c.tokenLabel,
@@ -220,6 +230,69 @@ function readConnections(file: string, defaultTokenLabel: string, defaultLibrary
     keyScheme: c.keyScheme,
     poolSize: c.poolSize,
   }));
+  refuseSharedTokens(file, defaultToken, connections);
+  return connections;
+}
+
+const DEFAULT_TOKEN = 'the default token (KMS_PKCS11_LIBRARY, KMS_TOKEN_LABEL)';
+
+/**
+ * Entries are compared by the module file they load, not by how its path is spelt: the dynamic loader maps one file
+ * once per process, whether it is reached through a symlink or a hard link, so two spellings share one login. The
+ * library parameters must then agree too (a module is initialised once per process, with one set), and the labels
+ * must differ. The parameters name paths and are never printed.
+ */
+function refuseSharedTokens(file: string, defaultToken: TokenAddress, connections: readonly HsmConnection[]): void {
+  const byModule = new Map<string, { name: string; initParams: string | undefined; labels: Map<string, string> }>();
+  const entries = [
+    { name: DEFAULT_TOKEN, ...defaultToken },
+    ...connections.map((c) => ({ ...c, name: `connection ${c.id}` })),
+  ];
+  for (const entry of entries) {
+    const identity = moduleIdentity(entry.library);
+    const known = byModule.get(identity);
+    if (known === undefined) {
+      byModule.set(identity, {
+        name: entry.name,
+        initParams: entry.initParams,
+        labels: new Map([[entry.tokenLabel, entry.name]]),
+      });
+      continue;
+    }
+    if (known.initParams !== entry.initParams) {
+      throw new Error(
+        `Invalid configuration: ${file}: ${entry.name} loads the same PKCS#11 module as ${known.name} with other ` +
+          'library parameters: a module is initialised once per process, so all its tokens must give the same ones.',
+      );
+    }
+    const sameToken = known.labels.get(entry.tokenLabel);
+    if (sameToken === DEFAULT_TOKEN) {
+      throw new Error(
+        `Invalid configuration: ${file}: ${entry.name} is the service's own token: ${DEFAULT_TOKEN} names the same ` +
+          'module and token label.',
+      );
+    }
+    if (sameToken !== undefined) {
+      throw new Error(
+        `Invalid configuration: ${file}: ${entry.name} and ${sameToken} name one token (the same module and token ` +
+          "label): login is per process and token, so one store's PIN would never be checked.",
+      );
+    }
+    known.labels.set(entry.tokenLabel, entry.name);
+  }
+}
+
+/**
+ * What the dynamic loader tells modules apart by: the file's device and inode (symlinks followed). A module that is
+ * not there yet is compared by its resolved path; connecting to it fails later with NETWORK_ERRORS.
+ */
+function moduleIdentity(library: string): string {
+  try {
+    const stat = statSync(library);
+    return `file ${stat.dev}:${stat.ino}`;
+  } catch {
+    return `path ${path.resolve(library)}`;
+  }
 }
 
 function readConfigFile(file: string): Record<string, string> {

@@ -193,6 +193,8 @@ export class GrapheneHsm implements Hsm {
   #anchor: Handle | undefined;
   /** The library's generation our handles are from: when it moves on, they mean nothing (or another token's). */
   #generation: number;
+  /** The generation in which our own C_Login last succeeded: a login from before, or anyone else's, is not ours. */
+  #loggedInAt: number | undefined;
   readonly #roots = new Map<string, Handle>();
   /** Handles of the credential and secret-sealing keys, found at start-up and again after a re-login. */
   readonly #tokenKeys = new Map<TokenKeyName, Handle>();
@@ -697,7 +699,11 @@ export class GrapheneHsm implements Hsm {
 
   // ---- sessions -------------------------------------------------------------------------------------------------
 
-  /** Opens a read-write session, logging in if the process is not logged in (first session, or all were closed). */
+  /**
+   * Opens a read-write session, logging in if the process is not logged in (first session, or all were closed).
+   * Under requireOwnLogin, a session found logged in while we hold no login of our own is refused: the login is
+   * someone else's in this process, and the PIN we were given would never be checked.
+   */
   #openSession(): Handle {
     let session: Handle;
     try {
@@ -712,7 +718,11 @@ export class GrapheneHsm implements Hsm {
       }
     }
     try {
-      if (this.#lib.C_GetSessionInfo(session).state !== CKS_RW_USER_FUNCTIONS) this.#login(session);
+      const loggedIn = this.#lib.C_GetSessionInfo(session).state === CKS_RW_USER_FUNCTIONS;
+      if (!loggedIn) this.#login(session);
+      else if (this.#config.requireOwnLogin === true && this.#loggedInAt !== this.#generation) {
+        throw this.#loggedInElsewhere();
+      }
     } catch (err) {
       this.#closeQuietly(session);
       throw toKmsError(err, 'C_GetSessionInfo');
@@ -720,11 +730,23 @@ export class GrapheneHsm implements Hsm {
     return session;
   }
 
+  #loggedInElsewhere(cause?: unknown): KmsError {
+    return new KmsError(
+      'InternalError',
+      `Refusing to use token "${this.#config.tokenLabel}": this process is already logged in to it, so the PIN given ` +
+        'would not be checked. Is another connection on the same token open?',
+      { cause: new TokenNotReached('logged-in-elsewhere', cause === undefined ? undefined : { cause }) },
+    );
+  }
+
   #login(session: Handle): void {
     try {
       this.#lib.C_Login(session, pkcs11js.CKU_USER, this.#config.pin);
     } catch (err) {
       const code = ckrOf(err);
+      if (code === pkcs11js.CKR_USER_ALREADY_LOGGED_IN && this.#config.requireOwnLogin === true) {
+        throw this.#loggedInElsewhere(err);
+      }
       if (code !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) {
         const token = `"${this.#config.tokenLabel}"`;
         if (code === pkcs11js.CKR_PIN_INCORRECT || code === pkcs11js.CKR_PIN_LEN_RANGE) {
@@ -738,6 +760,7 @@ export class GrapheneHsm implements Hsm {
         throw toKmsError(err, 'C_Login');
       }
     }
+    this.#loggedInAt = this.#generation;
     // A fresh login means every session had been closed: session objects died with them and private object
     // handles are no longer valid.
     this.#forgetTokenKeys();

@@ -33,6 +33,13 @@ export interface HsmConfig {
    */
   readonly credentialKey?: boolean | undefined;
   /**
+   * Whether the PIN must be checked by a C_Login of this instance (default false). PKCS#11 login state is per process
+   * and token, so a session on a token this process is already logged in to opens logged in, whatever the PIN.
+   * True for a tenant's key store: open() refuses a token it finds logged in (ConnectionErrorCode USER_LOGGED_IN),
+   * and a C_Login answered CKR_USER_ALREADY_LOGGED_IN is a refusal rather than a success.
+   */
+  readonly requireOwnLogin?: boolean | undefined;
+  /**
    * How often, and how far apart, start-up looks again for a token or credential key it did not find.
    * `{ attempts: 1, delayMs: 0 }`: fail at once (connecting a tenant's key store, where the caller reports it).
    */

@@ -51,6 +51,8 @@ export class GrapheneKeyStoreConnector implements KeyStoreConnector {
         keyCacheSize: this.keyCacheSize,
         createTokenKeysIfMissing: false,
         credentialKey: false,
+        // The tenant's PIN must be what logs in: never a login this process already holds on the token.
+        requireOwnLogin: true,
         // A tenant waits on Describe: fail at once rather than retry a token that is not there.
         startupRetry: { attempts: 1, delayMs: 0 },
       });

@@ -24,10 +24,16 @@ import {
   TEST_ROOT_KEY_LABEL,
 } from './hsm-fixtures.js';
 
-/** How the service opens a tenant's key store: no credential key, and a missing token is reported at once. */
-const KEY_STORE = { credentialKey: false, startupRetry: { attempts: 1, delayMs: 0 } } as const;
+/**
+ * How the service opens a tenant's key store: no credential key, a missing token reported at once, and a PIN that
+ * must log in itself.
+ */
+const KEY_STORE = { credentialKey: false, requireOwnLogin: true, startupRetry: { attempts: 1, delayMs: 0 } } as const;
 
 const aad = Buffer.from('key-store aad');
+
+/** CK_STATE of a read-write session that is not logged in. */
+const CKS_RW_PUBLIC_SESSION = 2;
 
 /** DER of the OID of NIST P-256 (CKA_EC_PARAMS). */
 const P256_OID = Buffer.from('06082a8648ce3d030107', 'hex');
@@ -96,6 +102,13 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
     return hsm;
   }
 
+  /** Opens the token as the service opens its own, taking a login it finds; closed after the test. */
+  async function openServiceAdapter(): Promise<GrapheneHsm> {
+    const hsm = await openHsm(token, { credentialKey: false });
+    open.push(hsm);
+    return hsm;
+  }
+
   beforeEach(() => {
     token = createTestToken(provider);
   });
@@ -112,6 +125,7 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       expect(hsm.forTesting().credentialKeyHandle()).toBeUndefined();
 
       // Even where creating token keys is allowed.
+      await hsm.close();
       const second = await openKeyStore({ createTokenKeysIfMissing: true });
       expect(objectsLabelled(second, CREDENTIAL_KEY_LABEL)).toEqual([]);
     });
@@ -370,6 +384,53 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
           'Version key-j:1 is a token object (scheme token-object-v1): it is under no root key and is never rewrapped.',
       });
       expect(objectsWithId(hsm, key.keyMaterial)).toHaveLength(1);
+    });
+  });
+
+  describe('a PIN that must log in itself (requireOwnLogin)', () => {
+    it('when the process is already logged in to the token, then the store is refused with USER_LOGGED_IN, whatever its PIN', async () => {
+      // The service's own adapter, which takes the login it finds.
+      const logged = await openServiceAdapter();
+      const wrongPin = await openFailure(openHsm(token, { ...KEY_STORE, pin: `${token.pin}0` }));
+      expect(wrongPin).toMatchObject({
+        code: 'InternalError',
+        message: `Refusing to use token "${token.tokenLabel}": this process is already logged in to it, so the PIN given would not be checked. Is another connection on the same token open?`,
+      });
+      expect(connectionErrorCodeOf(wrongPin)).toBe('USER_LOGGED_IN');
+      // The right PIN too: it would not be what logged in.
+      expect(connectionErrorCodeOf(await openFailure(openHsm(token, KEY_STORE)))).toBe('USER_LOGGED_IN');
+      // The refusals left the login that was there alone.
+      expect(await logged.generateRandom(8)).toHaveLength(8);
+      await logged.close();
+
+      expect(connectionErrorCodeOf(await openFailure(openHsm(token, { ...KEY_STORE, pin: `${token.pin}0` })))).toBe(
+        'INVALID_CREDENTIALS',
+      );
+      const own = await openKeyStore();
+      expect(await own.generateRandom(8)).toHaveLength(8);
+    });
+
+    it('when another store holds the login, then a second store on the token is refused with USER_LOGGED_IN', async () => {
+      const first = await openKeyStore();
+      const second = await openFailure(openHsm(token, KEY_STORE));
+      expect(connectionErrorCodeOf(second)).toBe('USER_LOGGED_IN');
+      expect(await roundTrip(first, await tokenVersion(first, 'key-l'), 'still the first')).toBe('still the first');
+    });
+
+    it('when C_Login answers CKR_USER_ALREADY_LOGGED_IN, then it is refused with USER_LOGGED_IN, not taken as a login', async () => {
+      const logged = await openServiceAdapter();
+      // A module whose session state does not show the login (injected): only C_Login's answer tells.
+      const { lib } = logged.forTesting();
+      const realSessionInfo = lib.C_GetSessionInfo;
+      lib.C_GetSessionInfo = (session) => ({ ...realSessionInfo.call(lib, session), state: CKS_RW_PUBLIC_SESSION });
+      let err: unknown;
+      try {
+        err = await openFailure(openHsm(token, { ...KEY_STORE, pin: `${token.pin}0` }));
+      } finally {
+        lib.C_GetSessionInfo = realSessionInfo;
+      }
+      expect(err).toMatchObject({ message: expect.stringContaining('this process is already logged in to it') });
+      expect(connectionErrorCodeOf(err)).toBe('USER_LOGGED_IN');
     });
   });
 

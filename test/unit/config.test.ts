@@ -1,8 +1,11 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
+
+/** KMS_PKCS11_LIBRARY's default, installed here (the SoftHSM package). */
+const DEFAULT_LIBRARY = '/usr/lib/softhsm/libsofthsm2.so';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'hsm-kms-config-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -11,6 +14,16 @@ function file(name: string, text: string): string {
   const p = path.join(dir, name);
   writeFileSync(p, text);
   return p;
+}
+
+/** The message `load` is refused with. */
+function refusalOf(load: () => unknown): string {
+  try {
+    load();
+  } catch (err) {
+    return (err as Error).message;
+  }
+  return expect.fail('expected the configuration to be refused');
 }
 
 describe('configuration', () => {
@@ -140,7 +153,7 @@ describe('configuration', () => {
   describe('key store connections (KMS_KEY_STORE_CONNECTIONS_FILE)', () => {
     const connection = {
       id: 'cluster-tenantsoftstore',
-      library: '/usr/lib/softhsm/libsofthsm2.so',
+      library: DEFAULT_LIBRARY,
       tokenLabel: 'tenant-a',
       keyScheme: 'token-object',
     };
@@ -190,6 +203,67 @@ describe('configuration', () => {
       expect(() => loadConfig({ KMS_PIN: '1234', KMS_KEY_STORE_CONNECTIONS_FILE: file('bad.json', '[{') })).toThrow(
         /cannot be read as JSON/,
       );
+    });
+
+    describe('entries that reach one token', () => {
+      /** The default KMS_PKCS11_LIBRARY by another path: what the dynamic loader maps as the same module. */
+      const otherSpelling = path.join(dir, 'libsofthsm2-link.so');
+      symlinkSync(DEFAULT_LIBRARY, otherSpelling);
+      const entry = (id: string, overrides: Record<string, unknown> = {}) => ({ ...connection, id, ...overrides });
+
+      it("when an entry reaches the default token through a symlink to its module, then it is refused as the service's own token", () => {
+        expect(() =>
+          withConnections([entry('cluster-throughsymlink', { library: otherSpelling, tokenLabel: 'hsm-kms' })]),
+        ).toThrow(
+          "connection cluster-throughsymlink is the service's own token: the default token (KMS_PKCS11_LIBRARY, KMS_TOKEN_LABEL) names the same module and token label.",
+        );
+        // Also when the default token is the one named through the link.
+        expect(() =>
+          loadConfig({
+            KMS_PIN: '1234',
+            KMS_PKCS11_LIBRARY: otherSpelling,
+            KMS_TOKEN_LABEL: 'tenant-a',
+            KMS_KEY_STORE_CONNECTIONS_FILE: file('connections.json', JSON.stringify([connection])),
+          }),
+        ).toThrow(/connection cluster-tenantsoftstore is the service's own token/);
+      });
+
+      it('when two entries name one token, also through two paths to its module, then the service refuses to start naming both', () => {
+        expect(() => withConnections([entry('cluster-firsttenant'), entry('cluster-secondtenant')])).toThrow(
+          'connection cluster-secondtenant and connection cluster-firsttenant name one token',
+        );
+        expect(() =>
+          withConnections([entry('cluster-firsttenant'), entry('cluster-secondtenant', { library: otherSpelling })]),
+        ).toThrow('connection cluster-secondtenant and connection cluster-firsttenant name one token');
+      });
+
+      it('when entries on one module give other library parameters than the default token, then they are refused without printing them', () => {
+        const withParams = entry('cluster-otherparameters', {
+          library: otherSpelling,
+          initParams: 'configdir=/secret/path',
+        });
+        const message = refusalOf(() => withConnections([withParams]));
+        expect(message).toMatch(
+          /connection cluster-otherparameters loads the same PKCS#11 module as the default token .* with other library parameters/,
+        );
+        expect(message).not.toContain('/secret/path');
+      });
+
+      it('when entries reach other tokens of the module, or a module not installed yet, then they are accepted', () => {
+        const config = withConnections([
+          entry('cluster-firsttenant'),
+          entry('cluster-secondtenant', { library: otherSpelling, tokenLabel: 'tenant-b' }),
+          entry('cluster-notinstalledyet', {
+            library: path.join(dir, 'missing', 'libpkcs11.so'),
+            tokenLabel: 'hsm-kms',
+          }),
+        ]);
+        expect(config.keyStoreConnections.map((c) => c.id)).toEqual([
+          'cluster-firsttenant',
+          'cluster-secondtenant',
+          'cluster-notinstalledyet',
+        ]);
+      });
     });
   });
 });
