@@ -4,7 +4,7 @@ import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HUAWEI_ERROR_TABLE } from '../../src/api/huawei/errors.js';
 import { STALE_CONNECTING_MS } from '../../src/core/key-store.service.js';
-import type { KeyStoreRecord } from '../../src/core/key-stores.js';
+import { type KeyStoreRecord, pinAad } from '../../src/core/key-stores.js';
 import { acquireLibrary } from '../../src/hsm/pkcs11-library.js';
 import {
   callCount,
@@ -239,6 +239,38 @@ describe('failures and isolation', () => {
       }
       expect(t.kms.log()).not.toContain(connection.pin);
     }
+  });
+});
+
+describe('a PIN that stops opening the token', () => {
+  it('when a process opens a connected store with a PIN the token refuses, then the store fails with INVALID_CREDENTIALS and no one logs in with it again', async () => {
+    const store = await keyStores().getByName(PROJECT, 'store-cluster-nsssoftokntenant');
+    await keyStores().connect(PROJECT, store.id);
+    await keyStores().settled();
+    const key = await keys().create({ projectId: PROJECT, alias: '', description: '', keyStoreId: store.id });
+    expect(await roundTrip(PROJECT, key.id)).toBe(200);
+    // What this process meets when the tenant changed the PIN on its HSM and the store's connection is opened again
+    // (another worker's first use, say): the PIN the store keeps no longer opens the token.
+    const connected = await keyStores().get(PROJECT, store.id);
+    await t.kms.running.store.updateKeyStore(
+      PROJECT,
+      store.id,
+      { states: ['CONNECTED'] },
+      {
+        sealedPin: await t.kms.running.hsm.sealSecret(Buffer.from('not-the-pin-any-more'), pinAad(store.id)),
+        connectionEpoch: connected.connectionEpoch + 1,
+      },
+    );
+    const opened = callCount(t.calls, t.nss.id, 'close');
+    const refused = await t.kms.call(PROJECT, 'create-datakey', { key_id: key.id, datakey_length: '256' });
+    expect(refused.status).toBe(503);
+    expect(callCount(t.calls, t.nss.id, 'close')).toBe(opened + 1);
+    expect(await keyStores().get(PROJECT, store.id)).toMatchObject({
+      connectionState: 'FAILED',
+      connectionErrorCode: 'INVALID_CREDENTIALS',
+    });
+    const again = await t.kms.call(PROJECT, 'create-datakey', { key_id: key.id, datakey_length: '256' });
+    expect(again.body.error.error_code).toBe(HUAWEI_ERROR_TABLE.KeyStoreNotConnected.errorCode);
   });
 });
 
