@@ -1,4 +1,5 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -311,5 +312,42 @@ describe('connections a process abandoned', () => {
     });
     await keyStores().disconnect(RESTRICTED_PROJECT, store.id);
     await keyStores().delete(RESTRICTED_PROJECT, store.id);
+  });
+});
+
+describe('module paths', () => {
+  it('when a tenant names a module path instead of an offered connection, then it is refused and the module is never loaded', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'hsm-kms-not-offered-'));
+    const module = path.join(dir, 'libtenant-pkcs11.so');
+    copyFileSync(t.softhsm.token.library, module);
+    try {
+      const token = await t.kms.tokenFor(PROJECT);
+      for (const hsm_cluster_id of [module, `cluster-${'a'.repeat(11)}`]) {
+        const res = await fetch(`${t.kms.url}/v1.0/${PROJECT}/keystores`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'x-auth-token': token },
+          body: JSON.stringify({
+            keystore_alias: 'by-path',
+            hsm_cluster_id,
+            hsm_ca_cert: '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----',
+            hsm_user_pin: t.softhsm.pin,
+          }),
+        });
+        expect(res.status).toBe(400);
+        expect(((await res.json()) as { error: { error_code: string } }).error.error_code).toBe('KMS.0308');
+      }
+      await expect(
+        keyStores().create({
+          projectId: PROJECT,
+          name: 'by-path',
+          connectionId: module,
+          trustAnchorCertificate: '',
+          pin: Buffer.from(t.softhsm.pin),
+        }),
+      ).rejects.toMatchObject({ code: 'ConnectionNotFound' });
+      expect(readFileSync('/proc/self/maps', 'utf8')).not.toContain(module);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
