@@ -48,7 +48,10 @@ const EnvSchema = z.object({
   KMS_TLS_CLIENT_CA_FILE: z.string().min(1).optional(),
   KMS_TLS_CLIENT_SUBJECT: z
     .string()
-    .regex(/^[A-Za-z][A-Za-z0-9-]*=/, 'must be a subject in RFC 4514 form, such as CN=cks.kms.eu-west-1.amazonaws.com')
+    .regex(
+      /^([A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)*)=/,
+      'must be a subject in RFC 4514 form, such as CN=cks.kms.eu-west-1.amazonaws.com',
+    )
     .optional(),
   KMS_ALLOW_PLAINTEXT_HTTP: z.enum(['true', 'false']).default('false'),
 });

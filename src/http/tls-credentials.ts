@@ -97,8 +97,13 @@ function certificatesIn(pem: Buffer, variable: string, file: string): X509Certif
 /**
  * A certificate's subject in RFC 4514 form: the most specific attribute first, `,` between attributes, `+` within a
  * multi-valued one, `\` escapes: what `openssl x509 -noout -subject -nameopt RFC2253` prints for an ASCII subject.
- * node:crypto lists the attributes one a line, in the certificate's order, escaped as RFC 4514 says.
+ * node:crypto lists the attributes one a line (` + ` within a multi-valued one), in the certificate's order, escaped
+ * as RFC 4514 says; OpenSSL reverses every attribute, those within a multi-valued one too.
  */
 export function subjectOf(certificate: X509Certificate): string {
-  return certificate.subject.split('\n').reverse().join(',').replaceAll(' + ', '+');
+  return certificate.subject
+    .split('\n')
+    .reverse()
+    .map((rdn) => rdn.split(' + ').reverse().join('+'))
+    .join(',');
 }

@@ -3,6 +3,8 @@ import { request as httpsRequest } from 'node:https';
 import { connect as connectTcp } from 'node:net';
 import { connect as connectTls, createServer as createTlsServer, type SecureVersion, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, spawnService, stopService } from '../support/child-service.js';
+import { createTestToken, removeTestToken } from '../support/softhsm.js';
 import { createTestPki, type IssuedCertificate, type TestPki } from '../support/test-pki.js';
 import { startTestService, type TestService } from '../support/test-service.js';
 
@@ -314,4 +316,55 @@ describe('mutual TLS (KMS_TLS_CLIENT_CA_FILE, KMS_TLS_CLIENT_SUBJECT)', () => {
     );
     expect(aliases.every((alias) => alias.startsWith('served-'))).toBe(true);
   });
+});
+
+describe('src/main.ts with TLS', () => {
+  it('when KMS_HOST is not loopback and no certificate is configured, then the service exits naming both ways out', async () => {
+    const started = spawnService({ KMS_HOST: '0.0.0.0', KMS_PORT: '0', KMS_PIN: 'unused', KMS_DATA_DIR: pki.dir });
+    const refusal = await started.then(
+      () => expect.fail('expected the service to refuse to start'),
+      (err: Error) => err.message,
+    );
+    expect(refusal).toMatch(/^service exited with 1 before listening/);
+    expect(refusal).toContain(
+      'KMS_HOST 0.0.0.0 is not a loopback address, and plain HTTP beyond this host would carry tokens and keys in ' +
+        'the clear: set KMS_TLS_CERT_FILE and KMS_TLS_KEY_FILE to serve HTTPS, or set KMS_ALLOW_PLAINTEXT_HTTP=true',
+    );
+  });
+
+  it('when two workers listen on 0.0.0.0 with mutual TLS, then each reads the files and serves HTTPS', async () => {
+    const token = createTestToken();
+    try {
+      const child = await spawnService(
+        {
+          KMS_DATA_DIR: `${token.dir}/data`,
+          KMS_PIN: token.pin,
+          KMS_TOKEN_LABEL: token.tokenLabel,
+          KMS_PKCS11_LIBRARY: token.library,
+          SOFTHSM2_CONF: token.softhsmConf,
+          KMS_HOST: '0.0.0.0',
+          KMS_PORT: String(await freePort()),
+          KMS_WORKERS: '2',
+          KMS_TLS_CERT_FILE: pki.server.certFile,
+          KMS_TLS_KEY_FILE: pki.server.keyFile,
+          KMS_TLS_CLIENT_CA_FILE: pki.ca.certFile,
+        },
+        2,
+      );
+      try {
+        expect(child.url).toMatch(/^https:\/\/0\.0\.0\.0:\d+$/);
+        const service = { url: child.url.replace('0.0.0.0', '127.0.0.1') } as TestService;
+        for (let i = 0; i < 4; i++) {
+          const answer = await send(service, '/', { client: clients.kms });
+          expect(answer.status).toBe(200);
+          expect(answer.headers['strict-transport-security']).toBe(HSTS);
+        }
+        expect(await refusal(send(service, '/'))).toMatch(/^ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED/);
+      } finally {
+        await stopService(child);
+      }
+    } finally {
+      removeTestToken(token.dir);
+    }
+  }, 60_000);
 });
