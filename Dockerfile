@@ -25,9 +25,13 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends softhsm2 \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
+# KMS_HOST=0.0.0.0: inside the container the service must listen beyond loopback, so plain HTTP needs the override.
+# The compose file publishes it on the host's loopback only. To serve HTTPS instead, mount a certificate and its key
+# and set KMS_TLS_CERT_FILE and KMS_TLS_KEY_FILE (and KMS_ALLOW_PLAINTEXT_HTTP=false); see README "Configuration".
 ENV NODE_ENV=production \
     KMS_DATA_DIR=/data \
     KMS_HOST=0.0.0.0 \
+    KMS_ALLOW_PLAINTEXT_HTTP=true \
     KMS_PORT=8080 \
     KMS_PKCS11_LIBRARY=/usr/lib/softhsm/libsofthsm2.so \
     KMS_TOKEN_LABEL=hsm-kms \

@@ -21,20 +21,28 @@ export interface AppDeps {
   readonly aws: AwsOptions;
   /** The Alibaba dialect: where it is mounted, the access keys' secrets, and the ledger of used nonces. */
   readonly alibaba: AlibabaOptions;
+  /** Whether the listener speaks HTTPS: only then is Strict-Transport-Security sent. */
+  readonly tls: boolean;
 }
 
 /**
  * helmet's headers, computed once: with its default options they are the same for every response, and setting them
  * in one call saves its eleven middlewares on every request (a create-datakey is CPU-bound on Express). Plus
- * `Cache-Control: no-store`: no response of a KMS may be cached.
+ * `Cache-Control: no-store`: no response of a KMS may be cached. Strict-Transport-Security only over HTTPS (a
+ * browser ignores it over plain HTTP, RFC 6797 §8.1), for a year and for this host alone: the service cannot speak
+ * for its domain's other hosts.
  */
-function staticSecurityHeaders(): Map<string, string> {
+function staticSecurityHeaders(tls: boolean): Map<string, string> {
   const headers = new Map<string, string>();
   const recorder = {
     setHeader: (name: string, value: unknown) => headers.set(name, String(value)),
     removeHeader: (name: string) => headers.delete(name),
   };
-  helmet()({} as never, recorder as never, () => undefined);
+  helmet({ strictTransportSecurity: tls ? { maxAge: 31_536_000, includeSubDomains: false } : false })(
+    {} as never,
+    recorder as never,
+    () => undefined,
+  );
   headers.set('Cache-Control', 'no-store');
   return headers;
 }
@@ -58,7 +66,7 @@ export function createApp(deps: AppDeps): RequestListener {
   const huaweiActions = huaweiActionListener(deps.services, { verifier: deps.verifier, ...deps.huawei }, deps.logger);
   const awsRequests = awsListener(deps.services, deps.aws, deps.logger);
   const alibabaRequests = alibabaListener(deps.services, deps.alibaba, deps.logger);
-  const securityHeaders = staticSecurityHeaders();
+  const securityHeaders = staticSecurityHeaders(deps.tls);
   return (req, res) => {
     res.setHeaders(securityHeaders);
     res.setHeader('X-Request-Id', randomUUID());

@@ -1,9 +1,11 @@
 import { readFileSync, statSync } from 'node:fs';
+import { isIPv4 } from 'node:net';
 import path from 'node:path';
 import { z } from 'zod';
 import { CONNECTION_ID_PATTERN } from './core/key-stores.js';
 import { PROFILE_NAMES, type ProfileName } from './hsm/hsm-profiles.js';
 import type { HsmConnection } from './hsm/key-store-connector.js';
+import { readTlsCredentials, type TlsSettings } from './http/tls-credentials.js';
 
 /**
  * The service's configuration: read from the environment once, validated, frozen. Secrets (the PIN) come from
@@ -41,6 +43,17 @@ const EnvSchema = z.object({
   KMS_KEEP_ALIVE_TIMEOUT_MS: intFrom(100, 600_000).default(65_000),
   KMS_MAX_CONNECTIONS: intFrom(1, 1_000_000).default(512),
   KMS_MAX_CONNECTIONS_PER_CLIENT: intFrom(1, 1_000_000).optional(),
+  KMS_TLS_CERT_FILE: z.string().min(1).optional(),
+  KMS_TLS_KEY_FILE: z.string().min(1).optional(),
+  KMS_TLS_CLIENT_CA_FILE: z.string().min(1).optional(),
+  KMS_TLS_CLIENT_SUBJECT: z
+    .string()
+    .regex(
+      /^([A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)*)=/,
+      'must be a subject in RFC 4514 form, such as CN=cks.kms.eu-west-1.amazonaws.com',
+    )
+    .optional(),
+  KMS_ALLOW_PLAINTEXT_HTTP: z.enum(['true', 'false']).default('false'),
 });
 
 /**
@@ -58,6 +71,8 @@ export interface Config {
   /** Where the Alibaba RPC dialect is mounted; `/` by default, as Alibaba's endpoints serve it. */
   readonly alibabaPath: string;
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** Set: the listener speaks HTTPS only (src/http/tls-listener.ts); the files were read and checked at load. */
+  readonly tls: TlsSettings | undefined;
   /** Bounds on every HTTP connection: a KMS request is at most 64 KiB, so none needs long. */
   readonly http: {
     /** From a request's first byte to the end of its headers. */
@@ -118,6 +133,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     // A limit above the cap would never apply: the operator meant something else.
     throw new Error('Invalid configuration: KMS_MAX_CONNECTIONS_PER_CLIENT must not exceed KMS_MAX_CONNECTIONS.');
   }
+  const tls = tlsSettings(e);
+  if (tls === undefined) refusePlaintextBeyondLoopback(e.KMS_HOST, e.KMS_ALLOW_PLAINTEXT_HTTP === 'true');
   const dataDir = path.resolve(e.KMS_DATA_DIR);
   return Object.freeze({
     dataDir,
@@ -127,6 +144,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     region: e.KMS_REGION,
     alibabaPath: e.KMS_ALIBABA_PATH,
     logLevel: e.KMS_LOG_LEVEL,
+    tls,
     http: Object.freeze({
       headersTimeoutMs: e.KMS_HEADERS_TIMEOUT_MS,
       requestTimeoutMs: e.KMS_REQUEST_TIMEOUT_MS,
@@ -172,6 +190,59 @@ function requireTokenClaimsWithJwks(e: z.infer<typeof EnvSchema>): void {
         `(missing: ${missing.join(', ')}); without them a token the JWKS signed for any issuer or audience would be accepted.`,
     );
   }
+}
+
+/**
+ * The listener's TLS settings, or undefined for plain HTTP. The files are read and checked here, so that a bad file
+ * stops the start (and the primary, before it forks workers); each process reads them again to serve.
+ */
+function tlsSettings(e: z.infer<typeof EnvSchema>): TlsSettings | undefined {
+  const certFile = e.KMS_TLS_CERT_FILE;
+  const keyFile = e.KMS_TLS_KEY_FILE;
+  if (certFile === undefined || keyFile === undefined) {
+    const given = ['KMS_TLS_CERT_FILE', 'KMS_TLS_KEY_FILE', 'KMS_TLS_CLIENT_CA_FILE', 'KMS_TLS_CLIENT_SUBJECT'].filter(
+      (name) => e[name as keyof typeof e] !== undefined,
+    );
+    const missing = ['KMS_TLS_CERT_FILE', 'KMS_TLS_KEY_FILE'].filter((name) => !given.includes(name));
+    if (given.length > 0) {
+      throw new Error(
+        `Invalid configuration: ${given.join(', ')} set without ${missing.join(' and ')}: HTTPS needs both a ` +
+          'certificate and its key.',
+      );
+    }
+    return undefined;
+  }
+  if (e.KMS_TLS_CLIENT_SUBJECT !== undefined && e.KMS_TLS_CLIENT_CA_FILE === undefined) {
+    throw new Error(
+      'Invalid configuration: KMS_TLS_CLIENT_SUBJECT needs KMS_TLS_CLIENT_CA_FILE: without the CA, client ' +
+        'certificates are not asked for, and a subject alone proves nothing.',
+    );
+  }
+  const settings = Object.freeze({
+    certFile,
+    keyFile,
+    clientCaFile: e.KMS_TLS_CLIENT_CA_FILE,
+    clientSubject: e.KMS_TLS_CLIENT_SUBJECT,
+  });
+  readTlsCredentials(settings).key.fill(0);
+  return settings;
+}
+
+/** Names a loopback listener may be given; nothing beyond this host can reach it. */
+const LOOPBACK_NAMES = new Set(['localhost', '::1']);
+
+/**
+ * Plain HTTP beyond this host would carry tokens, signatures and plaintext keys in the clear. An operator whose
+ * TLS ends in a proxy in front says so with KMS_ALLOW_PLAINTEXT_HTTP=true.
+ */
+function refusePlaintextBeyondLoopback(host: string, allowed: boolean): void {
+  const loopback = LOOPBACK_NAMES.has(host.toLowerCase()) || (isIPv4(host) && host.startsWith('127.'));
+  if (loopback || allowed) return;
+  throw new Error(
+    `Invalid configuration: KMS_HOST ${host} is not a loopback address, and plain HTTP beyond this host would carry ` +
+      'tokens and keys in the clear: set KMS_TLS_CERT_FILE and KMS_TLS_KEY_FILE to serve HTTPS, or set ' +
+      'KMS_ALLOW_PLAINTEXT_HTTP=true if a TLS-terminating proxy is the only way in.',
+  );
 }
 
 const ConnectionSchema = z

@@ -1,4 +1,5 @@
 import type { Server } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Services } from './api/huawei/context.js';
 import { createApp } from './app.js';
@@ -138,7 +139,7 @@ export async function startService(
     sweeper = setInterval(sweep, DELETION_SWEEP_MS).unref();
   }
 
-  let server: Server | undefined;
+  let server: Server | HttpsServer | undefined;
   let url: string | undefined;
   if (role !== 'primary') {
     const key = config.auth.jwksUrl ? new URL(config.auth.jwksUrl) : loadOrCreateIssuerKeys(config.dataDir).publicKey;
@@ -153,14 +154,14 @@ export async function startService(
       claimNonce: nonces.claim.bind(nonces),
       now: () => clock.now(),
     };
-    const app = createApp({ services, verifier, logger, huawei, aws, alibaba });
-    const listening = createBoundedServer(app, config.http, logger);
-    server = await new Promise<Server>((resolve, reject) => {
+    const app = createApp({ services, verifier, logger, huawei, aws, alibaba, tls: config.tls !== undefined });
+    const listening = createBoundedServer(app, config.http, logger, config.tls);
+    server = await new Promise<Server | HttpsServer>((resolve, reject) => {
       listening.once('error', reject);
       listening.listen(config.port, config.host, () => resolve(listening));
     });
     const { port } = server.address() as AddressInfo;
-    url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+    url = `${config.tls ? 'https' : 'http'}://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
   } else {
     loadOrCreateIssuerKeys(config.dataDir);
   }

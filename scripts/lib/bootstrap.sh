@@ -89,6 +89,19 @@ kms_ensure_gcc() {
   command -v gcc >/dev/null 2>&1 || kms_die "gcc still missing after installing gcc"
 }
 
+# The openssl command: the TLS tests make a throw-away CA and certificates with it (test/support/test-pki.ts).
+kms_ensure_openssl() {
+  if command -v openssl >/dev/null 2>&1; then
+    return 0
+  fi
+  command -v apt-get >/dev/null 2>&1 ||
+    kms_die "the openssl command is missing and this is not a Debian/Ubuntu system: install OpenSSL by hand"
+  kms_log "==> installing openssl (apt-get install openssl)"
+  kms_as_root apt-get update >&2
+  kms_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y openssl >&2
+  command -v openssl >/dev/null 2>&1 || kms_die "openssl still missing after installing openssl"
+}
+
 # Prints the path of libsoftokn3.so in the multiarch library directory, or nothing. This machine's own architecture
 # comes first: with another architecture's libnss3 also installed (i386 on amd64), the glob alone could pick it.
 kms_find_softokn() {

@@ -1,7 +1,10 @@
 import { createServer, type RequestListener, type Server, type ServerResponse } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
 import { deferContinue } from './read-body.js';
+import type { TlsSettings } from './tls-credentials.js';
+import { createTlsServer } from './tls-listener.js';
 
 /**
  * How much of a request body left unread (the request was refused before its body, or for its size) is still drained
@@ -32,22 +35,32 @@ const REFUSAL_REPORT_INTERVAL_MS = 60_000;
  *
  * A client that resets or closes its connection mid-request, sends malformed HTTP or runs out of time is not the
  * service's failure: it is logged at debug level, with the error's code and no stack.
+ *
+ * With `tls`, the server is node:https (src/http/tls-listener.ts) under the same bounds: connections are counted
+ * and refused as they are accepted, before their handshake, and a handshake gets the headers timeout (the HTTP
+ * timeouts only start once it is done).
  */
-export function createBoundedServer(listener: RequestListener, bounds: Config['http'], logger: Logger): Server {
+export function createBoundedServer(
+  listener: RequestListener,
+  bounds: Config['http'],
+  logger: Logger,
+  tls?: TlsSettings,
+): Server | HttpsServer {
   const serve: RequestListener = (req, res) => {
     res.prependListener('finish', drainUnreadBody);
     listener(req, res);
   };
-  const server = createServer(
-    {
-      headersTimeout: bounds.headersTimeoutMs,
-      requestTimeout: bounds.requestTimeoutMs,
-      keepAliveTimeout: bounds.keepAliveTimeoutMs,
-      // node:http checks the two timeouts every 30 s by default, which would let a 5 s bound run to 35 s.
-      connectionsCheckingInterval: Math.min(1_000, Math.ceil(bounds.headersTimeoutMs / 10)),
-    },
-    serve,
-  );
+  const options = {
+    headersTimeout: bounds.headersTimeoutMs,
+    requestTimeout: bounds.requestTimeoutMs,
+    keepAliveTimeout: bounds.keepAliveTimeoutMs,
+    // node:http checks the two timeouts every 30 s by default, which would let a 5 s bound run to 35 s.
+    connectionsCheckingInterval: Math.min(1_000, Math.ceil(bounds.headersTimeoutMs / 10)),
+  };
+  const server =
+    tls === undefined
+      ? createServer(options, serve)
+      : createTlsServer(tls, options, bounds.headersTimeoutMs, serve, logger);
   // node:http would answer `Expect: 100-continue` before anyone has looked at the request; readBody says it instead.
   server.on('checkContinue', (req, res) => {
     deferContinue(req, res);

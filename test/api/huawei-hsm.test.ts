@@ -184,6 +184,7 @@ describe('failures inside the service', () => {
         lookupSecret: (id) => kms.running.credentials.resolve(id),
         claimNonce: (...args) => kms.running.nonces.claim(...args),
       },
+      tls: false,
     });
     server = await new Promise<Server>((resolve) => {
       const s = createServer(app).listen(0, '127.0.0.1', () => resolve(s));

@@ -1,8 +1,10 @@
+import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
+import { createTestPki, type TestPki } from '../support/test-pki.js';
 
 /** KMS_PKCS11_LIBRARY's default, installed here (the SoftHSM package). */
 const DEFAULT_LIBRARY = '/usr/lib/softhsm/libsofthsm2.so';
@@ -264,6 +266,147 @@ describe('configuration', () => {
           'cluster-notinstalledyet',
         ]);
       });
+    });
+  });
+
+  describe('the listener: HTTPS, mutual TLS, and plain HTTP on loopback only', () => {
+    let pki: TestPki;
+    beforeAll(() => {
+      pki = createTestPki();
+    });
+    afterAll(() => pki.remove());
+
+    const withTls = (more: Record<string, string> = {}) =>
+      loadConfig({
+        KMS_PIN: '1234',
+        KMS_TLS_CERT_FILE: pki.server.certFile,
+        KMS_TLS_KEY_FILE: pki.server.keyFile,
+        ...more,
+      });
+
+    it('when no certificate is configured, then the service speaks plain HTTP on the loopback addresses', () => {
+      for (const host of ['127.0.0.1', '127.0.0.53', '::1', 'localhost', 'LOCALHOST']) {
+        expect(loadConfig({ KMS_PIN: '1234', KMS_HOST: host }).tls).toBeUndefined();
+      }
+    });
+
+    it('when the address is not loopback and there is no certificate, then start-up stops naming both ways out', () => {
+      for (const host of ['0.0.0.0', '::', '10.0.0.5', '128.0.0.1', 'kms.example.com']) {
+        expect(refusalOf(() => loadConfig({ KMS_PIN: '1234', KMS_HOST: host }))).toBe(
+          `Invalid configuration: KMS_HOST ${host} is not a loopback address, and plain HTTP beyond this host would ` +
+            'carry tokens and keys in the clear: set KMS_TLS_CERT_FILE and KMS_TLS_KEY_FILE to serve HTTPS, or set ' +
+            'KMS_ALLOW_PLAINTEXT_HTTP=true if a TLS-terminating proxy is the only way in.',
+        );
+      }
+      expect(
+        refusalOf(() => loadConfig({ KMS_PIN: '1234', KMS_HOST: '0.0.0.0', KMS_ALLOW_PLAINTEXT_HTTP: 'false' })),
+      ).toMatch(/^Invalid configuration: KMS_HOST 0\.0\.0\.0 is not a loopback address/);
+      expect(
+        refusalOf(() => loadConfig({ KMS_PIN: '1234', KMS_HOST: '0.0.0.0', KMS_ALLOW_PLAINTEXT_HTTP: 'yes' })),
+      ).toMatch(/^Invalid configuration: KMS_ALLOW_PLAINTEXT_HTTP: /);
+    });
+
+    it('when the address is not loopback, then KMS_ALLOW_PLAINTEXT_HTTP=true or a certificate lets the service start', () => {
+      expect(loadConfig({ KMS_PIN: '1234', KMS_HOST: '0.0.0.0', KMS_ALLOW_PLAINTEXT_HTTP: 'true' })).toMatchObject({
+        host: '0.0.0.0',
+        tls: undefined,
+      });
+      expect(withTls({ KMS_HOST: '0.0.0.0' }).tls).toBeDefined();
+    });
+
+    it('when a certificate and its key are configured, then the listener is HTTPS; with a client CA and subject, mutual TLS', () => {
+      expect(withTls().tls).toEqual({
+        certFile: pki.server.certFile,
+        keyFile: pki.server.keyFile,
+        clientCaFile: undefined,
+        clientSubject: undefined,
+      });
+      const mutual = withTls({
+        KMS_TLS_CLIENT_CA_FILE: pki.ca.certFile,
+        KMS_TLS_CLIENT_SUBJECT: 'CN=cks.kms.eu-west-1.amazonaws.com',
+      });
+      expect(mutual.tls).toMatchObject({
+        clientCaFile: pki.ca.certFile,
+        clientSubject: 'CN=cks.kms.eu-west-1.amazonaws.com',
+      });
+      expect(Object.isFrozen(mutual.tls)).toBe(true);
+    });
+
+    it('when only part of the TLS settings is given, then start-up stops naming what is missing', () => {
+      expect(refusalOf(() => loadConfig({ KMS_PIN: '1234', KMS_TLS_CERT_FILE: pki.server.certFile }))).toBe(
+        'Invalid configuration: KMS_TLS_CERT_FILE set without KMS_TLS_KEY_FILE: HTTPS needs both a certificate and its key.',
+      );
+      expect(refusalOf(() => loadConfig({ KMS_PIN: '1234', KMS_TLS_KEY_FILE: pki.server.keyFile }))).toBe(
+        'Invalid configuration: KMS_TLS_KEY_FILE set without KMS_TLS_CERT_FILE: HTTPS needs both a certificate and its key.',
+      );
+      expect(refusalOf(() => loadConfig({ KMS_PIN: '1234', KMS_TLS_CLIENT_CA_FILE: pki.ca.certFile }))).toBe(
+        'Invalid configuration: KMS_TLS_CLIENT_CA_FILE set without KMS_TLS_CERT_FILE and KMS_TLS_KEY_FILE: HTTPS ' +
+          'needs both a certificate and its key.',
+      );
+      expect(refusalOf(() => withTls({ KMS_TLS_CLIENT_SUBJECT: 'CN=cks.kms.eu-west-1.amazonaws.com' }))).toBe(
+        'Invalid configuration: KMS_TLS_CLIENT_SUBJECT needs KMS_TLS_CLIENT_CA_FILE: without the CA, client ' +
+          'certificates are not asked for, and a subject alone proves nothing.',
+      );
+      expect(
+        refusalOf(() =>
+          withTls({
+            KMS_TLS_CLIENT_CA_FILE: pki.ca.certFile,
+            KMS_TLS_CLIENT_SUBJECT: 'cks.kms.eu-west-1.amazonaws.com',
+          }),
+        ),
+      ).toMatch(/^Invalid configuration: KMS_TLS_CLIENT_SUBJECT: must be a subject in RFC 4514 form/);
+    });
+
+    it('when a TLS file is unreadable, mismatched, expired or not what it should be, then start-up stops naming the file but not its contents', () => {
+      const other = pki.client('config-other');
+      const expired = pki.serverFor('config-expired', 'DNS:localhost', { expired: true });
+      const encrypted = path.join(pki.dir, 'encrypted.key');
+      const keyText = pki.server.key.toString('latin1');
+      writeFileSync(
+        encrypted,
+        createPrivateKey(pki.server.key).export({
+          type: 'pkcs8',
+          format: 'pem',
+          cipher: 'aes-256-cbc',
+          passphrase: 'secret',
+        }),
+      );
+      const missing = path.join(pki.dir, 'missing.pem');
+      const cases: [Record<string, string>, string][] = [
+        [{ KMS_TLS_CERT_FILE: missing }, `KMS_TLS_CERT_FILE ${missing} cannot be read.`],
+        [{ KMS_TLS_KEY_FILE: missing }, `KMS_TLS_KEY_FILE ${missing} cannot be read.`],
+        [{ KMS_TLS_CLIENT_CA_FILE: missing }, `KMS_TLS_CLIENT_CA_FILE ${missing} cannot be read.`],
+        [
+          { KMS_TLS_CERT_FILE: pki.server.keyFile },
+          `KMS_TLS_CERT_FILE ${pki.server.keyFile} does not hold PEM certificates.`,
+        ],
+        [
+          { KMS_TLS_KEY_FILE: other.keyFile },
+          `KMS_TLS_KEY_FILE ${other.keyFile} is not the key of the certificate in KMS_TLS_CERT_FILE ${pki.server.certFile}.`,
+        ],
+        [
+          { KMS_TLS_KEY_FILE: pki.server.certFile },
+          `KMS_TLS_KEY_FILE ${pki.server.certFile} does not hold an unencrypted PEM private key.`,
+        ],
+        [
+          { KMS_TLS_KEY_FILE: encrypted },
+          `KMS_TLS_KEY_FILE ${encrypted} does not hold an unencrypted PEM private key.`,
+        ],
+        [
+          { KMS_TLS_CERT_FILE: expired.certFile, KMS_TLS_KEY_FILE: expired.keyFile },
+          `KMS_TLS_CERT_FILE ${expired.certFile}: the certificate expired on ${new X509Certificate(expired.cert).validTo}.`,
+        ],
+        [
+          { KMS_TLS_CLIENT_CA_FILE: other.certFile },
+          `KMS_TLS_CLIENT_CA_FILE ${other.certFile}: certificate 1 is not a CA certificate (basicConstraints CA:TRUE), ` +
+            'so no client certificate could chain to it.',
+        ],
+      ];
+      for (const [env, message] of cases) {
+        const refusal = refusalOf(() => withTls(env));
+        expect(refusal).toBe(`Invalid configuration: ${message}`);
+        expect(refusal).not.toContain(keyText.split('\n')[1]);
+      }
     });
   });
 });
