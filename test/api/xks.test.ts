@@ -1,4 +1,6 @@
+import { execFile, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { promisify } from 'node:util';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -160,6 +162,32 @@ describe('XKS credentials', () => {
     const res = await xks(healthPath(A), { requestMetadata: metadataOf('KmsHealthCheck') }, { credentials: awsKey });
     expect(error(res)).toEqual({ status: 401, errorName: 'AuthenticationFailedException' });
   });
+
+  const curlSignsSigV4 = spawnSync('curl', ['--help', 'all'], { encoding: 'utf8' }).stdout?.includes('--aws-sigv4');
+  it.skipIf(!curlSignsSigV4)(
+    "when curl signs the request, as AWS's XKS test client does, then it is accepted, and with a wrong secret refused",
+    async () => {
+      const curl = (secret: string) =>
+        promisify(execFile)('curl', [
+          '-sS',
+          '-X',
+          'POST',
+          `${ks.kms.url}${healthPath(A)}`,
+          '--aws-sigv4',
+          `aws:amz:${REGION}:kms-xks-proxy`,
+          '--user',
+          `${credsA.accessKeyId}:${secret}`,
+          '-H',
+          'Content-Type: application/json',
+          '-d',
+          JSON.stringify({ requestMetadata: { kmsRequestId: 'curl-1', kmsOperation: 'KmsHealthCheck' } }),
+        ]);
+      expect(JSON.parse((await curl(credsA.secretAccessKey)).stdout)).toMatchObject({ xksProxyVendor: 'hsm-kms' });
+      expect(JSON.parse((await curl('x'.repeat(44))).stdout)).toMatchObject({
+        errorName: 'AuthenticationFailedException',
+      });
+    },
+  );
 
   it('when two XKS keys of the project are active, then both are accepted, and a revoked one is refused', async () => {
     const next = await ks.kms.running.credentials.create(A, 'xks');
@@ -506,8 +534,8 @@ describe('key states', () => {
     expect(error(await encrypt(keyId, randomBytes(8)))).toEqual({ status: 400, errorName: 'InvalidStateException' });
   });
 
-  it('when the key was rotated... its older ciphertexts still decrypt with the version the metadata names', async () => {
-    // Rotation is not offered yet: version 0 is the only one. A metadata naming version 1 is not ours.
+  it('when the metadata names a version the key does not have, then Decrypt is InvalidCiphertextException', async () => {
+    // Keys have only version 0 until rotation is offered.
     const { body } = await encrypt(keyA, randomBytes(8));
     const metadata = Buffer.from(body.ciphertextMetadata, 'base64');
     expect(metadata.readUInt32BE(1)).toBe(0);
