@@ -8,6 +8,7 @@ import type { HuaweiSigningOptions } from './api/huawei/authenticate.js';
 import type { Services } from './api/huawei/context.js';
 import { invalid } from './api/huawei/errors.js';
 import { huaweiActionListener, huaweiErrorHandler, huaweiVersionRouter } from './api/huawei/router.js';
+import { type XksOptions, xksListener } from './api/xks/listener.js';
 import type { TokenVerifier } from './auth/token-verifier.js';
 import type { Logger } from './logger.js';
 
@@ -23,6 +24,8 @@ export interface AppDeps {
   readonly alibaba: AlibabaOptions;
   /** Whether the listener speaks HTTPS: only then is Strict-Transport-Security sent. */
   readonly tls: boolean;
+  /** The AWS XKS proxy API under /xks/<project_id>, and /ping; absent, neither is served. */
+  readonly xks?: XksOptions;
 }
 
 /**
@@ -48,8 +51,8 @@ function staticSecurityHeaders(tls: boolean): Map<string, string> {
 }
 
 /**
- * The HTTP request listener: a Huawei action, an AWS request (`X-Amz-Target`) or an Alibaba request (`Action=`) is
- * served by its dialect's own listener on node:http; everything else (version documents, unknown routes) by Express.
+ * The HTTP request listener: an XKS proxy request (`/xks/…`, `/ping`), a Huawei action, an AWS request (`X-Amz-Target`)
+ * or an Alibaba request (`Action=`) is served by its dialect's own listener on node:http; everything else (version documents, unknown routes) by Express.
  * Does no I/O of its own: main.ts (or a test) creates the server.
  */
 export function createApp(deps: AppDeps): RequestListener {
@@ -66,10 +69,14 @@ export function createApp(deps: AppDeps): RequestListener {
   const huaweiActions = huaweiActionListener(deps.services, { verifier: deps.verifier, ...deps.huawei }, deps.logger);
   const awsRequests = awsListener(deps.services, deps.aws, deps.logger);
   const alibabaRequests = alibabaListener(deps.services, deps.alibaba, deps.logger);
+  const xksRequests = deps.xks ? xksListener(deps.xks, deps.logger) : () => false;
   const securityHeaders = staticSecurityHeaders(deps.tls);
   return (req, res) => {
     res.setHeaders(securityHeaders);
     res.setHeader('X-Request-Id', randomUUID());
-    if (!awsRequests(req, res) && !alibabaRequests(req, res) && !huaweiActions(req, res)) app(req, res);
+    // XKS first: its URIs are its own, and it must answer an unknown one under /xks/ whatever the headers say.
+    if (!xksRequests(req, res) && !awsRequests(req, res) && !alibabaRequests(req, res) && !huaweiActions(req, res)) {
+      app(req, res);
+    }
   };
 }

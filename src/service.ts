@@ -14,6 +14,7 @@ import { PasswordService } from './core/password.service.js';
 import type { Clock, Hsm } from './core/ports.js';
 import { RandomService } from './core/random.service.js';
 import { RootKeyService } from './core/root-key.service.js';
+import { XksService } from './core/xks.service.js';
 import { GrapheneHsm } from './hsm/graphene-hsm.js';
 import { GrapheneKeyStoreConnector } from './hsm/key-store-connector.js';
 import { createBoundedServer } from './http/bounded-server.js';
@@ -154,7 +155,18 @@ export async function startService(
       claimNonce: nonces.claim.bind(nonces),
       now: () => clock.now(),
     };
-    const app = createApp({ services, verifier, logger, huawei, aws, alibaba, tls: config.tls !== undefined });
+    const xks = {
+      service: new XksService(store, keys, hsm, clock),
+      regions: [config.region],
+      lookupSecret: (id: string) => credentials.resolveXks(id),
+      deployment: {
+        fleetSize: config.workers,
+        ekmVendor: hsm.profile.name === 'generic' ? 'PKCS#11' : hsm.profile.name,
+        ekm: { id: config.hsm.tokenLabel, model: `PKCS#11 token (${hsm.profile.name} profile)` },
+      },
+      now: () => clock.now(),
+    };
+    const app = createApp({ services, verifier, logger, huawei, aws, alibaba, xks, tls: config.tls !== undefined });
     const listening = createBoundedServer(app, config.http, logger, config.tls);
     server = await new Promise<Server | HttpsServer>((resolve, reject) => {
       listening.once('error', reject);

@@ -15,12 +15,15 @@ Commands:
   token --project <project_id> [--ttl <seconds>]
       Print an X-Auth-Token for the project, signed with the local issuer key in $KMS_DATA_DIR/issuer
       (default ./.data). Valid for --ttl seconds (default 86400, at most 31536000).
-  credentials create --project <project_id> [--format aws|alibaba|huawei]
+  credentials create --project <project_id> [--format aws|alibaba|huawei|xks]
       Create an access key of the project for the signed dialects (AWS SigV4, Alibaba RPC, Huawei AK/SK) and
       print it as two lines, AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=... (or, with --format alibaba,
       ALIBABA_CLOUD_ACCESS_KEY_ID=... and ALIBABA_CLOUD_ACCESS_KEY_SECRET=...; with --format huawei, three,
       HUAWEICLOUD_SDK_AK=..., HUAWEICLOUD_SDK_SK=... and HUAWEICLOUD_SDK_PROJECT_ID=...), so that
       eval "$(kms credentials create --project p)" configures a shell. The secret is shown only now.
+      --format xks creates instead a key of the XKS proxy API alone (the credential of an AWS KMS external key
+      store whose XksProxyUriPath is /xks/<project_id>/kms/xks/v1), printed as XKS_ACCESS_KEY_ID=... and
+      XKS_SECRET_ACCESS_KEY=... (a 44-character secret, as AWS requires for XKS).
   credentials revoke <access_key_id>
       Revoke an access key at once. Fails (exit 1) if it is unknown or already revoked.
       Both credentials commands open the HSM and the metadata store with the service's configuration
@@ -42,6 +45,7 @@ const CREDENTIAL_VARIABLES: Readonly<Record<string, readonly [string, string, st
   aws: ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY'],
   alibaba: ['ALIBABA_CLOUD_ACCESS_KEY_ID', 'ALIBABA_CLOUD_ACCESS_KEY_SECRET'],
   huawei: ['HUAWEICLOUD_SDK_AK', 'HUAWEICLOUD_SDK_SK', 'HUAWEICLOUD_SDK_PROJECT_ID'],
+  xks: ['XKS_ACCESS_KEY_ID', 'XKS_SECRET_ACCESS_KEY'],
 };
 
 const PROJECT_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
@@ -123,9 +127,10 @@ async function credentials(args: string[]): Promise<void> {
       const names = Object.hasOwn(CREDENTIAL_VARIABLES, values.format)
         ? CREDENTIAL_VARIABLES[values.format]
         : undefined;
-      if (names === undefined) fail("--format must be 'aws', 'alibaba' or 'huawei'");
+      if (names === undefined) fail("--format must be 'aws', 'alibaba', 'huawei' or 'xks'");
       const [accessKeyName, secretName, projectName] = names;
-      const created = await withCredentials((service) => service.create(project));
+      const kind = values.format === 'xks' ? 'xks' : 'signing';
+      const created = await withCredentials((service) => service.create(project, kind));
       process.stdout.write(
         `${accessKeyName}=${created.accessKeyId}\n${secretName}=${created.secretAccessKey}\n` +
           (projectName ? `${projectName}=${project}\n` : ''),

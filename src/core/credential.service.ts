@@ -1,12 +1,26 @@
-import { ACCESS_KEY_ID_PATTERN } from './credentials.js';
+import { ACCESS_KEY_ID_PATTERN, type CredentialKind, XKS_ACCESS_KEY_ID_PATTERN } from './credentials.js';
 import { KmsError } from './errors.js';
 import type { Clock, Hsm, MetadataStore } from './ports.js';
 
-const ACCESS_KEY_ID_PREFIX = 'AKIA';
 /** 10 random bytes are exactly 16 base32 characters (80 bits). */
 const ACCESS_KEY_ID_RANDOM_BYTES = 10;
-/** 30 bytes of the MAC are exactly 40 base64 characters, the length of an AWS secret access key. */
-const SECRET_BYTES = 30;
+
+interface CredentialFormat {
+  readonly prefix: string;
+  readonly pattern: RegExp;
+  /** How many bytes of the 32-byte MAC make the secret, in base64. */
+  readonly secretBytes: number;
+}
+
+const FORMATS: Readonly<Record<CredentialKind, CredentialFormat>> = {
+  /** 30 bytes of the MAC are exactly 40 base64 characters, the length of an AWS secret access key. */
+  signing: { prefix: 'AKIA', pattern: ACCESS_KEY_ID_PATTERN, secretBytes: 30 },
+  /**
+   * The whole MAC: 44 base64 characters (one '=' of padding), 256 bits. AWS takes an XKS secret of 43 to 64
+   * characters of [A-Za-z0-9/+=] with at least 256 bits of entropy (custom-key-stores.md §1.1).
+   */
+  xks: { prefix: 'XKSA', pattern: XKS_ACCESS_KEY_ID_PATTERN, secretBytes: 32 },
+};
 const MAX_CACHED_SECRETS = 10_000;
 const BASE32_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
 
@@ -41,33 +55,49 @@ export class CredentialService {
     this.#clock = clock;
   }
 
-  /** A new access key of the project, and its secret: the only time the secret is handed out. */
-  async create(projectId: string): Promise<NewCredential> {
-    const accessKeyId = ACCESS_KEY_ID_PREFIX + base32(await this.#hsm.generateRandom(ACCESS_KEY_ID_RANDOM_BYTES));
+  /**
+   * A new access key of the project, and its secret: the only time the secret is handed out. `kind` 'xks' makes a
+   * key of the XKS proxy API, which serves that API alone (src/core/credentials.ts says why).
+   */
+  async create(projectId: string, kind: CredentialKind = 'signing'): Promise<NewCredential> {
+    const format = FORMATS[kind];
+    const accessKeyId = format.prefix + base32(await this.#hsm.generateRandom(ACCESS_KEY_ID_RANDOM_BYTES));
     await this.#store.insertCredential({ accessKeyId, projectId, createdAt: this.#clock.now(), revokedAt: null });
-    return { accessKeyId, secretAccessKey: await this.#secretOf(accessKeyId) };
+    return { accessKeyId, secretAccessKey: await this.#secretOf(accessKeyId, format) };
   }
 
-  /** False if the access key does not exist or was already revoked. */
+  /** False if the access key (of either kind) does not exist or was already revoked. */
   async revoke(accessKeyId: string): Promise<boolean> {
     this.#secrets.delete(accessKeyId);
-    if (!ACCESS_KEY_ID_PATTERN.test(accessKeyId)) return false;
+    if (!ACCESS_KEY_ID_PATTERN.test(accessKeyId) && !XKS_ACCESS_KEY_ID_PATTERN.test(accessKeyId)) return false;
     return this.#store.revokeCredential(accessKeyId, this.#clock.now());
   }
 
-  /** The project and secret of an active access key; AuthUnknownCredential if it is malformed, unknown or revoked. */
-  async resolve(accessKeyId: string): Promise<ResolvedCredential> {
-    if (!ACCESS_KEY_ID_PATTERN.test(accessKeyId)) throw unknownCredential();
-    const credential = await this.#store.findCredential(accessKeyId);
-    if (credential === undefined || credential.revokedAt !== null) throw unknownCredential();
-    return { projectId: credential.projectId, secretAccessKey: await this.#secretOf(accessKeyId) };
+  /**
+   * The project and secret of an active access key of the signed dialects; AuthUnknownCredential if it is malformed,
+   * unknown or revoked, or an XKS key.
+   */
+  resolve(accessKeyId: string): Promise<ResolvedCredential> {
+    return this.#resolve(accessKeyId, FORMATS.signing);
   }
 
-  async #secretOf(accessKeyId: string): Promise<string> {
+  /** The same for an access key of the XKS proxy API: any other key is AuthUnknownCredential. */
+  resolveXks(accessKeyId: string): Promise<ResolvedCredential> {
+    return this.#resolve(accessKeyId, FORMATS.xks);
+  }
+
+  async #resolve(accessKeyId: string, format: CredentialFormat): Promise<ResolvedCredential> {
+    if (!format.pattern.test(accessKeyId)) throw unknownCredential();
+    const credential = await this.#store.findCredential(accessKeyId);
+    if (credential === undefined || credential.revokedAt !== null) throw unknownCredential();
+    return { projectId: credential.projectId, secretAccessKey: await this.#secretOf(accessKeyId, format) };
+  }
+
+  async #secretOf(accessKeyId: string, format: CredentialFormat): Promise<string> {
     const cached = this.#secrets.get(accessKeyId);
     if (cached !== undefined) return cached;
     const mac = await this.#hsm.credentialSecret(accessKeyId);
-    const secret = mac.subarray(0, SECRET_BYTES).toString('base64');
+    const secret = mac.subarray(0, format.secretBytes).toString('base64');
     mac.fill(0);
     if (this.#secrets.size >= MAX_CACHED_SECRETS) {
       const oldest = this.#secrets.keys().next().value;

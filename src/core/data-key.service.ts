@@ -9,8 +9,9 @@ import {
 } from './ciphertext-blob.js';
 import { KmsError, needs } from './errors.js';
 import type { KeyService } from './key.service.js';
-import { assertUsableForCrypto, type KeyRecord, type KeyRef, type KeyVersionRecord } from './keys.js';
+import { assertUsableForCrypto, type KeyRecord, type KeyRef } from './keys.js';
 import type { MetadataStore } from './ports.js';
+import { withKeyVersion } from './with-key-version.js';
 
 /** Largest data key the service draws: 8192 bits, Huawei's upper bound. */
 export const MAX_DATA_KEY_LENGTH = 1024;
@@ -98,7 +99,7 @@ export class DataKeyService {
     const payload = decodePayload(frame);
     const aad = blobAad(key.id, frame.keyVersion, payload.plaintextLength, binding, payload.kind);
     const hsm = await this.keys.hsmFor(key);
-    const plaintext = await this.withVersion(key.id, frame.keyVersion, (version) =>
+    const plaintext = await withKeyVersion(this.store, key.id, frame.keyVersion, (version) =>
       hsm.decrypt(version, payload.iv, payload.ciphertextWithTag, aad),
     );
     return { key, keyVersion: frame.keyVersion, plaintext, kind: payload.kind };
@@ -119,36 +120,9 @@ export class DataKeyService {
   ): Promise<Buffer> {
     const aad = blobAad(key.id, key.currentVersion, plaintext.length, binding, kind);
     const hsm = await this.keys.hsmFor(key);
-    const { iv, ciphertextWithTag } = await this.withVersion(key.id, key.currentVersion, (version) =>
+    const { iv, ciphertextWithTag } = await withKeyVersion(this.store, key.id, key.currentVersion, (version) =>
       hsm.encrypt(version, plaintext, aad),
     );
     return encodeBlob({ keyId: key.id, keyVersion: key.currentVersion, iv, ciphertextWithTag, kind });
-  }
-
-  /**
-   * Runs `use` with the key version. Should it fail because a root rotation rewrapped the version since this process
-   * cached it (and destroyed the old root), it runs once more with the version as the store now has it.
-   */
-  private async withVersion<T>(
-    keyId: string,
-    version: number,
-    use: (found: KeyVersionRecord) => Promise<T>,
-  ): Promise<T> {
-    const cached = await this.version(keyId, version);
-    try {
-      return await use(cached);
-    } catch (err) {
-      if (err instanceof KmsError && err.code === 'InvalidCiphertext') throw err;
-      const fresh = await this.store.findKeyVersion(keyId, version, true);
-      if (fresh === undefined || fresh.rootKeyLabel === cached.rootKeyLabel) throw err;
-      return use(fresh);
-    }
-  }
-
-  private async version(keyId: string, version: number): Promise<KeyVersionRecord> {
-    const found = await this.store.findKeyVersion(keyId, version);
-    // A blob naming a version this key never had is forged or corrupt: same answer as any bad ciphertext.
-    if (!found) throw new KmsError('InvalidCiphertext', 'Invalid cipher_text.');
-    return found;
   }
 }

@@ -131,8 +131,32 @@ describe('kms credentials', () => {
     for (const format of ['gcp', 'constructor', '__proto__']) {
       const bad = kmsWithHsm('credentials', 'create', '--project', 'p', '--format', format);
       expect({ format, status: bad.status, stdout: bad.stdout }).toEqual({ format, status: 2, stdout: '' });
-      expect(bad.stderr).toContain("--format must be 'aws', 'alibaba' or 'huawei'");
+      expect(bad.stderr).toContain("--format must be 'aws', 'alibaba', 'huawei' or 'xks'");
     }
+  });
+
+  it('when --format xks is given, then it prints a key of the XKS API alone, shaped as AWS requires for XKS', async () => {
+    const run = kmsWithHsm('credentials', 'create', '--project', 'cli-xks', '--format', 'xks');
+    expect(run.stderr).toBe('');
+    expect(run.status).toBe(0);
+    // AWS: an id of 20 to 30 characters of [A-Z2-7], a secret of 43 to 64 of [A-Za-z0-9/+=] with 256 bits.
+    const match = /^XKS_ACCESS_KEY_ID=(XKSA[A-Z2-7]{16})\nXKS_SECRET_ACCESS_KEY=([A-Za-z0-9+/]{43}=)\n$/.exec(
+      run.stdout,
+    );
+    expect(match).not.toBeNull();
+    const [, accessKeyId, secretAccessKey] = match as unknown as [string, string, string];
+    expect(Buffer.from(secretAccessKey, 'base64')).toHaveLength(32);
+
+    await withService(async (credentials) => {
+      expect(await credentials.resolveXks(accessKeyId)).toEqual({ projectId: 'cli-xks', secretAccessKey });
+      // Not a key of the signed dialects: AWS KMS, which holds it, must not manage the project's keys.
+      await expect(credentials.resolve(accessKeyId)).rejects.toMatchObject({ code: 'AuthUnknownCredential' });
+    });
+    const revoke = kmsWithHsm('credentials', 'revoke', accessKeyId);
+    expect(revoke.status).toBe(0);
+    await expect(withService((credentials) => credentials.resolveXks(accessKeyId))).rejects.toMatchObject({
+      code: 'AuthUnknownCredential',
+    });
   });
 
   it('when the output is evaluated by a shell, then the shell has both variables', () => {

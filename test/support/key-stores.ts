@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Hsm } from '../../src/core/ports.js';
 import { type AnyTestToken, addSoftHsmToken, createTestToken, type NssTestToken, removeTestToken } from './softhsm.js';
-import { startTestService, type TestService } from './test-service.js';
+import { startTestService, type TestService, type TestServiceOptions } from './test-service.js';
 
 /** A tenant's token the operator offers as a connection. */
 export interface TenantConnection {
@@ -37,7 +37,10 @@ export const RESTRICTED_PROJECT = 'restricted-project';
  * The real service on a fresh default SoftHSM token, with four tenant tokens the operator offers in
  * KMS_KEY_STORE_CONNECTIONS_FILE. Every store's adapter is wrapped to count its calls (`calls`).
  */
-export async function startKeyStoreTestService(extraEnv: Record<string, string> = {}): Promise<KeyStoreTestService> {
+export async function startKeyStoreTestService(
+  extraEnv: Record<string, string> = {},
+  options: Pick<TestServiceOptions, 'onLog'> = {},
+): Promise<KeyStoreTestService> {
   let tenants:
     | { softhsm: TenantConnection; softhsmWrapped: TenantConnection; restricted: TenantConnection }
     | undefined;
@@ -50,6 +53,7 @@ export async function startKeyStoreTestService(extraEnv: Record<string, string> 
   };
   const calls: HsmCallCounts = new Map();
   const kms = await startTestService(extraEnv, {
+    ...options,
     prepare: (token) => {
       if (token.provider !== 'softhsm') throw new Error('key store tests run on a SoftHSM default token');
       const tenant = (id: string, keyScheme: TenantConnection['keyScheme']): TenantConnection => {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CredentialService } from '../../src/core/credential.service.js';
-import { ACCESS_KEY_ID_PATTERN } from '../../src/core/credentials.js';
+import { ACCESS_KEY_ID_PATTERN, XKS_ACCESS_KEY_ID_PATTERN } from '../../src/core/credentials.js';
 import type { Hsm } from '../../src/core/ports.js';
 import type { GrapheneHsm } from '../../src/hsm/graphene-hsm.js';
 import { SqliteMetadataStore } from '../../src/store/sqlite-metadata-store.js';
@@ -159,5 +159,31 @@ describe('CredentialService', () => {
   it('when the access key to revoke is unknown or malformed, then revoke returns false', async () => {
     expect(await credentials.revoke('AKIAZZZZZZZZZZZZZZZZ')).toBe(false);
     expect(await credentials.revoke('not an id')).toBe(false);
+  });
+
+  it('when an XKS access key is created, then its id is XKSA and base32, and its secret the whole HSM MAC in base64', async () => {
+    const created = await credentials.create('project-x', 'xks');
+    const zeros = new CredentialService(withRandom(Buffer.alloc(10)), store, clock);
+
+    expect(created.accessKeyId).toMatch(XKS_ACCESS_KEY_ID_PATTERN);
+    const mac = await hsm.credentialSecret(created.accessKeyId);
+    expect(created.secretAccessKey).toBe(mac.toString('base64'));
+    expect(created.secretAccessKey).toMatch(/^[A-Za-z0-9+/]{43}=$/);
+    expect((await zeros.create('p', 'xks')).accessKeyId).toBe('XKSAAAAAAAAAAAAAAAAA');
+  });
+
+  it('when an XKS access key is resolved, then only resolveXks knows it, and resolveXks knows no other key', async () => {
+    const xks = await credentials.create('project-x', 'xks');
+    const signing = await credentials.create('project-x');
+
+    expect(await credentials.resolveXks(xks.accessKeyId)).toEqual({
+      projectId: 'project-x',
+      secretAccessKey: xks.secretAccessKey,
+    });
+    await unknownCredentialError(credentials.resolve(xks.accessKeyId));
+    await unknownCredentialError(credentials.resolveXks(signing.accessKeyId));
+
+    expect(await credentials.revoke(xks.accessKeyId)).toBe(true);
+    await unknownCredentialError(credentials.resolveXks(xks.accessKeyId));
   });
 });
