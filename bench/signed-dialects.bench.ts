@@ -23,7 +23,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -37,6 +37,7 @@ import { sdkRequest } from '../test/support/huawei-sdk.js';
 import { createTestToken, removeTestToken } from '../test/support/softhsm.js';
 import { connectionLimitsFor } from './lib/connection-limits.js';
 import { ensureBuilt, machine, REPO, type Started, spawnServer, stopProcess } from './lib/processes.js';
+import { treeCpuMicros } from './lib/server-cpu.js';
 
 const { values: opts } = parseArgs({
   options: {
@@ -88,32 +89,6 @@ interface Row {
 }
 
 const rows: Row[] = [];
-
-/** utime + stime of a process, in microseconds (/proc/PID/stat fields 14 and 15, in clock ticks of 10 ms). */
-function cpuMicros(pid: number): number {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-    return (Number(fields[11]) + Number(fields[12])) * 10_000;
-  } catch {
-    return 0;
-  }
-}
-
-/** CPU of a process and its children (the cluster workers), µs. */
-function treeCpuMicros(pid: number): number {
-  let children: number[] = [];
-  try {
-    children = readdirSync(`/proc/${pid}/task`).flatMap((tid) =>
-      readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8')
-        .split(' ')
-        .filter((s) => s.trim() !== '')
-        .map(Number),
-    );
-  } catch {
-    children = [];
-  }
-  return cpuMicros(pid) + children.reduce((sum, child) => sum + treeCpuMicros(child), 0);
-}
 
 /** A SigV4 signer for the access key, as the AWS SDK signs KMS requests. */
 function signerFor(credentials: Credentials): SignatureV4 {

@@ -17,6 +17,8 @@ declare module 'autocannon' {
     headers?: Record<string, string>;
     body?: string;
     requests?: AutocannonRequest[];
+    /** Resolve with the raw result of this run, to be merged with others' by `aggregateResult`. */
+    skipAggregateResult?: boolean;
   }
   interface Histogram {
     average: number;
@@ -40,7 +42,26 @@ declare module 'autocannon' {
     duration: number;
     statusCodeStats: Record<string, { count: number }>;
   }
+  /** What a run with `skipAggregateResult` resolves with: counters, and histograms still encoded. */
+  interface AutocannonRawResult {
+    totalCompletedRequests: number;
+    errors: number;
+    timeouts: number;
+    non2xx: number;
+    /** Seconds. */
+    duration: number;
+    statusCodeStats: Record<string, { count: number }>;
+  }
+  /**
+   * Merges raw results: the latency histogram is that of all their requests, but `requests` (per-second samples) is
+   * left empty, so a rate must be computed from the raw results' counts and durations.
+   */
+  function aggregateResult(results: AutocannonRawResult[], options: AutocannonOptions): AutocannonResult;
+  function autocannon(options: AutocannonOptions & { skipAggregateResult: true }): Promise<AutocannonRawResult>;
   function autocannon(options: AutocannonOptions): Promise<AutocannonResult>;
+  namespace autocannon {
+    export { aggregateResult };
+  }
   export default autocannon;
-  export type { AutocannonOptions, AutocannonRequest, AutocannonResult };
+  export type { AutocannonOptions, AutocannonRawResult, AutocannonRequest, AutocannonResult };
 }

@@ -13,7 +13,9 @@ export interface Started {
 
 /**
  * Spawns a server process and resolves once `listeners` processes (1, or one per cluster worker) have logged a
- * `"msg":"listening"` JSON line with their URL on stderr.
+ * `"msg":"listening"` JSON line with their URL on stderr. After that the log is only kept, not searched: a service
+ * that logs every request (the XKS API does) writes tens of megabytes in a run, and searching all of it again on
+ * every chunk would eat the cores the server is measured on.
  */
 export function spawnServer(
   args: readonly string[],
@@ -26,24 +28,32 @@ export function spawnServer(
     env: { ...process.env, ...env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
+  const chunks: string[] = [];
   let stderr = '';
+  let listening = false;
+  const log = () => {
+    if (chunks.length > 0) stderr += chunks.splice(0).join('');
+    return stderr;
+  };
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`${args.join(' ')} did not start in ${timeoutMs} ms:\n${stderr}`));
+      reject(new Error(`${args.join(' ')} did not start in ${timeoutMs} ms:\n${log()}`));
     }, timeoutMs);
     const onExit = (code: number | null, signal: string | null) => {
       clearTimeout(timer);
-      reject(new Error(`${args.join(' ')} exited (${code ?? signal}) before listening:\n${stderr}`));
+      reject(new Error(`${args.join(' ')} exited (${code ?? signal}) before listening:\n${log()}`));
     };
     child.once('exit', onExit);
     child.stderr?.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString();
-      const urls = [...stderr.matchAll(/"msg":"listening","url":"([^"]+)"/g)].map((m) => m[1] as string);
+      chunks.push(chunk.toString());
+      if (listening) return;
+      const urls = [...log().matchAll(/"msg":"listening","url":"([^"]+)"/g)].map((m) => m[1] as string);
       if (urls.length >= listeners) {
+        listening = true;
         clearTimeout(timer);
         child.off('exit', onExit);
-        resolve({ process: child, url: urls[0] as string, log: () => stderr });
+        resolve({ process: child, url: urls[0] as string, log });
       }
     });
   });
