@@ -164,6 +164,12 @@ export const ALIBABA_ERROR_TABLE = {
     status: 400,
     message: 'The HSM cluster does not hold the keys of the instance.',
   },
+  // Alibaba's keys kept HsmInternal in an instance do not rotate; the API reference names no code for asking.
+  RotationNotSupported: {
+    code: 'UnsupportedOperation',
+    status: 400,
+    message: 'This action is not supported: a key kept HsmInternal in a KMS instance cannot be rotated.',
+  },
   HsmUnavailable: { code: 'ServiceUnavailableTemporary', status: 503, message: 'Service Unavailable Temporary.' },
   InternalError: { code: 'InternalFailure', status: 500, message: 'Internal Failure' },
 } as const satisfies Record<KmsErrorCode, Mapping>;
