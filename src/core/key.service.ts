@@ -27,8 +27,8 @@ import { activeRootKey } from './root-key.service.js';
 const INTERRUPTED_CREATION_AGE_MS = 60_000;
 
 const DAY_MS = 24 * 60 * 60 * 1000;
-/** The widest range of rotation periods the dialects allow: Huawei's 30 days to AWS's 2560. */
-export const MIN_ROTATION_DAYS = 30;
+/** The widest range of rotation periods the dialects allow: Alibaba's 7 days to AWS's 2560. */
+export const MIN_ROTATION_DAYS = 7;
 export const MAX_ROTATION_DAYS = 2560;
 
 /** Attempts at creating a key when root rotations keep replacing the root key under it. */

@@ -100,9 +100,9 @@ describe('rotation', () => {
     expect((await keys().get(P, id(off))).currentVersion).toBe(0);
   });
 
-  it('when a key is not enabled, then it cannot be rotated, and a period outside 30 to 2560 days is refused', async () => {
+  it('when a key is not enabled, then it cannot be rotated, and a period outside 7 to 2560 days is refused', async () => {
     const keyId = await createKey(kms, P, 'not-rotatable-now');
-    await expect(keys().enableRotation(P, id(keyId), 29)).rejects.toMatchObject({ code: 'InvalidParameter' });
+    await expect(keys().enableRotation(P, id(keyId), 6)).rejects.toMatchObject({ code: 'InvalidParameter' });
     await expect(keys().enableRotation(P, id(keyId), 2561)).rejects.toMatchObject({ code: 'InvalidParameter' });
     await keys().disable(P, id(keyId));
     await expect(keys().rotate(P, id(keyId), 'ON_DEMAND')).rejects.toMatchObject({ code: 'KeyDisabled' });
