@@ -79,6 +79,18 @@ export interface Hsm {
   /** Inverse of encrypt; the tag is the last 16 bytes of `ciphertextWithTag`. */
   decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer): Promise<Buffer>;
   /**
+   * decrypt under `from`, then encrypt the result under `to` with `toAad`, in the HSM layer: the plaintext never
+   * leaves it and is zeroed there. Both versions are of this HSM. Throws KmsError('InvalidCiphertext') as decrypt does.
+   */
+  reencrypt(
+    from: CmkVersionRef,
+    iv: Buffer,
+    ciphertextWithTag: Buffer,
+    fromAad: Buffer,
+    to: CmkVersionRef,
+    toAad: Buffer,
+  ): Promise<GcmSealed>;
+  /**
    * AES-256-GCM under the token's secret-sealing key (a token object of the default HSM, encrypt and decrypt only):
    * how tenants' PINs are kept. `openSecret` throws KmsError('InvalidCiphertext') when the tag does not verify.
    */
