@@ -1,4 +1,3 @@
-import { MIN_ROTATION_DAYS } from '../../core/key.service.js';
 import type { Services } from '../huawei/context.js';
 import { ownEntry } from '../own-entry.js';
 import { invalidParameter } from './errors.js';
@@ -29,11 +28,7 @@ const ROTATION_INTERVAL = /^(\d{1,12})([dhms])$/;
 const ALIBABA_MIN_ROTATION_DAYS = 7;
 const ALIBABA_MAX_ROTATION_DAYS = 365;
 
-/**
- * RotationInterval as a number of days. Alibaba's own bounds are checked first; the core rotates on whole days, and
- * no more often than every MIN_ROTATION_DAYS, so the shorter periods Alibaba allows are refused with a message that
- * says so rather than the core's.
- */
+/** RotationInterval as a number of days: Alibaba's bounds, in whole days (the core rotates on a period of days). */
 function rotationIntervalDays(value: string): number {
   const match = ROTATION_INTERVAL.exec(value);
   const unit = match ? ownEntry(UNIT_SECONDS, match[2] as string) : undefined;
@@ -50,14 +45,7 @@ function rotationIntervalDays(value: string): number {
       'a whole number of days: this service rotates keys on a period of days.',
     );
   }
-  const days = seconds / DAY_SECONDS;
-  if (days < MIN_ROTATION_DAYS) {
-    throw invalidParameter(
-      'RotationInterval',
-      `at least ${MIN_ROTATION_DAYS} days (${MIN_ROTATION_DAYS * DAY_SECONDS}s): this service rotates a key at most that often.`,
-    );
-  }
-  return days;
+  return seconds / DAY_SECONDS;
 }
 
 /**
