@@ -126,7 +126,14 @@ export async function startService(
       });
     }
     const sweep = () => {
-      sweeping ??= Promise.all([keys.purgeDueDeletions(), nonces.purgeExpired(clock.now())])
+      // Due rotations first: a key whose rotation and deletion both fell due while the service was down is deleted
+      // all the same. Only this process (the primary, or the single one) rotates on schedule.
+      sweeping ??= keys
+        .rotateDueKeys()
+        .then((rotated) => {
+          if (rotated > 0) logger.info('rotated keys whose automatic rotation was due', { count: rotated });
+          return Promise.all([keys.purgeDueDeletions(), nonces.purgeExpired(clock.now())]);
+        })
         .then(
           ([n]) => n > 0 && logger.info('deleted keys whose deletion date passed', { count: n }),
           (err: unknown) => logger.error('deletion sweep failed', errorFields(err)),

@@ -10,7 +10,7 @@ import {
 import { KmsError, needs } from './errors.js';
 import type { KeyService } from './key.service.js';
 import { assertUsableForCrypto, type KeyRecord, type KeyRef } from './keys.js';
-import type { MetadataStore } from './ports.js';
+import type { GcmSealed, MetadataStore } from './ports.js';
 import { withKeyVersion } from './with-key-version.js';
 
 /** Largest data key the service draws: 8192 bits, Huawei's upper bound. */
@@ -21,6 +21,12 @@ export interface Sealed {
   /** The key version the blob was sealed with. */
   readonly keyVersion: number;
   readonly ciphertextBlob: Buffer;
+}
+
+/** A blob moved by reEncrypt: sealed under `key`'s newest version, from `source`'s `sourceVersion`. */
+export interface ReEncrypted extends Sealed {
+  readonly source: KeyRecord;
+  readonly sourceVersion: number;
 }
 
 export interface Opened {
@@ -89,6 +95,68 @@ export class DataKeyService {
     binding: CiphertextBinding,
     expectedKey?: KeyRef,
   ): Promise<Opened> {
+    const { key, keyVersion, payload, aad } = await this.sealedUnder(projectId, ciphertextBlob, binding, expectedKey);
+    const hsm = await this.keys.hsmFor(key);
+    const plaintext = await withKeyVersion(this.store, key.id, keyVersion, (version) =>
+      hsm.decrypt(version, payload.iv, payload.ciphertextWithTag, aad),
+    );
+    return { key, keyVersion, plaintext, kind: payload.kind };
+  }
+
+  /**
+   * Moves a blob made by `encrypt` or `generateDataKey` to the newest version of the destination key (the same key
+   * after a rotation, or another one), keeping its kind; the source is checked as `decrypt` checks it. When both keys
+   * live in one HSM the plaintext never leaves the HSM layer; between a tenant's store and another HSM it passes
+   * through here, and is zeroed.
+   */
+  async reEncrypt(
+    projectId: string,
+    ciphertextBlob: Buffer,
+    sourceBinding: CiphertextBinding,
+    destination: KeyRef,
+    destinationBinding: CiphertextBinding,
+    expectedSource?: KeyRef,
+  ): Promise<ReEncrypted> {
+    const source = await this.sealedUnder(projectId, ciphertextBlob, sourceBinding, expectedSource);
+    const { payload } = source;
+    const key = await this.usableKey(projectId, destination);
+    const keyVersion = key.currentVersion;
+    const aad = blobAad(key.id, keyVersion, payload.plaintextLength, destinationBinding, payload.kind);
+    const fromHsm = await this.keys.hsmFor(source.key);
+    const toHsm = await this.keys.hsmFor(key);
+    let sealed: GcmSealed;
+    if (fromHsm === toHsm) {
+      sealed = await withKeyVersion(this.store, source.key.id, source.keyVersion, (from) =>
+        withKeyVersion(this.store, key.id, keyVersion, (to) =>
+          fromHsm.reencrypt(from, payload.iv, payload.ciphertextWithTag, source.aad, to, aad),
+        ),
+      );
+    } else {
+      const plaintext = await withKeyVersion(this.store, source.key.id, source.keyVersion, (from) =>
+        fromHsm.decrypt(from, payload.iv, payload.ciphertextWithTag, source.aad),
+      );
+      try {
+        sealed = await withKeyVersion(this.store, key.id, keyVersion, (to) => toHsm.encrypt(to, plaintext, aad));
+      } finally {
+        plaintext.fill(0);
+      }
+    }
+    return {
+      key,
+      keyVersion,
+      ciphertextBlob: encodeBlob({ keyId: key.id, keyVersion, ...sealed, kind: payload.kind }),
+      source: source.key,
+      sourceVersion: source.keyVersion,
+    };
+  }
+
+  /** The usable key and version a blob was sealed under, its payload, and the AAD it was sealed with. */
+  private async sealedUnder(
+    projectId: string,
+    ciphertextBlob: Buffer,
+    binding: CiphertextBinding,
+    expectedKey?: KeyRef,
+  ) {
     const frame = decodeFrame(ciphertextBlob);
     const named = expectedKey ? await this.keys.get(projectId, expectedKey) : undefined;
     const key = named ?? (await this.keys.get(projectId, { kind: 'id', id: frame.keyId }));
@@ -98,11 +166,7 @@ export class DataKeyService {
     assertUsableForCrypto(key);
     const payload = decodePayload(frame);
     const aad = blobAad(key.id, frame.keyVersion, payload.plaintextLength, binding, payload.kind);
-    const hsm = await this.keys.hsmFor(key);
-    const plaintext = await withKeyVersion(this.store, key.id, frame.keyVersion, (version) =>
-      hsm.decrypt(version, payload.iv, payload.ciphertextWithTag, aad),
-    );
-    return { key, keyVersion: frame.keyVersion, plaintext, kind: payload.kind };
+    return { key, keyVersion: frame.keyVersion, payload, aad };
   }
 
   private async usableKey(projectId: string, ref: KeyRef): Promise<KeyRecord> {

@@ -1,15 +1,18 @@
 import { randomUUID } from 'node:crypto';
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import { KmsError } from './errors.js';
+import { KmsError, needs } from './errors.js';
 import type { KeyStoreService } from './key-store.service.js';
 import { type KeyStoreRecord, STORE_ROOT_KEY_LABEL } from './key-stores.js';
 import {
   type AliasRecord,
   aliasName,
+  assertUsableForCrypto,
   type KeyRecord,
   type KeyRef,
+  type KeyRotationRecord,
   type KeyVersionRecord,
   MAX_TAGS_PER_KEY,
+  type RotationType,
   type Tag,
   TOKEN_OBJECT_ID_BYTES,
   transitions,
@@ -22,6 +25,11 @@ import { activeRootKey } from './root-key.service.js';
  * way in another process takes milliseconds, and must never lose its record under it.
  */
 const INTERRUPTED_CREATION_AGE_MS = 60_000;
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+/** The widest range of rotation periods the dialects allow: Alibaba's 7 days to AWS's 2560. */
+export const MIN_ROTATION_DAYS = 7;
+export const MAX_ROTATION_DAYS = 2560;
 
 /** Attempts at creating a key when root rotations keep replacing the root key under it. */
 const MAX_ROOT_RACES = 3;
@@ -74,6 +82,11 @@ export class KeyService {
       deletionDate: null,
       currentVersion: 0,
       keyStoreId: input.keyStoreId ?? null,
+      rotationPeriodDays: null,
+      nextRotationAt: null,
+      lastRotatedAt: null,
+      rotations: 0,
+      onDemandRotations: 0,
     };
     if (input.keyStoreId !== undefined) return this.createInStore(key, input.keyStoreId);
     for (let attempt = 1; ; attempt++) {
@@ -266,6 +279,124 @@ export class KeyService {
   hsmFor(key: KeyRecord): Promise<Hsm> {
     const { keyStoreId } = key;
     return keyStoreId === null ? Promise.resolve(this.hsm) : this.keyStores.hsmFor({ ...key, keyStoreId });
+  }
+
+  /**
+   * A new version of the key, made where the key lives, becomes the one new ciphertexts use; every older version
+   * keeps decrypting. The version is made in the HSM first (a session object wrapped there: nothing on a token), then
+   * recorded together with the key's new current version in one compare-and-set, so a rotation that fails half-way,
+   * or races another, leaves the key as it was. `expectedVersion`: rotate only if the key is still at it (the
+   * scheduler's exactly-once); otherwise a concurrent rotation is retried on top of the other.
+   */
+  async rotate(
+    projectId: string,
+    ref: KeyRef,
+    type: RotationType,
+    expectedVersion?: number,
+  ): Promise<KeyRecord | undefined> {
+    for (let attempt = 1; ; attempt++) {
+      const key = await this.get(projectId, ref);
+      if (expectedVersion !== undefined && key.currentVersion !== expectedVersion) return undefined;
+      assertUsableForCrypto(key);
+      const root = await this.#rotationRoot(key);
+      const hsm = await this.hsmFor(key);
+      const version = key.currentVersion + 1;
+      const kept = await hsm.createKeyVersion(key.id, version, root);
+      const now = this.clock.now();
+      const nextRotationAt =
+        type === 'AUTOMATIC' && key.rotationPeriodDays !== null ? now + key.rotationPeriodDays * DAY_MS : undefined;
+      const added = await this.store.addKeyVersion(
+        key,
+        { keyId: key.id, version, ...kept, createdAt: now },
+        { type, at: now, ...(nextRotationAt === undefined ? {} : { nextRotationAt }) },
+      );
+      if (typeof added !== 'string') return added;
+      hsm.forget(key.id, version);
+      if (added === 'conflict' && expectedVersion !== undefined) return undefined;
+      if (attempt >= MAX_ROOT_RACES) {
+        throw new KmsError('InternalError', 'The key kept changing while it was rotated.');
+      }
+    }
+  }
+
+  /**
+   * Turns automatic rotation on (or changes its period): the first one comes a period from now, or, when only the
+   * period changes, a period after the last automatic one (AWS's rule).
+   */
+  async enableRotation(projectId: string, ref: KeyRef, periodDays: number): Promise<KeyRecord> {
+    needs(
+      Number.isInteger(periodDays) && periodDays >= MIN_ROTATION_DAYS && periodDays <= MAX_ROTATION_DAYS,
+      `The rotation period must be ${MIN_ROTATION_DAYS} to ${MAX_ROTATION_DAYS} days.`,
+    );
+    await this.#assertRotatable(await this.get(projectId, ref));
+    return this.transition(projectId, ref, (key) => {
+      assertUsableForCrypto(key);
+      const since =
+        key.rotationPeriodDays !== null && key.nextRotationAt !== null
+          ? key.nextRotationAt - key.rotationPeriodDays * DAY_MS
+          : this.clock.now();
+      return { rotationPeriodDays: periodDays, nextRotationAt: since + periodDays * DAY_MS };
+    });
+  }
+
+  disableRotation(projectId: string, ref: KeyRef): Promise<KeyRecord> {
+    return this.transition(projectId, ref, (key) => {
+      transitions.edit(key, {});
+      return { rotationPeriodDays: null, nextRotationAt: null };
+    });
+  }
+
+  /** The key's versions, oldest first. */
+  async rotations(projectId: string, ref: KeyRef): Promise<KeyRotationRecord[]> {
+    return this.store.listKeyRotations((await this.get(projectId, ref)).id);
+  }
+
+  /**
+   * Rotates every key whose automatic rotation is due, once each, also after the service was down past the date (the
+   * next one then comes a period after this one, not after the missed date). Runs in one process (the primary); the
+   * compare-and-set on the version keeps it to one rotation even if two ran. Returns how many keys were rotated.
+   */
+  async rotateDueKeys(): Promise<number> {
+    let rotated = 0;
+    for (;;) {
+      const due = await this.store.listKeysDueForRotation(this.clock.now(), PURGE_BATCH_SIZE);
+      let progressed = false;
+      for (const key of due) {
+        const done = await this.rotate(
+          key.projectId,
+          { kind: 'id', id: key.id },
+          'AUTOMATIC',
+          key.currentVersion,
+        ).catch(() => undefined);
+        if (done) {
+          rotated++;
+          progressed = true;
+        }
+      }
+      if (due.length < PURGE_BATCH_SIZE || !progressed) return rotated;
+      await nextTurn();
+    }
+  }
+
+  /** The root a new version of the key is wrapped under: the active one, or its store's own. */
+  async #rotationRoot(key: KeyRecord): Promise<string> {
+    await this.#assertRotatable(key);
+    return key.keyStoreId === null ? activeRootKey(this.store) : STORE_ROOT_KEY_LABEL;
+  }
+
+  /**
+   * A key kept as token objects (a `token-object` store) does not rotate: a version per object would grow the
+   * tenant's token for ever, and AWS and Alibaba do not rotate such keys either. Wrapped stores' keys do.
+   */
+  async #assertRotatable(key: KeyRecord): Promise<void> {
+    if (key.keyStoreId === null) return;
+    const store = await this.keyStores.get(key.projectId, key.keyStoreId);
+    if (store.keyScheme === 'token-object') {
+      throw new KmsError(
+        'RotationNotSupported',
+        `Key ${key.id} is kept as a token object in custom key store ${store.id}: it cannot be rotated.`,
+      );
+    }
   }
 
   /** A key of the project; a foreign or unknown key is KeyNotFound, indistinguishably. */

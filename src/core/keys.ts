@@ -29,6 +29,27 @@ export interface KeyRecord {
   readonly currentVersion: number;
   /** The tenant's key store (src/core/key-stores.ts) the key lives in; null: the default HSM. */
   readonly keyStoreId: string | null;
+  /** Days between automatic rotations; null while automatic rotation is off. */
+  readonly rotationPeriodDays: number | null;
+  /** When the next automatic rotation is due (ms since the epoch); null while automatic rotation is off. */
+  readonly nextRotationAt: number | null;
+  /** When the key was last rotated, automatically or on demand; null if never. */
+  readonly lastRotatedAt: number | null;
+  /** How many times the key was rotated (its current version number, as versions start at 0). */
+  readonly rotations: number;
+  /** How many of those rotations were asked for (on demand), not scheduled. */
+  readonly onDemandRotations: number;
+}
+
+/** Why a version after the first was made. */
+export type RotationType = 'AUTOMATIC' | 'ON_DEMAND';
+
+/** A version the key was rotated to, as AWS ListKeyRotations and Alibaba ListKeyVersions show it. */
+export interface KeyRotationRecord {
+  readonly version: number;
+  readonly createdAt: number;
+  /** Null for the key's first version, made with the key. */
+  readonly rotationType: RotationType | null;
 }
 
 /**

@@ -6,7 +6,17 @@ import type {
   KeyStorePatch,
   KeyStoreRecord,
 } from './key-stores.js';
-import type { AliasRecord, KeptKeyVersion, KeyRecord, KeyState, KeyVersionRecord, RootKeyRecord, Tag } from './keys.js';
+import type {
+  AliasRecord,
+  KeptKeyVersion,
+  KeyRecord,
+  KeyRotationRecord,
+  KeyState,
+  KeyVersionRecord,
+  RootKeyRecord,
+  RotationType,
+  Tag,
+} from './keys.js';
 
 /** What the HSM needs to bring one CMK version's key back inside itself. Carries no key material in plaintext. */
 export interface CmkVersionRef extends KeptKeyVersion {
@@ -69,6 +79,18 @@ export interface Hsm {
   /** Inverse of encrypt; the tag is the last 16 bytes of `ciphertextWithTag`. */
   decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer): Promise<Buffer>;
   /**
+   * decrypt under `from`, then encrypt the result under `to` with `toAad`, in the HSM layer: the plaintext never
+   * leaves it and is zeroed there. Both versions are of this HSM. Throws KmsError('InvalidCiphertext') as decrypt does.
+   */
+  reencrypt(
+    from: CmkVersionRef,
+    iv: Buffer,
+    ciphertextWithTag: Buffer,
+    fromAad: Buffer,
+    to: CmkVersionRef,
+    toAad: Buffer,
+  ): Promise<GcmSealed>;
+  /**
    * AES-256-GCM under the token's secret-sealing key (a token object of the default HSM, encrypt and decrypt only):
    * how tenants' PINs are kept. `openSecret` throws KmsError('InvalidCiphertext') when the tag does not verify.
    */
@@ -91,7 +113,16 @@ export interface ListKeysQuery {
   readonly limit: number;
 }
 
-export type KeyPatch = Partial<Pick<KeyRecord, 'alias' | 'description' | 'state' | 'deletionDate'>>;
+export type KeyPatch = Partial<
+  Pick<KeyRecord, 'alias' | 'description' | 'state' | 'deletionDate' | 'rotationPeriodDays' | 'nextRotationAt'>
+>;
+
+/** What a rotation records with the new version: why, when, and the next automatic date (kept if undefined). */
+export interface RotationChange {
+  readonly type: RotationType;
+  readonly at: number;
+  readonly nextRotationAt?: number | null;
+}
 
 /**
  * Key metadata. Never holds key material in plaintext: a key version's kept material is useless without the
@@ -161,6 +192,21 @@ export interface MetadataStore {
    * rotation may have got there first) and `next` is kept under the active root key; true if replaced.
    */
   replaceKeptVersion(current: KeyVersionRecord, next: KeptKeyVersion): Promise<boolean>;
+  /**
+   * Makes `version` the key's current version, in one transaction, only if the key is Enabled, its current version
+   * is still the one before, and (for a key of the default HSM) the version is kept under the active root key:
+   * 'conflict' when another rotation got there first or the key changed state, 'root-replaced' when a root rotation
+   * began. The key as it is now otherwise.
+   */
+  addKeyVersion(
+    key: KeyRecord,
+    version: KeyVersionRecord,
+    change: RotationChange,
+  ): Promise<KeyRecord | 'conflict' | 'root-replaced'>;
+  /** The key's versions, oldest first: when each was made and why. */
+  listKeyRotations(keyId: string): Promise<KeyRotationRecord[]>;
+  /** Enabled keys of every project whose automatic rotation is due at `now`, earliest first, at most `limit`. */
+  listKeysDueForRotation(now: number, limit: number): Promise<KeyRecord[]>;
   /** Keys of the project in creation order (oldest first), PendingCreation excluded. */
   listKeys(query: ListKeysQuery): Promise<{ keys: KeyRecord[]; total: number }>;
   countKeys(projectId: string): Promise<number>;

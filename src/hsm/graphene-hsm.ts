@@ -76,6 +76,8 @@ const NO_KEY: Handle = Buffer.alloc(0);
 const CREDENTIAL_KEY = 'credential-key';
 const SECRET_SEALING_KEY = 'secret-sealing-key';
 type TokenKeyName = typeof CREDENTIAL_KEY | typeof SECRET_SEALING_KEY;
+/** The key an operation on a pool session runs with: a CMK version or one of the token keys. */
+type KeySource = CmkVersionRef | TokenKeyName;
 
 /**
  * A long-lived token key that open() finds, or creates when allowed, checks and caches. Every process relies on
@@ -511,14 +513,47 @@ export class GrapheneHsm implements Hsm {
     return this.#gcmDecrypt(key, iv, ciphertextWithTag, aad);
   }
 
+  /**
+   * Decrypts under one version and encrypts under another on one pool session, so that the plaintext exists only
+   * here, between the two calls, and is zeroed before the session goes back to the pool.
+   */
+  async reencrypt(
+    from: CmkVersionRef,
+    iv: Buffer,
+    ciphertextWithTag: Buffer,
+    fromAad: Buffer,
+    to: CmkVersionRef,
+    toAad: Buffer,
+  ): Promise<GcmSealed> {
+    this.#checkOurCiphertext(iv, ciphertextWithTag);
+    return this.#onPoolSession((session, handleOf) => {
+      const out = Buffer.alloc(ciphertextWithTag.length);
+      try {
+        const plaintext = this.#decryptOn(session, handleOf(from), iv, ciphertextWithTag, fromAad, out);
+        return gcmEncrypt(this.#lib, session, this.#profile, handleOf(to), plaintext, toAad);
+      } finally {
+        out.fill(0);
+      }
+    });
+  }
+
   async #gcmDecrypt(
     key: CmkVersionRef | TokenKeyName,
     iv: Buffer,
     ciphertextWithTag: Buffer,
     aad: Buffer,
   ): Promise<Buffer> {
-    // We never make empty-plaintext ciphertexts, so anything not longer than a tag is not one of ours, and nothing
-    // longer than the module takes at once was made here.
+    this.#checkOurCiphertext(iv, ciphertextWithTag);
+    return this.#run(key, (session, keyHandle) =>
+      this.#decryptOn(session, keyHandle, iv, ciphertextWithTag, aad, Buffer.alloc(ciphertextWithTag.length)),
+    );
+  }
+
+  /**
+   * We never make empty-plaintext ciphertexts, so anything not longer than a tag is not one of ours, and nothing
+   * longer than the module takes at once was made here.
+   */
+  #checkOurCiphertext(iv: Buffer, ciphertextWithTag: Buffer): void {
     if (
       iv.length !== GCM_IV_BYTES ||
       ciphertextWithTag.length <= GCM_TAG_BYTES ||
@@ -526,22 +561,33 @@ export class GrapheneHsm implements Hsm {
     ) {
       throw invalidCiphertext();
     }
-    return this.#run(key, (session, keyHandle) => {
-      let fn = 'C_DecryptInit';
-      try {
-        this.#lib.C_DecryptInit(session, gcmMechanism(iv, aad), keyHandle);
-        fn = 'C_Decrypt';
-        // SoftHSM wants room for the whole input, tag included, or it answers CKR_BUFFER_TOO_SMALL.
-        return this.#lib.C_Decrypt(session, ciphertextWithTag, Buffer.alloc(ciphertextWithTag.length));
-      } catch (err) {
-        // Modules disagree on the code of a tag mismatch: the profile names this module's (any ends the operation).
-        const code = ckrOf(err);
-        if (fn === 'C_Decrypt' && code !== undefined && this.#profile.tagFailureCodes.includes(code)) {
-          throw invalidCiphertext(err);
-        }
-        throw toKmsError(err, fn);
+  }
+
+  /**
+   * AES-GCM decryption on the session into `out` (which must hold the whole input, tag included: SoftHSM answers
+   * CKR_BUFFER_TOO_SMALL otherwise); the plaintext is the start of `out`.
+   */
+  #decryptOn(
+    session: Handle,
+    keyHandle: Handle,
+    iv: Buffer,
+    ciphertextWithTag: Buffer,
+    aad: Buffer,
+    out: Buffer,
+  ): Buffer {
+    let fn = 'C_DecryptInit';
+    try {
+      this.#lib.C_DecryptInit(session, gcmMechanism(iv, aad), keyHandle);
+      fn = 'C_Decrypt';
+      return this.#lib.C_Decrypt(session, ciphertextWithTag, out);
+    } catch (err) {
+      // Modules disagree on the code of a tag mismatch: the profile names this module's (any ends the operation).
+      const code = ckrOf(err);
+      if (fn === 'C_Decrypt' && code !== undefined && this.#profile.tagFailureCodes.includes(code)) {
+        throw invalidCiphertext(err);
       }
-    });
+      throw toKmsError(err, fn);
+    }
   }
 
   async credentialSecret(accessKeyId: string): Promise<Buffer> {
@@ -841,14 +887,21 @@ export class GrapheneHsm implements Hsm {
   }
 
   /**
-   * Runs `op` on a pool session with the key handle of the CMK version or the credential key (or none). A session
-   * that saw an error is never reused (CKR_BUFFER_TOO_SMALL and CKR_ARGUMENTS_BAD leave its operation active).
-   * Retries once after a session failure (on a new session) or a stale key handle (brought back or looked up again).
+   * Runs `op` on a pool session with the key handle of the CMK version or the token key (or none). See
+   * #onPoolSession.
    */
-  async #run<T>(
-    key: CmkVersionRef | TokenKeyName | undefined,
-    op: (session: Handle, keyHandle: Handle) => T,
-  ): Promise<T> {
+  #run<T>(key: KeySource | undefined, op: (session: Handle, keyHandle: Handle) => T): Promise<T> {
+    return this.#onPoolSession((session, handleOf) => op(session, key === undefined ? NO_KEY : handleOf(key)));
+  }
+
+  /**
+   * Runs `op` on a pool session; `op` gets key handles from `handleOf` (cached, or brought back on a miss). A session
+   * that saw an error is never reused (CKR_BUFFER_TOO_SMALL and CKR_ARGUMENTS_BAD leave its operation active).
+   * Retries once after a session failure (on a new session) or a stale key handle (that of the key `op` asked for
+   * last, which is the one its failing call was using: brought back or looked up again). A key that cannot be brought
+   * back fails the call at once, and the session goes back to the pool.
+   */
+  async #onPoolSession<T>(op: (session: Handle, handleOf: (key: KeySource) => Handle) => T): Promise<T> {
     this.#assertOpen();
     for (let attempt = 0; ; attempt++) {
       this.#followLibrary();
@@ -858,28 +911,35 @@ export class GrapheneHsm implements Hsm {
         attempt--;
         continue;
       }
-      let keyHandle: Handle;
+      let lastKey: KeySource | undefined;
+      let lookupFailure: unknown;
+      const handleOf = (key: KeySource): Handle => {
+        lastKey = key;
+        try {
+          return typeof key === 'string' ? this.#tokenKeyHandle(key) : this.#keyHandle(key);
+        } catch (err) {
+          lookupFailure = err;
+          throw err;
+        }
+      };
       try {
-        keyHandle =
-          key === undefined ? NO_KEY : typeof key === 'string' ? this.#tokenKeyHandle(key) : this.#keyHandle(key);
-      } catch (err) {
-        this.#pool.release(session);
-        throw err;
-      }
-      try {
-        const result = op(session, keyHandle);
+        const result = op(session, handleOf);
         this.#pool.release(session);
         return result;
       } catch (err) {
+        if (lookupFailure !== undefined && err === lookupFailure) {
+          this.#pool.release(session);
+          throw err;
+        }
         this.#pool.discard(session);
         const code = ckrOf(err);
         if (attempt === 0 && isSessionFailure(code)) {
           this.#recoverSessions();
           continue;
         }
-        if (attempt === 0 && key !== undefined && isKeyHandleFailure(code)) {
-          if (typeof key === 'string') this.#tokenKeys.delete(key);
-          else this.#keys.delete(cacheId(key.keyId, key.version));
+        if (attempt === 0 && lastKey !== undefined && isKeyHandleFailure(code)) {
+          if (typeof lastKey === 'string') this.#tokenKeys.delete(lastKey);
+          else this.#keys.delete(cacheId(lastKey.keyId, lastKey.version));
           continue;
         }
         throw toKmsError(err, 'operation');

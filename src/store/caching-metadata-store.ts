@@ -4,13 +4,14 @@ import type {
   AliasRecord,
   KeptKeyVersion,
   KeyRecord,
+  KeyRotationRecord,
   KeyState,
   KeyVersionRecord,
   RootKeyRecord,
   Tag,
 } from '../core/keys.js';
 import { aliasName } from '../core/keys.js';
-import type { KeyPatch, ListKeysQuery, MetadataStore } from '../core/ports.js';
+import type { KeyPatch, ListKeysQuery, MetadataStore, RotationChange } from '../core/ports.js';
 
 export interface CachingOptions {
   /** How long a cached key record may be served without being read again: the bound on cross-process staleness. */
@@ -216,6 +217,25 @@ export class CachingMetadataStore implements MetadataStore {
 
   countKeys(projectId: string): Promise<number> {
     return this.#inner.countKeys(projectId);
+  }
+
+  async addKeyVersion(
+    key: KeyRecord,
+    version: KeyVersionRecord,
+    change: RotationChange,
+  ): Promise<KeyRecord | 'conflict' | 'root-replaced'> {
+    const added = await this.#inner.addKeyVersion(key, version, change);
+    // The key's current version changed: every process must read it again before its next encryption.
+    if (typeof added !== 'string') this.#written();
+    return added;
+  }
+
+  listKeyRotations(keyId: string): Promise<KeyRotationRecord[]> {
+    return this.#inner.listKeyRotations(keyId);
+  }
+
+  listKeysDueForRotation(now: number, limit: number): Promise<KeyRecord[]> {
+    return this.#inner.listKeysDueForRotation(now, limit);
   }
 
   listKeysDueForDeletion(now: number, limit: number): Promise<KeyRecord[]> {

@@ -7,13 +7,14 @@ import {
   aliasName,
   type KeptKeyVersion,
   type KeyRecord,
+  type KeyRotationRecord,
   type KeyState,
   type KeyVersionRecord,
   LEGACY_ROOT_KEY_LABEL,
   type RootKeyRecord,
   type Tag,
 } from '../core/keys.js';
-import type { KeyPatch, ListKeysQuery, MetadataStore } from '../core/ports.js';
+import type { KeyPatch, ListKeysQuery, MetadataStore, RotationChange } from '../core/ports.js';
 import { openSqliteFile } from './sqlite-file.js';
 import { SqliteKeyStores } from './sqlite-key-stores.js';
 
@@ -144,6 +145,16 @@ const MIGRATIONS: readonly string[] = [
   ALTER TABLE key_versions_new RENAME TO key_versions;
   CREATE INDEX key_versions_root_key_label ON key_versions (root_key_label);
   `,
+  // Key rotation (issue 12): the schedule on the key, and why each later version was made.
+  `
+  ALTER TABLE keys ADD COLUMN rotation_period_days INTEGER;
+  ALTER TABLE keys ADD COLUMN next_rotation_at INTEGER;
+  ALTER TABLE keys ADD COLUMN last_rotated_at INTEGER;
+  ALTER TABLE keys ADD COLUMN rotations INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE keys ADD COLUMN on_demand_rotations INTEGER NOT NULL DEFAULT 0;
+  CREATE INDEX keys_next_rotation ON keys (next_rotation_at) WHERE next_rotation_at IS NOT NULL;
+  ALTER TABLE key_versions ADD COLUMN rotation_type TEXT CHECK (rotation_type IN ('AUTOMATIC', 'ON_DEMAND'));
+  `,
 ];
 
 /** The entry of MIGRATIONS that brought wrapped key versions and root key records (user_version 5 to 6). */
@@ -152,7 +163,8 @@ const WRAPPED_SCHEME_MIGRATION = 5;
 /** Columns aliased to KeyRecord's property names, in its order, so a row is a KeyRecord as it comes back. */
 const KEY_COLUMNS = `id, project_id AS projectId, alias, description, state, key_spec AS keySpec, key_usage AS keyUsage,
   origin, created_at AS createdAt, deletion_date AS deletionDate, current_version AS currentVersion,
-  key_store_id AS keyStoreId`;
+  key_store_id AS keyStoreId, rotation_period_days AS rotationPeriodDays, next_rotation_at AS nextRotationAt,
+  last_rotated_at AS lastRotatedAt, rotations, on_demand_rotations AS onDemandRotations`;
 const VERSION_COLUMNS = `key_id AS keyId, version, scheme, root_key_label AS rootKeyLabel, key_material AS keyMaterial,
   created_at AS createdAt`;
 const ROOT_KEY_COLUMNS = 'label, state, token_id AS tokenId, created_at AS createdAt';
@@ -185,6 +197,9 @@ interface UpdateParams {
   state: KeyState | null;
   setDeletionDate: 0 | 1;
   deletionDate: number | null;
+  setRotation: 0 | 1;
+  rotationPeriodDays: number | null;
+  nextRotationAt: number | null;
 }
 
 /** How long a statement waits for another process's write lock before SQLITE_BUSY. */
@@ -252,6 +267,11 @@ export class SqliteMetadataStore implements MetadataStore {
   readonly #insertPendingKeyTx: Database.Transaction<
     (key: KeyRecord, version: KeyVersionRecord, quota: number) => boolean
   >;
+  readonly #addKeyVersionTx: Database.Transaction<
+    (key: KeyRecord, version: KeyVersionRecord, change: RotationChange) => KeyRecord | 'conflict' | 'root-replaced'
+  >;
+  readonly #listKeyRotations: Database.Statement<[string], KeyRotationRecord>;
+  readonly #listKeysDueForRotation: Database.Statement<[number, number], KeyRecord>;
   readonly #listKeysTx: Database.Transaction<(query: ListKeysQuery) => { keys: KeyRecord[]; total: number }>;
   /**
    * Set when key material deleted may still have copies in the WAL file. It starts set: a process that stopped
@@ -381,7 +401,9 @@ export class SqliteMetadataStore implements MetadataStore {
         alias_name = CASE WHEN @setAlias THEN @aliasName ELSE alias_name END,
         description = CASE WHEN @setDescription THEN @description ELSE description END,
         state = CASE WHEN @setState THEN @state ELSE state END,
-        deletion_date = CASE WHEN @setDeletionDate THEN @deletionDate ELSE deletion_date END
+        deletion_date = CASE WHEN @setDeletionDate THEN @deletionDate ELSE deletion_date END,
+        rotation_period_days = CASE WHEN @setRotation THEN @rotationPeriodDays ELSE rotation_period_days END,
+        next_rotation_at = CASE WHEN @setRotation THEN @nextRotationAt ELSE next_rotation_at END
       WHERE project_id = @projectId AND id = @id AND state = @expectedState
       RETURNING ${KEY_COLUMNS}`);
     this.#listKeysDueForDeletion = db.prepare(
@@ -459,6 +481,38 @@ export class SqliteMetadataStore implements MetadataStore {
       }
       return true;
     });
+    const insertRotatedVersion = db.prepare(`
+      INSERT INTO key_versions (key_id, version, scheme, root_key_label, key_material, created_at, rotation_type)
+      VALUES (@keyId, @version, @scheme, @rootKeyLabel, @keyMaterial, @createdAt, @rotationType)`);
+    // The compare-and-set: still Enabled, still at the version before. The next date is kept when not given.
+    const advanceVersion = db.prepare(`
+      UPDATE keys SET current_version = @version, last_rotated_at = @at, rotations = rotations + 1,
+        on_demand_rotations = on_demand_rotations + @onDemand,
+        next_rotation_at = CASE WHEN @setNext THEN @nextRotationAt ELSE next_rotation_at END
+      WHERE id = @keyId AND state = 'Enabled' AND current_version = @version - 1
+      RETURNING ${KEY_COLUMNS}`);
+    this.#addKeyVersionTx = db.transaction((key: KeyRecord, version: KeyVersionRecord, change: RotationChange) => {
+      if (key.keyStoreId === null && this.#isActiveRootKey.get(version.rootKeyLabel) === 0) return 'root-replaced';
+      const advanced = advanceVersion.get({
+        keyId: key.id,
+        version: version.version,
+        at: change.at,
+        onDemand: change.type === 'ON_DEMAND' ? 1 : 0,
+        setNext: change.nextRotationAt === undefined ? 0 : 1,
+        nextRotationAt: change.nextRotationAt ?? null,
+      }) as KeyRecord | undefined;
+      if (!advanced) return 'conflict';
+      insertRotatedVersion.run({ ...version, rotationType: change.type });
+      return advanced;
+    });
+    this.#listKeyRotations = db.prepare(
+      `SELECT version, created_at AS createdAt, rotation_type AS rotationType FROM key_versions WHERE key_id = ?
+        ORDER BY version`,
+    );
+    this.#listKeysDueForRotation = db.prepare(
+      `SELECT ${KEY_COLUMNS} FROM keys WHERE next_rotation_at IS NOT NULL AND next_rotation_at <= ?
+        AND state = 'Enabled' ORDER BY next_rotation_at, id LIMIT ?`,
+    );
     // A read transaction, so the page and the total come from the same snapshot.
     this.#listKeysTx = db.transaction(({ projectId, state, offset, limit }: ListKeysQuery) =>
       state === undefined
@@ -654,7 +708,9 @@ export class SqliteMetadataStore implements MetadataStore {
     expectedState: KeyState,
     patch: KeyPatch,
   ): Promise<KeyRecord | undefined> {
-    const { alias, description, state, deletionDate } = patch;
+    const { alias, description, state, deletionDate, rotationPeriodDays, nextRotationAt } = patch;
+    // The period and the next date go together: both set, or both cleared.
+    const setRotation = rotationPeriodDays !== undefined || nextRotationAt !== undefined;
     const params: UpdateParams = {
       projectId,
       id: keyId,
@@ -668,6 +724,9 @@ export class SqliteMetadataStore implements MetadataStore {
       state: state ?? null,
       setDeletionDate: deletionDate === undefined ? 0 : 1,
       deletionDate: deletionDate ?? null,
+      setRotation: setRotation ? 1 : 0,
+      rotationPeriodDays: rotationPeriodDays ?? null,
+      nextRotationAt: nextRotationAt ?? null,
     };
     try {
       if (alias === undefined) return this.#updateKey.get(params);
@@ -820,6 +879,34 @@ export class SqliteMetadataStore implements MetadataStore {
   async listKeysDueForDeletion(now: number, limit: number): Promise<KeyRecord[]> {
     try {
       return this.#listKeysDueForDeletion.all(now, limit);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async addKeyVersion(
+    key: KeyRecord,
+    version: KeyVersionRecord,
+    change: RotationChange,
+  ): Promise<KeyRecord | 'conflict' | 'root-replaced'> {
+    try {
+      return this.#addKeyVersionTx.immediate(key, version, change);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async listKeyRotations(keyId: string): Promise<KeyRotationRecord[]> {
+    try {
+      return this.#listKeyRotations.all(keyId);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async listKeysDueForRotation(now: number, limit: number): Promise<KeyRecord[]> {
+    try {
+      return this.#listKeysDueForRotation.all(now, limit);
     } catch (error) {
       throw storeError(error);
     }

@@ -78,6 +78,18 @@ class FaultInjectingHsm implements Hsm {
     this.check();
     return this.real.decrypt(key, iv, ciphertextWithTag, aad);
   }
+  async reencrypt(
+    from: CmkVersionRef,
+    iv: Buffer,
+    ciphertextWithTag: Buffer,
+    fromAad: Buffer,
+    to: CmkVersionRef,
+    toAad: Buffer,
+  ) {
+    this.check();
+    if (this.encryptFault) throw this.encryptFault;
+    return this.real.reencrypt(from, iv, ciphertextWithTag, fromAad, to, toAad);
+  }
   async destroyIncompleteTokenKeys() {
     this.check();
     return this.real.destroyIncompleteTokenKeys();

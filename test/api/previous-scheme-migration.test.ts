@@ -25,7 +25,7 @@ const CREDENTIAL_KEY = 'hsm-kms-credentials-1';
 /** Made by the first service or `kms` run of this release (it seals tenants' key store PINs). */
 const SECRETS_KEY = 'hsm-kms-secrets-1';
 /** The schema this release migrates to. */
-const CURRENT_SCHEMA = 7;
+const CURRENT_SCHEMA = 8;
 /** `scripts/kms` builds dist/ first when it is stale, which takes a while on a busy machine. */
 const ROTATION_TEST_TIMEOUT_MS = 180_000;
 

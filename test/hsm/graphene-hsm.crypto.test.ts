@@ -177,6 +177,62 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
     });
   });
 
+  describe('reencrypt: decrypt under one version and encrypt under another inside the adapter', () => {
+    let from: CmkVersionRef;
+    let to: CmkVersionRef;
+    const toAad = Buffer.from('destination context');
+
+    beforeAll(async () => {
+      from = await newVersion(hsm, '22222222-2222-2222-2222-222222222222', 0);
+      to = await newVersion(hsm, '22222222-2222-2222-2222-222222222222', 1);
+    });
+
+    it('when a ciphertext is re-encrypted, then the destination version opens it with the destination AAD, to the same plaintext, and the source no longer does', async () => {
+      const plaintext = Buffer.from('moved without leaving the adapter');
+      const sealed = await hsm.encrypt(from, plaintext, aad);
+      const moved = await hsm.reencrypt(from, sealed.iv, sealed.ciphertextWithTag, aad, to, toAad);
+      expect(moved.iv.length).toBe(12);
+      expect(moved.ciphertextWithTag.length).toBe(plaintext.length + 16);
+      expect((await hsm.decrypt(to, moved.iv, moved.ciphertextWithTag, toAad)).equals(plaintext)).toBe(true);
+      await expectInvalidCiphertext(hsm.decrypt(to, moved.iv, moved.ciphertextWithTag, aad));
+      await expectInvalidCiphertext(hsm.decrypt(from, moved.iv, moved.ciphertextWithTag, toAad));
+    });
+
+    it('when the source and destination are the same version, then the ciphertext gets a fresh IV and still opens', async () => {
+      const sealed = await hsm.encrypt(from, Buffer.from('same version'), aad);
+      const moved = await hsm.reencrypt(from, sealed.iv, sealed.ciphertextWithTag, aad, from, aad);
+      expect(moved.iv.equals(sealed.iv)).toBe(false);
+      expect((await hsm.decrypt(from, moved.iv, moved.ciphertextWithTag, aad)).toString()).toBe('same version');
+    });
+
+    it('when the tag, a ciphertext bit or the source AAD is wrong, then reencrypt throws InvalidCiphertext and the next operations still succeed', async () => {
+      const { iv, ciphertextWithTag: ct } = await hsm.encrypt(from, Buffer.from('tampered'), aad);
+      for (const index of [0, ct.length - 1]) {
+        const copy = Buffer.from(ct);
+        copy[index] = (copy[index] as number) ^ 0x01;
+        await expectInvalidCiphertext(hsm.reencrypt(from, iv, copy, aad, to, toAad));
+      }
+      await expectInvalidCiphertext(hsm.reencrypt(from, iv, ct, Buffer.from('other context'), to, toAad));
+      await expectInvalidCiphertext(hsm.reencrypt(to, iv, ct, aad, to, toAad));
+      await expectInvalidCiphertext(hsm.reencrypt(from, iv, Buffer.alloc(16), aad, to, toAad));
+      const moved = await hsm.reencrypt(from, iv, ct, aad, to, toAad);
+      expect((await hsm.decrypt(to, moved.iv, moved.ciphertextWithTag, toAad)).toString()).toBe('tampered');
+    });
+
+    it('when the key cache holds one version, then bringing the destination back evicts the source only after it has decrypted', async () => {
+      await hsm.close();
+      hsm = await openHsm(token, { createTokenKeysIfMissing: false, keyCacheSize: 1 });
+      try {
+        const sealed = await hsm.encrypt(from, Buffer.from('one cached key'), aad);
+        const moved = await hsm.reencrypt(from, sealed.iv, sealed.ciphertextWithTag, aad, to, toAad);
+        expect([...hsm.forTesting().versionKeys.keys()]).toEqual([`${to.keyId}:${to.version}`]);
+        expect((await hsm.decrypt(to, moved.iv, moved.ciphertextWithTag, toAad)).toString()).toBe('one cached key');
+      } finally {
+        await restart();
+      }
+    });
+  });
+
   // CloudHSM's rules, which only the shim enforces here: the module writes the IV, and GCM takes 16,224 bytes a call.
   describe('AES-GCM on the CloudHSM shim', { skip: provider !== 'cloudhsm-shim' }, () => {
     let key: CmkVersionRef;

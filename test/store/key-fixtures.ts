@@ -24,6 +24,11 @@ export function pendingKey(overrides: Partial<KeyRecord> = {}): KeyRecord {
     deletionDate: null,
     currentVersion: 1,
     keyStoreId: null,
+    rotationPeriodDays: null,
+    nextRotationAt: null,
+    lastRotatedAt: null,
+    rotations: 0,
+    onDemandRotations: 0,
     ...overrides,
   };
 }

@@ -103,7 +103,7 @@ describe('SqliteMetadataStore on a file', () => {
 
     const db = new Database(path, { readonly: true });
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(7);
+      expect(db.pragma('user_version', { simple: true })).toBe(8);
       expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
     } finally {
       db.close();
@@ -171,7 +171,7 @@ describe('SqliteMetadataStore on a file', () => {
     expect(await store.findCredential('AKIAAAAAAAAAAAAAAAAA')).toMatchObject({ projectId: PROJECT_A });
     const db = new Database(path, { readonly: true });
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(7);
+      expect(db.pragma('user_version', { simple: true })).toBe(8);
       expect(db.prepare(`SELECT sql FROM sqlite_schema WHERE name = 'credentials'`).pluck().get()).toMatch(/STRICT$/);
     } finally {
       db.close();

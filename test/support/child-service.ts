@@ -23,12 +23,20 @@ export interface ChildService {
   readonly log: () => string;
 }
 
-/** The real service, src/main.ts, as its own process; resolves once `listeners` processes log that they listen. */
-export function spawnService(env: Record<string, string>, listeners = 1): Promise<ChildService> {
+/**
+ * The real service, src/main.ts, as its own process; resolves once `listeners` processes log that they listen.
+ * `onSpawn` gets the process at once, for a test that kills it during its start-up.
+ */
+export function spawnService(
+  env: Record<string, string>,
+  listeners = 1,
+  onSpawn?: (child: ChildProcess) => void,
+): Promise<ChildService> {
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
     env: { ...process.env, ...env, KMS_LOG_LEVEL: 'info' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
+  onSpawn?.(child);
   let stderr = '';
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`service did not start:\n${stderr}`)), 30_000);

@@ -164,6 +164,9 @@ export const ALIBABA_ERROR_TABLE = {
     status: 400,
     message: 'The HSM cluster does not hold the keys of the instance.',
   },
+  // Alibaba's keys kept HsmInternal in an instance do not rotate: UpdateRotationPolicy and CreateKeyVersion document
+  // Rejected.UnsupportedOperation for keys that cannot; Recommend says why.
+  RotationNotSupported: { code: 'Rejected.UnsupportedOperation', status: 400, message: 'Unsupported operation.' },
   HsmUnavailable: { code: 'ServiceUnavailableTemporary', status: 503, message: 'Service Unavailable Temporary.' },
   InternalError: { code: 'InternalFailure', status: 500, message: 'Internal Failure' },
 } as const satisfies Record<KmsErrorCode, Mapping>;
@@ -188,6 +191,8 @@ const RECOMMENDATIONS: Readonly<Record<string, string>> = {
   'Forbidden.ResourceNotFound': 'Check the KMS instance id: ListKmsInstances lists those of your project.',
   'Forbidden.DKMSInstanceStateInvalid':
     'Check the instance with GetKmsInstance: its Status must be Connected. Connect it (through the AWS or Huawei API) and retry.',
+  'Rejected.UnsupportedOperation':
+    'Keys kept HsmInternal in a KMS instance do not rotate: to rotate keys, create them in an instance whose keys are kept HsmEncryptedDatabase, or as default keys.',
   UnsupportedOperation: 'This service offers symmetric AES-256 keys in its HSM; see README.md for what it supports.',
   UnsupportedHTTPMethod: 'Send the request as GET or POST.',
   InternalFailure: 'Retry the request.',

@@ -113,7 +113,7 @@ export async function keyStoreForNewKey(
   services: Services,
   caller: Caller,
   params: RpcParams,
-): Promise<string | undefined> {
+): Promise<KeyStoreRecord | undefined> {
   const instanceId = params.optional('DKMSInstanceId');
   const mechanism = params.optional('KeyStorageMechanism');
   if (instanceId === undefined) {
@@ -138,7 +138,7 @@ export async function keyStoreForNewKey(
       `KMS instance ${store.id} keeps its keys as ${own}, not ${mechanism}: give ${own} or omit it.`,
     );
   }
-  return store.id;
+  return store;
 }
 
 /** The KMS instance operations, registered with the others in ALIBABA_OPERATIONS. */

@@ -9,7 +9,9 @@ import {
 } from '../../core/password.service.js';
 import type { Services } from '../huawei/context.js';
 import { ownEntry } from '../own-entry.js';
-import { aliasNotFound, invalidParameter, missingParameter, unsupportedOperation as unsupported } from './errors.js';
+import { invalidParameter, missingParameter, unsupportedOperation as unsupported } from './errors.js';
+import { aliasAware, getKey } from './key-lookup.js';
+import { automaticRotationDays, KEY_VERSION_OPERATIONS } from './key-versions.js';
 import { KMS_INSTANCE_OPERATIONS, keyStoreForNewKey } from './kms-instances.js';
 import {
   aliasArn,
@@ -20,6 +22,7 @@ import {
   keyMetadata,
   keyRef,
   keyVersionId,
+  page,
   type RpcParams,
 } from './wire.js';
 
@@ -33,18 +36,6 @@ const KEY_SPEC_BYTES: Readonly<Record<string, number>> = { AES_256: 32, AES_128:
 /** Alibaba: "alias/" then letters, digits, `_`, `-` and `/`, 255 characters at most; `alias/acs` is reserved. */
 const ALIAS_NAME = /^alias\/[a-zA-Z0-9_/-]{1,249}$/;
 const EXISTING_ALIAS_NAME = /^alias\/[a-zA-Z0-9:_/-]{1,249}$/;
-
-/** A KeyId given as an alias that names nothing is Alibaba's Forbidden.AliasNotFound, not KeyNotFound. */
-function aliasAware(ref: KeyRef) {
-  return (err: unknown): never => {
-    if (ref.kind === 'alias' && err instanceof KmsError && err.code === 'KeyNotFound') throw aliasNotFound();
-    throw err;
-  };
-}
-
-function getKey(services: Services, caller: Caller, ref: KeyRef): Promise<KeyRecord> {
-  return services.keys.get(caller.projectId, ref).catch(aliasAware(ref));
-}
 
 const PASSWORD_TYPE_FLAGS: Readonly<Record<string, PasswordCharacterType>> = {
   ExcludeLowercase: 'lowercase',
@@ -164,8 +155,10 @@ const decrypt: AlibabaOperation = async (services, caller, params) => {
 };
 
 /**
- * Only what this service makes: symmetric AES-256 keys, generated in the HSM, without automatic rotation; with
- * DKMSInstanceId, in that KMS instance (a tenant's key store), which must be connected.
+ * Only what this service makes: symmetric AES-256 keys, generated in the HSM; with DKMSInstanceId, in that KMS
+ * instance (a tenant's key store), which must be connected. Automatic rotation (EnableAutomaticRotation and
+ * RotationInterval) is set once the key is made; a key kept HsmInternal cannot rotate, so asking for it there is
+ * refused before any key is made.
  */
 const createKey: AlibabaOperation = async (services, caller, params) => {
   const description = params.optional('Description') ?? '';
@@ -183,19 +176,25 @@ const createKey: AlibabaOperation = async (services, caller, params) => {
   if (protection !== undefined && protection !== 'HSM' && protection !== 'SOFTWARE') {
     throw invalidParameter('ProtectionLevel', 'use SOFTWARE or HSM.');
   }
-  if (params.boolean('EnableAutomaticRotation', false) || params.optional('RotationInterval') !== undefined) {
-    throw unsupported('automatic key rotation.');
-  }
+  const rotationDays = automaticRotationDays(params, params.boolean('EnableAutomaticRotation', false));
   if (params.optional('Policy') !== undefined)
     throw unsupported("key policies: access is by the project's access keys.");
   if (params.optional('Tags') !== undefined) throw unsupported('tags.');
-  const keyStoreId = await keyStoreForNewKey(services, caller, params);
-  const key = await services.keys.create({
+  const store = await keyStoreForNewKey(services, caller, params);
+  if (rotationDays !== null && store?.keyScheme === 'token-object') {
+    throw new KmsError('RotationNotSupported', 'A key kept HsmInternal cannot be rotated.');
+  }
+  const created = await services.keys.create({
     projectId: caller.projectId,
     alias: '',
     description,
-    ...(keyStoreId === undefined ? {} : { keyStoreId }),
+    ...(store === undefined ? {} : { keyStoreId: store.id }),
   });
+  // Two steps, as the core makes a key without a schedule: should the second fail, the key stays, without one.
+  const key =
+    rotationDays === null
+      ? created
+      : await services.keys.enableRotation(caller.projectId, { kind: 'id', id: created.id }, rotationDays);
   return { KeyMetadata: keyMetadata(key, caller) };
 };
 
@@ -203,13 +202,6 @@ const describeKey: AlibabaOperation = async (services, caller, params) => {
   const key = await getKey(services, caller, keyRef(params.required('KeyId'), caller));
   return { KeyMetadata: keyMetadata(key, caller) };
 };
-
-/** PageNumber from 1, PageSize 1–100 (10 by default), as Alibaba's list operations take them. */
-function page(params: RpcParams): { pageNumber: number; pageSize: number; offset: number } {
-  const pageNumber = params.integer('PageNumber', 1, 1_000_000_000, 1);
-  const pageSize = params.integer('PageSize', 1, 100, 10);
-  return { pageNumber, pageSize, offset: (pageNumber - 1) * pageSize };
-}
 
 type ListedState = 'Enabled' | 'Disabled' | 'PendingDeletion';
 const LISTED_STATES: readonly ListedState[] = ['Enabled', 'Disabled', 'PendingDeletion'];
@@ -459,5 +451,6 @@ export const ALIBABA_OPERATIONS: Readonly<Record<string, { run: AlibabaOperation
   ListAliases: { run: listAliases, parameters: ['PageNumber', 'PageSize'] },
   ListAliasesByKeyId: { run: listAliasesByKeyId, parameters: ['KeyId', 'PageNumber', 'PageSize'] },
   DescribeRegions: { run: describeRegions, parameters: [] },
+  ...KEY_VERSION_OPERATIONS,
   ...KMS_INSTANCE_OPERATIONS,
 };

@@ -127,6 +127,13 @@ export function base64Param(params: RpcParams, name: string, min: number, max: n
   return bytes;
 }
 
+/** PageNumber from 1, PageSize 1–100 (10 by default), as Alibaba's list operations take them. */
+export function page(params: RpcParams): { pageNumber: number; pageSize: number; offset: number } {
+  const pageNumber = params.integer('PageNumber', 1, 1_000_000_000, 1);
+  const pageSize = params.integer('PageSize', 1, 100, 10);
+  return { pageNumber, pageSize, offset: (pageNumber - 1) * pageSize };
+}
+
 /** acs:kms:<region>:<uid>:key/<id> or …:alias/<name>; the uid is the project. */
 const KMS_ARN = /^acs:kms:([a-z0-9-]+):([^:]+):(key|alias)\/(.+)$/;
 
@@ -159,11 +166,13 @@ export function keyVersionId(keyId: string, version: number): string {
 /** Alibaba's dates: ISO 8601 UTC to the second, `2026-01-01T12:00:00Z`. */
 export const isoDate = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
 
+export const DAY_SECONDS = 86_400;
+
 /**
- * DescribeKey's KeyMetadata. Keys are symmetric AES-256 kept in an HSM; rotation is not offered. ProtectionLevel is
- * HSM for every key: Alibaba gives default keys HSM where a managed HSM serves the region, as the default HSM does
- * here, and a hardware instance's keys HSM. DKMSInstanceId names the KMS instance (key store) of a key made in one,
- * and is absent for default keys, as Alibaba leaves it.
+ * DescribeKey's KeyMetadata. Keys are symmetric AES-256 kept in an HSM. ProtectionLevel is HSM for every key:
+ * Alibaba gives default keys HSM where a managed HSM serves the region, as the default HSM does here, and a hardware
+ * instance's keys HSM. DKMSInstanceId names the KMS instance (key store) of a key made in one, and is absent for
+ * default keys, as Alibaba leaves it.
  */
 export function keyMetadata(key: KeyRecord, caller: Caller) {
   return {
@@ -178,11 +187,26 @@ export function keyMetadata(key: KeyRecord, caller: Caller) {
     KeySpec: 'Aliyun_AES_256',
     Origin: 'Aliyun_KMS',
     ProtectionLevel: 'HSM',
-    PrimaryKeyVersion: keyVersionId(key.id, key.currentVersion),
-    LastRotationDate: isoDate(key.createdAt),
-    AutomaticRotation: 'Disabled',
+    ...rotationMetadata(key),
     MaterialExpireTime: '',
     DeletionProtection: 'Disabled',
     ...(key.deletionDate !== null ? { DeleteDate: isoDate(key.deletionDate) } : {}),
+  };
+}
+
+/**
+ * The rotation fields of KeyMetadata. AutomaticRotation is Suspended while a key with a period is not Enabled:
+ * Alibaba stops its rotation then and resumes it once the key is enabled again, as the sweep here rotates Enabled
+ * keys only. RotationInterval (in seconds, `604800s`) and NextRotationDate are there while it is Enabled or
+ * Suspended; LastRotationDate is the key's creation until its first rotation, as Alibaba documents them.
+ */
+function rotationMetadata(key: KeyRecord) {
+  const period = key.rotationPeriodDays;
+  return {
+    PrimaryKeyVersion: keyVersionId(key.id, key.currentVersion),
+    LastRotationDate: isoDate(key.lastRotatedAt ?? key.createdAt),
+    AutomaticRotation: period === null ? 'Disabled' : key.state === 'Enabled' ? 'Enabled' : 'Suspended',
+    ...(period === null ? {} : { RotationInterval: `${period * DAY_SECONDS}s` }),
+    ...(period === null || key.nextRotationAt === null ? {} : { NextRotationDate: isoDate(key.nextRotationAt) }),
   };
 }

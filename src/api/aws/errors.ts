@@ -76,6 +76,7 @@ export const AWS_ERROR_TABLE = {
   ConnectionNotFound: { exception: 'CloudHsmClusterNotFoundException', status: 400 },
   ConnectionInUse: { exception: 'CloudHsmClusterInUseException', status: 400 },
   ConnectionNotRelated: { exception: 'CloudHsmClusterNotRelatedException', status: 400 },
+  RotationNotSupported: { exception: 'UnsupportedOperationException', status: 400 },
   HsmUnavailable: {
     exception: 'DependencyTimeoutException',
     status: 500,

@@ -5,6 +5,7 @@ import type { Services } from '../huawei/context.js';
 import { ownEntry } from '../own-entry.js';
 import { CUSTOM_KEY_STORE_OPERATIONS, customKeyStoreId, keyStoreOf } from './custom-key-stores.js';
 import { AwsApiError, validationError } from './errors.js';
+import { KEY_ROTATION_OPERATIONS } from './key-rotation.js';
 import {
   aliasArn,
   blob,
@@ -491,6 +492,11 @@ const ReEncrypt = z
   })
   .strict();
 
+/**
+ * Moves the ciphertext to the destination key's newest version (the same key after a rotation, or another one) in
+ * the HSM layer: the plaintext is never in the dialect. A text blob stays text, so the Alibaba and Huawei dialects
+ * still give its text back.
+ */
 const reEncrypt: AwsOperation = async (services, caller, body) => {
   const req = parseBody(ReEncrypt, body);
   refuseDryRunModifiers(req.DryRunModifiers);
@@ -499,28 +505,22 @@ const reEncrypt: AwsOperation = async (services, caller, body) => {
   const ciphertext = fromBase64(req.CiphertextBlob, 'ciphertextBlob', 1, MAX_CIPHERTEXT);
   const source = req.SourceKeyId === undefined ? undefined : keyRef(req.SourceKeyId, caller);
   const destination = keyRef(req.DestinationKeyId, caller);
-  const binding = { context: req.SourceEncryptionContext };
-  const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, binding, source);
-  try {
-    const sealed = await services.dataKeys.encrypt(
-      caller.projectId,
-      destination,
-      opened.plaintext,
-      { context: req.DestinationEncryptionContext },
-      // A text blob stays text, so the Alibaba and Huawei dialects still give its text back.
-      opened.kind,
-    );
-    withheldIfDryRun(req.DryRun);
-    return {
-      CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
-      SourceKeyId: keyArn(opened.key, caller),
-      KeyId: keyArn(sealed.key, caller),
-      SourceEncryptionAlgorithm: 'SYMMETRIC_DEFAULT',
-      DestinationEncryptionAlgorithm: 'SYMMETRIC_DEFAULT',
-    };
-  } finally {
-    opened.plaintext.fill(0);
-  }
+  const moved = await services.dataKeys.reEncrypt(
+    caller.projectId,
+    ciphertext,
+    { context: req.SourceEncryptionContext },
+    destination,
+    { context: req.DestinationEncryptionContext },
+    source,
+  );
+  withheldIfDryRun(req.DryRun);
+  return {
+    CiphertextBlob: moved.ciphertextBlob.toString('base64'),
+    SourceKeyId: keyArn(moved.source, caller),
+    KeyId: keyArn(moved.key, caller),
+    SourceEncryptionAlgorithm: 'SYMMETRIC_DEFAULT',
+    DestinationEncryptionAlgorithm: 'SYMMETRIC_DEFAULT',
+  };
 };
 
 const TagResource = z.object({ KeyId: z.string(), Tags: TagList }).strict();
@@ -679,4 +679,5 @@ export const AWS_OPERATIONS: Readonly<Record<string, AwsOperation>> = {
   UntagResource: untagResource,
   ListResourceTags: listResourceTags,
   ...CUSTOM_KEY_STORE_OPERATIONS,
+  ...KEY_ROTATION_OPERATIONS,
 };

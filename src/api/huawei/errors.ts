@@ -72,6 +72,7 @@ export const HUAWEI_ERROR_TABLE = {
   ConnectionNotFound: { errorCode: 'KMS.0308', status: 400 },
   ConnectionInUse: { errorCode: 'KMS.0308', status: 400 },
   ConnectionNotRelated: { errorCode: 'KMS.0308', status: 400 },
+  RotationNotSupported: { errorCode: 'KMS.0338', status: 400, message: 'The custom keystore do not support rotation.' },
   HsmUnavailable: {
     errorCode: 'KMS.0104',
     status: 503,

@@ -4,7 +4,16 @@ import { KEY_ID_PATTERN } from '../../core/keys.js';
 import type { HuaweiAction } from './context.js';
 import { HuaweiApiError, invalid } from './errors.js';
 import { KEY_STATE_CODES, keyInfo, stateForCode } from './key-info.js';
-import { integerString, keyRef, parseBody, sequence, validAlias, validDescription, validKeystoreId } from './wire.js';
+import {
+  integerString,
+  KeyOnly,
+  keyRef,
+  parseBody,
+  sequence,
+  validAlias,
+  validDescription,
+  validKeystoreId,
+} from './wire.js';
 
 /** Key management: create-key, describe-key, list-keys, state changes, alias and description. */
 
@@ -77,9 +86,6 @@ export const createKey: HuaweiAction = async (services, projectId, body) => {
     });
   return { key_info: { key_id: key.id, domain_id: key.projectId } };
 };
-
-/** Bodies that only name a key: management endpoints take a key id, never an alias (kms-apis.md §1.1). */
-const KeyOnly = z.object({ key_id: z.string(), sequence }).strict();
 
 export const describeKey: HuaweiAction = async (services, projectId, body) => {
   const req = parseBody(KeyOnly, body);

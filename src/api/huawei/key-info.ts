@@ -37,6 +37,8 @@ export function keyInfo(key: KeyRecord, realm: string) {
     key_type: '1',
     expiration_time: '',
     origin: key.origin,
+    // A string here, as the SDK's KeyDetails has it (get-key-rotation-status answers a boolean).
+    key_rotation_enabled: String(key.rotationPeriodDays !== null),
     // "0" is Huawei's default key store; a key made in a dedicated keystore names it.
     keystore_id: key.keyStoreId ?? '0',
     // Every key is in the default enterprise project (create-key refuses any other).

@@ -37,6 +37,12 @@ import {
   listKeyStores,
   showKeyStore,
 } from './keystore-actions.js';
+import {
+  disableKeyRotation,
+  enableKeyRotation,
+  getKeyRotationStatus,
+  updateKeyRotationInterval,
+} from './rotation-actions.js';
 import { versionDocument, versionsDocument } from './versions.js';
 
 /** Every Huawei action this service offers: `/v1.0/{project_id}/kms/<action>`, with the method Huawei uses. */
@@ -51,6 +57,10 @@ const ACTIONS: Readonly<Record<string, { method: 'GET' | 'POST'; run: HuaweiActi
   'cancel-key-deletion': { method: 'POST', run: cancelKeyDeletion },
   'update-key-alias': { method: 'POST', run: updateKeyAlias },
   'update-key-description': { method: 'POST', run: updateKeyDescription },
+  'enable-key-rotation': { method: 'POST', run: enableKeyRotation },
+  'disable-key-rotation': { method: 'POST', run: disableKeyRotation },
+  'update-key-rotation-interval': { method: 'POST', run: updateKeyRotationInterval },
+  'get-key-rotation-status': { method: 'POST', run: getKeyRotationStatus },
   'create-datakey': { method: 'POST', run: createDataKey },
   'create-datakey-without-plaintext': { method: 'POST', run: createDataKeyWithoutPlaintext },
   'encrypt-datakey': { method: 'POST', run: encryptDataKey },

@@ -29,6 +29,7 @@ const FIELD_ERROR_CODES: Readonly<Record<string, string>> = {
   datakey_plain_length: 'KMS.2102',
   cipher_text: 'KMS.2201',
   datakey_cipher_length: 'KMS.2202',
+  rotation_interval: 'KMS.3001',
 };
 
 export const integerString = z
@@ -40,6 +41,9 @@ export const sequence = z
   .string()
   .regex(/^[0-9A-Za-z-]{36}$/)
   .optional();
+
+/** Bodies that only name a key: management endpoints take a key id, never an alias (kms-apis.md §1.1). */
+export const KeyOnly = z.object({ key_id: z.string(), sequence }).strict();
 
 /** Key-value pairs of at most 8192 characters (Huawei's limit), bound to the ciphertext as AAD. */
 export const encryptionContext = encryptionContextSchema.refine((ctx) => JSON.stringify(ctx).length <= 8192).optional();

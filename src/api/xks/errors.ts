@@ -81,6 +81,8 @@ export const XKS_ERROR_TABLE = {
   ConnectionNotFound: 'InternalException',
   ConnectionInUse: 'InternalException',
   ConnectionNotRelated: 'InternalException',
+  // Key rotation is never asked for through XKS.
+  RotationNotSupported: 'UnsupportedOperationException',
   HsmUnavailable: 'DependencyTimeoutException',
   InternalError: 'InternalException',
 } as const satisfies Record<KmsErrorCode, XksErrorName>;
