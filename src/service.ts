@@ -130,10 +130,19 @@ export async function startService(
       // all the same. Only this process (the primary, or the single one) rotates on schedule.
       sweeping ??= keys
         .rotateDueKeys()
-        .then((rotated) => {
-          if (rotated > 0) logger.info('rotated keys whose automatic rotation was due', { count: rotated });
-          return Promise.all([keys.purgeDueDeletions(), nonces.purgeExpired(clock.now())]);
-        })
+        .then(
+          ({ rotated, failed }) => {
+            if (rotated > 0) logger.info('rotated keys whose automatic rotation was due', { count: rotated });
+            for (const { keyId, error } of failed) {
+              logger.warn('a due rotation failed; it is tried again at the next sweep', {
+                keyId,
+                ...errorFields(error),
+              });
+            }
+          },
+          (err: unknown) => logger.error('rotation sweep failed', errorFields(err)),
+        )
+        .then(() => Promise.all([keys.purgeDueDeletions(), nonces.purgeExpired(clock.now())]))
         .then(
           ([n]) => n > 0 && logger.info('deleted keys whose deletion date passed', { count: n }),
           (err: unknown) => logger.error('deletion sweep failed', errorFields(err)),

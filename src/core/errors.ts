@@ -64,6 +64,8 @@ export const KMS_ERROR_CODES = [
   'ConnectionInUse',
   /** A store cannot move to another connection: its keys are on the token of the one it has. */
   'ConnectionNotRelated',
+  /** The key has had as many on-demand rotations as the dialect allows (AWS's 25). */
+  'RotationLimitExceeded',
   /** The key cannot be rotated where it is kept (token objects of a tenant's store). */
   'RotationNotSupported',
   /** The HSM did not answer or reported a device failure; the request can be retried. */

@@ -26,7 +26,6 @@ import { activeRootKey } from './root-key.service.js';
  */
 const INTERRUPTED_CREATION_AGE_MS = 60_000;
 
-const DAY_MS = 24 * 60 * 60 * 1000;
 /** The widest range of rotation periods the dialects allow: Alibaba's 7 days to AWS's 2560. */
 export const MIN_ROTATION_DAYS = 7;
 export const MAX_ROTATION_DAYS = 2560;
@@ -285,65 +284,89 @@ export class KeyService {
    * A new version of the key, made where the key lives, becomes the one new ciphertexts use; every older version
    * keeps decrypting. The version is made in the HSM first (a session object wrapped there: nothing on a token), then
    * recorded together with the key's new current version in one compare-and-set, so a rotation that fails half-way,
-   * or races another, leaves the key as it was. `expectedVersion`: rotate only if the key is still at it (the
-   * scheduler's exactly-once); otherwise a concurrent rotation is retried on top of the other.
+   * or races another, leaves the key as it was (a concurrent on-demand rotation is retried on top of the other).
+   * `maxOnDemand`: the most on-demand rotations the key may have had (AWS's quota), enforced in the compare-and-set.
    */
-  async rotate(
-    projectId: string,
-    ref: KeyRef,
-    type: RotationType,
-    expectedVersion?: number,
-  ): Promise<KeyRecord | undefined> {
+  async rotate(projectId: string, ref: KeyRef, type: RotationType, maxOnDemand?: number): Promise<KeyRecord> {
     for (let attempt = 1; ; attempt++) {
       const key = await this.get(projectId, ref);
-      if (expectedVersion !== undefined && key.currentVersion !== expectedVersion) return undefined;
-      assertUsableForCrypto(key);
-      const root = await this.#rotationRoot(key);
-      const hsm = await this.hsmFor(key);
-      const version = key.currentVersion + 1;
-      const kept = await hsm.createKeyVersion(key.id, version, root);
-      const now = this.clock.now();
-      const nextRotationAt =
-        type === 'AUTOMATIC' && key.rotationPeriodDays !== null ? now + key.rotationPeriodDays * DAY_MS : undefined;
+      if (maxOnDemand !== undefined && key.onDemandRotations >= maxOnDemand) {
+        throw new KmsError('RotationLimitExceeded', `Key ${key.id} has been rotated on demand ${maxOnDemand} times.`);
+      }
+      const added = await this.#addVersion(key, type, maxOnDemand);
+      if (typeof added !== 'string') return added;
+      if (attempt >= MAX_ROOT_RACES) throw new KmsError('InternalError', 'The key kept changing while it was rotated.');
+    }
+  }
+
+  /** What the sweep does for one key: rotates it automatically if its rotation is due now; undefined if not. */
+  async rotateIfDue(projectId: string, ref: KeyRef): Promise<KeyRecord | undefined> {
+    const added = await this.#addVersion(await this.get(projectId, ref), 'AUTOMATIC');
+    return typeof added === 'string' ? undefined : added;
+  }
+
+  /**
+   * One rotation attempt of `key` as the caller read it. The store's compare-and-set decides: the key must still be
+   * Enabled and at this version, and an automatic rotation still due (so a schedule turned off or moved meanwhile
+   * wins); the next automatic date is computed there from the period the key has then.
+   */
+  async #addVersion(
+    key: KeyRecord,
+    type: RotationType,
+    maxOnDemand?: number,
+  ): Promise<KeyRecord | 'conflict' | 'root-replaced'> {
+    assertUsableForCrypto(key);
+    const root = await this.#rotationRoot(key);
+    const hsm = await this.hsmFor(key);
+    const version = key.currentVersion + 1;
+    const kept = await hsm.createKeyVersion(key.id, version, root);
+    const now = this.clock.now();
+    try {
       const added = await this.store.addKeyVersion(
         key,
         { keyId: key.id, version, ...kept, createdAt: now },
-        { type, at: now, ...(nextRotationAt === undefined ? {} : { nextRotationAt }) },
+        { type, at: now, ...(maxOnDemand === undefined ? {} : { maxOnDemand }) },
       );
-      if (typeof added !== 'string') return added;
+      if (typeof added === 'string') hsm.forget(key.id, version);
+      return added;
+    } catch (err) {
       hsm.forget(key.id, version);
-      if (added === 'conflict' && expectedVersion !== undefined) return undefined;
-      if (attempt >= MAX_ROOT_RACES) {
-        throw new KmsError('InternalError', 'The key kept changing while it was rotated.');
-      }
+      throw err;
     }
   }
 
   /**
    * Turns automatic rotation on (or changes its period): the first one comes a period from now, or, when only the
-   * period changes, a period after the last automatic one (AWS's rule).
+   * period changes, a period after the last automatic one (AWS's rule). Computed by the store from the schedule the
+   * key has when the change is written, so a rotation landing meanwhile is counted.
    */
   async enableRotation(projectId: string, ref: KeyRef, periodDays: number): Promise<KeyRecord> {
     needs(
       Number.isInteger(periodDays) && periodDays >= MIN_ROTATION_DAYS && periodDays <= MAX_ROTATION_DAYS,
       `The rotation period must be ${MIN_ROTATION_DAYS} to ${MAX_ROTATION_DAYS} days.`,
     );
-    await this.#assertRotatable(await this.get(projectId, ref));
-    return this.transition(projectId, ref, (key) => {
-      assertUsableForCrypto(key);
-      const since =
-        key.rotationPeriodDays !== null && key.nextRotationAt !== null
-          ? key.nextRotationAt - key.rotationPeriodDays * DAY_MS
-          : this.clock.now();
-      return { rotationPeriodDays: periodDays, nextRotationAt: since + periodDays * DAY_MS };
-    });
+    const key = await this.get(projectId, ref);
+    await this.#assertRotatable(key);
+    return this.#setSchedule(projectId, ref, periodDays, (current) => assertUsableForCrypto(current));
   }
 
   disableRotation(projectId: string, ref: KeyRef): Promise<KeyRecord> {
-    return this.transition(projectId, ref, (key) => {
-      transitions.edit(key, {});
-      return { rotationPeriodDays: null, nextRotationAt: null };
-    });
+    return this.#setSchedule(projectId, ref, null, (current) => transitions.edit(current, {}));
+  }
+
+  async #setSchedule(
+    projectId: string,
+    ref: KeyRef,
+    periodDays: number | null,
+    allowed: (key: KeyRecord) => void,
+  ): Promise<KeyRecord> {
+    for (let attempt = 0; attempt < MAX_TRANSITION_ATTEMPTS; attempt++) {
+      const key = await this.get(projectId, ref);
+      allowed(key);
+      const updated = await this.store.setRotationPeriod(projectId, key.id, key.state, periodDays, this.clock.now());
+      if (updated) return updated;
+    }
+    throw new KmsError('InternalError', 'The key kept changing while its rotation was changed.');
   }
 
   /** The key's versions, oldest first. */
@@ -354,26 +377,28 @@ export class KeyService {
   /**
    * Rotates every key whose automatic rotation is due, once each, also after the service was down past the date (the
    * next one then comes a period after this one, not after the missed date). Runs in one process (the primary); the
-   * compare-and-set on the version keeps it to one rotation even if two ran. Returns how many keys were rotated.
+   * store's compare-and-set keeps it to one rotation per due date even if two ran. A key that cannot be rotated now
+   * (its store is not connected, say) is passed over and tried again at the next sweep. Returns the keys rotated and
+   * the failures, for the caller to log.
    */
-  async rotateDueKeys(): Promise<number> {
+  async rotateDueKeys(): Promise<{ rotated: number; failed: { keyId: string; error: unknown }[] }> {
     let rotated = 0;
+    const failed: { keyId: string; error: unknown }[] = [];
+    const passedOver = new Set<string>();
     for (;;) {
-      const due = await this.store.listKeysDueForRotation(this.clock.now(), PURGE_BATCH_SIZE);
-      let progressed = false;
+      const due = (
+        await this.store.listKeysDueForRotation(this.clock.now(), PURGE_BATCH_SIZE + passedOver.size)
+      ).filter((key) => !passedOver.has(key.id));
+      if (due.length === 0) return { rotated, failed };
       for (const key of due) {
-        const done = await this.rotate(
-          key.projectId,
-          { kind: 'id', id: key.id },
-          'AUTOMATIC',
-          key.currentVersion,
-        ).catch(() => undefined);
-        if (done) {
-          rotated++;
-          progressed = true;
-        }
+        // The key as the store listed it, not a cached record: the compare-and-set needs its current version.
+        const added = await this.#addVersion(key, 'AUTOMATIC').catch((error: unknown) => {
+          failed.push({ keyId: key.id, error });
+          return 'failed' as const;
+        });
+        if (typeof added === 'string') passedOver.add(key.id);
+        else rotated++;
       }
-      if (due.length < PURGE_BATCH_SIZE || !progressed) return rotated;
       await nextTurn();
     }
   }

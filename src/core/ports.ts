@@ -113,15 +113,13 @@ export interface ListKeysQuery {
   readonly limit: number;
 }
 
-export type KeyPatch = Partial<
-  Pick<KeyRecord, 'alias' | 'description' | 'state' | 'deletionDate' | 'rotationPeriodDays' | 'nextRotationAt'>
->;
+export type KeyPatch = Partial<Pick<KeyRecord, 'alias' | 'description' | 'state' | 'deletionDate'>>;
 
-/** What a rotation records with the new version: why, when, and the next automatic date (kept if undefined). */
+/** What a rotation records with the new version: why, when, and the most on-demand rotations allowed before it. */
 export interface RotationChange {
   readonly type: RotationType;
   readonly at: number;
-  readonly nextRotationAt?: number | null;
+  readonly maxOnDemand?: number;
 }
 
 /**
@@ -194,15 +192,28 @@ export interface MetadataStore {
   replaceKeptVersion(current: KeyVersionRecord, next: KeptKeyVersion): Promise<boolean>;
   /**
    * Makes `version` the key's current version, in one transaction, only if the key is Enabled, its current version
-   * is still the one before, and (for a key of the default HSM) the version is kept under the active root key:
-   * 'conflict' when another rotation got there first or the key changed state, 'root-replaced' when a root rotation
-   * began. The key as it is now otherwise.
+   * is still the one before, an AUTOMATIC rotation is still due (its period set and its date passed) and an on-demand
+   * one within `maxOnDemand`, and (for a key of the default HSM) the version is kept under the active root key:
+   * 'conflict' when another rotation got there first or the key or its schedule changed, 'root-replaced' when a root
+   * rotation began. An automatic rotation sets the next date a period after `at`. The key as it is now otherwise.
    */
   addKeyVersion(
     key: KeyRecord,
     version: KeyVersionRecord,
     change: RotationChange,
   ): Promise<KeyRecord | 'conflict' | 'root-replaced'>;
+  /**
+   * Turns automatic rotation off (null) or on with a period, only if the key is still in `expectedState`. The next
+   * date is computed in the same statement: a period from `now`, or, when the period only changes, a period after
+   * the last automatic rotation (the old next date less the old period). Undefined if the key changed state.
+   */
+  setRotationPeriod(
+    projectId: string,
+    keyId: string,
+    expectedState: KeyState,
+    periodDays: number | null,
+    now: number,
+  ): Promise<KeyRecord | undefined>;
   /** The key's versions, oldest first: when each was made and why. */
   listKeyRotations(keyId: string): Promise<KeyRotationRecord[]>;
   /** Enabled keys of every project whose automatic rotation is due at `now`, earliest first, at most `limit`. */

@@ -385,7 +385,7 @@ export class GrapheneHsm implements Hsm {
         tokenVersionKeyTemplate(label, objectId, this.#profile),
       );
     });
-    this.#keys.set(cacheId(keyId, version), handle, 'token-object');
+    this.#keys.set(cacheId(keyId, version), handle, 'token-object', objectId);
     return { scheme: 'token-object-v1', rootKeyLabel: '', keyMaterial: Buffer.from(objectId) };
   }
 
@@ -955,15 +955,15 @@ export class GrapheneHsm implements Hsm {
    */
   #keyHandle(key: CmkVersionRef): Handle {
     const id = cacheId(key.keyId, key.version);
-    const cached = this.#keys.get(id);
+    const cached = this.#keys.get(id, key.keyMaterial);
     if (cached !== undefined) return cached;
     if (key.scheme === 'token-object-v1') {
       const found = this.#tokenVersionKey(key);
-      this.#keys.set(id, found, 'token-object');
+      this.#keys.set(id, found, 'token-object', key.keyMaterial);
       return found;
     }
     const handle = this.#materialise(key, true);
-    this.#keys.set(id, handle, 'session-object');
+    this.#keys.set(id, handle, 'session-object', key.keyMaterial);
     return handle;
   }
 

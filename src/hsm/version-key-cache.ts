@@ -9,13 +9,17 @@ export type CachedKeyKind = 'session-object' | 'token-object';
 interface Entry {
   readonly handle: Handle;
   readonly kind: CachedKeyKind;
+  /** How the version was kept when its handle was made (wrapped key or object id). */
+  readonly material: Buffer;
 }
 
 /**
- * Handles of CMK version keys, least recently used first, by `${keyId}:${version}`. A version's key never changes
- * (a root rotation rewraps the same key), so an entry stays good until its key is purged. Evicting or deleting an
- * entry destroys its object in the HSM if it is a session object; `clear({ destroy: false })` is for objects that
- * are already gone with their session (or handles that no longer mean anything).
+ * Handles of CMK version keys, least recently used first, by `${keyId}:${version}`, each with the kept material it was
+ * made from. A handle is only ever handed out for that material: a version number can name another key for a moment
+ * (two rotations raced, and the loser made its version before learning it lost), and a ciphertext sealed with the
+ * loser's key could never be opened. A root rotation rewraps the same key: its new material costs one miss.
+ * Evicting or deleting an entry destroys its object in the HSM if it is a session object; `clear({ destroy: false })`
+ * is for objects that are already gone with their session (or handles that no longer mean anything).
  */
 export class VersionKeyCache {
   readonly #capacity: number;
@@ -36,19 +40,23 @@ export class VersionKeyCache {
     return new Map([...this.#entries].map(([id, entry]) => [id, entry.handle]));
   }
 
-  get(id: string): Handle | undefined {
+  /** The handle made from `material`; undefined (and the entry dropped) if the entry was made from other material. */
+  get(id: string, material: Buffer): Handle | undefined {
     const entry = this.#entries.get(id);
-    if (entry !== undefined) {
-      // Map keeps insertion order: re-inserting makes this the most recently used.
-      this.#entries.delete(id);
-      this.#entries.set(id, entry);
+    if (entry === undefined) return undefined;
+    if (!entry.material.equals(material)) {
+      this.delete(id);
+      return undefined;
     }
-    return entry?.handle;
+    // Map keeps insertion order: re-inserting makes this the most recently used.
+    this.#entries.delete(id);
+    this.#entries.set(id, entry);
+    return entry.handle;
   }
 
-  set(id: string, handle: Handle, kind: CachedKeyKind): void {
+  set(id: string, handle: Handle, kind: CachedKeyKind, material: Buffer): void {
     this.delete(id);
-    this.#entries.set(id, { handle, kind });
+    this.#entries.set(id, { handle, kind, material: Buffer.from(material) });
     while (this.#entries.size > this.#capacity) {
       const oldest = this.#entries.keys().next().value as string;
       this.delete(oldest);

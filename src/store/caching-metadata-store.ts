@@ -230,6 +230,18 @@ export class CachingMetadataStore implements MetadataStore {
     return added;
   }
 
+  async setRotationPeriod(
+    projectId: string,
+    keyId: string,
+    expectedState: KeyState,
+    periodDays: number | null,
+    now: number,
+  ): Promise<KeyRecord | undefined> {
+    const updated = await this.#inner.setRotationPeriod(projectId, keyId, expectedState, periodDays, now);
+    this.#written();
+    return updated;
+  }
+
   listKeyRotations(keyId: string): Promise<KeyRotationRecord[]> {
     return this.#inner.listKeyRotations(keyId);
   }

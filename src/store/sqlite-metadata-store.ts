@@ -173,6 +173,8 @@ const ALIAS_COLUMNS = `project_id AS projectId, alias_name AS name, key_id AS ke
 const CREDENTIAL_COLUMNS = `access_key_id AS accessKeyId, project_id AS projectId, created_at AS createdAt,
   revoked_at AS revokedAt`;
 const VISIBLE = `state <> 'PendingCreation'`;
+/** Milliseconds in a day, for the rotation dates SQL computes. */
+const DAY_MS = 86_400_000;
 const KEY_ORDER = 'ORDER BY created_at, id';
 
 /** Parameters of a rewrap: the version as it was read (compare-and-set) and how it is kept now. */
@@ -197,9 +199,6 @@ interface UpdateParams {
   state: KeyState | null;
   setDeletionDate: 0 | 1;
   deletionDate: number | null;
-  setRotation: 0 | 1;
-  rotationPeriodDays: number | null;
-  nextRotationAt: number | null;
 }
 
 /** How long a statement waits for another process's write lock before SQLITE_BUSY. */
@@ -271,6 +270,10 @@ export class SqliteMetadataStore implements MetadataStore {
     (key: KeyRecord, version: KeyVersionRecord, change: RotationChange) => KeyRecord | 'conflict' | 'root-replaced'
   >;
   readonly #listKeyRotations: Database.Statement<[string], KeyRotationRecord>;
+  readonly #setRotationPeriod: Database.Statement<
+    [{ projectId: string; id: string; expectedState: KeyState; period: number | null; now: number }],
+    KeyRecord
+  >;
   readonly #listKeysDueForRotation: Database.Statement<[number, number], KeyRecord>;
   readonly #listKeysTx: Database.Transaction<(query: ListKeysQuery) => { keys: KeyRecord[]; total: number }>;
   /**
@@ -401,9 +404,7 @@ export class SqliteMetadataStore implements MetadataStore {
         alias_name = CASE WHEN @setAlias THEN @aliasName ELSE alias_name END,
         description = CASE WHEN @setDescription THEN @description ELSE description END,
         state = CASE WHEN @setState THEN @state ELSE state END,
-        deletion_date = CASE WHEN @setDeletionDate THEN @deletionDate ELSE deletion_date END,
-        rotation_period_days = CASE WHEN @setRotation THEN @rotationPeriodDays ELSE rotation_period_days END,
-        next_rotation_at = CASE WHEN @setRotation THEN @nextRotationAt ELSE next_rotation_at END
+        deletion_date = CASE WHEN @setDeletionDate THEN @deletionDate ELSE deletion_date END
       WHERE project_id = @projectId AND id = @id AND state = @expectedState
       RETURNING ${KEY_COLUMNS}`);
     this.#listKeysDueForDeletion = db.prepare(
@@ -484,12 +485,25 @@ export class SqliteMetadataStore implements MetadataStore {
     const insertRotatedVersion = db.prepare(`
       INSERT INTO key_versions (key_id, version, scheme, root_key_label, key_material, created_at, rotation_type)
       VALUES (@keyId, @version, @scheme, @rootKeyLabel, @keyMaterial, @createdAt, @rotationType)`);
-    // The compare-and-set: still Enabled, still at the version before. The next date is kept when not given.
+    // The compare-and-set: still Enabled, still at the version before; an automatic rotation still due (the schedule
+    // read by the caller may have been turned off or moved since), an on-demand one still within its quota. The next
+    // automatic date is computed here, from the period the key has now.
     const advanceVersion = db.prepare(`
       UPDATE keys SET current_version = @version, last_rotated_at = @at, rotations = rotations + 1,
-        on_demand_rotations = on_demand_rotations + @onDemand,
-        next_rotation_at = CASE WHEN @setNext THEN @nextRotationAt ELSE next_rotation_at END
+        on_demand_rotations = on_demand_rotations + (1 - @automatic),
+        next_rotation_at = CASE WHEN @automatic THEN @at + rotation_period_days * ${DAY_MS} ELSE next_rotation_at END
       WHERE id = @keyId AND state = 'Enabled' AND current_version = @version - 1
+        AND (@automatic = 0 OR (rotation_period_days IS NOT NULL AND next_rotation_at <= @at))
+        AND (@maxOnDemand IS NULL OR on_demand_rotations < @maxOnDemand)
+      RETURNING ${KEY_COLUMNS}`);
+    this.#setRotationPeriod = db.prepare(`
+      UPDATE keys SET
+        next_rotation_at = CASE
+          WHEN @period IS NULL THEN NULL
+          WHEN rotation_period_days IS NOT NULL THEN next_rotation_at + (@period - rotation_period_days) * ${DAY_MS}
+          ELSE @now + @period * ${DAY_MS} END,
+        rotation_period_days = @period
+      WHERE project_id = @projectId AND id = @id AND state = @expectedState
       RETURNING ${KEY_COLUMNS}`);
     this.#addKeyVersionTx = db.transaction((key: KeyRecord, version: KeyVersionRecord, change: RotationChange) => {
       if (key.keyStoreId === null && this.#isActiveRootKey.get(version.rootKeyLabel) === 0) return 'root-replaced';
@@ -497,9 +511,8 @@ export class SqliteMetadataStore implements MetadataStore {
         keyId: key.id,
         version: version.version,
         at: change.at,
-        onDemand: change.type === 'ON_DEMAND' ? 1 : 0,
-        setNext: change.nextRotationAt === undefined ? 0 : 1,
-        nextRotationAt: change.nextRotationAt ?? null,
+        automatic: change.type === 'AUTOMATIC' ? 1 : 0,
+        maxOnDemand: change.maxOnDemand ?? null,
       }) as KeyRecord | undefined;
       if (!advanced) return 'conflict';
       insertRotatedVersion.run({ ...version, rotationType: change.type });
@@ -510,7 +523,7 @@ export class SqliteMetadataStore implements MetadataStore {
         ORDER BY version`,
     );
     this.#listKeysDueForRotation = db.prepare(
-      `SELECT ${KEY_COLUMNS} FROM keys WHERE next_rotation_at IS NOT NULL AND next_rotation_at <= ?
+      `SELECT ${KEY_COLUMNS} FROM keys WHERE next_rotation_at <= ? AND rotation_period_days IS NOT NULL
         AND state = 'Enabled' ORDER BY next_rotation_at, id LIMIT ?`,
     );
     // A read transaction, so the page and the total come from the same snapshot.
@@ -708,9 +721,7 @@ export class SqliteMetadataStore implements MetadataStore {
     expectedState: KeyState,
     patch: KeyPatch,
   ): Promise<KeyRecord | undefined> {
-    const { alias, description, state, deletionDate, rotationPeriodDays, nextRotationAt } = patch;
-    // The period and the next date go together: both set, or both cleared.
-    const setRotation = rotationPeriodDays !== undefined || nextRotationAt !== undefined;
+    const { alias, description, state, deletionDate } = patch;
     const params: UpdateParams = {
       projectId,
       id: keyId,
@@ -724,9 +735,6 @@ export class SqliteMetadataStore implements MetadataStore {
       state: state ?? null,
       setDeletionDate: deletionDate === undefined ? 0 : 1,
       deletionDate: deletionDate ?? null,
-      setRotation: setRotation ? 1 : 0,
-      rotationPeriodDays: rotationPeriodDays ?? null,
-      nextRotationAt: nextRotationAt ?? null,
     };
     try {
       if (alias === undefined) return this.#updateKey.get(params);
@@ -891,6 +899,20 @@ export class SqliteMetadataStore implements MetadataStore {
   ): Promise<KeyRecord | 'conflict' | 'root-replaced'> {
     try {
       return this.#addKeyVersionTx.immediate(key, version, change);
+    } catch (error) {
+      throw storeError(error);
+    }
+  }
+
+  async setRotationPeriod(
+    projectId: string,
+    keyId: string,
+    expectedState: KeyState,
+    periodDays: number | null,
+    now: number,
+  ): Promise<KeyRecord | undefined> {
+    try {
+      return this.#setRotationPeriod.get({ projectId, id: keyId, expectedState, period: periodDays, now });
     } catch (error) {
       throw storeError(error);
     }

@@ -7,6 +7,7 @@ import { decodeFrame } from '../../src/core/ciphertext-blob.js';
 import type { KeyStoreRecord } from '../../src/core/key-stores.js';
 import { $Kms, type AlibabaKmsClient, alibabaClient } from '../support/alibaba-sdk.js';
 import { callCount, type KeyStoreTestService, startKeyStoreTestService } from '../support/key-stores.js';
+import { makeDue } from '../support/test-service.js';
 
 /**
  * Key rotation through the Alibaba dialect (issue 12 item 4), driven by the real Alibaba SDK: UpdateRotationPolicy,
@@ -321,8 +322,9 @@ describe('UpdateRotationPolicy and the rotation fields of DescribeKey', () => {
     const keyId = await newKey();
     await updateRotationPolicy(keyId, true, '90d');
     const before = await a.encrypt(new $Kms.EncryptRequest({ keyId, plaintext: 'before' }));
-    // What the primary's sweep calls for a due key (the scheduler's own tests move the clock).
-    const rotated = await ks.kms.running.services.keys.rotate(A, { kind: 'id', id: keyId }, 'AUTOMATIC', 0);
+    // Due now, and rotated as the primary's sweep does it (the scheduler's own tests move the clock instead).
+    makeDue(ks.kms.dataDir, keyId);
+    const rotated = await ks.kms.running.services.keys.rotateIfDue(A, { kind: 'id', id: keyId });
     expect(rotated?.currentVersion).toBe(1);
     const meta = await describeKey(keyId);
     expect(meta).toMatchObject({ automaticRotation: 'Enabled', primaryKeyVersion: keyVersionId(keyId, 1) });

@@ -35,6 +35,7 @@ import {
   startKeyStoreTestService,
   type TenantConnection,
 } from '../support/key-stores.js';
+import { makeDue } from '../support/test-service.js';
 
 const REGION = 'eu-west-1';
 const P = 'awsrotation';
@@ -240,8 +241,10 @@ describe('RotateKeyOnDemand and ListKeyRotations', () => {
     const keyId = await newKey();
     const before = Date.now();
     for (let n = 0; n < 3; n++) await kms.send(new RotateKeyOnDemandCommand({ KeyId: keyId }));
-    // A scheduled rotation, as the sweep makes it (the core's, the same call the service's timer makes).
-    await service.kms.running.services.keys.rotate(P, { kind: 'id', id: keyId }, 'AUTOMATIC');
+    // A scheduled rotation, due now, as the sweep makes it (the same call the service's timer makes).
+    await kms.send(new EnableKeyRotationCommand({ KeyId: keyId }));
+    makeDue(service.kms.dataDir, keyId);
+    expect(await service.kms.running.services.keys.rotateIfDue(P, { kind: 'id', id: keyId })).toBeDefined();
     const all = await kms.send(new ListKeyRotationsCommand({ KeyId: keyId }));
     expect(all.Truncated).toBe(false);
     expect(all.NextMarker).toBeUndefined();
@@ -286,7 +289,9 @@ describe('RotateKeyOnDemand and ListKeyRotations', () => {
 
   it('when a key has been rotated on demand 25 times, then the 26th is LimitExceededException, and scheduled rotations do not count', async () => {
     const keyId = await newKey();
-    await service.kms.running.services.keys.rotate(P, { kind: 'id', id: keyId }, 'AUTOMATIC');
+    await kms.send(new EnableKeyRotationCommand({ KeyId: keyId }));
+    makeDue(service.kms.dataDir, keyId);
+    expect(await service.kms.running.services.keys.rotateIfDue(P, { kind: 'id', id: keyId })).toBeDefined();
     for (let n = 0; n < 25; n++) await kms.send(new RotateKeyOnDemandCommand({ KeyId: keyId }));
     const err = await failure(kms.send(new RotateKeyOnDemandCommand({ KeyId: keyId })));
     expect(err).toBeInstanceOf(LimitExceededException);

@@ -40,13 +40,9 @@ const rotateOnDemand = (keyId: string) => kms.running.services.keys.rotate(P, { 
 
 /** The real sweep (KeyService.rotateDueKeys, as src/service.ts runs it) seen at `at`. */
 function rotationSweepAt(at: number): Promise<number> {
-  return new KeyService(
-    kms.running.hsm,
-    kms.running.store,
-    { now: () => at },
-    100,
-    kms.running.services.keyStores,
-  ).rotateDueKeys();
+  return new KeyService(kms.running.hsm, kms.running.store, { now: () => at }, 100, kms.running.services.keyStores)
+    .rotateDueKeys()
+    .then(({ rotated }) => rotated);
 }
 
 async function dataKey(keyId: string): Promise<{ cipherText: string; plainText: string }> {

@@ -27,6 +27,13 @@ function keyServiceAt(offsetMs: number): KeyService {
   return new KeyService(hsm, store, { now: () => Date.now() + offsetMs }, 100, services.keyStores);
 }
 
+/** How many keys the sweep rotates `offsetMs` ahead; it must report no failure. */
+async function sweepAt(offsetMs: number): Promise<number> {
+  const { rotated, failed } = await keyServiceAt(offsetMs).rotateDueKeys();
+  expect(failed).toEqual([]);
+  return rotated;
+}
+
 async function dataKey(keyId: string) {
   const made = await kms.call(P, 'create-datakey', { key_id: keyId, datakey_length: '256' });
   expect(made.status, JSON.stringify(made.body)).toBe(200);
@@ -70,14 +77,11 @@ describe('rotation', () => {
     expect(enabled.rotationPeriodDays).toBe(30);
     expect(enabled.nextRotationAt).toBeGreaterThan(Date.now() + 29 * DAY);
 
-    expect(await keyServiceAt(29 * DAY).rotateDueKeys()).toBe(0);
+    expect(await sweepAt(29 * DAY)).toBe(0);
     // Down for 100 days: due once, not three times over.
-    const [a, b] = await Promise.all([
-      keyServiceAt(100 * DAY).rotateDueKeys(),
-      keyServiceAt(100 * DAY).rotateDueKeys(),
-    ]);
+    const [a, b] = await Promise.all([sweepAt(100 * DAY), sweepAt(100 * DAY)]);
     expect(a + b).toBe(1);
-    expect(await keyServiceAt(100 * DAY).rotateDueKeys()).toBe(0);
+    expect(await sweepAt(100 * DAY)).toBe(0);
     const after = await keys().get(P, id(keyId));
     expect(after).toMatchObject({ currentVersion: 1, rotations: 1, onDemandRotations: 0 });
     // The next one is a period after this rotation, not after the missed date.
@@ -93,10 +97,10 @@ describe('rotation', () => {
     const off = await createKey(kms, P, 'rotation-off');
     await keys().enableRotation(P, id(off), 30);
     await keys().disableRotation(P, id(off));
-    expect(await keyServiceAt(40 * DAY).rotateDueKeys()).toBe(0);
+    expect(await sweepAt(40 * DAY)).toBe(0);
     expect((await keys().get(P, id(waiting))).currentVersion).toBe(0);
     await keys().enable(P, id(waiting));
-    expect(await keyServiceAt(40 * DAY).rotateDueKeys()).toBe(1);
+    expect(await sweepAt(40 * DAY)).toBe(1);
     expect((await keys().get(P, id(off))).currentVersion).toBe(0);
   });
 
@@ -106,6 +110,41 @@ describe('rotation', () => {
     await expect(keys().enableRotation(P, id(keyId), 2561)).rejects.toMatchObject({ code: 'InvalidParameter' });
     await keys().disable(P, id(keyId));
     await expect(keys().rotate(P, id(keyId), 'ON_DEMAND')).rejects.toMatchObject({ code: 'KeyDisabled' });
+  });
+
+  it('when the schedule changed after a sweep read the key, then its automatic rotation is refused and the schedule stays as changed', async () => {
+    const keyId = await createKey(kms, P, 'schedule-changed-meanwhile');
+    await keys().enableRotation(P, id(keyId), 30);
+    const asTheSweepRead = await keys().get(P, id(keyId));
+    await keys().disableRotation(P, id(keyId));
+    const { store } = kms.running;
+    const [root] = await store.listRootKeys();
+    const added = await store.addKeyVersion(
+      asTheSweepRead,
+      {
+        keyId,
+        version: 1,
+        scheme: 'kwp-v1',
+        rootKeyLabel: root?.label as string,
+        keyMaterial: Buffer.alloc(40),
+        createdAt: 0,
+      },
+      { type: 'AUTOMATIC', at: Date.now() + 40 * DAY },
+    );
+    expect(added).toBe('conflict');
+    expect(await keys().get(P, id(keyId))).toMatchObject({
+      currentVersion: 0,
+      rotationPeriodDays: null,
+      nextRotationAt: null,
+    });
+  });
+
+  it('when a key has had its quota of on-demand rotations, then another is refused and the key stays as it was', async () => {
+    const keyId = await createKey(kms, P, 'on-demand-quota');
+    await keys().rotate(P, id(keyId), 'ON_DEMAND', 2);
+    await keys().rotate(P, id(keyId), 'ON_DEMAND', 2);
+    await expect(keys().rotate(P, id(keyId), 'ON_DEMAND', 2)).rejects.toMatchObject({ code: 'RotationLimitExceeded' });
+    expect(await keys().get(P, id(keyId))).toMatchObject({ currentVersion: 2, onDemandRotations: 2 });
   });
 
   it('when a rotated key is deleted for good, then every version goes with it', async () => {

@@ -323,6 +323,17 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       expect((await hsm.decrypt(storedCopy(again), iv, ciphertextWithTag, aad)).toString()).toBe('under the kept key');
     });
 
+    it("when two versions share an id and number (a lost rotation race), then each is used with its own key, never the other's cached one", async () => {
+      const keyId = '35353535-3535-3535-3535-353535353535';
+      const winner = await newVersion(hsm, keyId);
+      // The loser made its version after the winner: its key is the one the adapter holds ready under that number.
+      const loser = await newVersion(hsm, keyId);
+      const { iv, ciphertextWithTag } = await hsm.encrypt(storedCopy(winner), Buffer.from('under the winner'), aad);
+      hsm.forget(keyId, 1);
+      expect((await hsm.decrypt(storedCopy(winner), iv, ciphertextWithTag, aad)).toString()).toBe('under the winner');
+      await expectInvalidCiphertext(hsm.decrypt(storedCopy(loser), iv, ciphertextWithTag, aad));
+    });
+
     it('when the kept material is not the size its scheme gives, then using the version throws InternalError', async () => {
       const real = await newVersion(hsm, '35353535-3535-3535-3535-353535353535');
       for (const [i, size] of [39, 41, 0].entries()) {

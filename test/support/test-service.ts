@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../../src/auth/local-issuer.js';
 import { loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
@@ -155,4 +156,17 @@ export async function createKey(service: TestService, projectId: string, alias: 
   const res = await service.call(projectId, 'create-key', { key_alias: alias });
   if (res.status !== 200) throw new Error(`create-key failed: ${res.status} ${JSON.stringify(res.body)}`);
   return res.body.key_info.key_id as string;
+}
+
+/**
+ * Makes the key's automatic rotation due now, as if its date had passed while the service ran (the schedule must be
+ * on): a test can then rotate it as the sweep does without moving any clock.
+ */
+export function makeDue(dataDir: string, keyId: string): void {
+  const db = new Database(path.join(dataDir, 'kms.db'));
+  try {
+    db.prepare('UPDATE keys SET next_rotation_at = 1 WHERE id = ? AND rotation_period_days IS NOT NULL').run(keyId);
+  } finally {
+    db.close();
+  }
 }

@@ -167,6 +167,12 @@ export const ALIBABA_ERROR_TABLE = {
   // Alibaba's keys kept HsmInternal in an instance do not rotate: UpdateRotationPolicy and CreateKeyVersion document
   // Rejected.UnsupportedOperation for keys that cannot; Recommend says why.
   RotationNotSupported: { code: 'Rejected.UnsupportedOperation', status: 400, message: 'Unsupported operation.' },
+  // No on-demand quota is passed through this dialect.
+  RotationLimitExceeded: {
+    code: 'Rejected.LimitExceeded',
+    status: 400,
+    message: 'The request was rejected because user create resource limit was exceeded',
+  },
   HsmUnavailable: { code: 'ServiceUnavailableTemporary', status: 503, message: 'Service Unavailable Temporary.' },
   InternalError: { code: 'InternalFailure', status: 500, message: 'Internal Failure' },
 } as const satisfies Record<KmsErrorCode, Mapping>;

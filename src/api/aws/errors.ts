@@ -77,6 +77,7 @@ export const AWS_ERROR_TABLE = {
   ConnectionInUse: { exception: 'CloudHsmClusterInUseException', status: 400 },
   ConnectionNotRelated: { exception: 'CloudHsmClusterNotRelatedException', status: 400 },
   RotationNotSupported: { exception: 'UnsupportedOperationException', status: 400 },
+  RotationLimitExceeded: { exception: 'LimitExceededException', status: 400 },
   HsmUnavailable: {
     exception: 'DependencyTimeoutException',
     status: 500,

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { KmsError } from '../../core/errors.js';
 import type { KeyRecord } from '../../core/keys.js';
 import type { Services } from '../huawei/context.js';
 import { AwsApiError, validationError } from './errors.js';
@@ -14,7 +15,7 @@ import { type Caller, integerInRange, keyArn, keyRef, parseBody } from './wire.j
  * sent (AWS removes it once the rotation completes; ListKeyRotations shows the completed one).
  */
 
-/** AWS's range for RotationPeriodInDays (the core allows 30–2560: Huawei's rotations may be shorter). */
+/** AWS's range for RotationPeriodInDays (the core allows 7–2560: Alibaba's and Huawei's may be shorter). */
 const MIN_PERIOD_DAYS = 90;
 const MAX_PERIOD_DAYS = 2560;
 const DEFAULT_PERIOD_DAYS = 365;
@@ -102,14 +103,19 @@ const getKeyRotationStatus: AwsOperation = async (services, caller, body) => {
 /** On-demand rotations leave the automatic schedule as it was (AWS's rule; the core keeps nextRotationAt). */
 const rotateKeyOnDemand: AwsOperation = async (services, caller, body) => {
   const { ref, key } = await rotatableKey(services, caller, parseBody(KeyOnly, body).KeyId, 'RotateKeyOnDemand');
-  if (key.onDemandRotations >= MAX_ON_DEMAND_ROTATIONS) {
-    throw new AwsApiError(
-      'LimitExceededException',
-      `${keyArn(key, caller)} has been rotated on demand ${MAX_ON_DEMAND_ROTATIONS} times, the most a key can be.`,
-    );
-  }
-  const rotated = await services.keys.rotate(caller.projectId, ref, 'ON_DEMAND');
-  return { KeyId: keyArn(rotated ?? key, caller) };
+  // The quota is enforced in the store's compare-and-set, so concurrent requests cannot overshoot it.
+  const rotated = await services.keys
+    .rotate(caller.projectId, ref, 'ON_DEMAND', MAX_ON_DEMAND_ROTATIONS)
+    .catch((err: unknown) => {
+      if (err instanceof KmsError && err.code === 'RotationLimitExceeded') {
+        throw new AwsApiError(
+          'LimitExceededException',
+          `${keyArn(key, caller)} has been rotated on demand ${MAX_ON_DEMAND_ROTATIONS} times, the most a key can be.`,
+        );
+      }
+      throw err;
+    });
+  return { KeyId: keyArn(rotated, caller) };
 };
 
 const ListKeyRotations = z

@@ -72,6 +72,8 @@ export const HUAWEI_ERROR_TABLE = {
   ConnectionNotFound: { errorCode: 'KMS.0308', status: 400 },
   ConnectionInUse: { errorCode: 'KMS.0308', status: 400 },
   ConnectionNotRelated: { errorCode: 'KMS.0308', status: 400 },
+  // Huawei has no on-demand rotation: never raised through this dialect.
+  RotationLimitExceeded: { errorCode: 'KMS.1105', status: 400 },
   RotationNotSupported: { errorCode: 'KMS.0338', status: 400, message: 'The custom keystore do not support rotation.' },
   HsmUnavailable: {
     errorCode: 'KMS.0104',

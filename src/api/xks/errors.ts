@@ -83,6 +83,7 @@ export const XKS_ERROR_TABLE = {
   ConnectionNotRelated: 'InternalException',
   // Key rotation is never asked for through XKS.
   RotationNotSupported: 'UnsupportedOperationException',
+  RotationLimitExceeded: 'UnsupportedOperationException',
   HsmUnavailable: 'DependencyTimeoutException',
   InternalError: 'InternalException',
 } as const satisfies Record<KmsErrorCode, XksErrorName>;
