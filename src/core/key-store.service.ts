@@ -104,11 +104,6 @@ export class KeyStoreService {
     this.#beforeConnected = hook;
   }
 
-  /** The connections offered to the project, by id. */
-  offersFor(projectId: string): ConnectionOffer[] {
-    return this.connector.offers.filter((offer) => offer.projects === undefined || offer.projects.includes(projectId));
-  }
-
   /**
    * A new store, DISCONNECTED, on a connection offered to the project. The PIN is sealed under the default HSM at
    * once. As on AWS, asking again for a disconnected store with the same name, connection and trust anchor gives the
@@ -326,8 +321,11 @@ export class KeyStoreService {
     await Promise.all([...this.#open.keys()].map((id) => this.#close(id)));
   }
 
+  /** The connection if it is offered to the project. */
   #offer(projectId: string, connectionId: string): ConnectionOffer {
-    const offer = this.offersFor(projectId).find((o) => o.id === connectionId);
+    const offer = this.connector.offers.find(
+      (o) => o.id === connectionId && (o.projects === undefined || o.projects.includes(projectId)),
+    );
     if (!offer) {
       throw new KmsError('ConnectionNotFound', `No HSM connection with id ${connectionId} is offered to this project.`);
     }

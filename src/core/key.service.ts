@@ -176,27 +176,21 @@ export class KeyService {
   async reconcilePendingCreation(): Promise<{ purged: number; waiting: number }> {
     let purged = 0;
     let waiting = 0;
-    const interrupted = new Map<string, KeyRecord & { keyStoreId: string }>();
+    /** The HSMs of the stores whose creations were interrupted, by store id. */
+    const interrupted = new Map<string, Hsm>();
     for (const key of await this.store.listPendingCreation()) {
-      const hsm = key.keyStoreId === null ? undefined : await this.hsmFor(key).catch(() => undefined);
-      if (key.keyStoreId !== null && !hsm) {
-        waiting++;
-        continue;
+      if (key.keyStoreId !== null) {
+        const hsm = await this.hsmFor(key).catch(() => undefined);
+        if (!hsm || !(await this.destroyTokenObjects(key, hsm))) {
+          waiting++;
+          continue;
+        }
+        interrupted.set(key.keyStoreId, hsm);
       }
-      if (hsm && !(await this.destroyTokenObjects(key, hsm))) {
-        waiting++;
-        continue;
-      }
-      if (key.keyStoreId !== null) interrupted.set(key.keyStoreId, { ...key, keyStoreId: key.keyStoreId });
       if (await this.store.purgePendingCreation(key.id)) purged++;
     }
     // A creation killed inside C_GenerateKey can leave a stub without the CKA_ID the record names (SoftHSM).
-    for (const key of interrupted.values()) {
-      await this.keyStores
-        .hsmFor(key)
-        .then((hsm) => hsm.destroyIncompleteTokenKeys())
-        .catch(() => 0);
-    }
+    for (const hsm of interrupted.values()) await hsm.destroyIncompleteTokenKeys().catch(() => 0);
     if (purged > 0) await this.store.erasePurged();
     return { purged, waiting };
   }
