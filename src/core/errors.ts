@@ -68,6 +68,8 @@ export const KMS_ERROR_CODES = [
   'RotationLimitExceeded',
   /** The key cannot be rotated where it is kept (token objects of a tenant's store). */
   'RotationNotSupported',
+  /** The project sent more requests of this class than its rate limit allows; retry after the time given. */
+  'Throttled',
   /** The HSM did not answer or reported a device failure; the request can be retried. */
   'HsmUnavailable',
   /** Anything unexpected. Logged in full, answered generically. */
@@ -81,12 +83,29 @@ export class KmsError extends Error {
   readonly code: KmsErrorCode;
   /** The key or alias the error is about (KeyNotFound), as the caller named it: AWS names it in its message. */
   readonly subject: KeyRef | undefined;
+  /** Whole seconds after which a retry may succeed, sent as `Retry-After`: set on Throttled, defaulted on HsmUnavailable. */
+  readonly retryAfterSeconds: number | undefined;
 
-  constructor(code: KmsErrorCode, message: string, options?: { cause?: unknown; subject?: KeyRef }) {
+  constructor(
+    code: KmsErrorCode,
+    message: string,
+    options?: { cause?: unknown; subject?: KeyRef; retryAfterSeconds?: number },
+  ) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.subject = options?.subject;
+    this.retryAfterSeconds =
+      options?.retryAfterSeconds ?? (code === 'HsmUnavailable' ? HSM_RETRY_AFTER_SECONDS : undefined);
   }
+}
+
+/** What a client is told to wait after an HSM failure: the session pool heals within seconds (docs/reliability.md). */
+export const HSM_RETRY_AFTER_SECONDS = 1;
+
+/** The `Retry-After` value (whole seconds, at least 1) for an error a client may retry; undefined for any other. */
+export function retryAfterOf(err: unknown): string | undefined {
+  if (!(err instanceof KmsError) || err.retryAfterSeconds === undefined) return undefined;
+  return String(Math.max(1, Math.ceil(err.retryAfterSeconds)));
 }
 
 /** Precondition check that narrows types; throws InvalidParameter with the given message. */

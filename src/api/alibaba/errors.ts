@@ -173,6 +173,8 @@ export const ALIBABA_ERROR_TABLE = {
     status: 400,
     message: 'The request was rejected because user create resource limit was exceeded',
   },
+  // Alibaba's limits page: a caller over its QPS quota gets HTTP 429 Rejected.Throttling.
+  Throttled: { code: 'Rejected.Throttling', status: 429, message: 'QPS Limit Exceeded.' },
   HsmUnavailable: { code: 'ServiceUnavailableTemporary', status: 503, message: 'Service Unavailable Temporary.' },
   InternalError: { code: 'InternalFailure', status: 500, message: 'Internal Failure' },
 } as const satisfies Record<KmsErrorCode, Mapping>;
@@ -203,6 +205,7 @@ const RECOMMENDATIONS: Readonly<Record<string, string>> = {
   UnsupportedHTTPMethod: 'Send the request as GET or POST.',
   InternalFailure: 'Retry the request.',
   ServiceUnavailableTemporary: 'Retry the request.',
+  'Rejected.Throttling': 'Send fewer requests per second: retry after the seconds given in Retry-After.',
 };
 
 /** The status and body for any error; `unexpected` is true when the error must be logged as a bug. */

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { SecretLookup } from '../../auth/sigv4.js';
 import { readBody } from '../../http/read-body.js';
+import { setRetryAfter } from '../../http/retry-after.js';
 import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
 import { ownEntry } from '../own-entry.js';
@@ -121,7 +122,10 @@ export function alibabaListener(services: Services, options: AlibabaOptions, log
       const { status, body, unexpected } = renderAlibabaError(err, requestId, HOST_ID.test(host) ? host : 'localhost');
       if (unexpected) logger.error('request failed', { dialect: 'alibaba', requestId, ...errorFields(err) });
       if (res.headersSent) res.destroy();
-      else send(res, status, body);
+      else {
+        setRetryAfter(res, err);
+        send(res, status, body);
+      }
     });
     return true;
   };

@@ -78,6 +78,11 @@ export const AWS_ERROR_TABLE = {
   ConnectionNotRelated: { exception: 'CloudHsmClusterNotRelatedException', status: 400 },
   RotationNotSupported: { exception: 'UnsupportedOperationException', status: 400 },
   RotationLimitExceeded: { exception: 'LimitExceededException', status: 400 },
+  Throttled: {
+    exception: 'ThrottlingException',
+    status: 400,
+    message: 'You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls.',
+  },
   HsmUnavailable: {
     exception: 'DependencyTimeoutException',
     status: 500,

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { authenticateSigV4, type SecretLookup } from '../../auth/sigv4.js';
 import { readBody } from '../../http/read-body.js';
+import { setRetryAfter } from '../../http/retry-after.js';
 import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
 import { ownEntry } from '../own-entry.js';
@@ -72,9 +73,12 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
     serve(req, res, requestId).catch((err: unknown) => {
       const { status, body, unexpected } = renderAwsError(err);
       if (unexpected) logger.error('request failed', { dialect: 'aws', requestId, ...errorFields(err) });
-      res.setHeader('x-amzn-ErrorType', body.__type);
       if (res.headersSent) res.destroy();
-      else send(res, status, requestId, body);
+      else {
+        res.setHeader('x-amzn-ErrorType', body.__type);
+        setRetryAfter(res, err);
+        send(res, status, requestId, body);
+      }
     });
     return true;
   };

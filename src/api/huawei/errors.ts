@@ -75,6 +75,12 @@ export const HUAWEI_ERROR_TABLE = {
   // Huawei has no on-demand rotation: never raised through this dialect.
   RotationLimitExceeded: { errorCode: 'KMS.1105', status: 400 },
   RotationNotSupported: { errorCode: 'KMS.0338', status: 400, message: 'The custom keystore do not support rotation.' },
+  // Huawei's API gateway answers a user over its rate limit with this (APIG's error table), before KMS sees it.
+  Throttled: {
+    errorCode: 'APIG.0308',
+    status: 429,
+    message: 'The throttling threshold has been reached: policy user over ratelimit.',
+  },
   HsmUnavailable: {
     errorCode: 'KMS.0104',
     status: 503,

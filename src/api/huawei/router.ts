@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type NextFunction, type Request, type Response, Router } from 'express';
 import { readBody } from '../../http/read-body.js';
+import { setRetryAfter } from '../../http/retry-after.js';
 import { errorFields, type Logger } from '../../logger.js';
 import { ownEntry } from '../own-entry.js';
 import { authenticate, type HuaweiAuthOptions } from './authenticate.js';
@@ -232,7 +233,10 @@ function failWith(logger: Logger) {
     const { status, body, unexpected } = renderHuaweiError(err);
     if (unexpected) logger.error('request failed', { method: req.method, path: req.url, ...errorFields(err) });
     if (res.headersSent) res.destroy();
-    else sendJson(res, status, body);
+    else {
+      setRetryAfter(res, err);
+      sendJson(res, status, body);
+    }
   };
 }
 

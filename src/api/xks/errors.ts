@@ -84,6 +84,7 @@ export const XKS_ERROR_TABLE = {
   // Key rotation is never asked for through XKS.
   RotationNotSupported: 'UnsupportedOperationException',
   RotationLimitExceeded: 'UnsupportedOperationException',
+  Throttled: 'ThrottlingException',
   HsmUnavailable: 'DependencyTimeoutException',
   InternalError: 'InternalException',
 } as const satisfies Record<KmsErrorCode, XksErrorName>;

@@ -3,6 +3,7 @@ import { authenticateSigV4, type SecretLookup } from '../../auth/sigv4.js';
 import { KmsError } from '../../core/errors.js';
 import type { XksService } from '../../core/xks.service.js';
 import { readBody } from '../../http/read-body.js';
+import { setRetryAfter } from '../../http/retry-after.js';
 import { errorFields, type Logger } from '../../logger.js';
 import { renderXksError, XksApiError } from './errors.js';
 import { XKS_OPERATIONS, type XksDeployment, type XksOperationName } from './operations.js';
@@ -113,7 +114,10 @@ export function xksListener(options: XksOptions, logger: Logger) {
         const { status, body, unexpected } = renderXksError(err);
         if (unexpected) logger.error('request failed', { dialect: 'xks', ...errorFields(err) });
         if (res.headersSent) res.destroy();
-        else send(res, status, body);
+        else {
+          setRetryAfter(res, err);
+          send(res, status, body);
+        }
         done(status, body.errorName);
       },
     );
