@@ -961,7 +961,9 @@ export class GrapheneHsm implements Hsm {
         }
       };
       try {
-        const result = await op(session, handleOf);
+        const pending = op(session, handleOf);
+        // Awaited only when asynchronous: the synchronous path keeps its one promise per operation.
+        const result = pending instanceof Promise ? await pending : pending;
         this.#pool.release(session);
         return result;
       } catch (err) {
