@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { DecryptCommand, EncryptCommand, KMSClient } from '@aws-sdk/client-kms';
-import type pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { answerLate, wrapAsyncEncrypt } from '../support/slow-hsm.js';
 import { createKey, startTestService, type TestService } from '../support/test-service.js';
 
 /**
@@ -36,29 +36,19 @@ afterAll(async () => {
   await kms?.destroy();
 });
 
-/**
- * Runs `body` while every asynchronous C_Encrypt of the service's HSM answers `delayMs` late (the real call is made
- * at once; only its answer waits), then restores the library's own method.
- */
+/** Runs `body` while every asynchronous C_Encrypt of the service's HSM answers `delayMs` late. */
 async function withSlowEncrypt<T>(delayMs: number, body: () => Promise<T>): Promise<T> {
-  const lib = kms.running.hsm.forTesting().lib;
-  const own = lib.C_Encrypt;
-  const real = own.bind(lib) as (...args: unknown[]) => unknown;
   let delayed = 0;
-  lib.C_Encrypt = ((...args: unknown[]) => {
-    const callback = args[3];
-    if (typeof callback !== 'function') return real(...args);
-    delayed++;
-    return real(...args.slice(0, 3), (err: unknown, data: unknown) => {
-      setTimeout(() => callback(err, data), delayMs);
-    });
-  }) as pkcs11js.PKCS11['C_Encrypt'];
+  const restore = wrapAsyncEncrypt(
+    kms.running.hsm.forTesting().lib,
+    answerLate(delayMs, () => delayed++),
+  );
   try {
     const result = await body();
     expect(delayed).toBeGreaterThan(0);
     return result;
   } finally {
-    lib.C_Encrypt = own;
+    restore();
   }
 }
 
