@@ -204,7 +204,9 @@ export class SessionPool {
         this.#refuseExpired(performance.now());
         this.#armTimer();
       },
-      Math.max(0, first.deadline - performance.now()),
+      // Rounded up: Node counts whole milliseconds from the loop's cached clock, so a timer may fire a little early
+      // and is then set again for what is left.
+      Math.max(1, Math.ceil(first.deadline - performance.now())),
     ).unref();
   }
 
