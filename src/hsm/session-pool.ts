@@ -68,7 +68,7 @@ export class SessionPool {
     return { idle: this.#idle.length, leased: this.#leased.size, waiting: this.#waiters.length };
   }
 
-  /** An idle session, a newly opened one while below size, or undefined when all are leased. */
+  /** An idle session, a newly opened one while below size, or undefined when all are leased or callers wait. */
   tryAcquire(): Handle | undefined {
     if (this.#closed) throw closedError();
     // Callers already waiting come first: a newcomer must not overtake them when a session is about to be handed on.
