@@ -2,10 +2,12 @@
  * In-process benchmark of the GrapheneHsm adapter (src/hsm/graphene-hsm.ts) on a throw-away SoftHSM token: what the
  * HSM side of a request costs without HTTP, Express, JSON or SQLite.
  *
- *   node --import tsx bench/hsm-micro.bench.ts [--seconds 3] [--rounds 3] [--cached 10000]
+ *   node --import tsx bench/hsm-micro.bench.ts [--seconds 3] [--rounds 3] [--cached 10000] [--async-calls]
  *
  * One Node thread, calls awaited one after another (the adapter's calls are synchronous PKCS#11 calls behind a
  * promise, so this is also the cost per request on the event loop). Prints ops/s, the median of `rounds` rounds.
+ * `--async-calls` opens the adapter with KMS_HSM_ASYNC_CALLS' setting: GCM's C_Encrypt / C_Decrypt then go through
+ * pkcs11js's callback variants (a libuv thread and back per call).
  */
 import { randomBytes, randomInt, randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
@@ -21,6 +23,7 @@ const { values: opts } = parseArgs({
     seconds: { type: 'string', default: '3' },
     rounds: { type: 'string', default: '3' },
     cached: { type: 'string', default: '10000' },
+    'async-calls': { type: 'boolean', default: false },
   },
 });
 const SECONDS = Number(opts.seconds);
@@ -69,6 +72,7 @@ async function main() {
     poolSize: 4,
     keyCacheSize: CACHED,
     createTokenKeysIfMissing: true,
+    asyncCalls: opts['async-calls'],
   });
   try {
     await hsm.ensureRootKey(ROOT_KEY_LABEL);
@@ -156,7 +160,7 @@ async function main() {
     ]);
     const m = machine();
     const lines = [
-      `GrapheneHsm in-process, one thread, sequential awaits; ${m.nproc} cores, Node ${m.node}, SoftHSM ${m.softhsm2}`,
+      `GrapheneHsm in-process (${opts['async-calls'] ? 'asynchronous' : 'synchronous'} calls), one thread, sequential awaits; ${m.nproc} cores, Node ${m.node}, SoftHSM ${m.softhsm2}`,
       `median of ${ROUNDS} rounds of ${SECONDS} s; creating the first ${CACHED} versions took ${fillSeconds.toFixed(1)} s (${(CACHED / fillSeconds).toFixed(0)}/s)`,
       '',
       '| operation | ops/s (median) | µs/op | rounds |',

@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { CONNECTION_ID_PATTERN } from './core/key-stores.js';
 import { PROFILE_NAMES, type ProfileName } from './hsm/hsm-profiles.js';
 import type { HsmConnection } from './hsm/key-store-connector.js';
+import { DEFAULT_SESSION_WAIT_MS } from './hsm/session-pool.js';
 import { readTlsCredentials, type TlsSettings } from './http/tls-credentials.js';
 
 /**
@@ -25,6 +26,8 @@ const EnvSchema = z.object({
   KMS_PIN: z.string().min(1).optional(),
   KMS_PIN_FILE: z.string().min(1).optional(),
   KMS_HSM_POOL_SIZE: intFrom(1, 64).default(4),
+  KMS_HSM_SESSION_WAIT_MS: intFrom(1, 600_000).default(DEFAULT_SESSION_WAIT_MS),
+  KMS_HSM_ASYNC_CALLS: z.enum(['true', 'false']).optional(),
   KMS_KEY_CACHE_SIZE: intFrom(16, 1_000_000).default(10_000),
   KMS_DB_PATH: z.string().min(1).optional(),
   KMS_CMK_QUOTA: intFrom(1, 10_000_000).default(100_000),
@@ -95,6 +98,10 @@ export interface Config {
     readonly tokenLabel: string;
     readonly pin: string;
     readonly poolSize: number;
+    /** How long an operation waits for a busy pool session before it answers HsmUnavailable. */
+    readonly sessionWaitMs: number;
+    /** Hot-path PKCS#11 calls off the event loop; undefined: as the profile says (true for cloudhsm only). */
+    readonly asyncCalls: boolean | undefined;
     readonly keyCacheSize: number;
   };
   /** The HSM connections tenants may create key stores on (KMS_KEY_STORE_CONNECTIONS_FILE); none by default. */
@@ -159,6 +166,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       tokenLabel: e.KMS_TOKEN_LABEL,
       pin: readPin(e.KMS_PIN, e.KMS_PIN_FILE),
       poolSize: e.KMS_HSM_POOL_SIZE,
+      sessionWaitMs: e.KMS_HSM_SESSION_WAIT_MS,
+      asyncCalls: e.KMS_HSM_ASYNC_CALLS === undefined ? undefined : e.KMS_HSM_ASYNC_CALLS === 'true',
       keyCacheSize: e.KMS_KEY_CACHE_SIZE,
     }),
     keyStoreConnections: e.KMS_KEY_STORE_CONNECTIONS_FILE

@@ -3,6 +3,7 @@ import { KmsError } from '../core/errors.js';
 import type { GcmSealed } from '../core/ports.js';
 import type { HsmProfile } from './hsm-profiles.js';
 import { GCM_IV_BYTES, GCM_TAG_BYTES, gcmMechanism } from './key-templates.js';
+import { pkcs11Async } from './pkcs11-async.js';
 import { toKmsError } from './pkcs11-errors.js';
 
 type Handle = Buffer;
@@ -29,19 +30,62 @@ export function gcmEncrypt(
   plaintext: Buffer,
   aad: Buffer,
 ): GcmSealed {
+  const { iv, out } = beginGcmEncrypt(lib, session, profile, key, plaintext, aad);
+  let ciphertextWithTag: Buffer;
+  try {
+    ciphertextWithTag = lib.C_Encrypt(session, plaintext, out);
+  } catch (err) {
+    throw toKmsError(err, 'C_Encrypt');
+  }
+  return sealedWith(profile, iv, ciphertextWithTag);
+}
+
+/**
+ * gcmEncrypt with C_Encrypt made through pkcs11js's callback variant (C_EncryptInit has none and stays synchronous).
+ * The session stays busy until the module answers; `iv`, which a module-writes-piv module fills in at C_Encrypt,
+ * and `plaintext` stay referenced until then.
+ */
+export async function gcmEncryptAsync(
+  lib: pkcs11js.PKCS11,
+  session: Handle,
+  profile: HsmProfile,
+  key: Handle,
+  plaintext: Buffer,
+  aad: Buffer,
+): Promise<GcmSealed> {
+  const { iv, out } = beginGcmEncrypt(lib, session, profile, key, plaintext, aad);
+  let ciphertextWithTag: Buffer;
+  try {
+    ciphertextWithTag = await pkcs11Async<Buffer>((done) => lib.C_Encrypt(session, plaintext, out, done));
+  } catch (err) {
+    throw toKmsError(err, 'C_Encrypt');
+  }
+  return sealedWith(profile, iv, ciphertextWithTag);
+}
+
+/** Checks the length, makes the IV as the profile says and starts the operation: what is left is one C_Encrypt. */
+function beginGcmEncrypt(
+  lib: pkcs11js.PKCS11,
+  session: Handle,
+  profile: HsmProfile,
+  key: Handle,
+  plaintext: Buffer,
+  aad: Buffer,
+): { iv: Buffer; out: Buffer } {
   checkGcmPlaintextLength(profile, plaintext.length);
   const iv = Buffer.alloc(GCM_IV_BYTES);
   let fn = 'C_GenerateRandom';
-  let ciphertextWithTag: Buffer;
   try {
     if (profile.ivMode === 'host-random') lib.C_GenerateRandom(session, iv);
     fn = 'C_EncryptInit';
     lib.C_EncryptInit(session, gcmMechanism(iv, aad), key);
-    fn = 'C_Encrypt';
-    ciphertextWithTag = lib.C_Encrypt(session, plaintext, Buffer.alloc(plaintext.length + GCM_TAG_BYTES));
   } catch (err) {
     throw toKmsError(err, fn);
   }
+  return { iv, out: Buffer.alloc(plaintext.length + GCM_TAG_BYTES) };
+}
+
+function sealedWith(profile: HsmProfile, iv: Buffer, ciphertextWithTag: Buffer): GcmSealed {
   // A module that leaves the IV zero did not make one: every message would then share it, so refuse the result.
   if (iv.every((byte) => byte === 0)) {
     throw new KmsError('InternalError', `The module returned no GCM IV (profile ${profile.name}: ${profile.ivMode}).`);

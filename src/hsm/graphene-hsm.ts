@@ -6,7 +6,7 @@ import { KmsError, needs } from '../core/errors.js';
 import type { KeptKeyVersion } from '../core/keys.js';
 import type { CmkVersionRef, GcmSealed, Hsm } from '../core/ports.js';
 import { TokenNotReached } from './connection-errors.js';
-import { checkGcmPlaintextLength, gcmEncrypt } from './gcm.js';
+import { checkGcmPlaintextLength, gcmEncrypt, gcmEncryptAsync } from './gcm.js';
 import { DEFAULT_STARTUP_RETRY, type HsmConfig } from './hsm-config.js';
 import { chooseProfile, type HsmProfile } from './hsm-profiles.js';
 import {
@@ -30,6 +30,7 @@ import {
   versionKeyTemplate,
   WRAPPED_AES_256_BYTES,
 } from './key-templates.js';
+import { pkcs11Async } from './pkcs11-async.js';
 import {
   ckrOf,
   isKeyHandleFailure,
@@ -40,7 +41,7 @@ import {
 } from './pkcs11-errors.js';
 import { acquireLibrary, type Pkcs11Library } from './pkcs11-library.js';
 import { runSelfTest } from './self-test.js';
-import { SessionPool } from './session-pool.js';
+import { DEFAULT_SESSION_WAIT_MS, SessionPool, type SessionPoolState } from './session-pool.js';
 import { VersionKeyCache } from './version-key-cache.js';
 
 export type { HsmConfig } from './hsm-config.js';
@@ -157,6 +158,10 @@ export interface GrapheneHsmTestHooks {
   readonly anchorSession: Handle | undefined;
   /** Pool sessions not in use right now. */
   readonly idleSessions: readonly Handle[];
+  /** How many pool sessions are idle and leased, and how many callers wait for one. */
+  readonly poolState: SessionPoolState;
+  /** Whether the hot-path calls go through pkcs11js's callback variants (HsmConfig.asyncCalls, or the profile's). */
+  readonly asyncCalls: boolean;
   /** CMK version key handles by `${keyId}:${version}`, least recently used first. */
   readonly versionKeys: ReadonlyMap<string, Handle>;
   readonly profile: HsmProfile;
@@ -174,7 +179,10 @@ export interface GrapheneHsmTestHooks {
  *   closing the last session logs out. The anchor also owns the CMK version keys (session objects die with the
  *   session that created them).
  * - `poolSize` further sessions run encrypt, decrypt and random with synchronous calls (faster than pkcs11js's
- *   async variants for small data on SoftHSM).
+ *   async variants for small data on SoftHSM), or, with `asyncCalls` (a network HSM), GCM's C_Encrypt / C_Decrypt
+ *   and the credential C_Sign through pkcs11js's callback variants, so that the event loop serves other requests
+ *   while the module works; a session then stays leased until the module answers, and a caller finding every
+ *   session busy waits at most `sessionWaitMs` (src/hsm/session-pool.ts).
  * - A CMK version is never a token object: its key is kept wrapped under a root key (scheme kwp-v1), unwrapped on
  *   first use into a non-extractable session object, and its handle cached within the profile's session-key budget.
  * - On a tenant's key store (a token of its own), a CMK version may instead be a token object (scheme
@@ -202,6 +210,8 @@ export class GrapheneHsm implements Hsm {
   readonly #tokenKeys = new Map<TokenKeyName, Handle>();
   readonly #keys: VersionKeyCache;
   readonly #pool: SessionPool;
+  /** Whether the hot-path calls go through pkcs11js's callback variants: see the class comment. */
+  readonly #async: boolean;
   #closed = false;
 
   private constructor(library: Pkcs11Library, slot: Handle, config: HsmConfig, profile: HsmProfile) {
@@ -213,8 +223,10 @@ export class GrapheneHsm implements Hsm {
     this.#profile = profile;
     const budget = Math.min(config.keyCacheSize, profile.sessionKeyBudget);
     this.#keys = new VersionKeyCache(budget, (handle) => this.#destroyQuietly(handle));
+    this.#async = config.asyncCalls ?? profile.asyncCalls;
     this.#pool = new SessionPool(
       config.poolSize,
+      config.sessionWaitMs ?? DEFAULT_SESSION_WAIT_MS,
       () => this.#openSession(),
       (session) => this.#closeQuietly(session),
     );
@@ -222,6 +234,10 @@ export class GrapheneHsm implements Hsm {
 
   static async open(config: HsmConfig): Promise<GrapheneHsm> {
     needs(Number.isInteger(config.poolSize) && config.poolSize >= 1, 'poolSize must be a positive integer.');
+    needs(
+      config.sessionWaitMs === undefined || (Number.isInteger(config.sessionWaitMs) && config.sessionWaitMs >= 1),
+      'sessionWaitMs must be a positive integer.',
+    );
     needs(
       Number.isInteger(config.keyCacheSize) && config.keyCacheSize >= 1,
       'keyCacheSize must be a positive integer.',
@@ -504,9 +520,12 @@ export class GrapheneHsm implements Hsm {
     needs(plaintext.length > 0, 'The plaintext must not be empty.');
     // Before #run: a refused plaintext must cost no session and no unwrap of the version's key.
     checkGcmPlaintextLength(this.#profile, plaintext.length);
-    return this.#run(key, (session, keyHandle) =>
-      gcmEncrypt(this.#lib, session, this.#profile, keyHandle, plaintext, aad),
-    );
+    return this.#run(key, (session, keyHandle) => this.#gcmEncrypt(session, keyHandle, plaintext, aad));
+  }
+
+  #gcmEncrypt(session: Handle, keyHandle: Handle, plaintext: Buffer, aad: Buffer): GcmSealed | Promise<GcmSealed> {
+    const encrypt = this.#async ? gcmEncryptAsync : gcmEncrypt;
+    return encrypt(this.#lib, session, this.#profile, keyHandle, plaintext, aad);
   }
 
   async decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer): Promise<Buffer> {
@@ -526,11 +545,11 @@ export class GrapheneHsm implements Hsm {
     toAad: Buffer,
   ): Promise<GcmSealed> {
     this.#checkOurCiphertext(iv, ciphertextWithTag);
-    return this.#onPoolSession((session, handleOf) => {
+    return this.#onPoolSession(async (session, handleOf) => {
       const out = Buffer.alloc(ciphertextWithTag.length);
       try {
-        const plaintext = this.#decryptOn(session, handleOf(from), iv, ciphertextWithTag, fromAad, out);
-        return gcmEncrypt(this.#lib, session, this.#profile, handleOf(to), plaintext, toAad);
+        const plaintext = await this.#decryptOn(session, handleOf(from), iv, ciphertextWithTag, fromAad, out);
+        return await this.#gcmEncrypt(session, handleOf(to), plaintext, toAad);
       } finally {
         out.fill(0);
       }
@@ -565,7 +584,8 @@ export class GrapheneHsm implements Hsm {
 
   /**
    * AES-GCM decryption on the session into `out` (which must hold the whole input, tag included: SoftHSM answers
-   * CKR_BUFFER_TOO_SMALL otherwise); the plaintext is the start of `out`.
+   * CKR_BUFFER_TOO_SMALL otherwise); the plaintext is the start of `out`. With asynchronous calls, C_Decrypt runs
+   * on the libuv pool: the caller keeps `out` (and zeroes it) only after the promise settles.
    */
   #decryptOn(
     session: Handle,
@@ -574,20 +594,31 @@ export class GrapheneHsm implements Hsm {
     ciphertextWithTag: Buffer,
     aad: Buffer,
     out: Buffer,
-  ): Buffer {
+  ): Buffer | Promise<Buffer> {
     let fn = 'C_DecryptInit';
     try {
       this.#lib.C_DecryptInit(session, gcmMechanism(iv, aad), keyHandle);
       fn = 'C_Decrypt';
+      if (this.#async) {
+        return pkcs11Async<Buffer>((done) => this.#lib.C_Decrypt(session, ciphertextWithTag, out, done)).catch(
+          (err: unknown) => {
+            throw this.#decryptFailure(err, 'C_Decrypt');
+          },
+        );
+      }
       return this.#lib.C_Decrypt(session, ciphertextWithTag, out);
     } catch (err) {
-      // Modules disagree on the code of a tag mismatch: the profile names this module's (any ends the operation).
-      const code = ckrOf(err);
-      if (fn === 'C_Decrypt' && code !== undefined && this.#profile.tagFailureCodes.includes(code)) {
-        throw invalidCiphertext(err);
-      }
-      throw toKmsError(err, fn);
+      throw this.#decryptFailure(err, fn);
     }
+  }
+
+  /** Modules disagree on the code of a tag mismatch: the profile names this module's (any ends the operation). */
+  #decryptFailure(err: unknown, fn: string): KmsError {
+    const code = ckrOf(err);
+    if (fn === 'C_Decrypt' && code !== undefined && this.#profile.tagFailureCodes.includes(code)) {
+      return invalidCiphertext(err);
+    }
+    return toKmsError(err, fn);
   }
 
   async credentialSecret(accessKeyId: string): Promise<Buffer> {
@@ -598,12 +629,14 @@ export class GrapheneHsm implements Hsm {
       );
     }
     const data = credentialMacInput(accessKeyId);
-    return this.#run(CREDENTIAL_KEY, (session, keyHandle) => {
+    return this.#run(CREDENTIAL_KEY, async (session, keyHandle) => {
       let fn = 'C_SignInit';
       try {
         this.#lib.C_SignInit(session, HMAC_SHA256_MECHANISM, keyHandle);
         fn = 'C_Sign';
-        return this.#lib.C_Sign(session, data, Buffer.alloc(CREDENTIAL_MAC_BYTES));
+        const mac = Buffer.alloc(CREDENTIAL_MAC_BYTES);
+        if (!this.#async) return this.#lib.C_Sign(session, data, mac);
+        return await pkcs11Async<Buffer>((done) => this.#lib.C_Sign(session, data, mac, done));
       } catch (err) {
         throw toKmsError(err, fn);
       }
@@ -612,9 +645,7 @@ export class GrapheneHsm implements Hsm {
 
   async sealSecret(plaintext: Buffer, aad: Buffer): Promise<GcmSealed> {
     needs(plaintext.length > 0, 'The secret must not be empty.');
-    return this.#run(SECRET_SEALING_KEY, (session, keyHandle) =>
-      gcmEncrypt(this.#lib, session, this.#profile, keyHandle, plaintext, aad),
-    );
+    return this.#run(SECRET_SEALING_KEY, (session, keyHandle) => this.#gcmEncrypt(session, keyHandle, plaintext, aad));
   }
 
   async openSecret(sealed: GcmSealed, aad: Buffer): Promise<Buffer> {
@@ -627,10 +658,12 @@ export class GrapheneHsm implements Hsm {
 
   async close(): Promise<void> {
     if (this.#closed) return;
-    // Nothing is destroyed or closed if the library was initialised again since: see #destroyQuietly.
-    this.#keys.clear({ destroy: true });
     this.#closed = true;
     this.#pool.closeAll();
+    // Asynchronous calls still running (asyncCalls) use their sessions and keys: let them finish first.
+    await this.#pool.drained();
+    // Nothing is destroyed or closed if the library was initialised again since: see #destroyQuietly.
+    this.#keys.clear({ destroy: true });
     if (this.#anchor !== undefined) this.#closeQuietly(this.#anchor);
     this.#anchor = undefined;
     this.#forgetTokenKeys();
@@ -652,6 +685,10 @@ export class GrapheneHsm implements Hsm {
       get idleSessions() {
         return hsm.#pool.idleSessions;
       },
+      get poolState() {
+        return hsm.#pool.state;
+      },
+      asyncCalls: this.#async,
       get versionKeys() {
         return hsm.#keys.handles();
       },
@@ -890,7 +927,7 @@ export class GrapheneHsm implements Hsm {
    * Runs `op` on a pool session with the key handle of the CMK version or the token key (or none). See
    * #onPoolSession.
    */
-  #run<T>(key: KeySource | undefined, op: (session: Handle, keyHandle: Handle) => T): Promise<T> {
+  #run<T>(key: KeySource | undefined, op: (session: Handle, keyHandle: Handle) => T | Promise<T>): Promise<T> {
     return this.#onPoolSession((session, handleOf) => op(session, key === undefined ? NO_KEY : handleOf(key)));
   }
 
@@ -899,9 +936,10 @@ export class GrapheneHsm implements Hsm {
    * that saw an error is never reused (CKR_BUFFER_TOO_SMALL and CKR_ARGUMENTS_BAD leave its operation active).
    * Retries once after a session failure (on a new session) or a stale key handle (that of the key `op` asked for
    * last, which is the one its failing call was using: brought back or looked up again). A key that cannot be brought
-   * back fails the call at once, and the session goes back to the pool.
+   * back fails the call at once, and the session goes back to the pool. An asynchronous `op` keeps the session until
+   * it settles: no other operation runs on it meanwhile.
    */
-  async #onPoolSession<T>(op: (session: Handle, handleOf: (key: KeySource) => Handle) => T): Promise<T> {
+  async #onPoolSession<T>(op: (session: Handle, handleOf: (key: KeySource) => Handle) => T | Promise<T>): Promise<T> {
     this.#assertOpen();
     for (let attempt = 0; ; attempt++) {
       this.#followLibrary();
@@ -923,7 +961,9 @@ export class GrapheneHsm implements Hsm {
         }
       };
       try {
-        const result = op(session, handleOf);
+        const pending = op(session, handleOf);
+        // Awaited only when asynchronous: the synchronous path keeps its one promise per operation.
+        const result = pending instanceof Promise ? await pending : pending;
         this.#pool.release(session);
         return result;
       } catch (err) {

@@ -18,6 +18,17 @@ export interface HsmConfig {
   /** Number of read-write sessions used for encrypt, decrypt and random. */
   readonly poolSize: number;
   /**
+   * How long an operation waits for a pool session when all are busy before it fails with HsmUnavailable
+   * (default DEFAULT_SESSION_WAIT_MS, src/hsm/session-pool.ts). Sessions are busy across an await only with
+   * `asyncCalls`.
+   */
+  readonly sessionWaitMs?: number | undefined;
+  /**
+   * Whether GCM encrypt and decrypt and the credential HMAC run through pkcs11js's callback variants, on the libuv
+   * thread pool, so that a slow (network) HSM does not stall the event loop; undefined: the profile's `asyncCalls`.
+   */
+  readonly asyncCalls?: boolean | undefined;
+  /**
    * Number of CMK version keys kept as session objects (least recently used ones are destroyed); capped at the
    * profile's session-key budget.
    */

@@ -32,6 +32,12 @@ export interface HsmProfile {
    * this). Per process: with KMS_WORKERS=n the service holds up to n times as many.
    */
   readonly sessionKeyBudget: number;
+  /**
+   * Whether the hot-path calls (GCM C_Encrypt / C_Decrypt, the credential C_Sign) go through pkcs11js's callback
+   * variants by default (KMS_HSM_ASYNC_CALLS overrides): worth it where each call is a network round trip; slower
+   * than a direct call for a library that answers in microseconds (docs/performance.md).
+   */
+  readonly asyncCalls: boolean;
   /** For operators: what the module needs in C_Initialize and in the PIN (never read by code). */
   readonly notes: string;
 }
@@ -66,6 +72,7 @@ export const HSM_PROFILES: Readonly<Record<ProfileName, HsmProfile>> = {
     // A bad tag is CKR_GENERAL_ERROR here: on any other module that code is a device fault.
     tagFailureCodes: [pkcs11js.CKR_GENERAL_ERROR, ...STANDARD_TAG_FAILURES],
     sessionKeyBudget: 100_000,
+    asyncCalls: false,
     notes: 'SOFTHSM2_CONF names the token directory; no library parameters.',
   },
   /** NSS softokn 3.87 (Debian libnss3), tested here. */
@@ -80,6 +87,7 @@ export const HSM_PROFILES: Readonly<Record<ProfileName, HsmProfile>> = {
     templatesMayFreeze: true,
     tagFailureCodes: STANDARD_TAG_FAILURES,
     sessionKeyBudget: 100_000,
+    asyncCalls: false,
     notes:
       "C_Initialize needs KMS_PKCS11_INIT_PARAMS=\"configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='' flags=\".",
   },
@@ -101,6 +109,8 @@ export const HSM_PROFILES: Readonly<Record<ProfileName, HsmProfile>> = {
     // 3,300 keys per hsm1.medium cluster, token keys and other applications' keys included, and session keys live
     // on one HSM of the cluster: 500 per process leaves room for a few workers.
     sessionKeyBudget: 500,
+    // Every call is a round trip to the cluster: made synchronously, one slow answer would stall every request.
+    asyncCalls: true,
     notes: 'The PIN is "<crypto user>:<password>".',
   },
   /** Any other module: PKCS#11 v3.0's number for RFC 5649 and the standard codes, nothing else assumed. */
@@ -114,6 +124,7 @@ export const HSM_PROFILES: Readonly<Record<ProfileName, HsmProfile>> = {
     templatesMayFreeze: true,
     tagFailureCodes: STANDARD_TAG_FAILURES,
     sessionKeyBudget: 1_000,
+    asyncCalls: false,
     notes: 'Set KMS_PKCS11_INIT_PARAMS if the module needs library parameters.',
   },
 };

@@ -31,14 +31,23 @@ import {
   UNWRAPPED_KEY_HISTORY,
 } from './hsm-fixtures.js';
 
-describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
+/**
+ * Every provider with synchronous calls and with pkcs11js's callback variants (KMS_HSM_ASYNC_CALLS): the asynchronous
+ * path must keep every guarantee of the synchronous one, and make the same bytes.
+ */
+const CASES = TOKEN_PROVIDERS.flatMap((provider) => [
+  { provider, calls: 'synchronous', asyncCalls: false },
+  { provider, calls: 'asynchronous', asyncCalls: true },
+]);
+
+describe.each(CASES)('on $provider with $calls calls', ({ provider, asyncCalls }) => {
   const facts = MODULE_FACTS[provider];
   let token: AnyTestToken;
   let hsm: GrapheneHsm;
 
   beforeAll(async () => {
     token = createTestToken(provider);
-    hsm = await openHsmWithRoot(token);
+    hsm = await openHsmWithRoot(token, { asyncCalls });
   });
 
   afterAll(async () => {
@@ -49,9 +58,9 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
   const aad = Buffer.from('encryption context');
 
   /** Closes the adapter and opens a new one on the same token, as a service restart does. */
-  async function restart(): Promise<void> {
+  async function restart(overrides: { asyncCalls?: boolean } = {}): Promise<void> {
     await hsm.close();
-    hsm = await openHsm(token, { createTokenKeysIfMissing: false });
+    hsm = await openHsm(token, { createTokenKeysIfMissing: false, asyncCalls, ...overrides });
   }
 
   async function expectInvalidCiphertext(promise: Promise<unknown>): Promise<void> {
@@ -123,6 +132,25 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
       const [first, second] = sealed as [(typeof sealed)[0], (typeof sealed)[0]];
       await expectInvalidCiphertext(hsm.decrypt(key, second.iv, first.ciphertextWithTag, aad));
       expect((await hsm.decrypt(key, first.iv, first.ciphertextWithTag, aad)).equals(plaintext)).toBe(true);
+    });
+
+    it('when the adapter opens, then it makes the calls it was told to make', () => {
+      expect(hsm.forTesting().asyncCalls).toBe(asyncCalls);
+    });
+
+    it('when a ciphertext is made with one kind of calls, then the adapter with the other kind opens it, and the other way round', async () => {
+      const plaintext = randomBytes(4096);
+      const sealed = await hsm.encrypt(key, plaintext, aad);
+      await restart({ asyncCalls: !asyncCalls });
+      try {
+        expect(hsm.forTesting().asyncCalls).toBe(!asyncCalls);
+        expect((await hsm.decrypt(key, sealed.iv, sealed.ciphertextWithTag, aad)).equals(plaintext)).toBe(true);
+        const back = await hsm.encrypt(key, plaintext, aad);
+        await restart();
+        expect((await hsm.decrypt(key, back.iv, back.ciphertextWithTag, aad)).equals(plaintext)).toBe(true);
+      } finally {
+        if (hsm.forTesting().asyncCalls !== asyncCalls) await restart();
+      }
     });
 
     it('when the AAD is empty, then the round trip still works', async () => {
@@ -221,7 +249,7 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
 
     it('when the key cache holds one version, then bringing the destination back evicts the source only after it has decrypted', async () => {
       await hsm.close();
-      hsm = await openHsm(token, { createTokenKeysIfMissing: false, keyCacheSize: 1 });
+      hsm = await openHsm(token, { createTokenKeysIfMissing: false, keyCacheSize: 1, asyncCalls });
       try {
         const sealed = await hsm.encrypt(from, Buffer.from('one cached key'), aad);
         const moved = await hsm.reencrypt(from, sealed.iv, sealed.ciphertextWithTag, aad, to, toAad);
@@ -695,7 +723,7 @@ describe.each(TOKEN_PROVIDERS)('on %s', (provider) => {
   describe('version key cache', () => {
     it('when more versions are used than the cache holds, then the least recently used key object is destroyed', async () => {
       await hsm.close();
-      hsm = await openHsm(token, { keyCacheSize: 2 });
+      hsm = await openHsm(token, { keyCacheSize: 2, asyncCalls });
       const hooks = hsm.forTesting();
       const a = await newVersion(hsm, '55555555-5555-5555-5555-55555555555a');
       const b = await newVersion(hsm, '55555555-5555-5555-5555-55555555555b');

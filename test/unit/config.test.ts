@@ -36,7 +36,14 @@ describe('configuration', () => {
       port: 8080,
       workers: 1,
       cmkQuota: 100_000,
-      hsm: { library: '/usr/lib/softhsm/libsofthsm2.so', tokenLabel: 'hsm-kms', pin: '1234', poolSize: 4 },
+      hsm: {
+        library: '/usr/lib/softhsm/libsofthsm2.so',
+        tokenLabel: 'hsm-kms',
+        pin: '1234',
+        poolSize: 4,
+        sessionWaitMs: 2_000,
+        asyncCalls: undefined,
+      },
     });
     expect(config.http).toEqual({
       headersTimeoutMs: 5_000,
@@ -77,6 +84,18 @@ describe('configuration', () => {
     expect(loadConfig({ KMS_PIN: '1234' }).hsm.profile).toBeUndefined();
     expect(() => loadConfig({ KMS_PIN: '1234', KMS_HSM_PROFILE: 'luna' })).toThrow(
       /^Invalid configuration: KMS_HSM_PROFILE: /,
+    );
+  });
+
+  it('when KMS_HSM_ASYNC_CALLS and KMS_HSM_SESSION_WAIT_MS are set, then the HSM gets them; anything else is refused', () => {
+    const hsm = loadConfig({ KMS_PIN: '1234', KMS_HSM_ASYNC_CALLS: 'true', KMS_HSM_SESSION_WAIT_MS: '250' }).hsm;
+    expect(hsm).toMatchObject({ asyncCalls: true, sessionWaitMs: 250 });
+    expect(loadConfig({ KMS_PIN: '1234', KMS_HSM_ASYNC_CALLS: 'false' }).hsm.asyncCalls).toBe(false);
+    expect(() => loadConfig({ KMS_PIN: '1234', KMS_HSM_ASYNC_CALLS: 'yes' })).toThrow(
+      /^Invalid configuration: KMS_HSM_ASYNC_CALLS: /,
+    );
+    expect(() => loadConfig({ KMS_PIN: '1234', KMS_HSM_SESSION_WAIT_MS: '0' })).toThrow(
+      /^Invalid configuration: KMS_HSM_SESSION_WAIT_MS: /,
     );
   });
 
