@@ -5,6 +5,7 @@ import pkcs11js from 'pkcs11js';
 import { KmsError, needs } from '../core/errors.js';
 import type { KeptKeyVersion } from '../core/keys.js';
 import type { CmkVersionRef, GcmSealed, Hsm } from '../core/ports.js';
+import { RandomSourceHealth } from '../core/random-health.js';
 import { TokenNotReached } from './connection-errors.js';
 import { checkGcmPlaintextLength, gcmEncrypt } from './gcm.js';
 import { DEFAULT_STARTUP_RETRY, type HsmConfig } from './hsm-config.js';
@@ -202,6 +203,8 @@ export class GrapheneHsm implements Hsm {
   readonly #tokenKeys = new Map<TokenKeyName, Handle>();
   readonly #keys: VersionKeyCache;
   readonly #pool: SessionPool;
+  /** The health tests every C_GenerateRandom block passes before it is used (src/core/random-health.ts). */
+  readonly #randomHealth: RandomSourceHealth;
   #closed = false;
 
   private constructor(library: Pkcs11Library, slot: Handle, config: HsmConfig, profile: HsmProfile) {
@@ -213,6 +216,9 @@ export class GrapheneHsm implements Hsm {
     this.#profile = profile;
     const budget = Math.min(config.keyCacheSize, profile.sessionKeyBudget);
     this.#keys = new VersionKeyCache(budget, (handle) => this.#destroyQuietly(handle));
+    this.#randomHealth = new RandomSourceHealth(
+      config.onRandomHealth === undefined ? {} : { onEvent: config.onRandomHealth },
+    );
     this.#pool = new SessionPool(
       config.poolSize,
       () => this.#openSession(),
@@ -258,14 +264,17 @@ export class GrapheneHsm implements Hsm {
     needs(Number.isInteger(length) && length >= 0 && length <= MAX_RANDOM_BYTES, 'Invalid random length.');
     if (length === 0) return Buffer.alloc(0);
     const perCall = this.#profile.randomBytesPerCall;
+    this.#randomHealth.assertServing();
     return this.#run(undefined, (session) => {
+      const out = Buffer.alloc(length);
       try {
-        const out = Buffer.alloc(length);
         for (let at = 0; at < length; at += perCall) {
-          this.#lib.C_GenerateRandom(session, out.subarray(at, Math.min(at + perCall, length)));
+          this.#drawRandom(session, out.subarray(at, Math.min(at + perCall, length)));
         }
         return out;
       } catch (err) {
+        // The blocks drawn before a failing one go with it: the caller gets all of its bytes or none.
+        out.fill(0);
         throw toKmsError(err, 'C_GenerateRandom');
       }
     });
@@ -504,8 +513,9 @@ export class GrapheneHsm implements Hsm {
     needs(plaintext.length > 0, 'The plaintext must not be empty.');
     // Before #run: a refused plaintext must cost no session and no unwrap of the version's key.
     checkGcmPlaintextLength(this.#profile, plaintext.length);
+    this.#assertIvSourceServing();
     return this.#run(key, (session, keyHandle) =>
-      gcmEncrypt(this.#lib, session, this.#profile, keyHandle, plaintext, aad),
+      gcmEncrypt(this.#lib, session, this.#profile, keyHandle, plaintext, aad, this.#ivDraw(session)),
     );
   }
 
@@ -526,11 +536,12 @@ export class GrapheneHsm implements Hsm {
     toAad: Buffer,
   ): Promise<GcmSealed> {
     this.#checkOurCiphertext(iv, ciphertextWithTag);
+    this.#assertIvSourceServing();
     return this.#onPoolSession((session, handleOf) => {
       const out = Buffer.alloc(ciphertextWithTag.length);
       try {
         const plaintext = this.#decryptOn(session, handleOf(from), iv, ciphertextWithTag, fromAad, out);
-        return gcmEncrypt(this.#lib, session, this.#profile, handleOf(to), plaintext, toAad);
+        return gcmEncrypt(this.#lib, session, this.#profile, handleOf(to), plaintext, toAad, this.#ivDraw(session));
       } finally {
         out.fill(0);
       }
@@ -612,8 +623,9 @@ export class GrapheneHsm implements Hsm {
 
   async sealSecret(plaintext: Buffer, aad: Buffer): Promise<GcmSealed> {
     needs(plaintext.length > 0, 'The secret must not be empty.');
+    this.#assertIvSourceServing();
     return this.#run(SECRET_SEALING_KEY, (session, keyHandle) =>
-      gcmEncrypt(this.#lib, session, this.#profile, keyHandle, plaintext, aad),
+      gcmEncrypt(this.#lib, session, this.#profile, keyHandle, plaintext, aad, this.#ivDraw(session)),
     );
   }
 
@@ -890,6 +902,23 @@ export class GrapheneHsm implements Hsm {
    * Runs `op` on a pool session with the key handle of the CMK version or the token key (or none). See
    * #onPoolSession.
    */
+  /** One C_GenerateRandom into `out`, health-tested: `out` is zeroed and HsmUnavailable thrown when a test fails. */
+  #drawRandom(session: Handle, out: Buffer): void {
+    this.#randomHealth.fill(out, (into) => this.#lib.C_GenerateRandom(session, into));
+  }
+
+  #ivDraw(session: Handle): (iv: Buffer) => void {
+    return (iv) => this.#drawRandom(session, iv);
+  }
+
+  /**
+   * Before a session is taken: a failed generator refuses host-random encryption at once, while it is not due for a
+   * re-test (the IV would come from it). A module that writes its own IV uses no bytes of ours.
+   */
+  #assertIvSourceServing(): void {
+    if (this.#profile.ivMode === 'host-random') this.#randomHealth.assertServing();
+  }
+
   #run<T>(key: KeySource | undefined, op: (session: Handle, keyHandle: Handle) => T): Promise<T> {
     return this.#onPoolSession((session, handleOf) => op(session, key === undefined ? NO_KEY : handleOf(key)));
   }
