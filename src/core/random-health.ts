@@ -78,25 +78,37 @@ export class ContinuousHealthTests {
 
   /** Feeds `bytes` in order; returns the test that failed first, or undefined when both pass. */
   feed(bytes: Uint8Array): HealthTest | undefined {
+    // The state lives in locals inside the loop (written back once): this runs on every byte the service hands out.
+    let last = this.#last;
+    let run = this.#run;
+    let windowValue = this.#windowValue;
+    let windowCount = this.#windowCount;
+    let windowAt = this.#windowAt;
     let failed: HealthTest | undefined;
-    for (const x of bytes) {
-      if (x === this.#last) {
-        if (++this.#run >= this.rctCutoff) failed ??= 'repetition count';
+    for (let i = 0; i < bytes.length && failed === undefined; i++) {
+      const x = bytes[i] as number;
+      if (x === last) {
+        if (++run >= this.rctCutoff) failed = 'repetition count';
       } else {
-        this.#last = x;
-        this.#run = 1;
+        last = x;
+        run = 1;
       }
-      if (this.#windowAt === 0) {
-        this.#windowValue = x;
-        this.#windowCount = 1;
-      } else if (x === this.#windowValue && ++this.#windowCount >= this.aptCutoff) {
+      if (windowAt === 0) {
+        windowValue = x;
+        windowCount = 1;
+      } else if (x === windowValue && ++windowCount >= this.aptCutoff) {
         failed ??= 'adaptive proportion';
       }
-      if (++this.#windowAt === this.window) this.#windowAt = 0;
-      if (failed !== undefined) return failed;
+      if (++windowAt === this.window) windowAt = 0;
     }
-    return undefined;
+    this.#last = last;
+    this.#run = run;
+    this.#windowValue = windowValue;
+    this.#windowCount = windowCount;
+    this.#windowAt = windowAt;
+    return failed;
   }
+
 
   reset(): void {
     this.#last = -1;
