@@ -2,8 +2,11 @@ import type pkcs11js from 'pkcs11js';
 
 /** A switch on a real pkcs11js object: while stuck, C_GenerateRandom hands out one byte value over and over. */
 export interface StuckRandom {
-  /** From the next call on, every byte C_GenerateRandom writes is `value`. */
-  stick(value?: number): void;
+  /**
+   * From the next call on, every byte C_GenerateRandom writes is `value`; only on sessions of `slot` when one is given
+   * (the adapters of several tokens share the library's object).
+   */
+  stick(value?: number, slot?: Buffer): void;
   /** The module's own bytes again. */
   heal(): void;
   /** C_GenerateRandom calls so far, stuck or not. */
@@ -21,16 +24,20 @@ export function stuckRandom(lib: pkcs11js.PKCS11): StuckRandom {
   const own = lib as { C_GenerateRandom: pkcs11js.PKCS11['C_GenerateRandom'] };
   const real = own.C_GenerateRandom;
   let stuckAt: number | undefined;
+  let onlySlot: Buffer | undefined;
   let calls = 0;
   own.C_GenerateRandom = (session: Buffer, out: Buffer): Buffer => {
     calls++;
     const result = real.call(lib, session, out);
-    if (stuckAt !== undefined) out.fill(stuckAt);
+    if (stuckAt !== undefined && (onlySlot === undefined || lib.C_GetSessionInfo(session).slotID.equals(onlySlot))) {
+      out.fill(stuckAt);
+    }
     return result;
   };
   return {
-    stick: (value = 0) => {
+    stick: (value = 0, slot?: Buffer) => {
       stuckAt = value;
+      onlySlot = slot;
     },
     heal: () => {
       stuckAt = undefined;
