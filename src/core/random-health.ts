@@ -109,7 +109,6 @@ export class ContinuousHealthTests {
     return failed;
   }
 
-
   reset(): void {
     this.#last = -1;
     this.#run = 0;

@@ -183,6 +183,8 @@ export interface GrapheneHsmTestHooks {
  * - The secret of an access key is never stored: it is an HMAC under the credential key, a token object (absent on
  *   a key store, opened with `credentialKey: false`).
  * - What differs between modules comes from the profile (src/hsm/hsm-profiles.ts), checked by a self-test at open.
+ * - Every C_GenerateRandom block (random bytes, data keys, host-random IVs) passes the SP 800-90B health tests of
+ *   this token's own RandomSourceHealth before use; a failed generator refuses them until a re-test passes.
  * - One instance per token: login is per process and token. Instances on tokens of one library share it
  *   (src/hsm/pkcs11-library.ts): it is initialised once, finalized when the last instance closes, and re-initialised
  *   once for all of them when it was finalized under one.
@@ -898,10 +900,6 @@ export class GrapheneHsm implements Hsm {
     }
   }
 
-  /**
-   * Runs `op` on a pool session with the key handle of the CMK version or the token key (or none). See
-   * #onPoolSession.
-   */
   /** One C_GenerateRandom into `out`, health-tested: `out` is zeroed and HsmUnavailable thrown when a test fails. */
   #drawRandom(session: Handle, out: Buffer): void {
     this.#randomHealth.fill(out, (into) => this.#lib.C_GenerateRandom(session, into));
@@ -919,6 +917,10 @@ export class GrapheneHsm implements Hsm {
     if (this.#profile.ivMode === 'host-random') this.#randomHealth.assertServing();
   }
 
+  /**
+   * Runs `op` on a pool session with the key handle of the CMK version or the token key (or none). See
+   * #onPoolSession.
+   */
   #run<T>(key: KeySource | undefined, op: (session: Handle, keyHandle: Handle) => T): Promise<T> {
     return this.#onPoolSession((session, handleOf) => op(session, key === undefined ? NO_KEY : handleOf(key)));
   }

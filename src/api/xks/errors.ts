@@ -100,7 +100,7 @@ export function renderXksError(err: unknown): { status: number; body: XksErrorBo
       (errorName === 'InternalException' || errorName === 'DependencyTimeoutException') && !err.reported;
     return {
       status: XKS_ERROR_STATUS[errorName],
-      body: body(errorName, errorName === 'InternalException' && !err.reported ? INTERNAL_MESSAGE : err.message),
+      body: body(errorName, errorName === 'InternalException' ? INTERNAL_MESSAGE : err.message),
       unexpected,
     };
   }
