@@ -13,6 +13,7 @@ import { KeyStoreService } from './core/key-store.service.js';
 import { PasswordService } from './core/password.service.js';
 import type { Clock, Hsm } from './core/ports.js';
 import { RandomService } from './core/random.service.js';
+import type { RandomHealthEvent } from './core/random-health.js';
 import { RootKeyService } from './core/root-key.service.js';
 import { XksService } from './core/xks.service.js';
 import { GrapheneHsm } from './hsm/graphene-hsm.js';
@@ -76,17 +77,24 @@ export async function startService(
   });
   // Beside the metadata database, in a file of its own (src/store/sqlite-nonce-ledger.ts says why).
   const nonces = SqliteNonceLedger.open(`${config.dbPath}-nonces`);
-  const hsm = await GrapheneHsm.open({ ...config.hsm, createTokenKeysIfMissing: role !== 'worker' }).catch(
-    async (err: unknown) => {
-      await nonces.close();
-      await store.close();
-      throw err;
-    },
-  );
+  const hsm = await GrapheneHsm.open({
+    ...config.hsm,
+    createTokenKeysIfMissing: role !== 'worker',
+    onRandomHealth: randomHealthLog(logger, { token: config.hsm.tokenLabel }),
+  }).catch(async (err: unknown) => {
+    await nonces.close();
+    await store.close();
+    throw err;
+  });
   const keyStores = new KeyStoreService(
     hsm,
     store,
-    new GrapheneKeyStoreConnector(config.keyStoreConnections, config.hsm.keyCacheSize, options.wrapKeyStoreHsm),
+    new GrapheneKeyStoreConnector(
+      config.keyStoreConnections,
+      config.hsm.keyCacheSize,
+      options.wrapKeyStoreHsm,
+      (connection, event) => randomHealthLog(logger, { keyStoreConnection: connection })(event),
+    ),
     clock,
     // As AWS labels a CloudHSM key store's keys: a tenant can tell in its own HSM which key is which.
     (key) => `arn:aws:kms:${config.region}:${key.projectId}:key/${key.id}`,
@@ -216,5 +224,23 @@ export async function startService(
       await nonces.close();
       await store.close();
     },
+  };
+}
+
+/** Logs a random source's failure once (not per refused request) and its recovery. */
+function randomHealthLog(logger: Logger, source: Record<string, string>): (event: RandomHealthEvent) => void {
+  return (event) => {
+    if (event.kind === 'failed') {
+      logger.error(
+        'the HSM random number generator failed its health test: random bytes, data keys, passwords and GCM ' +
+          'encryption are refused until it passes again',
+        { ...source, test: event.test, retestInMs: event.retestInMs },
+      );
+    } else {
+      logger.warn('the HSM random number generator passed its health test again: serving random bytes', {
+        ...source,
+        failedForMs: event.failedForMs,
+      });
+    }
   };
 }

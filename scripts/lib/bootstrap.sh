@@ -102,6 +102,21 @@ kms_ensure_openssl() {
   command -v openssl >/dev/null 2>&1 || kms_die "openssl still missing after installing openssl"
 }
 
+# rngtest (rng-tools5) and ent: scripts/rng-check and the suite's short randomness check judge the service's random
+# bytes with them.
+kms_ensure_rng_tools() {
+  if command -v rngtest >/dev/null 2>&1 && command -v ent >/dev/null 2>&1; then
+    return 0
+  fi
+  command -v apt-get >/dev/null 2>&1 ||
+    kms_die "rngtest or ent is missing and this is not a Debian/Ubuntu system: install rng-tools and ent by hand"
+  kms_log "==> installing rngtest and ent (apt-get install rng-tools5 ent)"
+  kms_as_root apt-get update >&2
+  kms_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y rng-tools5 ent >&2
+  command -v rngtest >/dev/null 2>&1 || kms_die "rngtest still missing after installing rng-tools5"
+  command -v ent >/dev/null 2>&1 || kms_die "ent still missing after installing ent"
+}
+
 # Prints the path of libsoftokn3.so in the multiarch library directory, or nothing. This machine's own architecture
 # comes first: with another architecture's libnss3 also installed (i386 on amd64), the glob alone could pick it.
 kms_find_softokn() {

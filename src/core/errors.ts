@@ -85,15 +85,22 @@ export class KmsError extends Error {
   readonly subject: KeyRef | undefined;
   /** Whole seconds after which a retry may succeed, sent as `Retry-After`: set on Throttled, defaulted on HsmUnavailable. */
   readonly retryAfterSeconds: number | undefined;
+  /**
+   * True when the layer that raised it has logged the condition once (a failed random source: when it failed, not
+   * on every request refused meanwhile) and wrote its message for the client: dialects send the message as it is and
+   * do not log the error per request, though its code (HsmUnavailable) would otherwise be.
+   */
+  readonly reported: boolean;
 
   constructor(
     code: KmsErrorCode,
     message: string,
-    options?: { cause?: unknown; subject?: KeyRef; retryAfterSeconds?: number },
+    options?: { cause?: unknown; subject?: KeyRef; retryAfterSeconds?: number; reported?: boolean },
   ) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.subject = options?.subject;
+    this.reported = options?.reported ?? false;
     this.retryAfterSeconds =
       options?.retryAfterSeconds ?? (code === 'HsmUnavailable' ? HSM_RETRY_AFTER_SECONDS : undefined);
   }

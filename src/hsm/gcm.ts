@@ -17,8 +17,9 @@ export function checkGcmPlaintextLength(profile: HsmProfile, bytes: number): voi
 
 /**
  * AES-256-GCM encryption with the IV made as the profile says:
- * - `host-random`: 96 bits from the module's own C_GenerateRandom, passed in (SoftHSM, NSS). Random IVs stay unique
- *   per key version across processes without coordination (SP 800-38D §8.2.2).
+ * - `host-random`: 96 bits from the module's own C_GenerateRandom, passed in (SoftHSM, NSS), drawn by `drawIv` (the
+ *   adapter's health-tested draw). Random IVs stay unique per key version across processes without coordination
+ *   (SP 800-38D §8.2.2).
  * - `module-writes-piv`: a zeroed 12-byte pIv that the module fills in at C_Encrypt (CloudHSM's CKM_AES_GCM,
  *   kmsp11). pkcs11js hands the Buffer's own memory to the module, so the IV is read back from it afterwards.
  */
@@ -29,8 +30,9 @@ export function gcmEncrypt(
   key: Handle,
   plaintext: Buffer,
   aad: Buffer,
+  drawIv: (iv: Buffer) => void,
 ): GcmSealed {
-  const { iv, out } = beginGcmEncrypt(lib, session, profile, key, plaintext, aad);
+  const { iv, out } = beginGcmEncrypt(lib, session, profile, key, plaintext, aad, drawIv);
   let ciphertextWithTag: Buffer;
   try {
     ciphertextWithTag = lib.C_Encrypt(session, plaintext, out);
@@ -52,8 +54,9 @@ export async function gcmEncryptAsync(
   key: Handle,
   plaintext: Buffer,
   aad: Buffer,
+  drawIv: (iv: Buffer) => void,
 ): Promise<GcmSealed> {
-  const { iv, out } = beginGcmEncrypt(lib, session, profile, key, plaintext, aad);
+  const { iv, out } = beginGcmEncrypt(lib, session, profile, key, plaintext, aad, drawIv);
   let ciphertextWithTag: Buffer;
   try {
     ciphertextWithTag = await pkcs11Async<Buffer>((done) => lib.C_Encrypt(session, plaintext, out, done));
@@ -71,12 +74,13 @@ function beginGcmEncrypt(
   key: Handle,
   plaintext: Buffer,
   aad: Buffer,
+  drawIv: (iv: Buffer) => void,
 ): { iv: Buffer; out: Buffer } {
   checkGcmPlaintextLength(profile, plaintext.length);
   const iv = Buffer.alloc(GCM_IV_BYTES);
   let fn = 'C_GenerateRandom';
   try {
-    if (profile.ivMode === 'host-random') lib.C_GenerateRandom(session, iv);
+    if (profile.ivMode === 'host-random') drawIv(iv);
     fn = 'C_EncryptInit';
     lib.C_EncryptInit(session, gcmMechanism(iv, aad), key);
   } catch (err) {

@@ -5,6 +5,7 @@ import pkcs11js from 'pkcs11js';
 import { KmsError, needs } from '../core/errors.js';
 import type { KeptKeyVersion } from '../core/keys.js';
 import type { CmkVersionRef, GcmSealed, Hsm } from '../core/ports.js';
+import { RandomSourceHealth } from '../core/random-health.js';
 import { TokenNotReached } from './connection-errors.js';
 import { checkGcmPlaintextLength, gcmEncrypt, gcmEncryptAsync } from './gcm.js';
 import { DEFAULT_STARTUP_RETRY, type HsmConfig } from './hsm-config.js';
@@ -190,6 +191,8 @@ export interface GrapheneHsmTestHooks {
  * - The secret of an access key is never stored: it is an HMAC under the credential key, a token object (absent on
  *   a key store, opened with `credentialKey: false`).
  * - What differs between modules comes from the profile (src/hsm/hsm-profiles.ts), checked by a self-test at open.
+ * - Every C_GenerateRandom block (random bytes, data keys, host-random IVs) passes the SP 800-90B health tests of
+ *   this token's own RandomSourceHealth before use; a failed generator refuses them until a re-test passes.
  * - One instance per token: login is per process and token. Instances on tokens of one library share it
  *   (src/hsm/pkcs11-library.ts): it is initialised once, finalized when the last instance closes, and re-initialised
  *   once for all of them when it was finalized under one.
@@ -212,6 +215,8 @@ export class GrapheneHsm implements Hsm {
   readonly #pool: SessionPool;
   /** Whether the hot-path calls go through pkcs11js's callback variants: see the class comment. */
   readonly #async: boolean;
+  /** The health tests every C_GenerateRandom block passes before it is used (src/core/random-health.ts). */
+  readonly #randomHealth: RandomSourceHealth;
   #closed = false;
 
   private constructor(library: Pkcs11Library, slot: Handle, config: HsmConfig, profile: HsmProfile) {
@@ -224,6 +229,9 @@ export class GrapheneHsm implements Hsm {
     const budget = Math.min(config.keyCacheSize, profile.sessionKeyBudget);
     this.#keys = new VersionKeyCache(budget, (handle) => this.#destroyQuietly(handle));
     this.#async = config.asyncCalls ?? profile.asyncCalls;
+    this.#randomHealth = new RandomSourceHealth(
+      config.onRandomHealth === undefined ? {} : { onEvent: config.onRandomHealth },
+    );
     this.#pool = new SessionPool(
       config.poolSize,
       config.sessionWaitMs ?? DEFAULT_SESSION_WAIT_MS,
@@ -274,14 +282,17 @@ export class GrapheneHsm implements Hsm {
     needs(Number.isInteger(length) && length >= 0 && length <= MAX_RANDOM_BYTES, 'Invalid random length.');
     if (length === 0) return Buffer.alloc(0);
     const perCall = this.#profile.randomBytesPerCall;
+    this.#randomHealth.assertServing();
     return this.#run(undefined, (session) => {
+      const out = Buffer.alloc(length);
       try {
-        const out = Buffer.alloc(length);
         for (let at = 0; at < length; at += perCall) {
-          this.#lib.C_GenerateRandom(session, out.subarray(at, Math.min(at + perCall, length)));
+          this.#drawRandom(session, out.subarray(at, Math.min(at + perCall, length)));
         }
         return out;
       } catch (err) {
+        // The blocks drawn before a failing one go with it: the caller gets all of its bytes or none.
+        out.fill(0);
         throw toKmsError(err, 'C_GenerateRandom');
       }
     });
@@ -520,12 +531,13 @@ export class GrapheneHsm implements Hsm {
     needs(plaintext.length > 0, 'The plaintext must not be empty.');
     // Before #run: a refused plaintext must cost no session and no unwrap of the version's key.
     checkGcmPlaintextLength(this.#profile, plaintext.length);
+    this.#assertIvSourceServing();
     return this.#run(key, (session, keyHandle) => this.#gcmEncrypt(session, keyHandle, plaintext, aad));
   }
 
   #gcmEncrypt(session: Handle, keyHandle: Handle, plaintext: Buffer, aad: Buffer): GcmSealed | Promise<GcmSealed> {
     const encrypt = this.#async ? gcmEncryptAsync : gcmEncrypt;
-    return encrypt(this.#lib, session, this.#profile, keyHandle, plaintext, aad);
+    return encrypt(this.#lib, session, this.#profile, keyHandle, plaintext, aad, this.#ivDraw(session));
   }
 
   async decrypt(key: CmkVersionRef, iv: Buffer, ciphertextWithTag: Buffer, aad: Buffer): Promise<Buffer> {
@@ -545,6 +557,7 @@ export class GrapheneHsm implements Hsm {
     toAad: Buffer,
   ): Promise<GcmSealed> {
     this.#checkOurCiphertext(iv, ciphertextWithTag);
+    this.#assertIvSourceServing();
     return this.#onPoolSession(async (session, handleOf) => {
       const out = Buffer.alloc(ciphertextWithTag.length);
       try {
@@ -645,6 +658,7 @@ export class GrapheneHsm implements Hsm {
 
   async sealSecret(plaintext: Buffer, aad: Buffer): Promise<GcmSealed> {
     needs(plaintext.length > 0, 'The secret must not be empty.');
+    this.#assertIvSourceServing();
     return this.#run(SECRET_SEALING_KEY, (session, keyHandle) => this.#gcmEncrypt(session, keyHandle, plaintext, aad));
   }
 
@@ -921,6 +935,23 @@ export class GrapheneHsm implements Hsm {
         throw toKmsError(err, fn);
       }
     }
+  }
+
+  /** One C_GenerateRandom into `out`, health-tested: `out` is zeroed and HsmUnavailable thrown when a test fails. */
+  #drawRandom(session: Handle, out: Buffer): void {
+    this.#randomHealth.fill(out, (into) => this.#lib.C_GenerateRandom(session, into));
+  }
+
+  #ivDraw(session: Handle): (iv: Buffer) => void {
+    return (iv) => this.#drawRandom(session, iv);
+  }
+
+  /**
+   * Before a session is taken: a failed generator refuses host-random encryption at once, while it is not due for a
+   * re-test (the IV would come from it). A module that writes its own IV uses no bytes of ours.
+   */
+  #assertIvSourceServing(): void {
+    if (this.#profile.ivMode === 'host-random') this.#randomHealth.assertServing();
   }
 
   /**

@@ -1,3 +1,4 @@
+import type { RandomHealthEvent } from '../core/random-health.js';
 import type { ProfileName } from './hsm-profiles.js';
 
 /** How the PKCS#11 adapter reaches its token. The PIN is a secret: it is never logged or put in an error message. */
@@ -55,6 +56,8 @@ export interface HsmConfig {
    * `{ attempts: 1, delayMs: 0 }`: fail at once (connecting a tenant's key store, where the caller reports it).
    */
   readonly startupRetry?: { readonly attempts: number; readonly delayMs: number };
+  /** Told when the token's random number generator fails its health tests, and when it passes them again. */
+  readonly onRandomHealth?: ((event: RandomHealthEvent) => void) | undefined;
 }
 
 export const DEFAULT_STARTUP_RETRY = { attempts: 5, delayMs: 200 } as const;

@@ -1,6 +1,7 @@
 import { KmsError } from '../core/errors.js';
 import { ConnectionFailure, type ConnectionOffer, type KeyStoreKeyScheme } from '../core/key-stores.js';
 import type { Hsm, KeyStoreConnector } from '../core/ports.js';
+import type { RandomHealthEvent } from '../core/random-health.js';
 import { connectionErrorCodeOf } from './connection-errors.js';
 import { GrapheneHsm } from './graphene-hsm.js';
 import type { ProfileName } from './hsm-profiles.js';
@@ -26,11 +27,15 @@ export class GrapheneKeyStoreConnector implements KeyStoreConnector {
   readonly offers: readonly ConnectionOffer[];
   readonly #connections: ReadonlyMap<string, HsmConnection>;
 
-  /** `wrap`: what tests put around each store's adapter (to count calls or inject faults); none in production. */
+  /**
+   * `wrap`: what tests put around each store's adapter (to count calls or inject faults); none in production.
+   * `onRandomHealth`: told when a store token's random number generator fails its health tests or recovers.
+   */
   constructor(
     connections: readonly HsmConnection[],
     private readonly keyCacheSize: number,
     private readonly wrap: (connectionId: string, hsm: Hsm) => Hsm = (_, hsm) => hsm,
+    private readonly onRandomHealth?: (connectionId: string, event: RandomHealthEvent) => void,
   ) {
     this.#connections = new Map(connections.map((c) => [c.id, c]));
     this.offers = connections.map(({ id, projects, keyScheme }) => ({ id, projects, keyScheme }));
@@ -55,6 +60,7 @@ export class GrapheneKeyStoreConnector implements KeyStoreConnector {
         requireOwnLogin: true,
         // A tenant waits on Describe: fail at once rather than retry a token that is not there.
         startupRetry: { attempts: 1, delayMs: 0 },
+        onRandomHealth: this.onRandomHealth && ((event) => this.onRandomHealth?.(connectionId, event)),
       });
     } catch (err) {
       const code = connectionErrorCodeOf(err);

@@ -81,7 +81,9 @@ export function runSelfTest(lib: pkcs11js.PKCS11, session: Handle, profile: HsmP
     const gcm = `AES-GCM (CKM_AES_GCM, IV mode ${profile.ivMode})`;
     const plaintext = Buffer.from('hsm-kms self-test');
     const aad = Buffer.from('aad');
-    const sealed = step(gcm, () => gcmEncrypt(lib, session, profile, usable, plaintext, aad));
+    const sealed = step(gcm, () =>
+      gcmEncrypt(lib, session, profile, usable, plaintext, aad, (iv) => lib.C_GenerateRandom(session, iv)),
+    );
     step(`${gcm} decryption`, () => {
       lib.C_DecryptInit(session, gcmMechanism(sealed.iv, aad), usable);
       const opened = lib.C_Decrypt(session, sealed.ciphertextWithTag, Buffer.alloc(sealed.ciphertextWithTag.length));

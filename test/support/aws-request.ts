@@ -1,6 +1,6 @@
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
-import { rawRequest } from './raw-http.js';
+import { type RawResponse, rawRequest } from './raw-http.js';
 
 export interface AwsRawResponse {
   readonly status: number;
@@ -8,6 +8,7 @@ export interface AwsRawResponse {
   readonly type: string | undefined;
   // biome-ignore lint/suspicious/noExplicitAny: response bodies are asserted field by field in the tests
   readonly body: any;
+  readonly headers: RawResponse['headers'];
 }
 
 export interface AwsRawRequest {
@@ -51,5 +52,6 @@ export async function signedAwsRequest(
     status: res.status,
     type: Array.isArray(type) ? type.join(',') : type,
     body: res.text.length > 0 ? JSON.parse(res.text) : undefined,
+    headers: res.headers,
   };
 }

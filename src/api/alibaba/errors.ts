@@ -224,8 +224,8 @@ export function renderAlibabaError(
     const mapping: Mapping = ALIBABA_ERROR_TABLE[err.code];
     ({ code, status } = mapping);
     // The core's InvalidParameter messages say what is wrong; keep them. Others speak Huawei's words.
-    message = err.code === 'InvalidParameter' ? err.message : mapping.message;
-    unexpected = err.code === 'InternalError' || err.code === 'HsmUnavailable';
+    message = err.code === 'InvalidParameter' || err.reported ? err.message : mapping.message;
+    unexpected = (err.code === 'InternalError' || err.code === 'HsmUnavailable') && !err.reported;
   } else {
     ({ code, status, message } = ALIBABA_ERROR_TABLE.InternalError);
     unexpected = true;

@@ -102,10 +102,10 @@ export function renderAwsError(err: unknown): { status: number; body: AwsErrorBo
   }
   if (err instanceof KmsError) {
     const mapping: Mapping = AWS_ERROR_TABLE[err.code];
-    const unexpected = err.code === 'InternalError' || err.code === 'HsmUnavailable';
+    const unexpected = (err.code === 'InternalError' || err.code === 'HsmUnavailable') && !err.reported;
     return {
       status: mapping.status,
-      body: { __type: mapping.exception, message: mapping.message ?? err.message },
+      body: { __type: mapping.exception, message: err.reported ? err.message : (mapping.message ?? err.message) },
       unexpected,
     };
   }

@@ -96,8 +96,9 @@ export function renderHuaweiError(err: unknown): { status: number; body: HuaweiE
   }
   if (err instanceof KmsError) {
     const mapping: Mapping = HUAWEI_ERROR_TABLE[err.code];
-    const unexpected = err.code === 'InternalError' || err.code === 'HsmUnavailable';
-    return { status: mapping.status, body: body(mapping.errorCode, mapping.message ?? err.message), unexpected };
+    const unexpected = (err.code === 'InternalError' || err.code === 'HsmUnavailable') && !err.reported;
+    const message = err.reported ? err.message : (mapping.message ?? err.message);
+    return { status: mapping.status, body: body(mapping.errorCode, message), unexpected };
   }
   const generic = HUAWEI_ERROR_TABLE.InternalError;
   return { status: generic.status, body: body(generic.errorCode, generic.message), unexpected: true };

@@ -96,7 +96,8 @@ export function renderXksError(err: unknown): { status: number; body: XksErrorBo
   }
   if (err instanceof KmsError) {
     const errorName: XksErrorName = XKS_ERROR_TABLE[err.code];
-    const unexpected = errorName === 'InternalException' || errorName === 'DependencyTimeoutException';
+    const unexpected =
+      (errorName === 'InternalException' || errorName === 'DependencyTimeoutException') && !err.reported;
     return {
       status: XKS_ERROR_STATUS[errorName],
       body: body(errorName, errorName === 'InternalException' ? INTERNAL_MESSAGE : err.message),
