@@ -15,7 +15,7 @@ import type { Clock, Hsm } from './core/ports.js';
 import { RandomService } from './core/random.service.js';
 import { RootKeyService } from './core/root-key.service.js';
 import { XksService } from './core/xks.service.js';
-import { GrapheneHsm } from './hsm/graphene-hsm.js';
+import { GrapheneHsm, type HsmConfig } from './hsm/graphene-hsm.js';
 import { GrapheneKeyStoreConnector } from './hsm/key-store-connector.js';
 import { createBoundedServer } from './http/bounded-server.js';
 import { errorFields, type Logger } from './logger.js';
@@ -58,6 +58,8 @@ export interface StartOptions {
   readonly onMetadataWrite?: () => void;
   /** Wraps each key store's HSM adapter as it is opened: tests count its calls or inject faults there. */
   readonly wrapKeyStoreHsm?: (connectionId: string, hsm: Hsm) => Hsm;
+  /** Wraps the PKCS#11 binding of the default HSM's adapter: tests and the fault benchmark inject faults there. */
+  readonly wrapPkcs11?: HsmConfig['wrapPkcs11'];
 }
 
 const systemClock: Clock = { now: () => Date.now() };
@@ -76,7 +78,11 @@ export async function startService(
   });
   // Beside the metadata database, in a file of its own (src/store/sqlite-nonce-ledger.ts says why).
   const nonces = SqliteNonceLedger.open(`${config.dbPath}-nonces`);
-  const hsm = await GrapheneHsm.open({ ...config.hsm, createTokenKeysIfMissing: role !== 'worker' }).catch(
+  const hsm = await GrapheneHsm.open({
+    ...config.hsm,
+    createTokenKeysIfMissing: role !== 'worker',
+    wrapPkcs11: options.wrapPkcs11,
+  }).catch(
     async (err: unknown) => {
       await nonces.close();
       await store.close();

@@ -1,3 +1,4 @@
+import type pkcs11js from 'pkcs11js';
 import type { ProfileName } from './hsm-profiles.js';
 
 /** How the PKCS#11 adapter reaches its token. The PIN is a secret: it is never logged or put in an error message. */
@@ -44,6 +45,12 @@ export interface HsmConfig {
    * `{ attempts: 1, delayMs: 0 }`: fail at once (connecting a tenant's key store, where the caller reports it).
    */
   readonly startupRetry?: { readonly attempts: number; readonly delayMs: number };
+  /**
+   * Wraps the PKCS#11 binding the adapter calls (never the library's own, which other adapters share): tests and
+   * bench/hsm-faults.bench.ts inject faults and latency there, so that the real recovery code runs. No setting
+   * enables it; only code that starts the service itself (StartOptions.wrapPkcs11) can pass it.
+   */
+  readonly wrapPkcs11?: ((lib: pkcs11js.PKCS11) => pkcs11js.PKCS11) | undefined;
 }
 
 export const DEFAULT_STARTUP_RETRY = { attempts: 5, delayMs: 200 } as const;

@@ -6,6 +6,7 @@ export interface AwsRawResponse {
   readonly status: number;
   /** x-amzn-ErrorType, the exception's name on an error. */
   readonly type: string | undefined;
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
   // biome-ignore lint/suspicious/noExplicitAny: response bodies are asserted field by field in the tests
   readonly body: any;
 }
@@ -50,6 +51,7 @@ export async function signedAwsRequest(
   return {
     status: res.status,
     type: Array.isArray(type) ? type.join(',') : type,
+    headers: res.headers,
     body: res.text.length > 0 ? JSON.parse(res.text) : undefined,
   };
 }
