@@ -82,13 +82,11 @@ export async function startService(
     ...config.hsm,
     createTokenKeysIfMissing: role !== 'worker',
     wrapPkcs11: options.wrapPkcs11,
-  }).catch(
-    async (err: unknown) => {
-      await nonces.close();
-      await store.close();
-      throw err;
-    },
-  );
+  }).catch(async (err: unknown) => {
+    await nonces.close();
+    await store.close();
+    throw err;
+  });
   const keyStores = new KeyStoreService(
     hsm,
     store,

@@ -1,8 +1,12 @@
+import { readdirSync, renameSync } from 'node:fs';
+import path from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pkcs11js from 'pkcs11js';
+import type { HsmPoolStats } from '../../src/hsm/graphene-hsm.js';
 import { signedRpcParams } from './alibaba-sdk.js';
 import { signedAwsRequest } from './aws-request.js';
-import pkcs11js from 'pkcs11js';
-import { FAULT_CODES, type FaultPlan, seededRandom } from './faulty-pkcs11.js';
+import { FAULT_CODES, type FaultCounters, type FaultPlan, type FaultyPkcs11, seededRandom } from './faulty-pkcs11.js';
 import type { TestService } from './test-service.js';
 
 /**
@@ -64,7 +68,12 @@ interface Acknowledged {
   /** Keys whose creation was answered with success: they must exist, be Enabled, and work. */
   readonly keys: { readonly dialect: Dialect; readonly projectId: string; readonly keyId: string }[];
   /** Ciphertexts a success handed out: they must still decrypt, to the same plaintext where it is known. */
-  readonly ciphertexts: { readonly dialect: Dialect; readonly keyId: string; readonly blob: string; readonly plain?: string }[];
+  readonly ciphertexts: {
+    readonly dialect: Dialect;
+    readonly keyId: string;
+    readonly blob: string;
+    readonly plain?: string;
+  }[];
 }
 
 const HUAWEI_PROJECT = 'faults-huawei';
@@ -269,7 +278,12 @@ export class FaultLoad {
 
   async #huawei(action: string, body: object): Promise<Answer> {
     const res = await this.#service.call(HUAWEI_PROJECT, action, body);
-    return { status: res.status, code: res.body?.error_code, retryAfter: res.headers.get('retry-after'), body: res.body };
+    return {
+      status: res.status,
+      code: res.body?.error_code,
+      retryAfter: res.headers.get('retry-after'),
+      body: res.body,
+    };
   }
 
   async #awsCall(operation: string, body: object): Promise<Answer> {
@@ -342,4 +356,110 @@ export function summarise(outcomes: readonly RequestOutcome[], clearedAt: number
     lastFailureAfterClearMs: Math.max(0, ...failedAfter.map((o) => o.endedAt - clearedAt)),
     firstHealthySecond: firstHealthy,
   };
+}
+
+export interface FaultPhaseResult {
+  readonly summary: FaultRunSummary;
+  readonly faults: FaultCounters;
+  readonly poolBefore: HsmPoolStats;
+  readonly poolAfter: HsmPoolStats;
+  /** Acknowledged keys or ciphertexts that do not work, keys half-created. */
+  readonly lost: readonly string[];
+}
+
+/**
+ * Injects faults as `plan` says (it should set maxFaults) under load until `healthyMs` after they cleared (or `capMs`
+ * in all), then checks what the load acknowledged.
+ */
+export async function runFaultPhase(
+  service: TestService,
+  load: FaultLoad,
+  faults: FaultyPkcs11,
+  options: { plan: FaultPlan; concurrency: number; healthyMs: number; capMs: number },
+): Promise<FaultPhaseResult> {
+  const hooks = service.running.hsm.forTesting();
+  const poolBefore = hooks.poolStats();
+  const from = load.outcomes.length;
+  const started = performance.now();
+  faults.arm(options.plan);
+  await load.run({
+    concurrency: options.concurrency,
+    seed: options.plan.seed,
+    done: () =>
+      performance.now() - started > options.capMs ||
+      (faults.clearedAt !== undefined && performance.now() - faults.clearedAt > options.healthyMs),
+  });
+  faults.clear();
+  const summary = summarise(load.outcomes.slice(from), faults.clearedAt as number);
+  return {
+    summary,
+    faults: faults.counters,
+    poolBefore,
+    poolAfter: hooks.poolStats(),
+    lost: await load.checkAcknowledged(),
+  };
+}
+
+export interface TokenOutagePhaseResult {
+  /** Measured from the restoring of the directory. */
+  readonly summary: FaultRunSummary;
+  /** Requests started and answered while the directory was away, and how many failed. */
+  readonly during: number;
+  readonly failedDuring: number;
+  readonly poolBefore: HsmPoolStats;
+  readonly poolAfter: HsmPoolStats;
+  readonly lost: readonly string[];
+}
+
+/**
+ * Under load, moves the SoftHSM token's directory away for `outageMs` and back (a rename: root ignores chmod), then
+ * lets the load run `healthyMs` more (or `capMs` in all) and checks what it acknowledged.
+ */
+export async function runTokenOutagePhase(
+  service: TestService,
+  load: FaultLoad,
+  options: { outageMs: number; concurrency: number; healthyMs: number; capMs: number; seed: number },
+): Promise<TokenOutagePhaseResult> {
+  const hooks = service.running.hsm.forTesting();
+  const poolBefore = hooks.poolStats();
+  const tokens = path.join(path.dirname(service.env.SOFTHSM2_CONF as string), 'tokens');
+  const there = path.join(tokens, readdirSync(tokens)[0] as string);
+  const from = load.outcomes.length;
+  const started = performance.now();
+  let restoredAt: number | undefined;
+  const running = load.run({
+    concurrency: options.concurrency,
+    seed: options.seed,
+    done: () =>
+      performance.now() - started > options.capMs ||
+      (restoredAt !== undefined && performance.now() - restoredAt > options.healthyMs),
+  });
+  await sleep(300);
+  renameSync(there, `${there}.away`);
+  const movedAt = performance.now();
+  await sleep(options.outageMs);
+  renameSync(`${there}.away`, there);
+  restoredAt = performance.now();
+  await running;
+  const outcomes = load.outcomes.slice(from);
+  const during = outcomes.filter((o) => o.startedAt >= movedAt && o.endedAt <= (restoredAt as number));
+  return {
+    summary: summarise(outcomes, restoredAt),
+    during: during.length,
+    failedDuring: during.filter((o) => !o.ok).length,
+    poolBefore,
+    poolAfter: hooks.poolStats(),
+    lost: await load.checkAcknowledged(),
+  };
+}
+
+/** What must hold of the pool once faults have cleared and the load is over: nothing leased or leaked. */
+export function poolProblems(stats: HsmPoolStats, poolSize: number): string[] {
+  const problems: string[] = [];
+  if (stats.leased !== 0) problems.push(`${stats.leased} sessions still leased`);
+  if (!stats.anchor) problems.push('no anchor session');
+  if (stats.open > poolSize) problems.push(`${stats.open} pool sessions open, more than ${poolSize}`);
+  const held = stats.sessionsOpened - stats.sessionsClosed - stats.sessionsAbandoned;
+  if (held !== stats.open) problems.push(`${held} sessions opened and never closed, ${stats.open} in the pool`);
+  return problems;
 }
