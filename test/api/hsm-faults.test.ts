@@ -52,7 +52,7 @@ function expectWithinBounds(summary: FaultRunSummary): void {
 describe('HSM faults under load', () => {
   it('when 100 faults (every code the issue names) hit the adapter under load in three dialects, then no request hangs, every failure is the retryable error with Retry-After, the pool heals within 5 s, and no key or ciphertext is lost', async () => {
     const run = await runFaultPhase(service, load, faults, {
-      plan: { ...FAULT_RUN, seed: 13, probability: 0.05, maxFaults: 100 },
+      plan: { ...FAULT_RUN, seed: 13, probability: 0.1, maxFaults: 100 },
       concurrency: 8,
       healthyMs: 2_000,
       capMs: 40_000,

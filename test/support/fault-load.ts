@@ -424,6 +424,8 @@ export async function runTokenOutagePhase(
   const poolBefore = hooks.poolStats();
   const tokens = path.join(path.dirname(service.env.SOFTHSM2_CONF as string), 'tokens');
   const there = path.join(tokens, readdirSync(tokens)[0] as string);
+  // Out of the tokens directory: SoftHSM would find a token directory renamed inside it at its next C_Initialize.
+  const away = path.join(path.dirname(tokens), 'token-away');
   const from = load.outcomes.length;
   const started = performance.now();
   let restoredAt: number | undefined;
@@ -435,10 +437,10 @@ export async function runTokenOutagePhase(
       (restoredAt !== undefined && performance.now() - restoredAt > options.healthyMs),
   });
   await sleep(300);
-  renameSync(there, `${there}.away`);
+  renameSync(there, away);
   const movedAt = performance.now();
   await sleep(options.outageMs);
-  renameSync(`${there}.away`, there);
+  renameSync(away, there);
   restoredAt = performance.now();
   await running;
   const outcomes = load.outcomes.slice(from);
