@@ -72,6 +72,8 @@ const TOKEN_VERSION_KEY_IS_NOT = [
   pkcs11js.CKA_SIGN,
 ];
 const NO_KEY: Handle = Buffer.alloc(0);
+/** The generation of an instance whose token the library no longer shows: never the library's. */
+const TOKEN_LOST = -1;
 /** What #run takes in place of a CMK version to run an operation with one of the token keys. */
 const CREDENTIAL_KEY = 'credential-key';
 const SECRET_SEALING_KEY = 'secret-sealing-key';
@@ -870,8 +872,8 @@ export class GrapheneHsm implements Hsm {
    */
   #followLibrary(): void {
     if (this.#isCurrent()) return;
+    if (this.#generation !== TOKEN_LOST) this.#counts.libraryRestarts++;
     this.#generation = this.#library.generation;
-    this.#counts.libraryRestarts++;
     this.#counts.sessionsAbandoned += this.#pool.openCount;
     this.#pool.abandonAll();
     this.#anchor = undefined;
@@ -884,6 +886,9 @@ export class GrapheneHsm implements Hsm {
       slot = scanForToken(this.#library.module, this.#config.tokenLabel).slot;
     }
     if (slot === undefined) {
+      // Looked for again by the next call (the library started again when due), rather than calling a slot that is
+      // gone: C_OpenSession's CKR_SLOT_ID_INVALID would re-initialise the library, and every instance on it, each time.
+      this.#generation = TOKEN_LOST;
       throw new KmsError('HsmUnavailable', `Token "${this.#config.tokenLabel}" is gone after re-initialising.`, {
         cause: new TokenNotReached('no-such-token'),
       });
