@@ -184,7 +184,7 @@ export interface HsmPoolStats {
   readonly sessionsClosed: number;
   /** Pool sessions forgotten because the library was initialised again (C_Finalize closed them). */
   readonly sessionsAbandoned: number;
-  /** Times this adapter followed the library to a new generation (re-initialised by it or by another adapter). */
+  /** Times the library was initialised again under this adapter (by it, or by another adapter on the library). */
   readonly libraryRestarts: number;
   /** Session failures recovered from (#recoverSessions runs), and anchors replaced. */
   readonly recoveries: number;
@@ -882,6 +882,7 @@ export class GrapheneHsm implements Hsm {
     let slot = scanForToken(this.#library.module, this.#config.tokenLabel).slot;
     // The module lists its tokens at C_Initialize only: one that was lost and is back shows after a restart.
     if (slot === undefined && this.#library.recover(this.#generation)) {
+      this.#counts.libraryRestarts++;
       this.#generation = this.#library.generation;
       slot = scanForToken(this.#library.module, this.#config.tokenLabel).slot;
     }
