@@ -63,17 +63,18 @@ const UNAVAILABLE: ReadonlySet<number> = new Set([
 ]);
 
 /**
- * The key handle passed is stale: look the key up again and retry once. A wrapping or unwrapping key's handle is a
- * root key's: SoftHSM answers these when the token's files went away and came back under it (its objects are read
- * again from disk with new handles), test/api/hsm-faults.test.ts.
- */
-/**
  * CKR_GENERAL_ERROR is the module's own failure, and a retry may succeed: SoftHSM answers it while it cannot read its
  * token's files (test/api/hsm-faults.test.ts). Except from these functions, where SoftHSM also answers it for kept
- * material that fails RFC 5649's integrity check (test/hsm/hsm-fixtures.ts): an error no retry mends.
+ * material that fails RFC 5649's integrity check (test/hsm/hsm-fixtures.ts): an error no retry mends. (From C_Decrypt
+ * it is SoftHSM's bad GCM tag: the profile's tagFailureCodes decide that before this mapping.)
  */
 const GENERAL_ERROR_MAY_BE_THE_DATA: ReadonlySet<string> = new Set(['C_UnwrapKey', 'C_DeriveKey']);
 
+/**
+ * The key handle passed is stale: look the key up again and retry once. A wrapping or unwrapping key's handle is a
+ * root key's: SoftHSM answers these once it has dropped the objects of a token whose files went away
+ * (test/api/hsm-faults.test.ts).
+ */
 const KEY_HANDLE_FAILURES: ReadonlySet<number> = new Set([
   pkcs11js.CKR_KEY_HANDLE_INVALID,
   pkcs11js.CKR_OBJECT_HANDLE_INVALID,
