@@ -26,6 +26,8 @@ const REQUEST_BOUND_MS = 5_000;
 /** The issue's bound: the pool heals within 5 s of the fault clearing. */
 const HEAL_BOUND_MS = 5_000;
 const OUTAGE_MS = 1_500;
+/** The load stops after 20 s at most (capMs); the checks afterwards take a few seconds more. */
+const LOAD_TEST_TIMEOUT_MS = 45_000;
 
 let service: TestService;
 const faults = new FaultyPkcs11();
@@ -52,22 +54,26 @@ function expectWithinBounds(summary: FaultRunSummary): void {
 }
 
 describe('HSM faults under load', () => {
-  it('when 100 faults (every code the issue names) hit the adapter under load in three dialects, then no request hangs, every failure is the retryable error with Retry-After, the pool heals within 5 s, and no key or ciphertext is lost', async () => {
-    const run = await runFaultPhase(service, load, faults, {
-      plan: { ...FAULT_RUN, seed: 13, probability: 0.1, maxFaults: 100 },
-      concurrency: 8,
-      healthyMs: 2_000,
-      capMs: 40_000,
-    });
+  it(
+    'when 100 faults (every code the issue names) hit the adapter under load in three dialects, then no request hangs, every failure is the retryable error with Retry-After, the pool heals within 5 s, and no key or ciphertext is lost',
+    async () => {
+      const run = await runFaultPhase(service, load, faults, {
+        plan: { ...FAULT_RUN, seed: 13, probability: 0.1, maxFaults: 100 },
+        concurrency: 8,
+        healthyMs: 2_000,
+        capMs: 20_000,
+      });
 
-    expect(run.faults.faults).toBe(100);
-    expect([...run.faults.faultsByCode.keys()].sort()).toEqual([...FAULT_CODES].sort());
-    expectWithinBounds(run.summary);
-    expect(run.summary.failed).toBeGreaterThan(0);
-    expect(run.lost).toEqual([]);
-    expect(poolProblems(run.poolAfter, POOL_SIZE)).toEqual([]);
-    expect(run.poolAfter.recoveries).toBeGreaterThan(run.poolBefore.recoveries);
-  });
+      expect(run.faults.faults).toBe(100);
+      expect([...run.faults.faultsByCode.keys()].sort()).toEqual([...FAULT_CODES].sort());
+      expectWithinBounds(run.summary);
+      expect(run.summary.failed).toBeGreaterThan(0);
+      expect(run.lost).toEqual([]);
+      expect(poolProblems(run.poolAfter, POOL_SIZE)).toEqual([]);
+      expect(run.poolAfter.recoveries).toBeGreaterThan(run.poolBefore.recoveries);
+    },
+    LOAD_TEST_TIMEOUT_MS,
+  );
 
   it('when the n-th call of one function fails, then that one call fails with the code, and a call given a callback fails or is delayed through its callback', async () => {
     const { lib, anchorSession } = service.running.hsm.forTesting();
@@ -103,23 +109,27 @@ describe('HSM faults under load', () => {
 });
 
 describe('the token directory taken away under load', () => {
-  it('when the SoftHSM token directory is moved away under load and back, then requests fail only with the retryable error meanwhile, and succeed again without a restart', async () => {
-    const run = await runTokenOutagePhase(service, load, {
-      outageMs: OUTAGE_MS,
-      concurrency: 8,
-      healthyMs: 2_000,
-      capMs: 40_000,
-      seed: 7,
-    });
+  it(
+    'when the SoftHSM token directory is moved away under load and back, then requests fail only with the retryable error meanwhile, and succeed again without a restart',
+    async () => {
+      const run = await runTokenOutagePhase(service, load, {
+        outageMs: OUTAGE_MS,
+        concurrency: 8,
+        healthyMs: 2_000,
+        capMs: 20_000,
+        seed: 7,
+      });
 
-    expect(run.failedDuring).toBeGreaterThan(0);
-    expectWithinBounds(run.summary);
-    expect(run.lost).toEqual([]);
-    expect(poolProblems(run.poolAfter, POOL_SIZE)).toEqual([]);
-    // SoftHSM shows the token again only after C_Initialize: the library was started again, the service was not; and
-    // not once per request meanwhile (each start costs every adapter on the library its sessions).
-    const restarts = run.poolAfter.libraryRestarts - run.poolBefore.libraryRestarts;
-    expect(restarts).toBeGreaterThan(0);
-    expect(restarts).toBeLessThanOrEqual(Math.ceil(OUTAGE_MS / RECOVER_INTERVAL_MS) + 2);
-  });
+      expect(run.failedDuring).toBeGreaterThan(0);
+      expectWithinBounds(run.summary);
+      expect(run.lost).toEqual([]);
+      expect(poolProblems(run.poolAfter, POOL_SIZE)).toEqual([]);
+      // SoftHSM shows the token again only after C_Initialize: the library was started again, the service was not; and
+      // not once per request meanwhile (each start costs every adapter on the library its sessions).
+      const restarts = run.poolAfter.libraryRestarts - run.poolBefore.libraryRestarts;
+      expect(restarts).toBeGreaterThan(0);
+      expect(restarts).toBeLessThanOrEqual(Math.ceil(OUTAGE_MS / RECOVER_INTERVAL_MS) + 2);
+    },
+    LOAD_TEST_TIMEOUT_MS,
+  );
 });
