@@ -19,7 +19,9 @@ import {
   FAULT_RUN,
   FaultLoad,
   type FaultRunSummary,
+  HEAL_BOUND_MS,
   poolProblems,
+  REQUEST_BOUND_MS,
   runFaultPhase,
   runTokenOutagePhase,
 } from '../test/support/fault-load.js';
@@ -39,9 +41,6 @@ const { values: opts } = parseArgs({
 });
 const FAULTS = Number(opts.faults);
 const POOL_SIZE = Number(opts['pool-size']);
-/** The documented bounds (docs/reliability-parts/hsm-faults.md). */
-const REQUEST_BOUND_MS = 5_000;
-const HEAL_BOUND_MS = 5_000;
 
 const violations: string[] = [];
 let crashes = 0;

@@ -7,7 +7,9 @@ import {
   FAULT_RUN,
   FaultLoad,
   type FaultRunSummary,
+  HEAL_BOUND_MS,
   poolProblems,
+  REQUEST_BOUND_MS,
   runFaultPhase,
   runTokenOutagePhase,
 } from '../support/fault-load.js';
@@ -21,10 +23,6 @@ import { startTestService, type TestService } from '../support/test-service.js';
  */
 
 const POOL_SIZE = 4;
-/** The longest any request may take under faults (docs/reliability-parts/hsm-faults.md: the bound, loaded). */
-const REQUEST_BOUND_MS = 5_000;
-/** The bound: the pool heals within 5 s of the fault clearing. */
-const HEAL_BOUND_MS = 5_000;
 const OUTAGE_MS = 1_500;
 /** The load stops after 20 s at most (capMs); the checks afterwards take a few seconds more. */
 const LOAD_TEST_TIMEOUT_MS = 45_000;
