@@ -16,7 +16,7 @@ import { RandomService } from './core/random.service.js';
 import type { RandomHealthEvent } from './core/random-health.js';
 import { RootKeyService } from './core/root-key.service.js';
 import { XksService } from './core/xks.service.js';
-import { GrapheneHsm } from './hsm/graphene-hsm.js';
+import { GrapheneHsm, type HsmConfig } from './hsm/graphene-hsm.js';
 import { GrapheneKeyStoreConnector } from './hsm/key-store-connector.js';
 import { createBoundedServer } from './http/bounded-server.js';
 import { errorFields, type Logger } from './logger.js';
@@ -59,6 +59,8 @@ export interface StartOptions {
   readonly onMetadataWrite?: () => void;
   /** Wraps each key store's HSM adapter as it is opened: tests count its calls or inject faults there. */
   readonly wrapKeyStoreHsm?: (connectionId: string, hsm: Hsm) => Hsm;
+  /** Wraps the PKCS#11 binding of the default HSM's adapter: tests and the fault benchmark inject faults there. */
+  readonly wrapPkcs11?: HsmConfig['wrapPkcs11'];
 }
 
 const systemClock: Clock = { now: () => Date.now() };
@@ -81,6 +83,7 @@ export async function startService(
     ...config.hsm,
     createTokenKeysIfMissing: role !== 'worker',
     onRandomHealth: randomHealthLog(logger, { token: config.hsm.tokenLabel }),
+    wrapPkcs11: options.wrapPkcs11,
   }).catch(async (err: unknown) => {
     await nonces.close();
     await store.close();

@@ -74,6 +74,8 @@ const TOKEN_VERSION_KEY_IS_NOT = [
   pkcs11js.CKA_SIGN,
 ];
 const NO_KEY: Handle = Buffer.alloc(0);
+/** The generation of an instance whose token the library no longer shows: never the library's. */
+const TOKEN_LOST = -1;
 /** What #run takes in place of a CMK version to run an operation with one of the token keys. */
 const CREDENTIAL_KEY = 'credential-key';
 const SECRET_SEALING_KEY = 'secret-sealing-key';
@@ -171,6 +173,28 @@ export interface GrapheneHsmTestHooks {
   credentialKeyHandle(): Handle | undefined;
   /** The cached handle of the secret-sealing key. */
   secretSealingKeyHandle(): Handle | undefined;
+  /** The session pool and recovery counters right now (a snapshot). */
+  poolStats(): HsmPoolStats;
+}
+
+/** What the session pool holds and what recovery has done since open(): tests check counters return to baseline. */
+export interface HsmPoolStats {
+  /** Pool sessions open (idle or leased), besides the anchor. */
+  readonly open: number;
+  readonly idle: number;
+  readonly leased: number;
+  /** Whether the anchor session is open (it is replaced lazily after a failure). */
+  readonly anchor: boolean;
+  /** Pool sessions opened and closed (discarded after an error, purged as dead, or closed at the end). */
+  readonly sessionsOpened: number;
+  readonly sessionsClosed: number;
+  /** Pool sessions forgotten because the library was initialised again (C_Finalize closed them). */
+  readonly sessionsAbandoned: number;
+  /** Times the library was initialised again under this adapter (by it, or by another adapter on the library). */
+  readonly libraryRestarts: number;
+  /** Session failures recovered from (#recoverSessions runs), and anchors replaced. */
+  readonly recoveries: number;
+  readonly anchorsReplaced: number;
 }
 
 /**
@@ -217,11 +241,19 @@ export class GrapheneHsm implements Hsm {
   readonly #async: boolean;
   /** The health tests every C_GenerateRandom block passes before it is used (src/core/random-health.ts). */
   readonly #randomHealth: RandomSourceHealth;
+  readonly #counts = {
+    sessionsOpened: 0,
+    sessionsClosed: 0,
+    sessionsAbandoned: 0,
+    libraryRestarts: 0,
+    recoveries: 0,
+    anchorsReplaced: 0,
+  };
   #closed = false;
 
   private constructor(library: Pkcs11Library, slot: Handle, config: HsmConfig, profile: HsmProfile) {
     this.#library = library;
-    this.#lib = library.lib;
+    this.#lib = config.wrapPkcs11?.(library.lib) ?? library.lib;
     this.#generation = library.generation;
     this.#slot = slot;
     this.#config = config;
@@ -235,8 +267,15 @@ export class GrapheneHsm implements Hsm {
     this.#pool = new SessionPool(
       config.poolSize,
       config.sessionWaitMs ?? DEFAULT_SESSION_WAIT_MS,
-      () => this.#openSession(),
-      (session) => this.#closeQuietly(session),
+      () => {
+        const session = this.#openSession();
+        this.#counts.sessionsOpened++;
+        return session;
+      },
+      (session) => {
+        this.#counts.sessionsClosed++;
+        this.#closeQuietly(session);
+      },
     );
   }
 
@@ -710,6 +749,11 @@ export class GrapheneHsm implements Hsm {
       rootKeyHandle: (label) => this.#roots.get(label),
       credentialKeyHandle: () => this.#tokenKeys.get(CREDENTIAL_KEY),
       secretSealingKeyHandle: () => this.#tokenKeys.get(SECRET_SEALING_KEY),
+      poolStats: () => {
+        const open = this.#pool.openCount;
+        const idle = this.#pool.idleSessions.length;
+        return { open, idle, leased: open - idle, anchor: this.#anchor !== undefined, ...this.#counts };
+      },
     };
   }
 
@@ -879,13 +923,24 @@ export class GrapheneHsm implements Hsm {
    */
   #followLibrary(): void {
     if (this.#isCurrent()) return;
+    if (this.#generation !== TOKEN_LOST) this.#counts.libraryRestarts++;
     this.#generation = this.#library.generation;
+    this.#counts.sessionsAbandoned += this.#pool.openCount;
     this.#pool.abandonAll();
     this.#anchor = undefined;
     this.#forgetTokenKeys();
     this.#keys.clear({ destroy: false });
-    const slot = scanForToken(this.#library.module, this.#config.tokenLabel).slot;
+    let slot = scanForToken(this.#library.module, this.#config.tokenLabel).slot;
+    // The module lists its tokens at C_Initialize only: one that was lost and is back shows after a restart.
+    if (slot === undefined && this.#library.recover(this.#generation)) {
+      this.#counts.libraryRestarts++;
+      this.#generation = this.#library.generation;
+      slot = scanForToken(this.#library.module, this.#config.tokenLabel).slot;
+    }
     if (slot === undefined) {
+      // Looked for again by the next call (the library started again when due), rather than calling a slot that is
+      // gone: C_OpenSession's CKR_SLOT_ID_INVALID would re-initialise the library, and every instance on it, each time.
+      this.#generation = TOKEN_LOST;
       throw new KmsError('HsmUnavailable', `Token "${this.#config.tokenLabel}" is gone after re-initialising.`, {
         cause: new TokenNotReached('no-such-token'),
       });
@@ -901,12 +956,42 @@ export class GrapheneHsm implements Hsm {
     }
   }
 
+  /**
+   * SoftHSM keeps a token whose files went away invalid until the library is initialised again, even once they are
+   * back: C_GetTokenInfo and C_Login answer CKR_GENERAL_ERROR and its objects are gone (test/api/hsm-faults.test.ts).
+   * So after a failure, a token that no longer answers C_GetTokenInfo makes the library start again (rate-limited,
+   * once for every instance on it) and is found again; meanwhile callers get HsmUnavailable. True if it was lost.
+   */
+  #recoverIfTokenLost(): boolean {
+    try {
+      this.#lib.C_GetTokenInfo(this.#slot);
+      return false;
+    } catch {
+      // Lost: start the library again below.
+    }
+    if (this.#library.recover(this.#generation)) quietly(() => this.#followLibrary());
+    return true;
+  }
+
+  /**
+   * A root or token key is missing: unavailable if the token is lost (its objects come back with it), otherwise
+   * a misconfiguration (this is not the token the keys were made on) that no retry mends.
+   */
+  #missingKey(what: string): KmsError {
+    const lost = this.#recoverIfTokenLost();
+    return new KmsError(
+      lost ? 'HsmUnavailable' : 'InternalError',
+      `${what}: no object with this label on token "${this.#config.tokenLabel}".`,
+    );
+  }
+
   #replaceAnchor(): Handle {
     const old = this.#anchor;
     const generation = this.#generation;
     this.#anchor = undefined;
     // Open the new session before closing the old one: closing the last session logs the process out.
     const fresh = this.#openSession();
+    this.#counts.anchorsReplaced++;
     if (old !== undefined && generation === this.#generation) this.#closeQuietly(old);
     // The CMK version keys were session objects of the old anchor.
     this.#keys.clear({ destroy: false });
@@ -916,6 +1001,7 @@ export class GrapheneHsm implements Hsm {
 
   /** After a session failure: replace a dead anchor and drop dead idle sessions, so that one retry is enough. */
   #recoverSessions(): void {
+    this.#counts.recoveries++;
     if (this.#anchor === undefined || !this.#isUsable(this.#anchor)) this.#replaceAnchor();
     this.#pool.purge((session) => this.#isUsable(session));
   }
@@ -932,7 +1018,7 @@ export class GrapheneHsm implements Hsm {
           this.#recoverSessions();
           continue;
         }
-        throw toKmsError(err, fn);
+        throw this.#failed(err, fn);
       }
     }
   }
@@ -1013,9 +1099,16 @@ export class GrapheneHsm implements Hsm {
           else this.#keys.delete(cacheId(lastKey.keyId, lastKey.version));
           continue;
         }
-        throw toKmsError(err, 'operation');
+        throw this.#failed(err, 'operation');
       }
     }
+  }
+
+  /** The error an operation ends with; one that says the HSM is unavailable first checks the token is not lost. */
+  #failed(err: unknown, fn: string): KmsError {
+    const failure = toKmsError(err, fn);
+    if (failure.code === 'HsmUnavailable') this.#recoverIfTokenLost();
+    return failure;
   }
 
   // ---- keys -----------------------------------------------------------------------------------------------------
@@ -1151,11 +1244,11 @@ export class GrapheneHsm implements Hsm {
     const cached = this.#roots.get(label);
     if (cached !== undefined) return cached;
     const found = this.#onAnchor('C_FindObjects', (anchor) => this.#findByLabel(anchor, label));
+    if (found.length === 0) throw this.#missingKey(`Root key "${label}"`);
     if (found.length !== 1) {
       throw new KmsError(
         'InternalError',
-        `Root key "${label}": ${found.length === 0 ? 'no object' : 'more than one object'} with this label on token ` +
-          `"${this.#config.tokenLabel}".`,
+        `Root key "${label}": more than one object with this label on token "${this.#config.tokenLabel}".`,
       );
     }
     const handle = found[0] as Handle;
@@ -1169,11 +1262,11 @@ export class GrapheneHsm implements Hsm {
     if (cached !== undefined) return cached;
     const spec = name === CREDENTIAL_KEY ? CREDENTIAL_KEY_SPEC : SECRET_SEALING_KEY_SPEC;
     const found = this.#onAnchor('C_FindObjects', (anchor) => this.#findByLabel(anchor, spec.label));
+    if (found.length === 0) throw this.#missingKey(`${spec.role} "${spec.label}"`);
     if (found.length !== 1) {
       throw new KmsError(
         'InternalError',
-        `${spec.role} "${spec.label}": ${found.length === 0 ? 'no object' : 'more than one object'} with this label ` +
-          `on token "${this.#config.tokenLabel}".`,
+        `${spec.role} "${spec.label}": more than one object with this label on token "${this.#config.tokenLabel}".`,
       );
     }
     this.#tokenKeys.set(name, found[0] as Handle);

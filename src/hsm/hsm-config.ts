@@ -1,3 +1,4 @@
+import type pkcs11js from 'pkcs11js';
 import type { RandomHealthEvent } from '../core/random-health.js';
 import type { ProfileName } from './hsm-profiles.js';
 
@@ -58,6 +59,12 @@ export interface HsmConfig {
   readonly startupRetry?: { readonly attempts: number; readonly delayMs: number };
   /** Told when the token's random number generator fails its health tests, and when it passes them again. */
   readonly onRandomHealth?: ((event: RandomHealthEvent) => void) | undefined;
+  /**
+   * Wraps the PKCS#11 binding the adapter calls (never the library's own, which other adapters share): tests and
+   * bench/hsm-faults.bench.ts inject faults and latency there, so that the real recovery code runs. No setting
+   * enables it; only code that starts the service itself (StartOptions.wrapPkcs11) can pass it.
+   */
+  readonly wrapPkcs11?: ((lib: pkcs11js.PKCS11) => pkcs11js.PKCS11) | undefined;
 }
 
 export const DEFAULT_STARTUP_RETRY = { attempts: 5, delayMs: 200 } as const;

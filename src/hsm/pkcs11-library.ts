@@ -1,4 +1,5 @@
 import { realpathSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { Module } from 'graphene-pk11';
 import pkcs11js from 'pkcs11js';
 import { KmsError, needs } from '../core/errors.js';
@@ -26,6 +27,12 @@ export interface Pkcs11Library {
    * user did so since.
    */
   reinitialize(seen: number): void;
+  /**
+   * A token of the library looks lost to a user that had seen generation `seen`: C_Finalize and C_Initialize again,
+   * so that the module reads its tokens again, unless another user did so since or one was done less than
+   * RECOVER_INTERVAL_MS ago (every user's sessions and logins go with it). True if it did.
+   */
+  recover(seen: number): boolean;
   /** C_Finalize and C_Initialize again, to read the token list again (SoftHSM reads it at C_Initialize). Sole user only. */
   restart(): void;
   /** This user is done; the last one finalizes the library. Idempotent. */
@@ -38,7 +45,15 @@ interface LoadedLibrary {
   readonly initParams: string | undefined;
   generation: number;
   users: number;
+  /** performance.now() of the last recover(). */
+  recoveredAt: number;
 }
+
+/**
+ * How often a lost token makes the library start again: each time costs every user its sessions, logins and
+ * unwrapped keys, and while a token stays lost every request to it asks.
+ */
+export const RECOVER_INTERVAL_MS = 500;
 
 /** Loaded libraries by real path: two spellings of one file are one library (the dynamic loader maps it once). */
 const loaded = new Map<string, LoadedLibrary>();
@@ -61,7 +76,7 @@ export function acquireLibrary(path: string, initParams: string | undefined): Pk
       });
     }
     initialize(module, initParams);
-    library = { key, module, initParams, generation: 0, users: 0 };
+    library = { key, module, initParams, generation: 0, users: 0, recoveredAt: Number.NEGATIVE_INFINITY };
     loaded.set(key, library);
   } else if (library.initParams !== initParams) {
     // The parameters name paths: never print them.
@@ -90,6 +105,15 @@ function lease(library: LoadedLibrary): Pkcs11Library {
       if (library.generation !== seen) return;
       initialize(library.module, library.initParams);
       library.generation++;
+    },
+    recover(seen) {
+      const now = performance.now();
+      if (library.generation !== seen || now - library.recoveredAt < RECOVER_INTERVAL_MS) return false;
+      library.recoveredAt = now;
+      quietly(() => library.module.finalize());
+      library.generation++;
+      initialize(library.module, library.initParams);
+      return true;
     },
     restart() {
       needs(library.users === 1, 'Only the sole user of a PKCS#11 library may restart it.');

@@ -1,14 +1,14 @@
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
-import { type RawResponse, rawRequest } from './raw-http.js';
+import { rawRequest } from './raw-http.js';
 
 export interface AwsRawResponse {
   readonly status: number;
   /** x-amzn-ErrorType, the exception's name on an error. */
   readonly type: string | undefined;
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
   // biome-ignore lint/suspicious/noExplicitAny: response bodies are asserted field by field in the tests
   readonly body: any;
-  readonly headers: RawResponse['headers'];
 }
 
 export interface AwsRawRequest {
@@ -51,7 +51,7 @@ export async function signedAwsRequest(
   return {
     status: res.status,
     type: Array.isArray(type) ? type.join(',') : type,
-    body: res.text.length > 0 ? JSON.parse(res.text) : undefined,
     headers: res.headers,
+    body: res.text.length > 0 ? JSON.parse(res.text) : undefined,
   };
 }

@@ -61,6 +61,8 @@ export interface TestServiceOptions {
   readonly prepare?: (token: AnyTestToken) => Record<string, string>;
   /** Passed to startService: wraps each key store's HSM adapter as it is opened. */
   readonly wrapKeyStoreHsm?: StartOptions['wrapKeyStoreHsm'];
+  /** Passed to startService: wraps the default HSM's PKCS#11 binding (fault injection). */
+  readonly wrapPkcs11?: StartOptions['wrapPkcs11'];
 }
 
 /**
@@ -101,12 +103,10 @@ async function boot(
     if (options.onLog) options.onLog(line);
     else process.stderr.write(line);
   });
-  const running = await startService(
-    config,
-    logger,
-    'single',
-    options.wrapKeyStoreHsm ? { wrapKeyStoreHsm: options.wrapKeyStoreHsm } : {},
-  );
+  const running = await startService(config, logger, 'single', {
+    ...(options.wrapKeyStoreHsm ? { wrapKeyStoreHsm: options.wrapKeyStoreHsm } : {}),
+    ...(options.wrapPkcs11 ? { wrapPkcs11: options.wrapPkcs11 } : {}),
+  });
   const url = running.url as string;
   const issuer = loadOrCreateIssuerKeys(config.dataDir);
   const tokens = new Map<string, string>();
