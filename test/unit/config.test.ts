@@ -36,6 +36,7 @@ describe('configuration', () => {
       port: 8080,
       workers: 1,
       cmkQuota: 100_000,
+      rateLimits: { cryptographic: 1_000, management: 100 },
       hsm: { library: '/usr/lib/softhsm/libsofthsm2.so', tokenLabel: 'hsm-kms', pin: '1234', poolSize: 4 },
     });
     expect(config.http).toEqual({
