@@ -30,7 +30,10 @@ export interface RateLimiter {
 
 export const NO_RATE_LIMIT: RateLimiter = { admit: () => undefined };
 
-/** What a grant from the buckets says: tokens taken, and when none could be, the milliseconds until one can be. */
+/**
+ * What a grant from the buckets says: the tokens taken, and when fewer than wanted, the milliseconds until the bucket
+ * holds as many as were wanted (at most its burst): until then, asking again would get little or nothing.
+ */
 export interface Grant {
   readonly granted: number;
   readonly retryAfterMs: number;
@@ -45,8 +48,12 @@ function throttled(retryAfterMs: number): KmsError {
   });
 }
 
+/**
+ * Tokens are counted in thousandths, refilled `rate` thousandths per millisecond: with whole-millisecond clocks and
+ * whole rates the arithmetic is exact, and no fraction of a token is lost to rounding over time.
+ */
 interface Bucket {
-  tokens: number;
+  milliTokens: number;
   /** When `tokens` was last brought up to date. */
   at: number;
 }
@@ -75,17 +82,20 @@ export class TokenBuckets {
     const now = this.#clock.now();
     if (now >= this.#sweepAt) this.#sweep(now);
     const buckets = this.#buckets[operationClass];
+    // One second's worth, and at least one whole token.
+    const burst = Math.max(rate, 1) * 1000;
     let bucket = buckets.get(projectId);
     if (bucket === undefined) {
-      bucket = { tokens: rate, at: now };
+      bucket = { milliTokens: burst, at: now };
       buckets.set(projectId, bucket);
     } else if (now > bucket.at) {
-      bucket.tokens = Math.min(rate, bucket.tokens + ((now - bucket.at) * rate) / 1000);
+      bucket.milliTokens = Math.min(burst, bucket.milliTokens + (now - bucket.at) * rate);
       bucket.at = now;
     }
-    const granted = Math.min(wanted, Math.floor(bucket.tokens));
-    bucket.tokens -= granted;
-    return { granted, retryAfterMs: granted > 0 ? 0 : ((1 - bucket.tokens) * 1000) / rate };
+    const granted = Math.min(wanted, Math.floor(bucket.milliTokens / 1000));
+    bucket.milliTokens -= granted * 1000;
+    const short = Math.min(wanted * 1000, burst) - bucket.milliTokens;
+    return { granted, retryAfterMs: granted < wanted && short > 0 ? short / rate : 0 };
   }
 
   /** Buckets held now, for tests of the sweep. */
@@ -98,7 +108,9 @@ export class TokenBuckets {
     for (const operationClass of OPERATION_CLASSES) {
       const rate = this.#limits[operationClass];
       for (const [projectId, bucket] of this.#buckets[operationClass]) {
-        if (bucket.tokens + ((now - bucket.at) * rate) / 1000 >= rate) this.#buckets[operationClass].delete(projectId);
+        if (bucket.milliTokens + (now - bucket.at) * rate >= Math.max(rate, 1) * 1000) {
+          this.#buckets[operationClass].delete(projectId);
+        }
       }
     }
   }
@@ -132,6 +144,8 @@ const UNREACHABLE_RETRY_MS = 1_000;
 
 interface Lease {
   tokens: number;
+  /** Requests waiting for the answer under way: the next request asks for enough for all of them. */
+  waiting: number;
   /** The request for more under way, if any: one at a time per pair. */
   pending: Promise<void> | undefined;
   /** Until then the primary's bucket is known to be empty: requests are refused without asking it. */
@@ -175,7 +189,7 @@ export class LeasedRateLimiter implements RateLimiter {
     const leases = this.#leases[operationClass];
     let lease = leases.get(projectId);
     if (lease === undefined) {
-      lease = { tokens: 0, pending: undefined, deniedUntil: 0, usedAt: now };
+      lease = { tokens: 0, waiting: 0, pending: undefined, deniedUntil: 0, usedAt: now };
       leases.set(projectId, lease);
     }
     lease.usedAt = now;
@@ -191,23 +205,31 @@ export class LeasedRateLimiter implements RateLimiter {
   }
 
   async #waitForTokens(projectId: string, operationClass: OperationClass, lease: Lease): Promise<void> {
-    // Several requests may wait on one answer: those it does not cover ask again, until the primary says it has none.
-    for (;;) {
-      await (lease.pending ?? this.#askAhead(projectId, operationClass, lease));
-      if (lease.tokens > 0) {
-        lease.tokens--;
-        return;
+    // Several requests may wait on one answer: those it does not cover ask again, until the primary says it is short.
+    lease.waiting++;
+    try {
+      for (;;) {
+        await (lease.pending ?? this.#askAhead(projectId, operationClass, lease));
+        if (lease.tokens > 0) {
+          lease.tokens--;
+          return;
+        }
+        const now = this.#clock.now();
+        if (now < lease.deniedUntil) throw throttled(lease.deniedUntil - now);
       }
-      const now = this.#clock.now();
-      if (now < lease.deniedUntil) throw throttled(lease.deniedUntil - now);
+    } finally {
+      lease.waiting--;
     }
   }
 
   #askAhead(projectId: string, operationClass: OperationClass, lease: Lease): Promise<void> {
-    const asked = this.#lease(projectId, operationClass, this.#batch[operationClass]).then(
+    const wanted = Math.max(this.#batch[operationClass], lease.waiting);
+    const asked = this.#lease(projectId, operationClass, wanted).then(
       ({ granted, retryAfterMs }) => {
         lease.tokens += granted;
-        if (granted === 0) lease.deniedUntil = this.#clock.now() + retryAfterMs;
+        // Short of what it wanted: the primary's bucket is dry. The worker spends what it got, then refuses the pair
+        // until the bucket has refilled, without asking meanwhile.
+        if (retryAfterMs > 0) lease.deniedUntil = this.#clock.now() + retryAfterMs;
       },
       () => {
         lease.deniedUntil = this.#clock.now() + UNREACHABLE_RETRY_MS;
