@@ -8,7 +8,7 @@ import type { Services } from '../huawei/context.js';
 import { ownEntry } from '../own-entry.js';
 import { AwsApiError, renderAwsError } from './errors.js';
 import { AWS_OPERATION_CLASSES } from './operation-classes.js';
-import { AWS_OPERATIONS, type AwsOperation, type AwsOperationName } from './operations.js';
+import { AWS_OPERATIONS, type AwsOperationName } from './operations.js';
 import { inAwsWords } from './wire.js';
 
 /**
@@ -54,9 +54,7 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
     const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
     const target = req.headersDistinct['x-amz-target']?.[0] ?? '';
     const operationName = target.slice(TARGET_PREFIX.length);
-    const operation = target.startsWith(TARGET_PREFIX)
-      ? ownEntry<AwsOperation>(AWS_OPERATIONS, operationName)
-      : undefined;
+    const operation = target.startsWith(TARGET_PREFIX) ? ownEntry(AWS_OPERATIONS, operationName) : undefined;
     if (req.method !== 'POST' || !JSON_TYPES.has(contentType) || !operation) {
       throw new AwsApiError('UnknownOperationException', '');
     }

@@ -151,7 +151,7 @@ export function huaweiActionListener(services: Services, auth: HuaweiAuthOptions
   ) => {
     if (!PROJECT_ID_PATTERN.test(projectId)) throw invalid('KMS.0201', 'Invalid request URL.');
     const signedBody = await authenticate(req, projectId, auth, () => readRawBody(req));
-    const action = ownEntry<{ method: 'GET' | 'POST'; run: HuaweiAction }>(HUAWEI_ACTIONS, actionName);
+    const action = ownEntry(HUAWEI_ACTIONS, actionName);
     if (!action) throw invalid('KMS.0201', 'Invalid request URL.');
     // No action takes query parameters (their fields are in the body): one sent is refused, never ignored.
     if (query.split('&').some((parameter) => parameter !== '')) {
