@@ -4,18 +4,21 @@
  *   node --import tsx bench/rate-limit.bench.ts [--workers 1,2] [--rate 1000] [--duration 10] [--warmup 3]
  *                                               [--connections 50] [--tsx]
  *
- * 1. In process: the cost of one `admit` on the hot path (single process, and a cluster worker holding a lease).
+ * 1. In process: the cost of one `admit` on the hot path (single process, and a cluster worker holding a lease), and
+ *    the round trip of a lease request to the cluster primary (what a worker's first request of a project waits).
  * 2. Over HTTP, per worker count: autocannon floods one project with gen-random (far beyond `--rate`) while a second
  *    project sends a quarter of the rate; the figures are the flooded project's admitted rate against the configured
  *    one, and what the quiet project got. The warm-up spends the flooded project's burst, so the measured window
  *    shows the steady rate.
  * 3. Over HTTP: gen-random throughput with the limits off and with a limit no run reaches, for the cost per request.
  */
+import cluster from 'node:cluster';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import autocannon from 'autocannon';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../src/auth/local-issuer.js';
 import { LeasedRateLimiter, LocalRateLimiter, TokenBuckets } from '../src/core/rate-limiter.js';
+import { answerRateLease, leaseOverIpc } from '../src/rate-lease-ipc.js';
 import { freePort } from '../test/support/child-service.js';
 import { createTestToken, removeTestToken } from '../test/support/softhsm.js';
 import { connectionLimitsFor } from './lib/connection-limits.js';
@@ -37,6 +40,7 @@ const DURATION = Number(opts.duration);
 const WARMUP = Number(opts.warmup);
 const CONNECTIONS = Number(opts.connections);
 const log = (line: string) => process.stderr.write(`[bench] ${line}\n`);
+const UNLIMITED = { cryptographic: 1e9, management: 1e9 };
 const BODY = JSON.stringify({ random_data_length: '256' });
 
 /** Nanoseconds per call of `admit`, over `n` calls spread over 1,000 projects. */
@@ -44,7 +48,7 @@ async function admitCost(): Promise<void> {
   const n = 2_000_000;
   const projects = Array.from({ length: 1000 }, (_, i) => `project-${i}`);
   const clock = { now: () => Date.now() };
-  const limits = { cryptographic: 1e9, management: 1e9 };
+  const limits = UNLIMITED;
   const local = new LocalRateLimiter(new TokenBuckets(limits, clock));
   const primary = new TokenBuckets(limits, clock);
   const worker = new LeasedRateLimiter(limits, clock, async (p, c, wanted) => primary.take(p, c, wanted));
@@ -78,9 +82,35 @@ async function admitCost(): Promise<void> {
   log(`admit, refused (a KmsError made and thrown): ${ns.toFixed(0)} ns per request (${refused} refused)`);
 }
 
+/** A forked worker asks this process (the primary) for leases one after another, as src/main.ts wires them. */
+async function leaseRoundTrip(): Promise<void> {
+  const buckets = new TokenBuckets(UNLIMITED, { now: () => Date.now() });
+  const worker = cluster.fork();
+  worker.on('message', (message) => {
+    if (!answerRateLease(buckets, worker, message)) log(String(message));
+  });
+  await new Promise((resolve) => worker.once('exit', resolve));
+}
+
+/** The forked worker's side: 500 leases to warm up, then 5,000 timed, over 100 projects. */
+async function leaseRoundTripWorker(): Promise<void> {
+  const lease = leaseOverIpc();
+  for (let i = 0; i < 500; i++) await lease('warm-up', 'cryptographic', 20);
+  const samples: number[] = [];
+  for (let i = 0; i < 5000; i++) {
+    const started = performance.now();
+    await lease(`project-${i % 100}`, 'cryptographic', 20);
+    samples.push((performance.now() - started) * 1000);
+  }
+  samples.sort((a, b) => a - b);
+  const at = (q: number) => (samples[Math.floor(samples.length * q)] as number).toFixed(0);
+  process.send?.(`lease round trip to the primary: median ${at(0.5)} µs, p99 ${at(0.99)} µs`, () => process.exit(0));
+}
+
 async function main() {
   log(`machine: ${JSON.stringify(machine())}`);
   await admitCost();
+  await leaseRoundTrip();
   const builtMain = opts.tsx ? '' : ensureBuilt(log);
   const token = createTestToken();
   const dataDir = path.join(token.dir, 'data');
@@ -168,4 +198,5 @@ async function main() {
   }
 }
 
-void main();
+if (cluster.isWorker) void leaseRoundTripWorker();
+else void main();
