@@ -81,6 +81,14 @@ describe('configuration', () => {
     );
   });
 
+  it('when the rate limits are set, then they apply per class, 0 turns one off, and a negative one is refused', () => {
+    const env = { KMS_PIN: '1234', KMS_RATE_LIMIT_CRYPTO_PER_SECOND: '50', KMS_RATE_LIMIT_MANAGEMENT_PER_SECOND: '0' };
+    expect(loadConfig(env).rateLimits).toEqual({ cryptographic: 50, management: 0 });
+    expect(() => loadConfig({ ...env, KMS_RATE_LIMIT_CRYPTO_PER_SECOND: '-1' })).toThrow(
+      /KMS_RATE_LIMIT_CRYPTO_PER_SECOND/,
+    );
+  });
+
   it('when no PIN is configured, then start-up stops with a message naming the variables', () => {
     expect(() => loadConfig({})).toThrow(/KMS_PIN or KMS_PIN_FILE/);
   });
