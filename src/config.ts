@@ -3,6 +3,7 @@ import { isIPv4 } from 'node:net';
 import path from 'node:path';
 import { z } from 'zod';
 import { CONNECTION_ID_PATTERN } from './core/key-stores.js';
+import type { RateLimits } from './core/rate-limiter.js';
 import { PROFILE_NAMES, type ProfileName } from './hsm/hsm-profiles.js';
 import type { HsmConnection } from './hsm/key-store-connector.js';
 import { DEFAULT_SESSION_WAIT_MS } from './hsm/session-pool.js';
@@ -31,6 +32,8 @@ const EnvSchema = z.object({
   KMS_KEY_CACHE_SIZE: intFrom(16, 1_000_000).default(10_000),
   KMS_DB_PATH: z.string().min(1).optional(),
   KMS_CMK_QUOTA: intFrom(1, 10_000_000).default(100_000),
+  KMS_RATE_LIMIT_CRYPTO_PER_SECOND: intFrom(0, 10_000_000).default(1_000),
+  KMS_RATE_LIMIT_MANAGEMENT_PER_SECOND: intFrom(0, 10_000_000).default(100),
   KMS_JWKS_URL: z.url().optional(),
   KMS_TOKEN_ISSUER: z.string().min(1).optional(),
   KMS_TOKEN_AUDIENCE: z.string().min(1).optional(),
@@ -108,6 +111,8 @@ export interface Config {
   readonly keyStoreConnections: readonly HsmConnection[];
   readonly dbPath: string;
   readonly cmkQuota: number;
+  /** Requests per second and project, by operation class (src/core/rate-limiter.ts); 0 turns a class's limit off. */
+  readonly rateLimits: RateLimits;
   readonly auth: {
     /** Verify tokens with this JWKS (production) instead of the local issuer key in the data directory. */
     readonly jwksUrl: string | undefined;
@@ -179,6 +184,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       : [],
     dbPath: path.resolve(e.KMS_DB_PATH ?? path.join(dataDir, 'kms.db')),
     cmkQuota: e.KMS_CMK_QUOTA,
+    rateLimits: Object.freeze({
+      cryptographic: e.KMS_RATE_LIMIT_CRYPTO_PER_SECOND,
+      management: e.KMS_RATE_LIMIT_MANAGEMENT_PER_SECOND,
+    }),
     auth: Object.freeze({ jwksUrl: e.KMS_JWKS_URL, issuer: e.KMS_TOKEN_ISSUER, audience: e.KMS_TOKEN_AUDIENCE }),
   });
 }

@@ -1,7 +1,9 @@
 import cluster from 'node:cluster';
 import { type Config, loadConfig } from './config.js';
+import { TokenBuckets } from './core/rate-limiter.js';
 import { createLogger, errorFields } from './logger.js';
-import { type RunningService, startService } from './service.js';
+import { answerRateLease, leaseOverIpc } from './rate-lease-ipc.js';
+import { type RunningService, type StartOptions, startService } from './service.js';
 
 /**
  * Composition root. With KMS_WORKERS > 1 the primary prepares the token and database, then forks HTTP workers and
@@ -40,9 +42,13 @@ async function main(): Promise<void> {
     }
   };
 
+  const options: StartOptions = {
+    ...(onMetadataWrite ? { onMetadataWrite } : {}),
+    ...(role === 'worker' ? { leaseRateTokens: leaseOverIpc() } : {}),
+  };
   let running: RunningService;
   try {
-    running = await startService(config, logger, role, onMetadataWrite ? { onMetadataWrite } : {});
+    running = await startService(config, logger, role, options);
   } catch (err) {
     logger.error('start-up failed', errorFields(err));
     process.exit(1);
@@ -50,8 +56,11 @@ async function main(): Promise<void> {
 
   if (role === 'primary') {
     let stopping = false;
+    // The projects' rate limits hold for the whole service: the workers lease their tokens from these buckets.
+    const rateBuckets = new TokenBuckets(config.rateLimits, { now: () => Date.now() });
     cluster.on('message', (worker, message) => {
       if (isMetadataChanged(message)) broadcast(worker.id);
+      else answerRateLease(rateBuckets, worker, message);
     });
     for (let i = 0; i < config.workers; i++) cluster.fork();
     cluster.on('exit', (worker, code, signal) => {

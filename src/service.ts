@@ -14,6 +14,15 @@ import { PasswordService } from './core/password.service.js';
 import type { Clock, Hsm } from './core/ports.js';
 import { RandomService } from './core/random.service.js';
 import type { RandomHealthEvent } from './core/random-health.js';
+import {
+  LeasedRateLimiter,
+  type LeaseTokens,
+  LocalRateLimiter,
+  NO_RATE_LIMIT,
+  type RateLimiter,
+  type RateLimits,
+  TokenBuckets,
+} from './core/rate-limiter.js';
 import { RootKeyService } from './core/root-key.service.js';
 import { XksService } from './core/xks.service.js';
 import { GrapheneHsm, type HsmConfig } from './hsm/graphene-hsm.js';
@@ -61,6 +70,8 @@ export interface StartOptions {
   readonly wrapKeyStoreHsm?: (connectionId: string, hsm: Hsm) => Hsm;
   /** Wraps the PKCS#11 binding of the default HSM's adapter: tests and the fault benchmark inject faults there. */
   readonly wrapPkcs11?: HsmConfig['wrapPkcs11'];
+  /** A cluster worker's way to lease rate-limit tokens from the primary's buckets (src/rate-lease-ipc.ts). */
+  readonly leaseRateTokens?: LeaseTokens;
 }
 
 const systemClock: Clock = { now: () => Date.now() };
@@ -106,6 +117,7 @@ export async function startService(
   keyStores.onBeforeConnected((connecting, tokenHsm) => keys.reconcileStore(connecting, tokenHsm));
   keyStores.watchOpenStores();
   const random = new RandomService(hsm, keyStores);
+  const rateLimiter = rateLimiterFor(config.rateLimits, role, clock, options.leaseRateTokens);
   const services: Services = {
     random,
     passwords: new PasswordService((length) => random.generate(length)),
@@ -114,6 +126,7 @@ export async function startService(
     dataKeys: new DataKeyService(store, keys),
     region: config.region,
     cmkQuota: config.cmkQuota,
+    rateLimiter,
   };
 
   const credentials = new CredentialService(hsm, store, clock);
@@ -186,6 +199,7 @@ export async function startService(
       service: new XksService(store, keys, hsm, clock),
       regions: [config.region],
       lookupSecret: (id: string) => credentials.resolveXks(id),
+      rateLimiter,
       deployment: {
         fleetSize: config.workers,
         ekmVendor: hsm.profile.name === 'generic' ? 'PKCS#11' : hsm.profile.name,
@@ -246,4 +260,20 @@ function randomHealthLog(logger: Logger, source: Record<string, string>): (event
       });
     }
   };
+}
+
+/**
+ * The process's rate limiter: a cluster worker spends tokens leased from the primary's buckets, so that a project's
+ * limit is the service's, not each worker's; a single process takes them from buckets of its own. The primary serves
+ * no requests (main.ts holds its buckets).
+ */
+function rateLimiterFor(
+  limits: RateLimits,
+  role: Role,
+  clock: Clock,
+  leaseRateTokens: LeaseTokens | undefined,
+): RateLimiter {
+  if (role === 'primary' || (limits.cryptographic === 0 && limits.management === 0)) return NO_RATE_LIMIT;
+  if (role === 'worker' && leaseRateTokens !== undefined) return new LeasedRateLimiter(limits, clock, leaseRateTokens);
+  return new LocalRateLimiter(new TokenBuckets(limits, clock));
 }

@@ -17,6 +17,8 @@ declare module 'autocannon' {
     headers?: Record<string, string>;
     body?: string;
     requests?: AutocannonRequest[];
+    /** Requests per second across all connections, at most. */
+    overallRate?: number;
     /** Resolve with the raw result of this run, to be merged with others' by `aggregateResult`. */
     skipAggregateResult?: boolean;
   }

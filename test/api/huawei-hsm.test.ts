@@ -12,6 +12,7 @@ import { KeyService } from '../../src/core/key.service.js';
 import { PasswordService } from '../../src/core/password.service.js';
 import type { CmkVersionRef, GcmSealed, Hsm } from '../../src/core/ports.js';
 import { RandomService } from '../../src/core/random.service.js';
+import { NO_RATE_LIMIT } from '../../src/core/rate-limiter.js';
 import { createLogger } from '../../src/logger.js';
 import { createKey, huaweiErrorBody, startTestService, type TestService } from '../support/test-service.js';
 
@@ -181,6 +182,7 @@ describe('failures inside the service', () => {
       dataKeys: new DataKeyService(store, keys),
       region: 'local-1',
       cmkQuota: 100,
+      rateLimiter: NO_RATE_LIMIT,
     };
     const issuer = loadOrCreateIssuerKeys(kms.dataDir);
     const verifier = new TokenVerifier({ key: issuer.publicKey });

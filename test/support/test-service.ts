@@ -6,6 +6,7 @@ import { loadOrCreateIssuerKeys, signProjectToken } from '../../src/auth/local-i
 import { loadConfig } from '../../src/config.js';
 import { createLogger } from '../../src/logger.js';
 import { type RunningService, type StartOptions, startService } from '../../src/service.js';
+import { RATE_LIMITS_OFF } from './child-service.js';
 import { type AnyTestToken, createTestToken, removeTestToken, type TokenProvider } from './softhsm.js';
 
 export interface HuaweiResponse {
@@ -84,6 +85,7 @@ export async function startTestService(
     KMS_PORT: '0',
     KMS_HOST: '127.0.0.1',
     KMS_LOG_LEVEL: 'error',
+    ...RATE_LIMITS_OFF,
     ...token.serviceEnv,
     ...options.prepare?.(token),
     ...extraEnv,

@@ -36,6 +36,7 @@ describe('configuration', () => {
       port: 8080,
       workers: 1,
       cmkQuota: 100_000,
+      rateLimits: { cryptographic: 1_000, management: 100 },
       hsm: {
         library: '/usr/lib/softhsm/libsofthsm2.so',
         tokenLabel: 'hsm-kms',
@@ -96,6 +97,14 @@ describe('configuration', () => {
     );
     expect(() => loadConfig({ KMS_PIN: '1234', KMS_HSM_SESSION_WAIT_MS: '0' })).toThrow(
       /^Invalid configuration: KMS_HSM_SESSION_WAIT_MS: /,
+    );
+  });
+
+  it('when the rate limits are set, then they apply per class, 0 turns one off, and a negative one is refused', () => {
+    const env = { KMS_PIN: '1234', KMS_RATE_LIMIT_CRYPTO_PER_SECOND: '50', KMS_RATE_LIMIT_MANAGEMENT_PER_SECOND: '0' };
+    expect(loadConfig(env).rateLimits).toEqual({ cryptographic: 50, management: 0 });
+    expect(() => loadConfig({ ...env, KMS_RATE_LIMIT_CRYPTO_PER_SECOND: '-1' })).toThrow(
+      /KMS_RATE_LIMIT_CRYPTO_PER_SECOND/,
     );
   });
 

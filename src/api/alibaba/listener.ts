@@ -7,7 +7,8 @@ import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
 import { ownEntry } from '../own-entry.js';
 import { AlibabaApiError, invalidParameter, renderAlibabaError, unsupportedOperation } from './errors.js';
-import { ALIBABA_OPERATIONS } from './operations.js';
+import { ALIBABA_OPERATION_CLASSES } from './operation-classes.js';
+import { ALIBABA_OPERATIONS, type AlibabaOperationName } from './operations.js';
 import { API_VERSION, type NonceClaim, resolveAccessKey, verifyRpcSignature } from './signature.js';
 import { RpcParams } from './wire.js';
 
@@ -100,6 +101,7 @@ export function alibabaListener(services: Services, options: AlibabaOptions, log
     if (regionId !== undefined && regionId !== options.region) {
       throw invalidParameter('RegionId', `this service serves the region ${options.region}.`);
     }
+    await services.rateLimiter.admit(caller.projectId, ALIBABA_OPERATION_CLASSES[action as AlibabaOperationName]);
     const result = await operation.run(services, { projectId: caller.projectId, region: options.region }, rpc);
     send(res, 200, { RequestId: requestId, ...result });
   };

@@ -407,7 +407,7 @@ const describeRegions: AlibabaOperation = async (services) => ({
  * Every operation this service offers, by Action name, with the parameters it takes (beyond the common ones): those
  * of the API reference, version 2016-01-20. Each is honoured or refused with an error; any other is refused.
  */
-export const ALIBABA_OPERATIONS: Readonly<Record<string, { run: AlibabaOperation; parameters: readonly string[] }>> = {
+export const ALIBABA_OPERATIONS = {
   GetRandomPassword: {
     run: getRandomPassword,
     parameters: ['PasswordLength', 'ExcludeCharacters', ...Object.keys(PASSWORD_TYPE_FLAGS), 'RequireEachIncludedType'],
@@ -453,4 +453,6 @@ export const ALIBABA_OPERATIONS: Readonly<Record<string, { run: AlibabaOperation
   DescribeRegions: { run: describeRegions, parameters: [] },
   ...KEY_VERSION_OPERATIONS,
   ...KMS_INSTANCE_OPERATIONS,
-};
+} satisfies Readonly<Record<string, { run: AlibabaOperation; parameters: readonly string[] }>>;
+
+export type AlibabaOperationName = keyof typeof ALIBABA_OPERATIONS;

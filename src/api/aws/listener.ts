@@ -7,7 +7,8 @@ import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
 import { ownEntry } from '../own-entry.js';
 import { AwsApiError, renderAwsError } from './errors.js';
-import { AWS_OPERATIONS } from './operations.js';
+import { AWS_OPERATION_CLASSES } from './operation-classes.js';
+import { AWS_OPERATIONS, type AwsOperationName } from './operations.js';
 import { inAwsWords } from './wire.js';
 
 /**
@@ -52,9 +53,8 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
     const caller = signature.verify(body);
     const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
     const target = req.headersDistinct['x-amz-target']?.[0] ?? '';
-    const operation = target.startsWith(TARGET_PREFIX)
-      ? ownEntry(AWS_OPERATIONS, target.slice(TARGET_PREFIX.length))
-      : undefined;
+    const operationName = target.slice(TARGET_PREFIX.length);
+    const operation = target.startsWith(TARGET_PREFIX) ? ownEntry(AWS_OPERATIONS, operationName) : undefined;
     if (req.method !== 'POST' || !JSON_TYPES.has(contentType) || !operation) {
       throw new AwsApiError('UnknownOperationException', '');
     }
@@ -64,6 +64,7 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
     } catch {
       throw new AwsApiError('SerializationException', 'The request body is not valid JSON.');
     }
+    await services.rateLimiter.admit(caller.projectId, AWS_OPERATION_CLASSES[operationName as AwsOperationName]);
     send(res, 200, requestId, await operation(services, caller, json).catch(inAwsWords(caller)));
   };
 

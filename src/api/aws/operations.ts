@@ -656,7 +656,7 @@ const listAliases: AwsOperation = async (services, caller, body) => {
 };
 
 /** Every operation this service offers, by X-Amz-Target name. */
-export const AWS_OPERATIONS: Readonly<Record<string, AwsOperation>> = {
+export const AWS_OPERATIONS = {
   GenerateRandom: generateRandom,
   CreateKey: createKey,
   DescribeKey: describeKey,
@@ -680,4 +680,6 @@ export const AWS_OPERATIONS: Readonly<Record<string, AwsOperation>> = {
   ListResourceTags: listResourceTags,
   ...CUSTOM_KEY_STORE_OPERATIONS,
   ...KEY_ROTATION_OPERATIONS,
-};
+} satisfies Readonly<Record<string, AwsOperation>>;
+
+export type AwsOperationName = keyof typeof AWS_OPERATIONS;

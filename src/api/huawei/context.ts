@@ -3,6 +3,7 @@ import type { KeyService } from '../../core/key.service.js';
 import type { KeyStoreService } from '../../core/key-store.service.js';
 import type { PasswordService } from '../../core/password.service.js';
 import type { RandomService } from '../../core/random.service.js';
+import type { RateLimiter } from '../../core/rate-limiter.js';
 
 /** The use cases the dialects call, and the deployment facts they report. */
 export interface Services {
@@ -13,6 +14,8 @@ export interface Services {
   readonly dataKeys: DataKeyService;
   readonly region: string;
   readonly cmkQuota: number;
+  /** Admits a project's request of a class, or throws Throttled: every dialect asks once the caller is known. */
+  readonly rateLimiter: RateLimiter;
 }
 
 /** One Huawei action: the body as received (unvalidated) in, the response body out. */

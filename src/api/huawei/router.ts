@@ -38,6 +38,7 @@ import {
   listKeyStores,
   showKeyStore,
 } from './keystore-actions.js';
+import { HUAWEI_ACTION_CLASSES } from './operation-classes.js';
 import {
   disableKeyRotation,
   enableKeyRotation,
@@ -47,7 +48,7 @@ import {
 import { versionDocument, versionsDocument } from './versions.js';
 
 /** Every Huawei action this service offers: `/v1.0/{project_id}/kms/<action>`, with the method Huawei uses. */
-const ACTIONS: Readonly<Record<string, { method: 'GET' | 'POST'; run: HuaweiAction }>> = {
+export const HUAWEI_ACTIONS = {
   'gen-random': { method: 'POST', run: genRandom },
   'create-key': { method: 'POST', run: createKey },
   'describe-key': { method: 'POST', run: describeKey },
@@ -70,7 +71,9 @@ const ACTIONS: Readonly<Record<string, { method: 'GET' | 'POST'; run: HuaweiActi
   'decrypt-data': { method: 'POST', run: decryptData },
   'user-instances': { method: 'GET', run: userInstances },
   'user-quotas': { method: 'GET', run: userQuotas },
-};
+} satisfies Readonly<Record<string, { method: 'GET' | 'POST'; run: HuaweiAction }>>;
+
+export type HuaweiActionName = keyof typeof HUAWEI_ACTIONS;
 
 type KeystoreMethod = 'GET' | 'POST' | 'DELETE';
 
@@ -148,7 +151,7 @@ export function huaweiActionListener(services: Services, auth: HuaweiAuthOptions
   ) => {
     if (!PROJECT_ID_PATTERN.test(projectId)) throw invalid('KMS.0201', 'Invalid request URL.');
     const signedBody = await authenticate(req, projectId, auth, () => readRawBody(req));
-    const action = ownEntry(ACTIONS, actionName);
+    const action = ownEntry(HUAWEI_ACTIONS, actionName);
     if (!action) throw invalid('KMS.0201', 'Invalid request URL.');
     // No action takes query parameters (their fields are in the body): one sent is refused, never ignored.
     if (query.split('&').some((parameter) => parameter !== '')) {
@@ -159,6 +162,7 @@ export function huaweiActionListener(services: Services, auth: HuaweiAuthOptions
       throw new HuaweiApiError('KMS.0215', 405, 'Request method not supported.');
     }
     const body = action.method === 'POST' ? parseJsonBody(signedBody ?? (await readRawBody(req))) : undefined;
+    await services.rateLimiter.admit(projectId, HUAWEI_ACTION_CLASSES[actionName as HuaweiActionName]);
     sendJson(res, 200, await action.run(services, projectId, body));
   };
   const serveKeystore = async (
@@ -182,6 +186,7 @@ export function huaweiActionListener(services: Services, auth: HuaweiAuthOptions
       throw invalid('KMS.0201', 'Invalid request URL: this path takes no query parameters.');
     }
     const body = req.method === 'POST' ? parseJsonBody(signedBody ?? (await readRawBody(req))) : undefined;
+    await services.rateLimiter.admit(projectId, 'management');
     const answer = await run(services, projectId, { keystoreId, query: new URLSearchParams(query), body });
     if (answer === undefined) {
       res.writeHead(200, { 'Content-Length': 0 });

@@ -1,11 +1,13 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { authenticateSigV4, type SecretLookup } from '../../auth/sigv4.js';
 import { KmsError } from '../../core/errors.js';
+import type { RateLimiter } from '../../core/rate-limiter.js';
 import type { XksService } from '../../core/xks.service.js';
 import { readBody } from '../../http/read-body.js';
 import { setRetryAfter } from '../../http/retry-after.js';
 import { errorFields, type Logger } from '../../logger.js';
 import { renderXksError, XksApiError } from './errors.js';
+import { XKS_OPERATION_CLASSES } from './operation-classes.js';
 import { XKS_OPERATIONS, type XksDeployment, type XksOperationName } from './operations.js';
 
 /**
@@ -35,6 +37,8 @@ export interface XksOptions {
   readonly regions: readonly string[];
   /** Resolves XKS access keys only (CredentialService.resolveXks). */
   readonly lookupSecret: SecretLookup;
+  /** The project's rate limits, shared with the other dialects. */
+  readonly rateLimiter: RateLimiter;
   readonly now?: () => number;
 }
 
@@ -82,6 +86,7 @@ export function xksListener(options: XksOptions, logger: Logger) {
       throw new XksApiError('ValidationException', 'The request body is not valid JSON.');
     }
     served.kmsRequestId = kmsRequestIdOf(json);
+    await options.rateLimiter.admit(projectId, XKS_OPERATION_CLASSES[operation]);
     send(res, 200, await XKS_OPERATIONS[operation](context, { projectId, keyId }, json));
   };
 
