@@ -54,6 +54,10 @@ const EnvSchema = z.object({
     )
     .optional(),
   KMS_ALLOW_PLAINTEXT_HTTP: z.enum(['true', 'false']).default('false'),
+  KMS_AUDIT_ENABLED: z.enum(['true', 'false']).default('true'),
+  KMS_AUDIT_DIR: z.string().min(1).optional(),
+  KMS_AUDIT_MAX_BYTES: intFrom(1, 2 ** 40).default(64 * 1024 * 1024),
+  KMS_AUDIT_FSYNC: z.enum(['true', 'false']).default('false'),
 });
 
 /**
@@ -101,6 +105,16 @@ export interface Config {
   readonly keyStoreConnections: readonly HsmConnection[];
   readonly dbPath: string;
   readonly cmkQuota: number;
+  /** The audit trail (src/audit/file-audit-log.ts); undefined when KMS_AUDIT_ENABLED=false. */
+  readonly audit:
+    | {
+        readonly dir: string;
+        /** A file rotates once the next record would take it past this size. */
+        readonly maxBytes: number;
+        /** fsync after every record (survives power loss, not only a crash). */
+        readonly fsync: boolean;
+      }
+    | undefined;
   readonly auth: {
     /** Verify tokens with this JWKS (production) instead of the local issuer key in the data directory. */
     readonly jwksUrl: string | undefined;
@@ -170,6 +184,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       : [],
     dbPath: path.resolve(e.KMS_DB_PATH ?? path.join(dataDir, 'kms.db')),
     cmkQuota: e.KMS_CMK_QUOTA,
+    audit:
+      e.KMS_AUDIT_ENABLED === 'true'
+        ? Object.freeze({
+            dir: path.resolve(e.KMS_AUDIT_DIR ?? path.join(dataDir, 'audit')),
+            maxBytes: e.KMS_AUDIT_MAX_BYTES,
+            fsync: e.KMS_AUDIT_FSYNC === 'true',
+          })
+        : undefined,
     auth: Object.freeze({ jwksUrl: e.KMS_JWKS_URL, issuer: e.KMS_TOKEN_ISSUER, audience: e.KMS_TOKEN_AUDIENCE }),
   });
 }

@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { authenticateSigV4, type SecretLookup } from '../../auth/sigv4.js';
+import type { AuditDraft } from '../../core/audit.js';
 import { readBody } from '../../http/read-body.js';
+import type { RequestAuditor } from '../../http/request-audit.js';
 import { setRetryAfter } from '../../http/retry-after.js';
 import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
@@ -30,9 +32,9 @@ export interface AwsOptions {
 }
 
 /** Serves a request of the AWS protocol and returns true, or returns false for any other request. */
-export function awsListener(services: Services, options: AwsOptions, logger: Logger) {
+export function awsListener(services: Services, options: AwsOptions, logger: Logger, auditor: RequestAuditor) {
   const now = options.now ?? Date.now;
-  const serve = async (req: IncomingMessage, res: ServerResponse, requestId: string) => {
+  const serve = async (req: IncomingMessage, res: ServerResponse, requestId: string, audit: AuditDraft) => {
     // As sent, still percent-encoded; repeated headers as separate values (AWS joins them with ',', node with ', ').
     const url = req.url ?? '/';
     const queryAt = url.indexOf('?');
@@ -50,6 +52,8 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
       () => new AwsApiError('ValidationException', 'The request body is too large.', 413),
     );
     const caller = signature.verify(body);
+    audit.caller = `access-key:${caller.accessKeyId}`;
+    audit.projectId = caller.projectId;
     const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
     const target = req.headersDistinct['x-amz-target']?.[0] ?? '';
     const operation = target.startsWith(TARGET_PREFIX)
@@ -58,25 +62,38 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
     if (req.method !== 'POST' || !JSON_TYPES.has(contentType) || !operation) {
       throw new AwsApiError('UnknownOperationException', '');
     }
+    audit.operation = target.slice(TARGET_PREFIX.length);
     let json: unknown;
     try {
       json = body.length === 0 ? {} : JSON.parse(body.toString('utf8'));
     } catch {
       throw new AwsApiError('SerializationException', 'The request body is not valid JSON.');
     }
-    send(res, 200, requestId, await operation(services, caller, json).catch(inAwsWords(caller)));
+    audit.namedKey(requestedKey(json));
+    const answer = await operation(services, caller, json, audit).catch(inAwsWords(caller));
+    audit.namedKey(answeredKey(answer), true);
+    auditor.record(req, requestId, audit, 200);
+    send(res, 200, requestId, answer);
   };
 
   return (req: IncomingMessage, res: ServerResponse): boolean => {
     if (req.headers['x-amz-target'] === undefined) return false;
     const requestId = randomUUID();
-    serve(req, res, requestId).catch((err: unknown) => {
-      const { status, body, unexpected } = renderAwsError(err);
-      if (unexpected) logger.error('request failed', { dialect: 'aws', requestId, ...errorFields(err) });
+    const audit = auditor.draft();
+    serve(req, res, requestId, audit).catch((err: unknown) => {
+      let failure = err;
+      let { status, body, unexpected } = renderAwsError(err);
+      try {
+        auditor.record(req, requestId, audit, status, body.__type);
+      } catch (auditErr) {
+        failure = auditErr;
+        ({ status, body, unexpected } = renderAwsError(auditErr));
+      }
+      if (unexpected) logger.error('request failed', { dialect: 'aws', requestId, ...errorFields(failure) });
       if (res.headersSent) res.destroy();
       else {
         res.setHeader('x-amzn-ErrorType', body.__type);
-        setRetryAfter(res, err);
+        setRetryAfter(res, failure);
         send(res, status, requestId, body);
       }
     });
@@ -92,4 +109,17 @@ function send(res: ServerResponse, status: number, requestId: string, body: obje
     'x-amzn-RequestId': requestId,
   });
   res.end(json);
+}
+
+/** The key a request names, for the audit record: KeyId, or ReEncrypt's DestinationKeyId, or an alias's target. */
+function requestedKey(json: unknown): unknown {
+  if (typeof json !== 'object' || json === null) return undefined;
+  const named = json as { KeyId?: unknown; DestinationKeyId?: unknown; TargetKeyId?: unknown };
+  return named.KeyId ?? named.DestinationKeyId ?? named.TargetKeyId;
+}
+
+/** The key an answer names: KeyId, or the KeyMetadata of CreateKey and DescribeKey. */
+function answeredKey(answer: object): unknown {
+  const named = answer as { KeyId?: unknown; KeyMetadata?: { KeyId?: unknown } };
+  return named.KeyId ?? named.KeyMetadata?.KeyId;
 }
