@@ -120,7 +120,7 @@ describe('secret hygiene', () => {
     // Alibaba: a text plaintext; a tampered ciphertext, an unknown key.
     const alibaba = alibabaClient(kms.url, credentials);
     const aliSealed = await alibaba.encrypt(new $Kms.EncryptRequest({ keyId, plaintext: CANARY_TEXT }));
-    const aliBlob = Buffer.from(aliSealed.body?.ciphertextBlob as string, 'base64');
+    const aliBlob = Buffer.from(aliSealed.ciphertextBlob, 'base64');
     aliBlob[aliBlob.length - 1] = (aliBlob[aliBlob.length - 1] as number) ^ 1;
     for (const attempt of [
       alibaba.decrypt(new $Kms.DecryptRequest({ ciphertextBlob: aliBlob.toString('base64') })),
