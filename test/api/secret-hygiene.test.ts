@@ -40,7 +40,10 @@ function addCanary(secret: Buffer | string): void {
 }
 
 function leaksIn(where: string, text: string): string[] {
-  return [...canaries].filter((canary) => text.includes(canary)).map((canary) => `${where}: ${canary}`);
+  // The text around the leak says where it came from.
+  return [...canaries]
+    .filter((canary) => text.includes(canary))
+    .map((canary) => `${where}: ${text.slice(Math.max(0, text.indexOf(canary) - 120), text.indexOf(canary) + 40)}`);
 }
 
 beforeAll(async () => {
