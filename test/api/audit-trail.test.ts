@@ -9,6 +9,7 @@ import {
   KMSClient,
 } from '@aws-sdk/client-kms';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { recordHash } from '../../src/audit/audit-chain.js';
 import { $Kms, alibabaClient } from '../support/alibaba-sdk.js';
 import { type AuditRecordLine, auditFilesOf, auditRecords, kmsAuditVerify } from '../support/audit-files.js';
 import { huaweiKmsClient } from '../support/huawei-sdk.js';
@@ -206,6 +207,13 @@ describe('the chain', () => {
     return file;
   }
 
+  /** A record as a forger would rewrite it: its hash made anew over its new bytes (the next record still names the old). */
+  function rehashed(line: string): string {
+    const canonical = `${line.slice(0, line.lastIndexOf(',"hash":'))}}`;
+    const { prev } = JSON.parse(canonical) as { prev: string };
+    return `${canonical.slice(0, -1)},"hash":"${recordHash(prev, canonical)}"}`;
+  }
+
   it.each([
     [
       'one byte of a record changed',
@@ -221,6 +229,12 @@ describe('the chain', () => {
       'sequence 4 where 3 was due',
     ],
     ['the first record deleted', (lines: string[]) => lines.slice(1), 1, 'sequence 2 where 1 was due'],
+    [
+      'a record rewritten with its own hash recomputed',
+      (lines: string[]) => lines.map((line, i) => (i === 3 ? rehashed(line.replace('"time":"2', '"time":"3')) : line)),
+      5,
+      'prev is not the hash of the record before it',
+    ],
   ])('when %s, then verify names that line and exits 1', (name, edit, line, reason) => {
     const file = tampered(name.replaceAll(' ', '-'), edit);
     const run = kmsAuditVerify([file]);

@@ -4,7 +4,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { auditFiles } from '../../src/audit/file-audit-log.js';
 
-const KMS = fileURLToPath(new URL('../../scripts/kms', import.meta.url));
+/** The `kms` command line from source, as child-service.ts runs main.ts: no build to wait for or go stale. */
+const KMS_CLI = fileURLToPath(new URL('../../src/cli/kms.ts', import.meta.url));
 
 /** One audit record as written (src/audit/audit-chain.ts). */
 export interface AuditRecordLine {
@@ -41,7 +42,10 @@ export function auditRecords(dataDir: string): AuditRecordLine[] {
   );
 }
 
-/** `kms audit verify FILE...`, the real command line. */
+/** `kms audit verify FILE...`, the real command line in a process of its own. */
 export function kmsAuditVerify(files: readonly string[]) {
-  return spawnSync(KMS, ['audit', 'verify', ...files], { encoding: 'utf8', timeout: 120_000 });
+  return spawnSync(process.execPath, ['--import', 'tsx', KMS_CLI, 'audit', 'verify', ...files], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
 }
