@@ -12,6 +12,7 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import autocannon from 'autocannon';
+import { FileAuditLog } from '../src/audit/file-audit-log.js';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../src/auth/local-issuer.js';
 import { createTestToken, removeTestToken } from '../test/support/softhsm.js';
 import { connectionLimitsFor } from './lib/connection-limits.js';
@@ -58,6 +59,36 @@ async function slice(setting: Setting, apiPath: string, headers: Record<string, 
   return { rps: result.requests.average, cpuUs: (treeCpuMicros(pid) - before) / result.requests.total };
 }
 
+/**
+ * The log's own cost, apart from HTTP and the machine's load: µs per `append` of a typical record (a create-datakey's),
+ * on a file in the token's directory, as the service writes it.
+ */
+function appendCost(dir: string, fsync: boolean, count: number): number {
+  const auditLog = new FileAuditLog({ dir, slot: 0, maxBytes: 64 * 1024 * 1024, fsync });
+  const event = {
+    time: new Date().toISOString(),
+    dialect: 'huawei',
+    requestId: '6f1c1b1e-8d55-4a55-9f7e-2a0e1f3b9c11',
+    source: '127.0.0.1',
+    caller: 'token:local-user@auditbench',
+    projectId: PROJECT,
+    operation: 'create-datakey',
+    keyId: '0d0466b0-e727-4d9c-b35d-f84bb474a37f',
+    keyVersion: 0,
+    outcome: 'ok',
+    status: 200,
+    errorCode: undefined,
+  } as const;
+  try {
+    for (let i = 0; i < Math.min(count, 1000); i++) auditLog.append(event); // warm-up
+    const started = process.hrtime.bigint();
+    for (let i = 0; i < count; i++) auditLog.append(event);
+    return Number(process.hrtime.bigint() - started) / 1000 / count;
+  } finally {
+    auditLog.close();
+  }
+}
+
 const median = (xs: readonly number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
 async function main() {
@@ -65,6 +96,9 @@ async function main() {
   const token = createTestToken();
   const dataDir = path.join(token.dir, 'data');
   const main = ensureBuilt(log);
+  const appendUs = appendCost(path.join(token.dir, 'append'), false, 100_000);
+  const appendFsyncUs = values.fsync ? appendCost(path.join(token.dir, 'append-fsync'), true, 2_000) : undefined;
+  log(`append alone: ${appendUs.toFixed(1)} µs${appendFsyncUs ? `, with fsync ${appendFsyncUs.toFixed(0)} µs` : ''}`);
   const common = {
     KMS_DATA_DIR: dataDir,
     KMS_PORT: '0',
@@ -114,6 +148,11 @@ async function main() {
       log(`round ${round}: ${line.join('; ')}`);
     }
     const [off] = settings as [Setting];
+    process.stdout.write(
+      `FileAuditLog.append alone (one create-datakey record, in process): ${appendUs.toFixed(1)} µs` +
+        (appendFsyncUs ? `; with fsync: ${appendFsyncUs.toFixed(0)} µs` : '') +
+        '\n',
+    );
     process.stdout.write(
       `create-datakey, medians of ${ROUNDS} alternating ${SLICE} s slices, ${CONNECTIONS} connections, one process each\n`,
     );
