@@ -277,7 +277,15 @@ describe('rotation, restart and failure', () => {
     // `credentials` belong to the first service's database: refused, and recorded all the same.
     expect(after).toMatchObject({ name: 'UnrecognizedClientException' });
     const records = auditRecords(small.dataDir);
-    expect(records.at(-1)).toMatchObject({ seq: before.length + 1, prev: before.at(-1)?.hash, outcome: 'error' });
+    expect(records.at(-1)).toMatchObject({
+      seq: before.length + 1,
+      prev: before.at(-1)?.hash,
+      outcome: 'error',
+      // What the refused caller tried is recorded; who it claimed to be is not, as it proved nothing.
+      operation: 'Encrypt',
+      caller: null,
+      errorCode: 'UnrecognizedClientException',
+    });
     const run = kmsAuditVerify(auditFilesOf(small.dataDir));
     expect(run.stdout).toBe(`ok: ${records.length} records, last hash ${records.at(-1)?.hash}\n`);
   });

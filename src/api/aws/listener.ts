@@ -40,6 +40,12 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
     const queryAt = url.indexOf('?');
     const path = queryAt === -1 ? url : url.slice(0, queryAt);
     const query = queryAt === -1 ? '' : url.slice(queryAt + 1);
+    const target = req.headersDistinct['x-amz-target']?.[0] ?? '';
+    const operation = target.startsWith(TARGET_PREFIX)
+      ? ownEntry(AWS_OPERATIONS, target.slice(TARGET_PREFIX.length))
+      : undefined;
+    // Known before the signature is checked: a refused attempt is recorded with what it tried.
+    if (operation) audit.operation = target.slice(TARGET_PREFIX.length);
     // The access key is resolved from the head: an unknown or revoked key is refused without waiting for a body.
     const signature = await authenticateSigV4(
       { method: req.method ?? 'POST', path, query, headers: req.headersDistinct },
@@ -55,14 +61,9 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
     audit.caller = `access-key:${caller.accessKeyId}`;
     audit.projectId = caller.projectId;
     const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
-    const target = req.headersDistinct['x-amz-target']?.[0] ?? '';
-    const operation = target.startsWith(TARGET_PREFIX)
-      ? ownEntry(AWS_OPERATIONS, target.slice(TARGET_PREFIX.length))
-      : undefined;
     if (req.method !== 'POST' || !JSON_TYPES.has(contentType) || !operation) {
       throw new AwsApiError('UnknownOperationException', '');
     }
-    audit.operation = target.slice(TARGET_PREFIX.length);
     let json: unknown;
     try {
       json = body.length === 0 ? {} : JSON.parse(body.toString('utf8'));

@@ -166,11 +166,12 @@ export function huaweiActionListener(
     audit: AuditDraft,
   ): Promise<object | undefined> => {
     if (!PROJECT_ID_PATTERN.test(projectId)) throw invalid('KMS.0201', 'Invalid request URL.');
+    const action = ownEntry(ACTIONS, actionName);
+    // Known before the credential is checked: a refused attempt is recorded with what it tried.
+    if (action) audit.operation = actionName;
     const signedBody = await authenticate(req, projectId, auth, () => readRawBody(req), audit);
     audit.projectId = projectId;
-    const action = ownEntry(ACTIONS, actionName);
     if (!action) throw invalid('KMS.0201', 'Invalid request URL.');
-    audit.operation = actionName;
     // No action takes query parameters (their fields are in the body): one sent is refused, never ignored.
     if (query.split('&').some((parameter) => parameter !== '')) {
       throw invalid('KMS.0201', 'Invalid request URL: the actions take no query parameters.');
