@@ -36,8 +36,9 @@ Commands:
       Prints the new root key's label; progress goes to stderr.
   audit verify <file>...
       Check audit log files (one chain: a process's audit-<slot>-<n>.jsonl files, oldest first, as rotation left
-      them) record by record. Clean: prints the record count and the last record's hash, exits 0. Otherwise
-      prints the first broken record (file, line, the sequence number due there, why) and exits 1.
+      them) record by record. Clean: prints the record count and the last record's hash, exits 0 (part of a
+      record left at the end of a file by a crash is reported on stderr). Otherwise prints the first broken record
+      (file, line, the sequence number due there, why) and exits 1.
   help
       Print this text.
 `;
@@ -170,6 +171,9 @@ function audit(args: string[]): void {
   if (files.length === 0) fail('audit verify needs at least one <file>');
   const verdict = verifyAuditFiles(files);
   if (verdict.ok) {
+    for (const { file, line } of verdict.cutShort) {
+      process.stderr.write(`kms: ${file} line ${line}: part of a record, cut short by a stop in mid-write\n`);
+    }
     process.stdout.write(`ok: ${verdict.count} records, last hash ${verdict.head.hash}\n`);
     return;
   }
