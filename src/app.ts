@@ -10,6 +10,8 @@ import { invalid } from './api/huawei/errors.js';
 import { huaweiActionListener, huaweiErrorHandler, huaweiVersionRouter } from './api/huawei/router.js';
 import { type XksOptions, xksListener } from './api/xks/listener.js';
 import type { TokenVerifier } from './auth/token-verifier.js';
+import type { AuditDialect, AuditLog } from './core/audit.js';
+import { RequestAuditor } from './http/request-audit.js';
 import type { Logger } from './logger.js';
 
 export interface AppDeps {
@@ -26,6 +28,8 @@ export interface AppDeps {
   readonly tls: boolean;
   /** The AWS XKS proxy API under /xks/<project_id>, and /ping; absent, neither is served. */
   readonly xks?: XksOptions;
+  /** Where every dialect's requests are recorded before they are answered; absent, none are (KMS_AUDIT_ENABLED). */
+  readonly audit?: AuditLog | undefined;
 }
 
 /**
@@ -66,10 +70,16 @@ export function createApp(deps: AppDeps): RequestListener {
   });
   app.use(huaweiErrorHandler(deps.logger));
 
-  const huaweiActions = huaweiActionListener(deps.services, { verifier: deps.verifier, ...deps.huawei }, deps.logger);
-  const awsRequests = awsListener(deps.services, deps.aws, deps.logger);
-  const alibabaRequests = alibabaListener(deps.services, deps.alibaba, deps.logger);
-  const xksRequests = deps.xks ? xksListener(deps.xks, deps.logger) : () => false;
+  const auditor = (dialect: AuditDialect) => new RequestAuditor(deps.audit, dialect);
+  const huaweiActions = huaweiActionListener(
+    deps.services,
+    { verifier: deps.verifier, ...deps.huawei },
+    deps.logger,
+    auditor('huawei'),
+  );
+  const awsRequests = awsListener(deps.services, deps.aws, deps.logger, auditor('aws'));
+  const alibabaRequests = alibabaListener(deps.services, deps.alibaba, deps.logger, auditor('alibaba'));
+  const xksRequests = deps.xks ? xksListener(deps.xks, deps.logger, auditor('xks')) : () => false;
   const securityHeaders = staticSecurityHeaders(deps.tls);
   return (req, res) => {
     res.setHeaders(securityHeaders);

@@ -60,6 +60,10 @@ const EnvSchema = z.object({
     )
     .optional(),
   KMS_ALLOW_PLAINTEXT_HTTP: z.enum(['true', 'false']).default('false'),
+  KMS_AUDIT_ENABLED: z.enum(['true', 'false']).default('true'),
+  KMS_AUDIT_DIR: z.string().min(1).optional(),
+  KMS_AUDIT_MAX_BYTES: intFrom(1, 2 ** 40).default(64 * 1024 * 1024),
+  KMS_AUDIT_FSYNC: z.enum(['true', 'false']).default('false'),
 });
 
 /**
@@ -113,6 +117,16 @@ export interface Config {
   readonly cmkQuota: number;
   /** Requests per second and project, by operation class (src/core/rate-limiter.ts); 0 turns a class's limit off. */
   readonly rateLimits: RateLimits;
+  /** The audit trail (src/audit/file-audit-log.ts); undefined when KMS_AUDIT_ENABLED=false. */
+  readonly audit:
+    | {
+        readonly dir: string;
+        /** A file rotates once the next record would take it past this size. */
+        readonly maxBytes: number;
+        /** fsync after every record (survives power loss, not only a crash). */
+        readonly fsync: boolean;
+      }
+    | undefined;
   readonly auth: {
     /** Verify tokens with this JWKS (production) instead of the local issuer key in the data directory. */
     readonly jwksUrl: string | undefined;
@@ -188,6 +202,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       cryptographic: e.KMS_RATE_LIMIT_CRYPTO_PER_SECOND,
       management: e.KMS_RATE_LIMIT_MANAGEMENT_PER_SECOND,
     }),
+    audit:
+      e.KMS_AUDIT_ENABLED === 'true'
+        ? Object.freeze({
+            dir: path.resolve(e.KMS_AUDIT_DIR ?? path.join(dataDir, 'audit')),
+            maxBytes: e.KMS_AUDIT_MAX_BYTES,
+            fsync: e.KMS_AUDIT_FSYNC === 'true',
+          })
+        : undefined,
     auth: Object.freeze({ jwksUrl: e.KMS_JWKS_URL, issuer: e.KMS_TOKEN_ISSUER, audience: e.KMS_TOKEN_AUDIENCE }),
   });
 }

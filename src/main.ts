@@ -13,6 +13,9 @@ const RESTART_DELAY_MS = 1_000;
 /** The message a process sends after writing key metadata, so that the others drop their cached key records. */
 const METADATA_CHANGED = 'hsm-kms:metadata-changed';
 
+/** How the primary tells a worker its audit slot (not an operator's setting). */
+const AUDIT_SLOT_VARIABLE = 'KMS_AUDIT_SLOT';
+
 const isMetadataChanged = (message: unknown) =>
   typeof message === 'object' && message !== null && (message as { type?: unknown }).type === METADATA_CHANGED;
 
@@ -45,6 +48,7 @@ async function main(): Promise<void> {
   const options: StartOptions = {
     ...(onMetadataWrite ? { onMetadataWrite } : {}),
     ...(role === 'worker' ? { leaseRateTokens: leaseOverIpc() } : {}),
+    auditSlot: Number(process.env[AUDIT_SLOT_VARIABLE] ?? 0),
   };
   let running: RunningService;
   try {
@@ -62,11 +66,17 @@ async function main(): Promise<void> {
       if (isMetadataChanged(message)) broadcast(worker.id);
       else answerRateLease(rateBuckets, worker, message);
     });
-    for (let i = 0; i < config.workers; i++) cluster.fork();
+    // Each worker writes the audit chain of its slot; a worker that dies is replaced in its slot, once it has exited,
+    // so that one chain never has two writers.
+    const slots = new Map<number, number>();
+    const fork = (slot: number) => slots.set(cluster.fork({ [AUDIT_SLOT_VARIABLE]: String(slot) }).id, slot);
+    for (let slot = 1; slot <= config.workers; slot++) fork(slot);
     cluster.on('exit', (worker, code, signal) => {
+      const slot = slots.get(worker.id) as number;
+      slots.delete(worker.id);
       if (stopping) return;
       logger.warn('worker exited; starting another', { worker: worker.process.pid, code, signal });
-      setTimeout(() => cluster.fork(), RESTART_DELAY_MS);
+      setTimeout(() => fork(slot), RESTART_DELAY_MS);
     });
     const stop = async () => {
       stopping = true;

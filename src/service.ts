@@ -3,6 +3,7 @@ import type { Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Services } from './api/huawei/context.js';
 import { createApp } from './app.js';
+import { FileAuditLog } from './audit/file-audit-log.js';
 import { loadOrCreateIssuerKeys } from './auth/local-issuer.js';
 import { TokenVerifier } from './auth/token-verifier.js';
 import type { Config } from './config.js';
@@ -72,6 +73,11 @@ export interface StartOptions {
   readonly wrapPkcs11?: HsmConfig['wrapPkcs11'];
   /** A cluster worker's way to lease rate-limit tokens from the primary's buckets (src/rate-lease-ipc.ts). */
   readonly leaseRateTokens?: LeaseTokens;
+  /**
+   * Which audit chain this process writes (src/audit/file-audit-log.ts): 0 for a single process, the worker's slot
+   * (1..N, handed down by the primary) in a cluster, so that no two processes ever write into one chain.
+   */
+  readonly auditSlot?: number;
 }
 
 const systemClock: Clock = { now: () => Date.now() };
@@ -182,6 +188,7 @@ export async function startService(
 
   let server: Server | HttpsServer | undefined;
   let url: string | undefined;
+  let audit: FileAuditLog | undefined;
   if (role !== 'primary') {
     const key = config.auth.jwksUrl ? new URL(config.auth.jwksUrl) : loadOrCreateIssuerKeys(config.dataDir).publicKey;
     const verifier = new TokenVerifier({ key, issuer: config.auth.issuer, audience: config.auth.audience });
@@ -207,7 +214,19 @@ export async function startService(
       },
       now: () => clock.now(),
     };
-    const app = createApp({ services, verifier, logger, huawei, aws, alibaba, xks, tls: config.tls !== undefined });
+    // Opened before the listener: a log that cannot be opened (or resumed) stops the start, never a request unrecorded.
+    audit = config.audit && new FileAuditLog({ ...config.audit, slot: options.auditSlot ?? 0 });
+    const app = createApp({
+      services,
+      verifier,
+      logger,
+      huawei,
+      aws,
+      alibaba,
+      xks,
+      tls: config.tls !== undefined,
+      audit,
+    });
     const listening = createBoundedServer(app, config.http, logger, config.tls);
     server = await new Promise<Server | HttpsServer>((resolve, reject) => {
       listening.once('error', reject);
@@ -236,6 +255,7 @@ export async function startService(
           s.closeIdleConnections();
         });
       }
+      audit?.close();
       await keyStores.close();
       await hsm.close();
       await nonces.close();

@@ -15,13 +15,19 @@ export interface TokenVerifierOptions {
   readonly now?: () => number;
 }
 
+/** Who a verified token speaks for: its project, and its subject when it names one (never the token itself). */
+export interface TokenIdentity {
+  readonly projectId: string;
+  readonly subject: string | undefined;
+}
+
 /** Verifies X-Auth-Token JWTs and returns the project they are scoped to. */
 export class TokenVerifier {
   private readonly key: KeyObject | JWTVerifyGetKey;
   private readonly issuer: string | undefined;
   private readonly audience: string | undefined;
   private readonly now: () => number;
-  private readonly verified = new Map<string, { projectId: string; expiresAtMs: number }>();
+  private readonly verified = new Map<string, TokenIdentity & { expiresAtMs: number }>();
 
   constructor(options: TokenVerifierOptions) {
     const remote = options.key instanceof URL;
@@ -33,10 +39,15 @@ export class TokenVerifier {
 
   /** The token's project. Throws KmsError AuthMissing, AuthInvalid or AuthExpired. */
   async projectOf(token: string | undefined): Promise<string> {
+    return (await this.identify(token)).projectId;
+  }
+
+  /** The token's project and subject (for the audit trail). Throws as projectOf does. */
+  async identify(token: string | undefined): Promise<TokenIdentity> {
     if (token === undefined || token.length === 0) throw new KmsError('AuthMissing', 'Invalid or null X-Auth-Token.');
     const cached = this.verified.get(token);
     if (cached) {
-      if (cached.expiresAtMs > this.now()) return cached.projectId;
+      if (cached.expiresAtMs > this.now()) return cached;
       this.verified.delete(token);
       throw new KmsError('AuthExpired', 'X-Auth-Token expired.');
     }
@@ -46,8 +57,9 @@ export class TokenVerifier {
       throw new KmsError('AuthInvalid', 'Invalid X-Auth-Token.');
     }
     if (this.verified.size >= CACHE_LIMIT) this.verified.clear();
-    this.verified.set(token, { projectId, expiresAtMs: payload.exp * 1000 });
-    return projectId;
+    const identity = { projectId, subject: typeof payload.sub === 'string' ? payload.sub : undefined };
+    this.verified.set(token, { ...identity, expiresAtMs: payload.exp * 1000 });
+    return identity;
   }
 
   private async verify(token: string) {

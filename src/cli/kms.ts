@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { verifyAuditFiles } from '../audit/verify-audit-chain.js';
 import { loadOrCreateIssuerKeys, signProjectToken } from '../auth/local-issuer.js';
 import { loadConfig } from '../config.js';
 import { CredentialService } from '../core/credential.service.js';
@@ -33,6 +34,11 @@ Commands:
       scheme are migrated on the way), then destroy the old root keys. The service keeps serving meanwhile.
       Resumable: after a crash, run it again; it finishes the interrupted rotation first. Run one at a time.
       Prints the new root key's label; progress goes to stderr.
+  audit verify <file>...
+      Check audit log files (one chain: a process's audit-<slot>-<n>.jsonl files, oldest first, as rotation left
+      them) record by record. Clean: prints the record count and the last record's hash, exits 0 (part of a
+      record left at the end of a file by a crash is reported on stderr). Otherwise prints the first broken record
+      (file, line, the sequence number due there, why) and exits 1.
   help
       Print this text.
 `;
@@ -156,6 +162,27 @@ async function credentials(args: string[]): Promise<void> {
   }
 }
 
+function audit(args: string[]): void {
+  const [subcommand, ...rest] = args;
+  if (subcommand !== 'verify') {
+    fail(subcommand === undefined ? "audit needs 'verify' (try 'kms help')" : `unknown audit command '${subcommand}'`);
+  }
+  const { positionals: files } = parseArgs({ args: rest, options: {}, allowPositionals: true, strict: true });
+  if (files.length === 0) fail('audit verify needs at least one <file>');
+  const verdict = verifyAuditFiles(files);
+  if (verdict.ok) {
+    for (const { file, line } of verdict.cutShort) {
+      process.stderr.write(`kms: ${file} line ${line}: part of a record, cut short by a stop in mid-write\n`);
+    }
+    process.stdout.write(`ok: ${verdict.count} records, last hash ${verdict.head.hash}\n`);
+    return;
+  }
+  process.stdout.write(
+    `broken: ${verdict.file} line ${verdict.line} (record ${verdict.expectedSeq} due): ${verdict.reason}\n`,
+  );
+  process.exitCode = 1;
+}
+
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
   switch (command) {
@@ -165,6 +192,8 @@ async function main(argv: string[]): Promise<void> {
       return credentials(rest);
     case 'root':
       return root(rest);
+    case 'audit':
+      return audit(rest);
     case 'help':
     case '--help':
     case '-h':

@@ -35,6 +35,8 @@ export interface XksSealed {
   readonly tag: Buffer;
   readonly metadata: Buffer;
   readonly integrityValue: Buffer | undefined;
+  /** The key version sealed under (for the audit trail; the metadata carries it too). */
+  readonly keyVersion: number;
 }
 
 export interface XksDecryptInput {
@@ -88,7 +90,9 @@ export class XksService {
     const split = sealed.ciphertextWithTag.length - XKS_TAG_BYTES;
     const ciphertext = sealed.ciphertextWithTag.subarray(0, split);
     const tag = sealed.ciphertextWithTag.subarray(split);
-    if (!input.integrityValue) return { ciphertext, iv: sealed.iv, tag, metadata, integrityValue: undefined };
+    if (!input.integrityValue) {
+      return { ciphertext, iv: sealed.iv, tag, metadata, integrityValue: undefined, keyVersion: version };
+    }
 
     const integrityValue = xksIntegrityValue({ aad: input.aad, metadata, iv: sealed.iv, ciphertext, tag });
     const reopened = await withKeyVersion(this.store, key.id, version, (found) =>
@@ -99,7 +103,7 @@ export class XksService {
     const same = reopened.equals(input.plaintext);
     reopened.fill(0);
     if (!same) throw new KmsError('InternalError', 'The ciphertext just made decrypts to another plaintext.');
-    return { ciphertext, iv: sealed.iv, tag, metadata, integrityValue };
+    return { ciphertext, iv: sealed.iv, tag, metadata, integrityValue, keyVersion: version };
   }
 
   /** The plaintext (the caller zeroes it after use); InvalidCiphertext for anything this service did not seal so. */

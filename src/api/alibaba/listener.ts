@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { SecretLookup } from '../../auth/sigv4.js';
+import type { AuditDraft } from '../../core/audit.js';
 import { readBody } from '../../http/read-body.js';
+import type { RequestAuditor } from '../../http/request-audit.js';
 import { setRetryAfter } from '../../http/retry-after.js';
 import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
@@ -50,9 +52,15 @@ export interface AlibabaOptions {
 }
 
 /** Serves a request of the Alibaba RPC protocol and returns true, or returns false for any other request. */
-export function alibabaListener(services: Services, options: AlibabaOptions, logger: Logger) {
+export function alibabaListener(services: Services, options: AlibabaOptions, logger: Logger, auditor: RequestAuditor) {
   const now = options.now ?? Date.now;
-  const serve = async (req: IncomingMessage, res: ServerResponse, query: string, requestId: string) => {
+  const serve = async (
+    req: IncomingMessage,
+    res: ServerResponse,
+    query: string,
+    requestId: string,
+    audit: AuditDraft,
+  ) => {
     const method = req.method ?? 'GET';
     const params = new Map<string, string>();
     addParameters(params, query);
@@ -84,6 +92,7 @@ export function alibabaListener(services: Services, options: AlibabaOptions, log
         404,
       );
     }
+    audit.operation = action;
     const format = params.get('Format');
     if (format !== undefined && format.toUpperCase() !== 'JSON') {
       throw invalidParameter('Format', 'this service answers in JSON only.');
@@ -93,6 +102,9 @@ export function alibabaListener(services: Services, options: AlibabaOptions, log
       claimNonce: options.claimNonce,
       now,
     });
+    audit.caller = `access-key:${caller.accessKeyId}`;
+    audit.projectId = caller.projectId;
+    audit.namedKey(params.get('KeyId') ?? params.get('DestinationKeyId') ?? params.get('AliasName'));
     rpc.refuseUnknown(new Set([...COMMON_PARAMETERS, ...operation.parameters]));
     if (rpc.optional('SecurityToken') !== undefined) {
       throw unsupportedOperation('temporary (STS) credentials: sign with an access key of the project.');
@@ -102,7 +114,9 @@ export function alibabaListener(services: Services, options: AlibabaOptions, log
       throw invalidParameter('RegionId', `this service serves the region ${options.region}.`);
     }
     await services.rateLimiter.admit(caller.projectId, ALIBABA_OPERATION_CLASSES[action as AlibabaOperationName]);
-    const result = await operation.run(services, { projectId: caller.projectId, region: options.region }, rpc);
+    const result = await operation.run(services, { projectId: caller.projectId, region: options.region }, rpc, audit);
+    audit.namedKey(answeredKey(result), true);
+    auditor.record(req, requestId, audit, 200);
     send(res, 200, { RequestId: requestId, ...result });
   };
 
@@ -115,17 +129,26 @@ export function alibabaListener(services: Services, options: AlibabaOptions, log
     const claimed = path === options.path && (/(?:^|&)Action=/.test(query) || (req.method === 'POST' && isForm(req)));
     if (!claimed) return false;
     const requestId = randomUUID();
+    const audit = auditor.draft();
     const served =
       req.method === 'GET' || req.method === 'POST'
-        ? serve(req, res, query, requestId)
+        ? serve(req, res, query, requestId, audit)
         : Promise.reject(new AlibabaApiError('UnsupportedHTTPMethod', 'This http method is not supported.', 403));
     served.catch((err: unknown) => {
       const host = req.headers.host ?? '';
-      const { status, body, unexpected } = renderAlibabaError(err, requestId, HOST_ID.test(host) ? host : 'localhost');
-      if (unexpected) logger.error('request failed', { dialect: 'alibaba', requestId, ...errorFields(err) });
+      const hostId = HOST_ID.test(host) ? host : 'localhost';
+      let failure = err;
+      let { status, body, unexpected } = renderAlibabaError(err, requestId, hostId);
+      try {
+        auditor.record(req, requestId, audit, status, body.Code);
+      } catch (auditErr) {
+        failure = auditErr;
+        ({ status, body, unexpected } = renderAlibabaError(auditErr, requestId, hostId));
+      }
+      if (unexpected) logger.error('request failed', { dialect: 'alibaba', requestId, ...errorFields(failure) });
       if (res.headersSent) res.destroy();
       else {
-        setRetryAfter(res, err);
+        setRetryAfter(res, failure);
         send(res, status, body);
       }
     });
@@ -157,4 +180,10 @@ function send(res: ServerResponse, status: number, body: object & { RequestId: s
     'x-acs-request-id': body.RequestId,
   });
   res.end(json);
+}
+
+/** The key an answer names: KeyId, or the KeyMetadata of CreateKey and DescribeKey. */
+function answeredKey(result: object): unknown {
+  const named = result as { KeyId?: unknown; KeyMetadata?: { KeyId?: unknown } };
+  return named.KeyId ?? named.KeyMetadata?.KeyId;
 }

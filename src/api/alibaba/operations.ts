@@ -1,3 +1,4 @@
+import type { AuditDraft } from '../../core/audit.js';
 import { MAX_PLAINTEXT_LENGTH } from '../../core/ciphertext-blob.js';
 import { KmsError } from '../../core/errors.js';
 import type { KeyRecord, KeyRef } from '../../core/keys.js';
@@ -27,7 +28,13 @@ import {
 } from './wire.js';
 
 /** One Alibaba KMS operation: the request's parameters in, the response body (without RequestId) out. */
-export type AlibabaOperation = (services: Services, caller: Caller, params: RpcParams) => Promise<object>;
+/** `audit` is the request's audit draft: an operation that uses a key version says which (`usedKey`). */
+export type AlibabaOperation = (
+  services: Services,
+  caller: Caller,
+  params: RpcParams,
+  audit: AuditDraft,
+) => Promise<object>;
 
 /** A blob of 4096 bytes of plaintext is 4157 bytes long; anything much longer is not ours. */
 const MAX_CIPHERTEXT = 6144;
@@ -75,16 +82,18 @@ function refuseDryRun(params: RpcParams): void {
   if (params.boolean('DryRun', false)) throw unsupported('DryRun mode.');
 }
 
-async function newDataKey(services: Services, caller: Caller, params: RpcParams) {
+async function newDataKey(services: Services, caller: Caller, params: RpcParams, audit: AuditDraft) {
   refuseDryRun(params);
   const ref = keyRef(params.required('KeyId'), caller);
   const length = dataKeyLength(params);
   const binding = { context: encryptionContext(params) };
-  return services.dataKeys.generateDataKey(caller.projectId, ref, length, binding).catch(aliasAware(ref));
+  const sealed = await services.dataKeys.generateDataKey(caller.projectId, ref, length, binding).catch(aliasAware(ref));
+  audit.usedKey(sealed.key.id, sealed.keyVersion);
+  return sealed;
 }
 
-const generateDataKey: AlibabaOperation = async (services, caller, params) => {
-  const sealed = await newDataKey(services, caller, params);
+const generateDataKey: AlibabaOperation = async (services, caller, params, audit) => {
+  const sealed = await newDataKey(services, caller, params, audit);
   try {
     return {
       KeyId: sealed.key.id,
@@ -97,8 +106,8 @@ const generateDataKey: AlibabaOperation = async (services, caller, params) => {
   }
 };
 
-const generateDataKeyWithoutPlaintext: AlibabaOperation = async (services, caller, params) => {
-  const sealed = await newDataKey(services, caller, params);
+const generateDataKeyWithoutPlaintext: AlibabaOperation = async (services, caller, params, audit) => {
+  const sealed = await newDataKey(services, caller, params, audit);
   sealed.plaintext.fill(0);
   return {
     KeyId: sealed.key.id,
@@ -111,7 +120,7 @@ const generateDataKeyWithoutPlaintext: AlibabaOperation = async (services, calle
  * Plaintext is any text (Alibaba's samples encrypt "Hello World"), sealed as text so that Decrypt gives back exactly
  * the string Encrypt was given, whether or not it happens to look like Base64.
  */
-const encrypt: AlibabaOperation = async (services, caller, params) => {
+const encrypt: AlibabaOperation = async (services, caller, params, audit) => {
   refuseDryRun(params);
   const ref = keyRef(params.required('KeyId'), caller);
   const binding = { context: encryptionContext(params) };
@@ -124,6 +133,7 @@ const encrypt: AlibabaOperation = async (services, caller, params) => {
     const sealed = await services.dataKeys
       .encrypt(caller.projectId, ref, plaintext, binding, 'text')
       .catch(aliasAware(ref));
+    audit.usedKey(sealed.key.id, sealed.keyVersion);
     return {
       KeyId: sealed.key.id,
       KeyVersionId: keyVersionId(sealed.key.id, sealed.keyVersion),
@@ -138,11 +148,12 @@ const encrypt: AlibabaOperation = async (services, caller, params) => {
  * The key comes from the blob, so Decrypt takes no KeyId. Plaintext is the text of a text blob (Encrypt, Huawei
  * encrypt-data) and the Base64 of a bytes blob (data keys, AWS Encrypt), as Alibaba returns a data key.
  */
-const decrypt: AlibabaOperation = async (services, caller, params) => {
+const decrypt: AlibabaOperation = async (services, caller, params, audit) => {
   refuseDryRun(params);
   const ciphertext = base64Param(params, 'CiphertextBlob', 1, MAX_CIPHERTEXT);
   const binding = { context: encryptionContext(params) };
   const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, binding);
+  audit.usedKey(opened.key.id, opened.keyVersion);
   try {
     return {
       KeyId: opened.key.id,

@@ -58,6 +58,21 @@ export function rpcSignature(stringToSign: string, secret: string): string {
   return createHmac('sha1', `${secret}&`).update(stringToSign, 'utf8').digest('base64');
 }
 
+/** Parameters whose values are secrets: an Encrypt's plaintext. */
+const SECRET_PARAMETERS = ['Plaintext'];
+
+/**
+ * The string to sign as a SignatureDoesNotMatch error shows it, with the values of secret parameters replaced by
+ * REDACTED: error bodies end up in clients' logs and proxies' traces, and a plaintext must not (issue 13 item 8). The
+ * rest still lets a signer find what it signed differently.
+ */
+export function echoedStringToSign(method: string, params: ReadonlyMap<string, string>): string {
+  if (!SECRET_PARAMETERS.some((name) => params.has(name))) return rpcStringToSign(method, params);
+  const shown = new Map(params);
+  for (const name of SECRET_PARAMETERS) if (shown.has(name)) shown.set(name, 'REDACTED');
+  return rpcStringToSign(method, shown);
+}
+
 /** Verifies the signed request's common parameters and signature, and returns who signed it. */
 export async function verifyRpcSignature(
   method: string,
@@ -89,7 +104,7 @@ export async function verifyRpcSignature(
     // The gateway shows its string to sign: it is made of the request alone, and it is what a signer needs to debug.
     throw new AlibabaApiError(
       'SignatureDoesNotMatch',
-      `Specified signature is not matched with our calculation. server string to sign is:${stringToSign}`,
+      `Specified signature is not matched with our calculation. server string to sign is:${echoedStringToSign(method, params)}`,
     );
   }
   // Remembered until the timestamp leaves the window: past that, the timestamp check refuses a replay anyway.

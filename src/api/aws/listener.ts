@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { authenticateSigV4, type SecretLookup } from '../../auth/sigv4.js';
+import type { AuditDraft } from '../../core/audit.js';
 import { readBody } from '../../http/read-body.js';
+import type { RequestAuditor } from '../../http/request-audit.js';
 import { setRetryAfter } from '../../http/retry-after.js';
 import { errorFields, type Logger } from '../../logger.js';
 import type { Services } from '../huawei/context.js';
@@ -31,14 +33,19 @@ export interface AwsOptions {
 }
 
 /** Serves a request of the AWS protocol and returns true, or returns false for any other request. */
-export function awsListener(services: Services, options: AwsOptions, logger: Logger) {
+export function awsListener(services: Services, options: AwsOptions, logger: Logger, auditor: RequestAuditor) {
   const now = options.now ?? Date.now;
-  const serve = async (req: IncomingMessage, res: ServerResponse, requestId: string) => {
+  const serve = async (req: IncomingMessage, res: ServerResponse, requestId: string, audit: AuditDraft) => {
     // As sent, still percent-encoded; repeated headers as separate values (AWS joins them with ',', node with ', ').
     const url = req.url ?? '/';
     const queryAt = url.indexOf('?');
     const path = queryAt === -1 ? url : url.slice(0, queryAt);
     const query = queryAt === -1 ? '' : url.slice(queryAt + 1);
+    const target = req.headersDistinct['x-amz-target']?.[0] ?? '';
+    const operationName = target.slice(TARGET_PREFIX.length);
+    const operation = target.startsWith(TARGET_PREFIX) ? ownEntry(AWS_OPERATIONS, operationName) : undefined;
+    // Known before the signature is checked: a refused attempt is recorded with what it tried.
+    if (operation) audit.operation = operationName;
     // The access key is resolved from the head: an unknown or revoked key is refused without waiting for a body.
     const signature = await authenticateSigV4(
       { method: req.method ?? 'POST', path, query, headers: req.headersDistinct },
@@ -51,10 +58,9 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
       () => new AwsApiError('ValidationException', 'The request body is too large.', 413),
     );
     const caller = signature.verify(body);
+    audit.caller = `access-key:${caller.accessKeyId}`;
+    audit.projectId = caller.projectId;
     const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
-    const target = req.headersDistinct['x-amz-target']?.[0] ?? '';
-    const operationName = target.slice(TARGET_PREFIX.length);
-    const operation = target.startsWith(TARGET_PREFIX) ? ownEntry(AWS_OPERATIONS, operationName) : undefined;
     if (req.method !== 'POST' || !JSON_TYPES.has(contentType) || !operation) {
       throw new AwsApiError('UnknownOperationException', '');
     }
@@ -64,20 +70,32 @@ export function awsListener(services: Services, options: AwsOptions, logger: Log
     } catch {
       throw new AwsApiError('SerializationException', 'The request body is not valid JSON.');
     }
+    audit.namedKey(requestedKey(json));
     await services.rateLimiter.admit(caller.projectId, AWS_OPERATION_CLASSES[operationName as AwsOperationName]);
-    send(res, 200, requestId, await operation(services, caller, json).catch(inAwsWords(caller)));
+    const answer = await operation(services, caller, json, audit).catch(inAwsWords(caller));
+    audit.namedKey(answeredKey(answer), true);
+    auditor.record(req, requestId, audit, 200);
+    send(res, 200, requestId, answer);
   };
 
   return (req: IncomingMessage, res: ServerResponse): boolean => {
     if (req.headers['x-amz-target'] === undefined) return false;
     const requestId = randomUUID();
-    serve(req, res, requestId).catch((err: unknown) => {
-      const { status, body, unexpected } = renderAwsError(err);
-      if (unexpected) logger.error('request failed', { dialect: 'aws', requestId, ...errorFields(err) });
+    const audit = auditor.draft();
+    serve(req, res, requestId, audit).catch((err: unknown) => {
+      let failure = err;
+      let { status, body, unexpected } = renderAwsError(err);
+      try {
+        auditor.record(req, requestId, audit, status, body.__type);
+      } catch (auditErr) {
+        failure = auditErr;
+        ({ status, body, unexpected } = renderAwsError(auditErr));
+      }
+      if (unexpected) logger.error('request failed', { dialect: 'aws', requestId, ...errorFields(failure) });
       if (res.headersSent) res.destroy();
       else {
         res.setHeader('x-amzn-ErrorType', body.__type);
-        setRetryAfter(res, err);
+        setRetryAfter(res, failure);
         send(res, status, requestId, body);
       }
     });
@@ -93,4 +111,17 @@ function send(res: ServerResponse, status: number, requestId: string, body: obje
     'x-amzn-RequestId': requestId,
   });
   res.end(json);
+}
+
+/** The key a request names, for the audit record: KeyId, or ReEncrypt's DestinationKeyId, or an alias's target. */
+function requestedKey(json: unknown): unknown {
+  if (typeof json !== 'object' || json === null) return undefined;
+  const named = json as { KeyId?: unknown; DestinationKeyId?: unknown; TargetKeyId?: unknown };
+  return named.KeyId ?? named.DestinationKeyId ?? named.TargetKeyId;
+}
+
+/** The key an answer names: KeyId, or the KeyMetadata of CreateKey and DescribeKey. */
+function answeredKey(answer: object): unknown {
+  const named = answer as { KeyId?: unknown; KeyMetadata?: { KeyId?: unknown } };
+  return named.KeyId ?? named.KeyMetadata?.KeyId;
 }

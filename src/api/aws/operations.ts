@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { AuditDraft } from '../../core/audit.js';
 import { KmsError } from '../../core/errors.js';
 import { type KeyRecord, MAX_TAGS_PER_KEY, type Tag } from '../../core/keys.js';
 import type { Services } from '../huawei/context.js';
@@ -22,7 +23,8 @@ import {
 } from './wire.js';
 
 /** One AWS KMS operation: the unvalidated JSON body in, the response body out. */
-export type AwsOperation = (services: Services, caller: Caller, body: unknown) => Promise<object>;
+/** `audit` is the request's audit draft: an operation that uses a key version says which (`usedKey`). */
+export type AwsOperation = (services: Services, caller: Caller, body: unknown, audit: AuditDraft) => Promise<object>;
 
 const DAY_MS = 86_400_000;
 const MAX_PLAINTEXT = 4096;
@@ -380,21 +382,27 @@ function dataKeyLength(req: z.infer<typeof GenerateDataKeyWithoutPlaintext>): nu
 }
 
 /** A data key under the request's CMK, made even on a dry run; the plaintext is zeroed before a dry run answers. */
-async function newDataKey(services: Services, caller: Caller, req: z.infer<typeof GenerateDataKeyWithoutPlaintext>) {
+async function newDataKey(
+  services: Services,
+  caller: Caller,
+  req: z.infer<typeof GenerateDataKeyWithoutPlaintext>,
+  audit: AuditDraft,
+) {
   const length = dataKeyLength(req);
   const ref = keyRef(req.KeyId, caller);
   const sealed = await services.dataKeys.generateDataKey(caller.projectId, ref, length, {
     context: req.EncryptionContext,
   });
+  audit.usedKey(sealed.key.id, sealed.keyVersion);
   if (req.DryRun === true) sealed.plaintext.fill(0);
   withheldIfDryRun(req.DryRun);
   return sealed;
 }
 
-const generateDataKey: AwsOperation = async (services, caller, body) => {
+const generateDataKey: AwsOperation = async (services, caller, body, audit) => {
   const req = parseBody(GenerateDataKey, body);
   refuseRecipient(req.Recipient);
-  const sealed = await newDataKey(services, caller, req);
+  const sealed = await newDataKey(services, caller, req, audit);
   try {
     return {
       CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
@@ -406,8 +414,8 @@ const generateDataKey: AwsOperation = async (services, caller, body) => {
   }
 };
 
-const generateDataKeyWithoutPlaintext: AwsOperation = async (services, caller, body) => {
-  const sealed = await newDataKey(services, caller, parseBody(GenerateDataKeyWithoutPlaintext, body));
+const generateDataKeyWithoutPlaintext: AwsOperation = async (services, caller, body, audit) => {
+  const sealed = await newDataKey(services, caller, parseBody(GenerateDataKeyWithoutPlaintext, body), audit);
   sealed.plaintext.fill(0);
   return { CiphertextBlob: sealed.ciphertextBlob.toString('base64'), KeyId: keyArn(sealed.key, caller) };
 };
@@ -423,7 +431,7 @@ const Encrypt = z
   })
   .strict();
 
-const encrypt: AwsOperation = async (services, caller, body) => {
+const encrypt: AwsOperation = async (services, caller, body, audit) => {
   const req = parseBody(Encrypt, body);
   symmetricDefault(req.EncryptionAlgorithm, 'encryptionAlgorithm');
   const plaintext = fromBase64(req.Plaintext, 'plaintext', 1, MAX_PLAINTEXT);
@@ -431,6 +439,7 @@ const encrypt: AwsOperation = async (services, caller, body) => {
     const sealed = await services.dataKeys.encrypt(caller.projectId, keyRef(req.KeyId, caller), plaintext, {
       context: req.EncryptionContext,
     });
+    audit.usedKey(sealed.key.id, sealed.keyVersion);
     withheldIfDryRun(req.DryRun);
     return {
       CiphertextBlob: sealed.ciphertextBlob.toString('base64'),
@@ -456,7 +465,7 @@ const Decrypt = z
   .strict();
 
 /** The key comes from the blob; a KeyId, when given, must name that same key (IncorrectKeyException otherwise). */
-const decrypt: AwsOperation = async (services, caller, body) => {
+const decrypt: AwsOperation = async (services, caller, body, audit) => {
   const req = parseBody(Decrypt, body);
   refuseRecipient(req.Recipient);
   refuseDryRunModifiers(req.DryRunModifiers);
@@ -465,6 +474,7 @@ const decrypt: AwsOperation = async (services, caller, body) => {
   const expected = req.KeyId === undefined ? undefined : keyRef(req.KeyId, caller);
   const binding = { context: req.EncryptionContext };
   const opened = await services.dataKeys.decrypt(caller.projectId, ciphertext, binding, expected);
+  audit.usedKey(opened.key.id, opened.keyVersion);
   try {
     withheldIfDryRun(req.DryRun);
     return {
@@ -497,7 +507,7 @@ const ReEncrypt = z
  * the HSM layer: the plaintext is never in the dialect. A text blob stays text, so the Alibaba and Huawei dialects
  * still give its text back.
  */
-const reEncrypt: AwsOperation = async (services, caller, body) => {
+const reEncrypt: AwsOperation = async (services, caller, body, audit) => {
   const req = parseBody(ReEncrypt, body);
   refuseDryRunModifiers(req.DryRunModifiers);
   symmetricDefault(req.SourceEncryptionAlgorithm, 'sourceEncryptionAlgorithm');
@@ -513,6 +523,7 @@ const reEncrypt: AwsOperation = async (services, caller, body) => {
     { context: req.DestinationEncryptionContext },
     source,
   );
+  audit.usedKey(moved.key.id, moved.keyVersion);
   withheldIfDryRun(req.DryRun);
   return {
     CiphertextBlob: moved.ciphertextBlob.toString('base64'),

@@ -2,6 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import { openHuaweiSignature } from '../../auth/huawei-signature.js';
 import type { SecretLookup } from '../../auth/sigv4.js';
 import type { TokenVerifier } from '../../auth/token-verifier.js';
+import type { AuditDraft } from '../../core/audit.js';
 import { KmsError } from '../../core/errors.js';
 import { singleHeader } from '../../http/single-header.js';
 import { invalidToken } from './errors.js';
@@ -30,13 +31,15 @@ export async function authenticate(
   projectId: string,
   options: HuaweiAuthOptions,
   readBody: () => Promise<Buffer>,
+  audit: AuditDraft,
 ): Promise<Buffer | undefined> {
   if (req.headers.authorization === undefined) {
     const token = singleHeader(req.headersDistinct, 'x-auth-token', () =>
       invalidToken('Invalid X-Auth-Token: the header is given more than once.'),
     );
-    const tokenProject = await options.verifier.projectOf(token);
-    if (tokenProject !== projectId) {
+    const identity = await options.verifier.identify(token);
+    audit.caller = `token:${identity.subject ?? '(no subject)'}`;
+    if (identity.projectId !== projectId) {
       throw new KmsError('ProjectMismatch', 'URIs in URL and X-Auth-Token do not match.');
     }
     return undefined;
@@ -63,6 +66,7 @@ export async function authenticate(
   }
   const body = await readBody();
   pending.verify(body);
+  audit.caller = `access-key:${pending.accessKeyId}`;
   // Only now that the caller has proved it holds the SK: the key's project is nobody else's business.
   if (pending.projectId !== projectId) {
     throw new KmsError('ProjectMismatch', 'The access key belongs to another project than the project_id in the URL.');

@@ -1,3 +1,4 @@
+import type { AuditDraft } from '../../core/audit.js';
 import type { DataKeyService } from '../../core/data-key.service.js';
 import type { KeyService } from '../../core/key.service.js';
 import type { KeyStoreService } from '../../core/key-store.service.js';
@@ -18,5 +19,8 @@ export interface Services {
   readonly rateLimiter: RateLimiter;
 }
 
-/** One Huawei action: the body as received (unvalidated) in, the response body out. */
-export type HuaweiAction = (services: Services, projectId: string, body: unknown) => Promise<object>;
+/**
+ * One Huawei action: the body as received (unvalidated) in, the response body out. `audit` is the request's audit
+ * draft: an action that uses a key version says which (`usedKey`).
+ */
+export type HuaweiAction = (services: Services, projectId: string, body: unknown, audit: AuditDraft) => Promise<object>;

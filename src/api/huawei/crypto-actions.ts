@@ -113,9 +113,10 @@ function dataKeyRequest(services: Services, projectId: string, body: unknown) {
   };
 }
 
-export const createDataKey: HuaweiAction = async (services, projectId, body) => {
+export const createDataKey: HuaweiAction = async (services, projectId, body, audit) => {
   const { ref, length, binding } = dataKeyRequest(services, projectId, body);
   const sealed = await services.dataKeys.generateDataKey(projectId, ref, length, binding);
+  audit.usedKey(sealed.key.id, sealed.keyVersion);
   try {
     return { key_id: sealed.key.id, plain_text: toHex(sealed.plaintext), cipher_text: toHex(sealed.ciphertextBlob) };
   } finally {
@@ -123,9 +124,10 @@ export const createDataKey: HuaweiAction = async (services, projectId, body) => 
   }
 };
 
-export const createDataKeyWithoutPlaintext: HuaweiAction = async (services, projectId, body) => {
+export const createDataKeyWithoutPlaintext: HuaweiAction = async (services, projectId, body, audit) => {
   const { ref, length, binding } = dataKeyRequest(services, projectId, body);
   const sealed = await services.dataKeys.generateDataKey(projectId, ref, length, binding);
+  audit.usedKey(sealed.key.id, sealed.keyVersion);
   sealed.plaintext.fill(0);
   return { key_id: sealed.key.id, cipher_text: toHex(sealed.ciphertextBlob) };
 };
@@ -143,7 +145,7 @@ const EncryptDataKey = z
   .strict();
 
 /** plain_text is hex(DEK ‖ SHA-256(DEK)); the digest is checked before the DEK is sealed. */
-export const encryptDataKey: HuaweiAction = async (services, projectId, body) => {
+export const encryptDataKey: HuaweiAction = async (services, projectId, body, audit) => {
   const req = parseBody(EncryptDataKey, body);
   refusePin(req);
   // Huawei's key_spec here names an asymmetric CMK's algorithm (SM2, RSA) that wraps the DEK.
@@ -165,6 +167,7 @@ export const encryptDataKey: HuaweiAction = async (services, projectId, body) =>
     const digest = createHash('sha256').update(dek).digest();
     if (!digest.equals(plain.subarray(length))) throw invalid('KMS.2103', 'Failed to verify the DEK hash.');
     const sealed = await services.dataKeys.encrypt(projectId, ref, dek, binding);
+    audit.usedKey(sealed.key.id, sealed.keyVersion);
     return { key_id: sealed.key.id, cipher_text: toHex(sealed.ciphertextBlob), datakey_length: String(length) };
   } finally {
     plain.fill(0);
@@ -183,7 +186,7 @@ const DecryptDataKey = z
   .strict();
 
 /** datakey_cipher_length is, despite its name, the byte length of the plaintext DEK (Huawei's example: "64"). */
-export const decryptDataKey: HuaweiAction = async (services, projectId, body) => {
+export const decryptDataKey: HuaweiAction = async (services, projectId, body, audit) => {
   const req = parseBody(DecryptDataKey, body);
   refusePin(req);
   const binding = bindingOf(req);
@@ -191,6 +194,7 @@ export const decryptDataKey: HuaweiAction = async (services, projectId, body) =>
   const length = dekByteLength(req.datakey_cipher_length, 'datakey_cipher_length', 'KMS.2202');
   const blob = fromHex(req.cipher_text, 'KMS.2201', 'cipher_text');
   const opened = await services.dataKeys.decrypt(projectId, blob, binding, ref);
+  audit.usedKey(opened.key.id, opened.keyVersion);
   try {
     if (opened.plaintext.length !== length) {
       throw invalid('KMS.2204', 'The length of cipher_text does not match datakey_cipher_length.');
@@ -218,7 +222,7 @@ const EncryptData = z
   .strict();
 
 /** plain_text is text: the blob records it as text (payload format 0x02), so Alibaba Decrypt gives the text back. */
-export const encryptData: HuaweiAction = async (services, projectId, body) => {
+export const encryptData: HuaweiAction = async (services, projectId, body, audit) => {
   const req = parseBody(EncryptData, body);
   refuseOtherAlgorithm(req.encryption_algorithm);
   const binding = bindingOf(req);
@@ -233,6 +237,7 @@ export const encryptData: HuaweiAction = async (services, projectId, body) => {
       throw invalid('KMS.2101', 'Invalid plain_text: it must be valid Unicode text (a lone surrogate is not).');
     }
     const sealed = await services.dataKeys.encrypt(projectId, ref, plain, binding, 'text');
+    audit.usedKey(sealed.key.id, sealed.keyVersion);
     // encrypt-data answers in base64, unlike the data-key endpoints (Huawei's example).
     return { key_id: sealed.key.id, cipher_text: sealed.ciphertextBlob.toString('base64') };
   } finally {
@@ -256,7 +261,7 @@ const utf8 = new TextDecoder('utf-8', { fatal: true });
  * The key is named inside the blob; a key_id (Huawei's SDK model has one) must name that same key. plain_text is
  * the text; plain_text_base64 (also in the SDK model) its UTF-8 bytes.
  */
-export const decryptData: HuaweiAction = async (services, projectId, body) => {
+export const decryptData: HuaweiAction = async (services, projectId, body, audit) => {
   const req = parseBody(DecryptData, body);
   refuseOtherAlgorithm(req.encryption_algorithm);
   const binding = bindingOf(req);
@@ -264,6 +269,7 @@ export const decryptData: HuaweiAction = async (services, projectId, body) => {
     req.key_id === undefined ? undefined : keyRef(req.key_id, { region: services.region, domainId: projectId });
   const blob = fromBase64(req.cipher_text, 'KMS.2201', 'cipher_text');
   const opened = await services.dataKeys.decrypt(projectId, blob, binding, expected);
+  audit.usedKey(opened.key.id, opened.keyVersion);
   try {
     return {
       key_id: opened.key.id,

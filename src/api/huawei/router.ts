@@ -1,6 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { type NextFunction, type Request, type Response, Router } from 'express';
+import type { AuditDraft } from '../../core/audit.js';
 import { readBody } from '../../http/read-body.js';
+import type { RequestAuditor } from '../../http/request-audit.js';
 import { setRetryAfter } from '../../http/retry-after.js';
 import { errorFields, type Logger } from '../../logger.js';
 import { ownEntry } from '../own-entry.js';
@@ -88,6 +90,16 @@ const KEYSTORE_ROUTES: Readonly<Record<string, Partial<Record<KeystoreMethod, Ke
   disable: { POST: disableKeyStore },
 };
 
+/** The keystore routes' operations as the audit trail names them (Huawei's API names: ListKeystores, …). */
+const KEYSTORE_OPERATIONS: ReadonlyMap<KeystoreAction, string> = new Map([
+  [listKeyStores, 'list-keystores'],
+  [createKeyStore, 'create-keystore'],
+  [showKeyStore, 'show-keystore'],
+  [deleteKeyStore, 'delete-keystore'],
+  [enableKeyStore, 'enable-keystore'],
+  [disableKeyStore, 'disable-keystore'],
+]);
+
 const PROJECT_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 
 /**
@@ -140,18 +152,28 @@ const KEYSTORE_PATH = /^\/v1\.0\/([^/]*)\/keystores(?:\/([^/]+)(?:\/(enable|disa
  * JSON-in, JSON-out: Express's per-request work (router, request and response decoration) cost as much CPU as a
  * create-datakey's own cryptography (docs/performance.md).
  */
-export function huaweiActionListener(services: Services, auth: HuaweiAuthOptions, logger: Logger) {
-  const fail = failWith(logger);
+export function huaweiActionListener(
+  services: Services,
+  auth: HuaweiAuthOptions,
+  logger: Logger,
+  auditor: RequestAuditor,
+) {
+  const fail = failWith(logger, auditor);
+  /** The answer's body (undefined: an empty 200), once the request's audit record is written. */
   const serve = async (
     req: IncomingMessage,
     res: ServerResponse,
     projectId: string,
     actionName: string,
     query: string,
-  ) => {
+    audit: AuditDraft,
+  ): Promise<object | undefined> => {
     if (!PROJECT_ID_PATTERN.test(projectId)) throw invalid('KMS.0201', 'Invalid request URL.');
-    const signedBody = await authenticate(req, projectId, auth, () => readRawBody(req));
     const action = ownEntry(HUAWEI_ACTIONS, actionName);
+    // Known before the credential is checked: a refused attempt is recorded with what it tried.
+    if (action) audit.operation = actionName;
+    const signedBody = await authenticate(req, projectId, auth, () => readRawBody(req), audit);
+    audit.projectId = projectId;
     if (!action) throw invalid('KMS.0201', 'Invalid request URL.');
     // No action takes query parameters (their fields are in the body): one sent is refused, never ignored.
     if (query.split('&').some((parameter) => parameter !== '')) {
@@ -162,8 +184,11 @@ export function huaweiActionListener(services: Services, auth: HuaweiAuthOptions
       throw new HuaweiApiError('KMS.0215', 405, 'Request method not supported.');
     }
     const body = action.method === 'POST' ? parseJsonBody(signedBody ?? (await readRawBody(req))) : undefined;
+    audit.namedKey((body as { key_id?: unknown } | undefined)?.key_id);
     await services.rateLimiter.admit(projectId, HUAWEI_ACTION_CLASSES[actionName as HuaweiActionName]);
-    sendJson(res, 200, await action.run(services, projectId, body));
+    const answer = await action.run(services, projectId, body, audit);
+    audit.namedKey(answeredKey(answer), true);
+    return answer;
   };
   const serveKeystore = async (
     req: IncomingMessage,
@@ -172,11 +197,14 @@ export function huaweiActionListener(services: Services, auth: HuaweiAuthOptions
     route: string,
     keystoreId: string,
     query: string,
-  ) => {
+    audit: AuditDraft,
+  ): Promise<object | undefined> => {
     if (!PROJECT_ID_PATTERN.test(projectId)) throw invalid('KMS.0201', 'Invalid request URL.');
-    const signedBody = await authenticate(req, projectId, auth, () => readRawBody(req));
+    const signedBody = await authenticate(req, projectId, auth, () => readRawBody(req), audit);
+    audit.projectId = projectId;
     const methods = KEYSTORE_ROUTES[route] as Partial<Record<string, KeystoreAction>>;
     const run = ownEntry(methods, req.method ?? '');
+    audit.operation = run && KEYSTORE_OPERATIONS.get(run);
     if (!run) {
       res.setHeader('Allow', Object.keys(methods).join(', '));
       throw new HuaweiApiError('KMS.0215', 405, 'Request method not supported.');
@@ -187,12 +215,15 @@ export function huaweiActionListener(services: Services, auth: HuaweiAuthOptions
     }
     const body = req.method === 'POST' ? parseJsonBody(signedBody ?? (await readRawBody(req))) : undefined;
     await services.rateLimiter.admit(projectId, 'management');
-    const answer = await run(services, projectId, { keystoreId, query: new URLSearchParams(query), body });
-    if (answer === undefined) {
+    return run(services, projectId, { keystoreId, query: new URLSearchParams(query), body });
+  };
+  const answer = (req: IncomingMessage, res: ServerResponse, audit: AuditDraft, body: object | undefined) => {
+    auditor.record(req, requestIdOf(res), audit, 200);
+    if (body === undefined) {
       res.writeHead(200, { 'Content-Length': 0 });
       res.end();
     } else {
-      sendJson(res, 200, answer);
+      sendJson(res, 200, body);
     }
   };
   return (req: IncomingMessage, res: ServerResponse): boolean => {
@@ -202,18 +233,20 @@ export function huaweiActionListener(services: Services, auth: HuaweiAuthOptions
     const query = queryAt === -1 ? '' : url.slice(queryAt + 1);
     const action = ACTION_PATH.exec(path);
     if (action) {
-      serve(req, res, action[1] as string, (action[2] as string).toLowerCase(), query).catch((err: unknown) =>
-        fail(err, req, res),
-      );
+      const audit = auditor.draft();
+      serve(req, res, action[1] as string, (action[2] as string).toLowerCase(), query, audit)
+        .then((body) => answer(req, res, audit, body))
+        .catch((err: unknown) => fail(err, req, res, audit));
       return true;
     }
     const keystore = KEYSTORE_PATH.exec(path);
     if (keystore) {
       const [, projectId, keystoreId, verb] = keystore;
       const route = verb !== undefined ? verb.toLowerCase() : keystoreId !== undefined ? 'keystore' : 'collection';
-      serveKeystore(req, res, projectId as string, route, keystoreId ?? '', query).catch((err: unknown) =>
-        fail(err, req, res),
-      );
+      const audit = auditor.draft();
+      serveKeystore(req, res, projectId as string, route, keystoreId ?? '', query, audit)
+        .then((body) => answer(req, res, audit, body))
+        .catch((err: unknown) => fail(err, req, res, audit));
       return true;
     }
     return false;
@@ -232,21 +265,45 @@ export function huaweiVersionRouter(): Router {
   return router;
 }
 
-/** Renders any error the Huawei way; unexpected ones are logged in full and answered generically. */
-function failWith(logger: Logger) {
-  return (err: unknown, req: IncomingMessage, res: ServerResponse) => {
-    const { status, body, unexpected } = renderHuaweiError(err);
-    if (unexpected) logger.error('request failed', { method: req.method, path: req.url, ...errorFields(err) });
+/**
+ * Renders any error the Huawei way; unexpected ones are logged in full and answered generically. An action's error is
+ * audited first (`audit` given); if its record cannot be written, the answer is the internal error instead.
+ */
+function failWith(logger: Logger, auditor?: RequestAuditor) {
+  return (err: unknown, req: IncomingMessage, res: ServerResponse, audit?: AuditDraft) => {
+    let failure = err;
+    let { status, body, unexpected } = renderHuaweiError(err);
+    if (auditor && audit) {
+      try {
+        auditor.record(req, requestIdOf(res), audit, status, body.error.error_code);
+      } catch (auditErr) {
+        failure = auditErr;
+        ({ status, body, unexpected } = renderHuaweiError(auditErr));
+      }
+    }
+    if (unexpected) logger.error('request failed', { method: req.method, path: req.url, ...errorFields(failure) });
     if (res.headersSent) res.destroy();
     else {
-      setRetryAfter(res, err);
+      setRetryAfter(res, failure);
       sendJson(res, status, body);
     }
   };
 }
 
-/** The same, as Express's final error middleware. */
+/** The same, as Express's final error middleware (version documents and unknown routes: nothing to audit). */
 export function huaweiErrorHandler(logger: Logger) {
   const fail = failWith(logger);
   return (err: unknown, req: Request, res: Response, _next: NextFunction) => fail(err, req, res);
+}
+
+/** The X-Request-Id the app set on the response (src/app.ts). */
+function requestIdOf(res: ServerResponse): string | undefined {
+  const id = res.getHeader('X-Request-Id');
+  return typeof id === 'string' ? id : undefined;
+}
+
+/** The key an answer names: key_id, or create-key's and describe-key's key_info. */
+function answeredKey(answer: object): unknown {
+  const named = answer as { key_id?: unknown; key_info?: { key_id?: unknown } };
+  return named.key_id ?? named.key_info?.key_id;
 }

@@ -1,9 +1,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { authenticateSigV4, type SecretLookup } from '../../auth/sigv4.js';
+import type { AuditDraft } from '../../core/audit.js';
 import { KmsError } from '../../core/errors.js';
 import type { RateLimiter } from '../../core/rate-limiter.js';
 import type { XksService } from '../../core/xks.service.js';
 import { readBody } from '../../http/read-body.js';
+import type { RequestAuditor } from '../../http/request-audit.js';
 import { setRetryAfter } from '../../http/retry-after.js';
 import { errorFields, type Logger } from '../../logger.js';
 import { renderXksError, XksApiError } from './errors.js';
@@ -50,16 +52,25 @@ interface Served {
 }
 
 /** Serves a request of the XKS API (or `/ping`) and returns true, or returns false for any other request. */
-export function xksListener(options: XksOptions, logger: Logger) {
+export function xksListener(options: XksOptions, logger: Logger, auditor: RequestAuditor) {
   const now = options.now ?? Date.now;
   const context = { service: options.service, deployment: options.deployment };
 
-  const serve = async (req: IncomingMessage, res: ServerResponse, path: string, query: string, served: Served) => {
+  const serve = async (
+    req: IncomingMessage,
+    res: ServerResponse,
+    path: string,
+    query: string,
+    served: Served,
+    audit: AuditDraft,
+  ) => {
     const match = API_PATH.exec(path);
     if (!match) throw new XksApiError('InvalidUriPathException', 'The URI path is not one of the XKS proxy API.');
     const [, projectId = '', keyId = '', keyOperation, health] = match;
     const operation = (keyOperation ?? health) as XksOperationName;
     Object.assign(served, { operation, projectId, keyId: keyOperation ? keyId : undefined });
+    audit.operation = operation;
+    audit.namedKey(served.keyId);
     if (req.method !== 'POST') {
       res.setHeader('Allow', 'POST');
       throw new XksApiError('UnsupportedOperationException', 'The XKS proxy API takes POST only.', 405);
@@ -76,9 +87,11 @@ export function xksListener(options: XksOptions, logger: Logger) {
       () => new XksApiError('ValidationException', `The request body is larger than ${MAX_BODY_BYTES} bytes.`),
     );
     const caller = signature.verify(body);
+    audit.caller = `xks-access-key:${caller.accessKeyId}`;
     if (caller.projectId !== projectId) {
       throw new KmsError('ProjectMismatch', 'The access key is not one of this URI path.');
     }
+    audit.projectId = projectId;
     let json: unknown;
     try {
       json = JSON.parse(body.toString('utf8'));
@@ -87,7 +100,9 @@ export function xksListener(options: XksOptions, logger: Logger) {
     }
     served.kmsRequestId = kmsRequestIdOf(json);
     await options.rateLimiter.admit(projectId, XKS_OPERATION_CLASSES[operation]);
-    send(res, 200, await XKS_OPERATIONS[operation](context, { projectId, keyId }, json));
+    const answer = await XKS_OPERATIONS[operation](context, { projectId, keyId }, json, audit);
+    auditor.record(req, served.kmsRequestId, audit, 200);
+    send(res, 200, answer);
   };
 
   return (req: IncomingMessage, res: ServerResponse): boolean => {
@@ -102,6 +117,7 @@ export function xksListener(options: XksOptions, logger: Logger) {
     if (!path.startsWith(PREFIX)) return false;
     const started = performance.now();
     const served: Served = { operation: undefined, projectId: undefined, keyId: undefined, kmsRequestId: undefined };
+    const audit = auditor.draft();
     const done = (status: number, outcome: string) =>
       logger.info('xks request', {
         dialect: 'xks',
@@ -113,14 +129,21 @@ export function xksListener(options: XksOptions, logger: Logger) {
         outcome,
         durationMs: Math.round((performance.now() - started) * 1000) / 1000,
       });
-    serve(req, res, path, query, served).then(
+    serve(req, res, path, query, served, audit).then(
       () => done(200, 'ok'),
       (err: unknown) => {
-        const { status, body, unexpected } = renderXksError(err);
-        if (unexpected) logger.error('request failed', { dialect: 'xks', ...errorFields(err) });
+        let failure = err;
+        let { status, body, unexpected } = renderXksError(err);
+        try {
+          auditor.record(req, served.kmsRequestId, audit, status, body.errorName);
+        } catch (auditErr) {
+          failure = auditErr;
+          ({ status, body, unexpected } = renderXksError(auditErr));
+        }
+        if (unexpected) logger.error('request failed', { dialect: 'xks', ...errorFields(failure) });
         if (res.headersSent) res.destroy();
         else {
-          setRetryAfter(res, err);
+          setRetryAfter(res, failure);
           send(res, status, body);
         }
         done(status, body.errorName);

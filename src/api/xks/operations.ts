@@ -1,6 +1,7 @@
 import { z } from 'zod';
+import type { AuditDraft } from '../../core/audit.js';
 import type { XksService } from '../../core/xks.service.js';
-import { MAX_XKS_METADATA_BYTES, XKS_IV_BYTES, XKS_TAG_BYTES } from '../../core/xks-ciphertext.js';
+import { decodeXksMetadata, MAX_XKS_METADATA_BYTES, XKS_IV_BYTES, XKS_TAG_BYTES } from '../../core/xks-ciphertext.js';
 import { decodeBase64 } from '../base64.js';
 import { XksApiError } from './errors.js';
 
@@ -29,7 +30,13 @@ export interface XksTarget {
   readonly keyId: string;
 }
 
-export type XksOperation = (context: XksContext, target: XksTarget, body: unknown) => Promise<object>;
+/** `audit` is the request's audit draft: an operation that uses a key version says which (`usedKey`). */
+export type XksOperation = (
+  context: XksContext,
+  target: XksTarget,
+  body: unknown,
+  audit: AuditDraft,
+) => Promise<object>;
 
 export type XksOperationName = 'metadata' | 'encrypt' | 'decrypt' | 'health';
 
@@ -111,7 +118,7 @@ const getKeyMetadata: XksOperation = async ({ service }, { projectId, keyId }, b
   return { keySpec: 'AES_256', keyUsage: ['ENCRYPT', 'DECRYPT'], keyStatus: status };
 };
 
-const encrypt: XksOperation = async ({ service }, { projectId, keyId }, body) => {
+const encrypt: XksOperation = async ({ service }, { projectId, keyId }, body, audit) => {
   const request = parse(encryptRequest, body);
   aesGcm(request.encryptionAlgorithm);
   const integrity = request.ciphertextDataIntegrityValueAlgorithm;
@@ -122,6 +129,7 @@ const encrypt: XksOperation = async ({ service }, { projectId, keyId }, body) =>
   const plaintext = bytesOf(request.plaintext, 'plaintext', 1, MAX_XKS_PLAINTEXT_BYTES);
   try {
     const sealed = await service.encrypt(projectId, keyId, { plaintext, aad, integrityValue: integrity !== undefined });
+    audit.usedKey(keyId, sealed.keyVersion);
     return {
       ciphertext: sealed.ciphertext.toString('base64'),
       initializationVector: sealed.iv.toString('base64'),
@@ -134,7 +142,7 @@ const encrypt: XksOperation = async ({ service }, { projectId, keyId }, body) =>
   }
 };
 
-const decrypt: XksOperation = async ({ service }, { projectId, keyId }, body) => {
+const decrypt: XksOperation = async ({ service }, { projectId, keyId }, body, audit) => {
   const request = parse(decryptRequest, body);
   aesGcm(request.encryptionAlgorithm);
   // The spec allows 12- or 16-byte IVs; this service makes only 12-byte ones (XksService refuses the others).
@@ -153,6 +161,8 @@ const decrypt: XksOperation = async ({ service }, { projectId, keyId }, body) =>
         : bytesOf(request.ciphertextMetadata, 'ciphertextMetadata', 0, MAX_XKS_METADATA_BYTES),
   };
   const plaintext = await service.decrypt(projectId, keyId, input);
+  // The version the metadata names: the decrypt succeeded, so it is one the key has.
+  audit.usedKey(keyId, input.metadata && decodeXksMetadata(input.metadata));
   try {
     return { plaintext: plaintext.toString('base64') };
   } finally {
